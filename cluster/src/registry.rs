@@ -1,0 +1,166 @@
+//! Session registry: which sessions are bound for each bare JID, with the soft state
+//! routing needs (priority, availability, last presence, roster interest).
+//!
+//! Sharded by the same partition function as placement, so that in a cluster a shard is
+//! the unit that moves between nodes. Locks are per shard and never held across an
+//! `.await` (only plain `std` locks are used, and only inside non-async methods).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use ractor::ActorRef;
+use waddle_xml::Element;
+
+use crate::placement::{partition_of, PARTITIONS};
+
+/// Messages a session actor accepts. Defined here because the registry (and so the
+/// routing seam) hands out session references.
+#[derive(Debug)]
+pub enum SessionMsg {
+    /// A stanza parsed from the client's stream by the reader task.
+    FromClient(Element),
+    /// The reader task ended: `None` for a clean `</stream:stream>` or EOF, otherwise the
+    /// stream error condition to send before closing.
+    ClientClosed(Option<&'static str>),
+    /// A stanza to write to the client. Shared so fan-out does not deep-copy it.
+    Deliver(Arc<Element>),
+    /// Another session bound the same full JID: close with `<conflict/>`.
+    Replaced,
+    /// Periodic keepalive check (XEP-0199 server-to-client ping).
+    Tick,
+}
+
+pub type SessionRef = ActorRef<SessionMsg>;
+
+#[derive(Clone, Debug)]
+pub struct SessionEntry {
+    pub resource: String,
+    /// Distinguishes a replaced session from its successor with the same resource.
+    pub conn_id: u64,
+    pub handle: SessionRef,
+    pub priority: i8,
+    pub available: bool,
+    /// Last available presence broadcast by this session (answers probes).
+    pub presence: Option<Arc<Element>>,
+    /// Whether the session requested the roster (RFC 6121 §2.1.6: only those get pushes).
+    pub roster_interested: bool,
+}
+
+/// A copy of the routing-relevant part of an entry.
+#[derive(Clone, Debug)]
+pub struct SessionView {
+    pub resource: String,
+    pub conn_id: u64,
+    pub handle: SessionRef,
+    pub priority: i8,
+    pub available: bool,
+    pub presence: Option<Arc<Element>>,
+    pub roster_interested: bool,
+}
+
+impl From<&SessionEntry> for SessionView {
+    fn from(e: &SessionEntry) -> SessionView {
+        SessionView {
+            resource: e.resource.clone(),
+            conn_id: e.conn_id,
+            handle: e.handle.clone(),
+            priority: e.priority,
+            available: e.available,
+            presence: e.presence.clone(),
+            roster_interested: e.roster_interested,
+        }
+    }
+}
+
+type Shard = RwLock<HashMap<String, Vec<SessionEntry>>>;
+
+pub struct Registry {
+    shards: Vec<Shard>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry {
+            shards: (0..PARTITIONS).map(|_| RwLock::default()).collect(),
+        }
+    }
+
+    fn shard(&self, bare: &str) -> &Shard {
+        // partition_of is always < PARTITIONS == shards.len().
+        &self.shards[partition_of(bare) as usize]
+    }
+
+    /// Binds a session. Returns the entry it replaced (same full JID), whose actor the
+    /// caller must tell to close with `<conflict/>`.
+    pub fn bind(&self, bare: &str, entry: SessionEntry) -> Option<SessionEntry> {
+        let mut shard = self.shard(bare).write().unwrap_or_else(|e| e.into_inner());
+        let sessions = shard.entry(bare.to_owned()).or_default();
+        let replaced = sessions
+            .iter()
+            .position(|s| s.resource == entry.resource)
+            .map(|i| sessions.swap_remove(i));
+        sessions.push(entry);
+        replaced
+    }
+
+    /// Removes a session if it is still the one with `conn_id` (a replaced session must
+    /// not unbind its successor).
+    pub fn unbind(&self, bare: &str, resource: &str, conn_id: u64) -> bool {
+        let mut shard = self.shard(bare).write().unwrap_or_else(|e| e.into_inner());
+        let Some(sessions) = shard.get_mut(bare) else {
+            return false;
+        };
+        let before = sessions.len();
+        sessions.retain(|s| !(s.resource == resource && s.conn_id == conn_id));
+        let removed = sessions.len() != before;
+        if sessions.is_empty() {
+            shard.remove(bare);
+        }
+        removed
+    }
+
+    pub fn session(&self, bare: &str, resource: &str) -> Option<SessionView> {
+        let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
+        shard
+            .get(bare)?
+            .iter()
+            .find(|s| s.resource == resource)
+            .map(SessionView::from)
+    }
+
+    pub fn sessions(&self, bare: &str) -> Vec<SessionView> {
+        let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
+        shard
+            .get(bare)
+            .map(|v| v.iter().map(SessionView::from).collect())
+            .unwrap_or_default()
+    }
+
+    /// Applies `f` to the entry of this exact session, if it is still bound.
+    pub fn update(&self, bare: &str, resource: &str, conn_id: u64, f: impl FnOnce(&mut SessionEntry)) -> bool {
+        let mut shard = self.shard(bare).write().unwrap_or_else(|e| e.into_inner());
+        match shard
+            .get_mut(bare)
+            .and_then(|v| v.iter_mut().find(|s| s.resource == resource && s.conn_id == conn_id))
+        {
+            Some(entry) => {
+                f(entry);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+}

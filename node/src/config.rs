@@ -1,0 +1,478 @@
+//! Configuration: a TOML file merged over built-in defaults, then `WADDLE_<SECTION>_<FIELD>`
+//! environment overrides for every field, then validation with errors naming the field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub c2s: C2sConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The XMPP domain served (the part after `@`).
+    pub domain: String,
+    /// Where the database, generated certificate and Raft log live.
+    pub data_dir: PathBuf,
+    /// Address every listener binds to.
+    pub bind_address: String,
+    /// This node's identity in the cluster.
+    pub node_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; empty = generate a self-signed one in `data_dir/tls/`.
+    pub cert_path: String,
+    /// PEM private key; required when `cert_path` is set.
+    pub key_path: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct C2sConfig {
+    pub starttls_port: u16,
+    pub direct_tls_port: u16,
+    /// Refuse authentication until the stream is encrypted.
+    pub require_tls: bool,
+    pub max_stanza_bytes: usize,
+    pub max_depth: usize,
+    /// Seconds to finish TLS, SASL and bind before the connection is dropped.
+    pub negotiation_timeout_secs: u64,
+    /// Idle seconds after which the server pings the client (XEP-0199).
+    pub ping_interval_secs: u64,
+    /// Seconds a ping may stay unanswered before the connection is closed.
+    pub ping_timeout_secs: u64,
+    /// Stanzas queued towards one client before it is disconnected as too slow.
+    pub max_outbound_queue: usize,
+    /// Stanzas read from one client and not yet processed before reading pauses.
+    pub max_inbound_inflight: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub port: u16,
+    /// Advertised in `POST /auth/xmpp-token`; empty = derived from domain and port.
+    pub websocket_url: String,
+    /// Advertised XMPP host in `POST /auth/xmpp-token`; empty = the domain.
+    pub public_xmpp_host: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub scram_iterations: u32,
+    pub session_ttl_secs: i64,
+    pub xmpp_token_ttl_secs: i64,
+    /// Whether `POST /v1/accounts` is open to anyone (otherwise it needs `admin_token`).
+    pub open_registration: bool,
+    /// XEP-0077 in-band registration on the XMPP port.
+    pub in_band_registration: bool,
+    /// Bearer token allowing account creation when registration is closed; empty = none.
+    pub admin_token: String,
+    pub min_password_len: usize,
+    /// Failed logins per client address or account within the window before blocking.
+    pub max_auth_failures: u32,
+    pub auth_failure_window_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub offline_max_per_user: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, overridden by `RUST_LOG` when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            tls: TlsConfig::default(),
+            c2s: C2sConfig::default(),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            domain: "localhost".into(),
+            data_dir: PathBuf::from("./data"),
+            bind_address: "127.0.0.1".into(),
+            node_id: "node-1".into(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_path: String::new(),
+            key_path: String::new(),
+        }
+    }
+}
+
+impl Default for C2sConfig {
+    fn default() -> Self {
+        C2sConfig {
+            starttls_port: 5222,
+            direct_tls_port: 5223,
+            require_tls: true,
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 64,
+            negotiation_timeout_secs: 30,
+            ping_interval_secs: 120,
+            ping_timeout_secs: 30,
+            max_outbound_queue: 4096,
+            max_inbound_inflight: 256,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            port: 5280,
+            websocket_url: String::new(),
+            public_xmpp_host: String::new(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            scram_iterations: 4096,
+            session_ttl_secs: 24 * 3600,
+            xmpp_token_ttl_secs: 3600,
+            open_registration: true,
+            in_band_registration: true,
+            admin_token: String::new(),
+            min_password_len: 8,
+            max_auth_failures: 5,
+            auth_failure_window_secs: 300,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            offline_max_per_user: 1000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: expected {expected}, got {value:?}")]
+    Env {
+        var: String,
+        expected: &'static str,
+        value: String,
+    },
+    #[error("config field `{field}`: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+/// Variables that start with `WADDLE_` but are not config fields.
+const NON_FIELD_VARS: &[&str] = &["WADDLE_CONFIG", "WADDLE_BIN"];
+
+impl Config {
+    /// Loads `path` (if given) over the defaults, applies `env` overrides, validates.
+    pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<defaults>"),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let file: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            merge(&mut value, file);
+        }
+        apply_env(&mut value, env)?;
+        let config: Config = value.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.map(Path::to_owned).unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if jid::BareJid::new(&self.server.domain).map(|j| j.node().is_some()).unwrap_or(true) {
+            return invalid("server.domain", "must be a valid domain name such as example.org");
+        }
+        if self.server.bind_address.parse::<std::net::IpAddr>().is_err() {
+            return invalid("server.bind_address", "must be an IP address");
+        }
+        if self.tls.cert_path.is_empty() != self.tls.key_path.is_empty() {
+            return invalid("tls.key_path", "cert_path and key_path must be set together");
+        }
+        if self.c2s.max_stanza_bytes < 4096 || self.c2s.max_stanza_bytes > 64 * 1024 * 1024 {
+            return invalid("c2s.max_stanza_bytes", "must be between 4096 and 67108864");
+        }
+        if self.c2s.max_depth < 4 {
+            return invalid("c2s.max_depth", "must be at least 4");
+        }
+        let ports = [
+            ("c2s.starttls_port", self.c2s.starttls_port),
+            ("c2s.direct_tls_port", self.c2s.direct_tls_port),
+            ("http.port", self.http.port),
+        ];
+        for (i, (field, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                return invalid(field, "must not be 0");
+            }
+            if ports[..i].iter().any(|(_, p)| p == port) {
+                return invalid(field, "must differ from the other ports");
+            }
+        }
+        if self.c2s.ping_interval_secs == 0 || self.c2s.ping_timeout_secs == 0 {
+            return invalid("c2s.ping_interval_secs", "ping interval and timeout must be positive");
+        }
+        if self.c2s.max_outbound_queue == 0 || self.c2s.max_inbound_inflight == 0 {
+            return invalid("c2s.max_outbound_queue", "queue limits must be positive");
+        }
+        if !(1..=1_000_000).contains(&self.auth.scram_iterations) || self.auth.scram_iterations < 4096 {
+            return invalid("auth.scram_iterations", "must be between 4096 and 1000000");
+        }
+        if self.auth.session_ttl_secs <= 0 || self.auth.xmpp_token_ttl_secs <= 0 {
+            return invalid("auth.session_ttl_secs", "token lifetimes must be positive");
+        }
+        if self.auth.max_auth_failures == 0 {
+            return invalid("auth.max_auth_failures", "must be at least 1");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return invalid("log.format", "must be \"text\" or \"json\"");
+        }
+        Ok(())
+    }
+
+    pub fn websocket_url(&self) -> String {
+        if self.http.websocket_url.is_empty() {
+            format!("wss://{}:{}/xmpp-websocket", self.server.domain, self.http.port)
+        } else {
+            self.http.websocket_url.clone()
+        }
+    }
+
+    pub fn public_xmpp_host(&self) -> String {
+        if self.http.public_xmpp_host.is_empty() {
+            self.server.domain.clone()
+        } else {
+            self.http.public_xmpp_host.clone()
+        }
+    }
+}
+
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        // Unknown keys are kept so deserialisation rejects them by name.
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn apply_env(value: &mut toml::Value, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let toml::Value::Table(sections) = value else {
+        return Ok(());
+    };
+    let mut known = Vec::new();
+    for (section, fields) in sections.iter_mut() {
+        let toml::Value::Table(fields) = fields else { continue };
+        for (field, current) in fields.iter_mut() {
+            let var = format!("WADDLE_{}_{}", section.to_uppercase(), field.to_uppercase());
+            if let Some(raw) = env.get(&var) {
+                *current = parse_like(current, raw).ok_or_else(|| ConfigError::Env {
+                    var: var.clone(),
+                    expected: type_name(current),
+                    value: raw.clone(),
+                })?;
+            }
+            known.push(var);
+        }
+    }
+    for var in env.keys() {
+        if var.starts_with("WADDLE_") && !known.contains(var) && !NON_FIELD_VARS.contains(&var.as_str()) {
+            return Err(ConfigError::Invalid {
+                field: "environment",
+                message: format!("{var} does not name a config field"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn parse_like(current: &toml::Value, raw: &str) -> Option<toml::Value> {
+    Some(match current {
+        toml::Value::String(_) => toml::Value::String(raw.to_owned()),
+        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().ok()?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return None,
+        }),
+        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().ok()?),
+        _ => return None,
+    })
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Boolean(_) => "a boolean (true/false)",
+        toml::Value::Float(_) => "a number",
+        _ => "a value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, &env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.c2s.starttls_port, 5222);
+        assert_eq!(c.c2s.max_stanza_bytes, 262_144);
+    }
+
+    #[test]
+    fn env_overrides_every_kind_of_field() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("WADDLE_SERVER_DOMAIN", "example.org"),
+                ("WADDLE_C2S_STARTTLS_PORT", "15222"),
+                ("WADDLE_AUTH_OPEN_REGISTRATION", "false"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.domain, "example.org");
+        assert_eq!(c.c2s.starttls_port, 15222);
+        assert!(!c.auth.open_registration);
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let err = Config::load(None, &env(&[("WADDLE_C2S_STARTTLS_PORT", "lots")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("WADDLE_C2S_STARTTLS_PORT"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_var_is_rejected() {
+        let err = Config::load(None, &env(&[("WADDLE_C2S_PROT", "1")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("WADDLE_C2S_PROT"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let err = Config::load(None, &env(&[("WADDLE_SERVER_DOMAIN", "a@b")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("server.domain"), "{err}");
+        let err = Config::load(None, &env(&[("WADDLE_HTTP_PORT", "5222")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("http.port"), "{err}");
+    }
+
+    #[test]
+    fn file_values_and_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("waddle-config-test-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("a.toml");
+        let _ = std::fs::write(&path, "[server]\ndomain = \"chat.example\"\n[c2s]\nrequire_tls = false\n");
+        let c = Config::load(Some(&path), &env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.domain, "chat.example");
+        assert!(!c.c2s.require_tls);
+        let _ = std::fs::write(&path, "[server]\ndomian = \"x\"\n");
+        let err = Config::load(Some(&path), &env(&[]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("domian"), "{err}");
+    }
+
+    #[test]
+    fn shipped_configs_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("config");
+        for name in ["waddle.toml", "production.toml"] {
+            Config::load(Some(&root.join(name)), &env(&[])).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}
