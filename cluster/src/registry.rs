@@ -28,6 +28,8 @@ pub enum SessionMsg {
     Replaced,
     /// Periodic keepalive check (XEP-0199 server-to-client ping).
     Tick,
+    /// The reader task of this session, so the actor can stop it when it ends.
+    ReaderStarted(tokio::task::JoinHandle<()>),
 }
 
 pub type SessionRef = ActorRef<SessionMsg>;
@@ -155,6 +157,17 @@ impl Registry {
             }
             None => false,
         }
+    }
+
+    /// Every bound session (for shutdown).
+    pub fn all_sessions(&self) -> Vec<SessionView> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                let shard = s.read().unwrap_or_else(|e| e.into_inner());
+                shard.values().flatten().map(SessionView::from).collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     pub fn session_count(&self) -> usize {

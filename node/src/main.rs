@@ -1,1 +1,185 @@
-fn main() {}
+//! `waddle`: a clustered XMPP server. This binary wires configuration, storage, TLS,
+//! the XMPP listeners and the HTTP API together; protocol logic lives in the crates.
+
+mod config;
+mod connection;
+mod ctx;
+mod im;
+mod io;
+mod router;
+mod server;
+mod session;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+use crate::ctx::Ctx;
+
+const USAGE: &str = "usage: waddle [--config PATH]\n\nStarts a waddle XMPP node. Every config field can be overridden with\nWADDLE_<SECTION>_<FIELD> environment variables (see README).";
+
+fn parse_args() -> Result<Option<PathBuf>> {
+    let mut args = std::env::args().skip(1);
+    let mut config = std::env::var_os("WADDLE_CONFIG").map(PathBuf::from);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => {
+                config = Some(PathBuf::from(args.next().context("--config needs a path")?));
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> Result<()> {
+    let config_path = parse_args()?;
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = Config::load(config_path.as_deref(), &env)?;
+    init_logging(&config);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: Config) -> Result<()> {
+    std::fs::create_dir_all(&config.server.data_dir)
+        .with_context(|| format!("server.data_dir: cannot create {}", config.server.data_dir.display()))?;
+    let db_path = config.server.data_dir.join("waddle.db");
+    let store = waddle_storage::Store::open(&db_path)
+        .await
+        .with_context(|| format!("opening database {}", db_path.display()))?;
+    let tls = tls::acceptor(&config)?;
+    let ctx = Arc::new(Ctx::new(config, store, tls));
+    let bind = ctx.config.server.bind_address.clone();
+
+    let starttls = TcpListener::bind((bind.as_str(), ctx.config.c2s.starttls_port))
+        .await
+        .with_context(|| format!("c2s.starttls_port: cannot listen on {bind}:{}", ctx.config.c2s.starttls_port))?;
+    let direct = TcpListener::bind((bind.as_str(), ctx.config.c2s.direct_tls_port))
+        .await
+        .with_context(|| format!("c2s.direct_tls_port: cannot listen on {bind}:{}", ctx.config.c2s.direct_tls_port))?;
+    let http = TcpListener::bind((bind.as_str(), ctx.config.http.port))
+        .await
+        .with_context(|| format!("http.port: cannot listen on {bind}:{}", ctx.config.http.port))?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let api_state = waddle_api::ApiState {
+        store: ctx.store.clone(),
+        config: Arc::new(waddle_api::ApiConfig {
+            domain: ctx.domain.clone(),
+            xmpp_host: ctx.config.public_xmpp_host(),
+            xmpp_port: ctx.config.c2s.starttls_port,
+            websocket_url: ctx.config.websocket_url(),
+            session_ttl_secs: ctx.config.auth.session_ttl_secs,
+            xmpp_token_ttl_secs: ctx.config.auth.xmpp_token_ttl_secs,
+            scram_iterations: ctx.config.auth.scram_iterations,
+            open_registration: ctx.config.auth.open_registration,
+            admin_token: Some(ctx.config.auth.admin_token.clone()).filter(|t| !t.is_empty()),
+            min_password_len: ctx.config.auth.min_password_len,
+        }),
+        auth_limiter: Arc::clone(&ctx.auth_limiter),
+        ready: Arc::clone(&ready),
+    };
+    let app = waddle_api::router(api_state).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    tokio::spawn(accept_loop(Arc::clone(&ctx), starttls, false));
+    tokio::spawn(accept_loop(Arc::clone(&ctx), direct, true));
+    tokio::spawn(purge_tokens(Arc::clone(&ctx)));
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    tracing::info!(
+        domain = %ctx.domain,
+        starttls = ctx.config.c2s.starttls_port,
+        direct_tls = ctx.config.c2s.direct_tls_port,
+        http = ctx.config.http.port,
+        "waddle node ready"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing client streams");
+    ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    let sessions = ctx.registry.all_sessions();
+    for s in &sessions {
+        let _ = s.handle.cast(waddle_cluster::SessionMsg::ClientClosed(Some("system-shutdown")));
+    }
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ctx.registry.session_count() > 0 && tokio::time::Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, direct_tls: bool) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                tokio::spawn(connection::serve(Arc::clone(&ctx), tcp, peer, direct_tls));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn purge_tokens(ctx: Arc<Ctx>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        interval.tick().await;
+        if let Err(e) = ctx.store.purge_expired_tokens(ctx::unix_now()).await {
+            tracing::warn!(error = %e, "purging expired tokens failed");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,222 @@
+//! The shell around `waddle_c2s::Negotiator` for one client connection: socket reads,
+//! TLS upgrade, credential checks against storage, then hand-over to a session actor.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jid::FullJid;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use waddle_c2s::{Action, AuthOutcome, NegotiationConfig, Negotiator, RegisterOutcome};
+use waddle_sasl::{ScramCredentials, ScramHash};
+use waddle_storage::{StoredScram, TokenKind};
+use waddle_xml::StreamParser;
+
+use crate::ctx::{unix_now, Ctx};
+use crate::io::ClientIo;
+use crate::session;
+
+pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = Instant::now() + Duration::from_secs(ctx.config.c2s.negotiation_timeout_secs);
+    let io = if direct_tls {
+        match tokio::time::timeout_at(deadline, ctx.tls.accept(tcp)).await {
+            Ok(Ok(tls)) => ClientIo::Tls(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        ClientIo::Plain(tcp)
+    };
+    if let Some((io, parser, jid)) = negotiate(&ctx, io, peer, direct_tls, deadline).await {
+        session::start(ctx, io, parser, jid).await;
+    }
+}
+
+async fn negotiate(
+    ctx: &Ctx,
+    mut io: ClientIo,
+    peer: SocketAddr,
+    direct_tls: bool,
+    deadline: Instant,
+) -> Option<(ClientIo, StreamParser, FullJid)> {
+    let peer_ip = peer.ip().to_string();
+    let mut parser = StreamParser::new(ctx.xml_limits());
+    let mut negotiator = Negotiator::new(
+        NegotiationConfig {
+            domain: ctx.domain.clone(),
+            require_tls: ctx.config.c2s.require_tls,
+            starttls_available: !direct_tls,
+            in_band_registration: ctx.config.auth.in_band_registration,
+            max_auth_attempts: 3,
+        },
+        direct_tls,
+    );
+    let mut buf = vec![0u8; 4096];
+    let mut pending: VecDeque<Action> = VecDeque::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut bound: Option<FullJid> = None;
+    loop {
+        while pending.is_empty() && !negotiator.is_established() {
+            match parser.next_event() {
+                Ok(Some(event)) => pending.extend(negotiator.on_event(event)),
+                Ok(None) => break,
+                Err(e) => pending.extend(negotiator.on_parse_error(e.stream_condition())),
+            }
+        }
+        while let Some(action) = pending.pop_front() {
+            match action {
+                Action::Send(bytes) => out.extend_from_slice(&bytes),
+                Action::StartTls => {
+                    flush(&mut io, &mut out).await.ok()?;
+                    let ClientIo::Plain(tcp) = io else { return None };
+                    let tls = tokio::time::timeout_at(deadline, ctx.tls.accept(tcp)).await.ok()?.ok()?;
+                    io = ClientIo::Tls(Box::new(tls));
+                    // Plaintext pipelined after <starttls/> must not leak into the TLS stream.
+                    parser.reset_discarding();
+                    negotiator.tls_established();
+                }
+                Action::ResetParser => parser.reset(),
+                Action::LookupScram { username, hash } => {
+                    let result = if ctx.auth_allowed(&peer_ip, &username) {
+                        Ok(scram_credentials(ctx, &username, hash).await)
+                    } else {
+                        Err(())
+                    };
+                    pending.extend(negotiator.scram_credentials(result));
+                }
+                Action::VerifyPlain { username, secret } => {
+                    let outcome = if ctx.auth_allowed(&peer_ip, &username) {
+                        verify_plain(ctx, &username, secret).await
+                    } else {
+                        AuthOutcome::Blocked
+                    };
+                    pending.extend(negotiator.plain_verdict(outcome));
+                }
+                Action::Register { username, password } => {
+                    let outcome = register(ctx, &username, &password).await;
+                    pending.extend(negotiator.register_result(outcome));
+                }
+                Action::Bind { username, resource } => {
+                    ctx.auth_succeeded(&username);
+                    let jid = FullJid::new(&format!("{username}@{}/{resource}", ctx.domain)).ok()?;
+                    pending.extend(negotiator.bound(jid.as_str()));
+                    bound = Some(jid);
+                }
+                Action::AuthFailed { username } => {
+                    tracing::info!(%peer, user = username.as_deref().unwrap_or("-"), "authentication failed");
+                    ctx.auth_failed(&peer_ip, username.as_deref());
+                }
+                Action::Close => {
+                    let _ = flush(&mut io, &mut out).await;
+                    let _ = io.shutdown().await;
+                    return None;
+                }
+            }
+        }
+        flush(&mut io, &mut out).await.ok()?;
+        if negotiator.is_established() {
+            return bound.map(|jid| (io, parser, jid));
+        }
+        match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+            Err(_) => {
+                pending.extend(negotiator.on_parse_error("connection-timeout"));
+                continue;
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => {
+                if let Err(e) = parser.feed(&buf[..n]) {
+                    pending.extend(negotiator.on_parse_error(e.stream_condition()));
+                }
+            }
+        }
+    }
+}
+
+async fn flush(io: &mut ClientIo, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        io.flush().await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+fn to_credentials(hash: ScramHash, s: StoredScram) -> ScramCredentials {
+    ScramCredentials {
+        hash,
+        salt: s.salt,
+        iterations: s.iterations,
+        stored_key: s.stored_key,
+        server_key: s.server_key,
+    }
+}
+
+async fn scram_credentials(ctx: &Ctx, username: &str, hash: ScramHash) -> Option<ScramCredentials> {
+    match ctx.store.account(username).await {
+        Ok(Some(account)) => Some(match hash {
+            ScramHash::Sha1 => to_credentials(hash, account.scram_sha1),
+            ScramHash::Sha256 => to_credentials(hash, account.scram_sha256),
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "credential lookup failed");
+            None
+        }
+    }
+}
+
+/// PLAIN carries either a session token from `POST /auth/xmpp-token` or the password.
+async fn verify_plain(ctx: &Ctx, username: &str, secret: String) -> AuthOutcome {
+    let token_hash = waddle_api::tokens::hash_token(&secret);
+    match ctx.store.lookup_token(TokenKind::Xmpp, token_hash, unix_now()).await {
+        Ok(Some(record)) if record.username == username => return AuthOutcome::Success,
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "token lookup failed"),
+    }
+    let Some(creds) = scram_credentials(ctx, username, ScramHash::Sha256).await else {
+        return AuthOutcome::Failure;
+    };
+    // PBKDF2 is deliberately slow: keep it off the async workers.
+    let ok = tokio::task::spawn_blocking(move || creds.verify_password(&secret))
+        .await
+        .unwrap_or(false);
+    if ok {
+        AuthOutcome::Success
+    } else {
+        AuthOutcome::Failure
+    }
+}
+
+async fn register(ctx: &Ctx, username: &str, password: &str) -> RegisterOutcome {
+    if password.len() < ctx.config.auth.min_password_len {
+        return RegisterOutcome::NotAcceptable(format!(
+            "password must be at least {} characters",
+            ctx.config.auth.min_password_len
+        ));
+    }
+    match waddle_api::create_account(&ctx.store, username, password, ctx.config.auth.scram_iterations).await {
+        Ok(()) => {
+            tracing::info!(user = %username, "account registered in-band");
+            RegisterOutcome::Created
+        }
+        Err(e) => register_error(e),
+    }
+}
+
+fn register_error(e: waddle_api::ApiError) -> RegisterOutcome {
+    match e.code() {
+        "account_exists" => RegisterOutcome::Conflict,
+        "invalid_username" | "weak_password" => RegisterOutcome::NotAcceptable(e.to_string()),
+        _ => {
+            tracing::error!(error = %e, "in-band registration failed");
+            RegisterOutcome::InternalError
+        }
+    }
+}

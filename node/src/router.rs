@@ -1,0 +1,189 @@
+//! The routing seam: every stanza a session emits, and every stanza the server
+//! originates on behalf of an account, goes through [`Ctx::route`]. The decision of where
+//! an address lives is `waddle_cluster::classify`; this module dispatches on it.
+
+use std::sync::Arc;
+
+use jid::{BareJid, FullJid, Jid};
+use waddle_c2s::stanza::{self, error_reply, StanzaKind};
+use waddle_cluster::{classify, Destination, SessionMsg};
+use waddle_im::{MessageDelivery, MessageType, SessionView};
+use waddle_xml::Element;
+
+use crate::ctx::Ctx;
+use crate::{im, server};
+
+/// Who sent a stanza: a bound session (with its connection id, so the server can update
+/// that exact session's registry entry), or an account/the server itself.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub jid: Jid,
+    pub conn_id: Option<u64>,
+}
+
+impl Origin {
+    pub fn session(jid: FullJid, conn_id: u64) -> Origin {
+        Origin {
+            jid: Jid::from(jid),
+            conn_id: Some(conn_id),
+        }
+    }
+
+    pub fn full(&self) -> Option<&FullJid> {
+        self.jid.try_as_full().ok()
+    }
+
+    pub fn bare(&self) -> BareJid {
+        self.jid.to_bare()
+    }
+}
+
+impl Ctx {
+    /// Routes `stanza` (whose `from` is already stamped) to its destination.
+    pub async fn route(&self, origin: &Origin, stanza: Element) {
+        let Some(kind) = stanza::kind(&stanza) else {
+            return;
+        };
+        let to = match stanza.attr("to").map(Jid::new) {
+            None => None,
+            Some(Ok(jid)) => Some(jid),
+            Some(Err(_)) => {
+                self.bounce(&stanza, "jid-malformed");
+                return;
+            }
+        };
+        match classify(to.as_ref(), &self.domain, &self.services) {
+            Destination::Server => server::handle(self, origin, kind, stanza).await,
+            Destination::Account(bare) => self.to_account(origin, kind, &bare, stanza).await,
+            Destination::Session(full) => self.to_session(origin, kind, &full, stanza).await,
+            Destination::Service { .. } => self.bounce(&stanza, "service-unavailable"),
+            Destination::Remote(_) => {
+                // No server-to-server federation: say so instead of silently dropping.
+                if kind != StanzaKind::Presence {
+                    self.bounce(&stanza, "remote-server-not-found");
+                }
+            }
+        }
+    }
+
+    /// Sends the error reply to `original` back to its sender (if it is a connected
+    /// session; errors to accounts are dropped per RFC 6121).
+    pub fn bounce(&self, original: &Element, condition: &str) {
+        if let Some(reply) = error_reply(original, condition, None) {
+            self.deliver_to_full(reply);
+        }
+    }
+
+    /// Delivers a stanza to the session named by its `to` full JID, if connected.
+    pub fn deliver_to_full(&self, stanza: Element) -> bool {
+        let Some(to) = stanza.attr("to").and_then(|t| FullJid::new(t).ok()) else {
+            return false;
+        };
+        match self.registry.session(to.to_bare().as_str(), to.resource().as_str()) {
+            Some(s) => s.handle.cast(SessionMsg::Deliver(Arc::new(stanza))).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Delivers one shared stanza to several sessions of `bare`.
+    pub fn deliver_to_resources(&self, bare: &str, resources: &[String], stanza: Element) {
+        let stanza = Arc::new(stanza);
+        for s in self.registry.sessions(bare) {
+            if resources.contains(&s.resource) {
+                let _ = s.handle.cast(SessionMsg::Deliver(Arc::clone(&stanza)));
+            }
+        }
+    }
+
+    /// Delivers to every available session of `bare`; returns how many got it.
+    pub fn deliver_to_available(&self, bare: &str, stanza: Element) -> usize {
+        let stanza = Arc::new(stanza);
+        let mut n = 0;
+        for s in self.registry.sessions(bare).into_iter().filter(|s| s.available) {
+            if s.handle.cast(SessionMsg::Deliver(Arc::clone(&stanza))).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn session_views(&self, bare: &str) -> Vec<SessionView> {
+        self.registry
+            .sessions(bare)
+            .into_iter()
+            .map(|s| SessionView {
+                resource: s.resource,
+                priority: s.priority,
+                available: s.available,
+            })
+            .collect()
+    }
+
+    async fn account_exists(&self, bare: &BareJid) -> bool {
+        let Some(node) = bare.node() else { return false };
+        match self.store.account_exists(node.as_str()).await {
+            Ok(exists) => exists,
+            Err(e) => {
+                tracing::error!(error = %e, "account lookup failed");
+                false
+            }
+        }
+    }
+
+    async fn to_account(&self, origin: &Origin, kind: StanzaKind, to: &BareJid, stanza: Element) {
+        match kind {
+            StanzaKind::Message => {
+                let msg_type = MessageType::parse(stanza.attr("type"));
+                let exists = self.account_exists(to).await;
+                let decision = waddle_im::deliver_to_bare(msg_type, exists, &self.session_views(to.as_str()));
+                self.apply_message_delivery(to, decision, stanza).await;
+            }
+            StanzaKind::Presence => im::presence_to_account(self, origin, to, stanza).await,
+            StanzaKind::Iq => {
+                if origin.bare() == *to {
+                    // An IQ to one's own bare JID is handled by the server for the account.
+                    server::handle(self, origin, kind, stanza).await;
+                } else if self.account_exists(to).await {
+                    server::iq_on_behalf_of(self, origin, to, stanza).await;
+                } else {
+                    self.bounce(&stanza, "service-unavailable");
+                }
+            }
+        }
+    }
+
+    async fn to_session(&self, origin: &Origin, kind: StanzaKind, to: &FullJid, stanza: Element) {
+        let bare = to.to_bare();
+        let session = self.registry.session(bare.as_str(), to.resource().as_str());
+        match (kind, session) {
+            (StanzaKind::Presence, _) if im::is_subscription(&stanza) => {
+                // Subscription states belong to the account, not a resource (RFC 6121 §3).
+                im::presence_to_account(self, origin, &bare, stanza).await;
+            }
+            (StanzaKind::Presence, _) if stanza.attr("type") == Some("probe") => {
+                im::presence_to_account(self, origin, &bare, stanza).await;
+            }
+            (_, Some(s)) => {
+                let _ = s.handle.cast(SessionMsg::Deliver(Arc::new(stanza)));
+            }
+            (StanzaKind::Message, None) => {
+                let msg_type = MessageType::parse(stanza.attr("type"));
+                let exists = self.account_exists(&bare).await;
+                let decision = waddle_im::deliver_to_missing_full(msg_type, exists, &self.session_views(bare.as_str()));
+                self.apply_message_delivery(&bare, decision, stanza).await;
+            }
+            (StanzaKind::Iq, None) => self.bounce(&stanza, "service-unavailable"),
+            // Presence to a resource that is gone is silently dropped (RFC 6121 §4.6.3).
+            (StanzaKind::Presence, None) => {}
+        }
+    }
+
+    async fn apply_message_delivery(&self, to: &BareJid, decision: MessageDelivery, stanza: Element) {
+        match decision {
+            MessageDelivery::Resources(resources) => self.deliver_to_resources(to.as_str(), &resources, stanza),
+            MessageDelivery::StoreOffline => im::store_offline(self, to, stanza).await,
+            MessageDelivery::ErrorServiceUnavailable => self.bounce(&stanza, "service-unavailable"),
+            MessageDelivery::Drop => {}
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Stanzas addressed to the server itself, and IQs the server answers on behalf of an
+//! account (RFC 6121 §8.5.1): service discovery, ping, roster, vCard, registration.
+
+use jid::BareJid;
+use waddle_c2s::ns;
+use waddle_c2s::stanza::{error_reply, iq_payload, iq_result, iq_result_with, StanzaKind};
+use waddle_cluster::SessionMsg;
+use waddle_xml::Element;
+
+use crate::ctx::Ctx;
+use crate::im;
+use crate::router::Origin;
+
+pub async fn handle(ctx: &Ctx, origin: &Origin, kind: StanzaKind, stanza: Element) {
+    // Messages and presence addressed to the bare domain have no recipient to reach.
+    if kind != StanzaKind::Iq {
+        return;
+    }
+    if let Some(reply) = server_iq(ctx, origin, &stanza).await {
+        ctx.deliver_to_full(reply);
+    }
+}
+
+fn error(iq: &Element, condition: &str) -> Option<Element> {
+    error_reply(iq, condition, None)
+}
+
+async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> {
+    let iq_type = iq.attr("type").unwrap_or("");
+    if !matches!(iq_type, "get" | "set") {
+        // Results and errors addressed to the server (e.g. ping answers) end here.
+        return None;
+    }
+    let Some(payload) = iq_payload(iq) else {
+        return error(iq, "bad-request");
+    };
+    let to_own_account = iq
+        .attr("to")
+        .and_then(|t| jid::Jid::new(t).ok())
+        .is_some_and(|j| j.node().is_some());
+    match (iq_type, payload.ns(), payload.name()) {
+        ("get", ns::DISCO_INFO, "query") if to_own_account => Some(account_info(iq, payload)),
+        ("get", ns::DISCO_INFO, "query") => Some(server_info(ctx, iq, payload)),
+        ("get", ns::DISCO_ITEMS, "query") => Some(iq_result_with(
+            iq,
+            Element::new("query", ns::DISCO_ITEMS).with_attr_opt("node", payload.attr("node")),
+        )),
+        ("get", ns::PING, "ping") => Some(iq_result(iq)),
+        ("get", ns::ROSTER, "query") => Some(im::roster_get(ctx, origin, iq, payload).await),
+        ("set", ns::ROSTER, "query") => Some(im::roster_set(ctx, origin, iq, payload).await),
+        ("get", ns::VCARD, "vCard") => Some(vcard_get(ctx, iq, &origin.bare()).await),
+        ("set", ns::VCARD, "vCard") => Some(vcard_set(ctx, origin, iq, payload).await),
+        ("get", ns::REGISTER, "query") => Some(registration_info(iq, &origin.bare())),
+        ("set", ns::REGISTER, "query") => registration_set(ctx, origin, iq, payload).await,
+        _ => error(iq, "service-unavailable"),
+    }
+}
+
+/// IQs to another local account's bare JID.
+pub async fn iq_on_behalf_of(ctx: &Ctx, origin: &Origin, account: &BareJid, iq: Element) {
+    let reply = match (iq.attr("type"), iq_payload(&iq).map(|p| (p.ns(), p.name()))) {
+        (Some("get"), Some((ns::DISCO_INFO, "query"))) => iq_payload(&iq).map(|p| account_info(&iq, p)),
+        (Some("get"), Some((ns::VCARD, "vCard"))) => Some(vcard_get(ctx, &iq, account).await),
+        (Some("get"), Some((ns::PING, "ping"))) => Some(iq_result(&iq)),
+        (Some("get" | "set"), _) => error(&iq, "service-unavailable"),
+        _ => None,
+    };
+    let _ = origin;
+    if let Some(reply) = reply {
+        ctx.deliver_to_full(reply);
+    }
+}
+
+trait WithAttrOpt {
+    fn with_attr_opt(self, name: &str, value: Option<&str>) -> Self;
+}
+
+impl WithAttrOpt for Element {
+    fn with_attr_opt(self, name: &str, value: Option<&str>) -> Element {
+        match value {
+            Some(v) => self.with_attr(name, v),
+            None => self,
+        }
+    }
+}
+
+fn server_info(ctx: &Ctx, iq: &Element, query: &Element) -> Element {
+    let mut result = Element::new("query", ns::DISCO_INFO).with_attr_opt("node", query.attr("node"));
+    result.append_child(
+        Element::new("identity", ns::DISCO_INFO)
+            .with_attr("category", "server")
+            .with_attr("type", "im")
+            .with_attr("name", "waddle"),
+    );
+    let mut features = vec![
+        ns::DISCO_INFO,
+        ns::DISCO_ITEMS,
+        ns::PING,
+        ns::ROSTER,
+        ns::VCARD,
+        ns::MSG_OFFLINE,
+        ns::DELAY,
+        "urn:xmpp:features:rosterver",
+        "urn:xmpp:features:pre-approval",
+    ];
+    if ctx.config.auth.in_band_registration {
+        features.push(ns::REGISTER);
+    }
+    for f in features {
+        result.append_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+    }
+    iq_result_with(iq, result)
+}
+
+fn account_info(iq: &Element, query: &Element) -> Element {
+    let result = Element::new("query", ns::DISCO_INFO)
+        .with_attr_opt("node", query.attr("node"))
+        .with_child(
+            Element::new("identity", ns::DISCO_INFO)
+                .with_attr("category", "account")
+                .with_attr("type", "registered"),
+        )
+        .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO));
+    iq_result_with(iq, result)
+}
+
+async fn vcard_get(ctx: &Ctx, iq: &Element, account: &BareJid) -> Element {
+    let Some(node) = account.node() else {
+        return error(iq, "item-not-found").unwrap_or_else(|| iq_result(iq));
+    };
+    let stored = match ctx.store.vcard_get(node.as_str()).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "vcard read failed");
+            return error(iq, "internal-server-error").unwrap_or_else(|| iq_result(iq));
+        }
+    };
+    let vcard = stored
+        .as_deref()
+        .and_then(im::parse_stored_stanza)
+        .unwrap_or_else(|| Element::new("vCard", ns::VCARD));
+    iq_result_with(iq, vcard)
+}
+
+async fn vcard_set(ctx: &Ctx, origin: &Origin, iq: &Element, vcard: &Element) -> Element {
+    if iq.attr("to").is_some_and(|to| to != origin.bare().as_str()) {
+        return error(iq, "forbidden").unwrap_or_else(|| iq_result(iq));
+    }
+    let Some(node) = origin.bare().node().map(|n| n.as_str().to_owned()) else {
+        return error(iq, "forbidden").unwrap_or_else(|| iq_result(iq));
+    };
+    let xml = String::from_utf8_lossy(&vcard.to_bytes(ns::CLIENT)).into_owned();
+    match ctx.store.vcard_set(&node, &xml).await {
+        Ok(()) => iq_result(iq),
+        Err(e) => {
+            tracing::error!(error = %e, "vcard write failed");
+            error(iq, "internal-server-error").unwrap_or_else(|| iq_result(iq))
+        }
+    }
+}
+
+fn registration_info(iq: &Element, account: &BareJid) -> Element {
+    let username = account.node().map(|n| n.as_str()).unwrap_or_default();
+    iq_result_with(
+        iq,
+        Element::new("query", ns::REGISTER)
+            .with_child(Element::new("registered", ns::REGISTER))
+            .with_child(Element::new("username", ns::REGISTER).with_text(username)),
+    )
+}
+
+/// XEP-0077 after authentication: `<remove/>` cancels the account. Password changes
+/// are not offered here (use the HTTP API), so they are refused as not allowed.
+async fn registration_set(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Element) -> Option<Element> {
+    if !query.has_child("remove", ns::REGISTER) {
+        return error(iq, "not-allowed");
+    }
+    let bare = origin.bare();
+    let username = bare.node()?.as_str().to_owned();
+    if let Err(e) = ctx.store.delete_account(&username).await {
+        tracing::error!(error = %e, "account removal failed");
+        return error(iq, "internal-server-error");
+    }
+    ctx.deliver_to_full(iq_result(iq));
+    tracing::info!(user = %username, "account removed by its owner");
+    for s in ctx.registry.sessions(bare.as_str()) {
+        let _ = s.handle.cast(SessionMsg::ClientClosed(Some("not-authorized")));
+    }
+    None
+}

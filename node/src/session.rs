@@ -1,0 +1,467 @@
+//! A bound client session: one ractor actor per connection (the thin shell), plus a
+//! reader task (socket → parser → actor) and a writer task (actor → batched socket
+//! writes). Protocol decisions are delegated to the router, `im` and `waddle_c2s`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jid::FullJid;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use waddle_c2s::stanza::{self, error_reply, iq_payload, iq_result, StanzaKind};
+use waddle_c2s::{ns, stream};
+use waddle_cluster::{SessionEntry, SessionMsg, SessionRef};
+use waddle_xml::{Element, StreamEvent, StreamParser};
+
+use crate::ctx::Ctx;
+use crate::im;
+use crate::io::ClientIo;
+use crate::router::Origin;
+
+/// Maximum stanzas the writer coalesces into one socket write.
+const WRITE_BATCH: usize = 128;
+const READ_BUFFER: usize = 4096;
+
+pub struct SessionActor;
+
+pub struct SessionArgs {
+    pub ctx: Arc<Ctx>,
+    pub jid: FullJid,
+    pub conn_id: u64,
+    pub writer: mpsc::Sender<Vec<u8>>,
+    pub writer_task: JoinHandle<()>,
+    pub inflight: Arc<Semaphore>,
+    pub activity: Arc<Activity>,
+}
+
+/// Time of the last bytes received from the client, for keepalive decisions.
+pub struct Activity {
+    epoch: Instant,
+    last_rx_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            last_rx_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        self.last_rx_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn last_rx_ms(&self) -> u64 {
+        self.last_rx_ms.load(Ordering::Relaxed)
+    }
+}
+
+pub struct SessionState {
+    ctx: Arc<Ctx>,
+    origin: Origin,
+    jid: FullJid,
+    bare: String,
+    conn_id: u64,
+    writer: Option<mpsc::Sender<Vec<u8>>>,
+    writer_task: Option<JoinHandle<()>>,
+    reader_task: Option<JoinHandle<()>>,
+    ticker: Option<JoinHandle<()>>,
+    inflight: Arc<Semaphore>,
+    activity: Arc<Activity>,
+    available: bool,
+    initial_presence_sent: bool,
+    /// JIDs that received directed presence and must get our unavailable (RFC 6121 §4.6).
+    directed: HashSet<String>,
+    /// Outstanding server ping: id and when it was sent (ms on the activity clock).
+    ping: Option<(String, u64)>,
+}
+
+impl SessionState {
+    fn write(&mut self, bytes: Vec<u8>) -> bool {
+        let Some(writer) = &self.writer else { return false };
+        match writer.try_send(bytes) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(jid = %self.jid, "client does not read fast enough; disconnecting");
+                self.writer = None;
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn write_stanza(&mut self, el: &Element) -> bool {
+        self.write(el.to_bytes(ns::CLIENT))
+    }
+
+    async fn on_client(&mut self, mut el: Element) -> Result<(), &'static str> {
+        let Some(kind) = stanza::kind(&el) else {
+            return Err("unsupported-stanza-type");
+        };
+        // RFC 6120 §8.1.2.1: the server stamps the sender's full JID.
+        el.set_attr("from", self.jid.as_str());
+        match kind {
+            StanzaKind::Message => {
+                if el.attr("to").is_none() {
+                    // RFC 6120 §10.3.1: a message without 'to' is for the sender's bare JID.
+                    el.set_attr("to", self.bare.as_str());
+                }
+                self.ctx.route(&self.origin, el).await;
+            }
+            StanzaKind::Iq => self.on_iq(el).await,
+            StanzaKind::Presence => self.on_presence(el).await,
+        }
+        Ok(())
+    }
+
+    async fn on_iq(&mut self, iq: Element) {
+        let to_server = match iq.attr("to") {
+            None => true,
+            Some(to) => to == self.ctx.domain,
+        };
+        match iq.attr("type") {
+            Some("result" | "error") if to_server => {
+                if self.ping.as_ref().is_some_and(|(id, _)| Some(id.as_str()) == iq.attr("id")) {
+                    self.ping = None;
+                }
+            }
+            Some("set") if to_server && iq_payload(&iq).is_some_and(|p| p.is("session", ns::SESSION)) => {
+                // RFC 3921 session establishment: a no-op kept for older clients.
+                self.write_stanza(&iq_result(&iq));
+            }
+            Some("get" | "set" | "result" | "error") => self.ctx.route(&self.origin, iq).await,
+            _ => {
+                if let Some(err) = error_reply(&iq, "bad-request", Some("iq type must be get, set, result or error")) {
+                    self.write_stanza(&err);
+                }
+            }
+        }
+    }
+
+    async fn on_presence(&mut self, presence: Element) {
+        let ptype = presence.attr("type").map(str::to_owned);
+        let has_to = presence.attr("to").is_some();
+        match (has_to, ptype.as_deref()) {
+            (false, None) => self.available_presence(presence).await,
+            (false, Some("unavailable")) => self.unavailable_presence(presence).await,
+            (true, Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
+                im::outbound_subscription(&self.ctx, &self.origin, presence).await;
+            }
+            (true, None | Some("unavailable")) => {
+                if let Some(to) = presence.attr("to") {
+                    if ptype.is_none() {
+                        self.directed.insert(to.to_owned());
+                    } else {
+                        self.directed.remove(to);
+                    }
+                }
+                self.ctx.route(&self.origin, presence).await;
+            }
+            (true, Some("probe" | "error")) => self.ctx.route(&self.origin, presence).await,
+            (false, Some("error")) => {}
+            _ => {
+                if let Some(err) = error_reply(&presence, "bad-request", Some("unexpected presence type")) {
+                    self.write_stanza(&err);
+                }
+            }
+        }
+    }
+
+    async fn available_presence(&mut self, presence: Element) {
+        let priority_text = presence.get_child("priority", ns::CLIENT).map(Element::text);
+        let priority = match waddle_im::parse_priority(priority_text.as_deref()) {
+            Ok(p) => p,
+            Err(_) => {
+                if let Some(err) = error_reply(&presence, "bad-request", Some("priority must be -128..127")) {
+                    self.write_stanza(&err);
+                }
+                return;
+            }
+        };
+        let shared = Arc::new(presence.clone());
+        self.ctx.registry.update(&self.bare, self.jid.resource().as_str(), self.conn_id, |e| {
+            e.available = true;
+            e.priority = priority;
+            e.presence = Some(shared);
+        });
+        self.available = true;
+        im::broadcast(&self.ctx, &self.origin, &presence, &self.directed).await;
+        if !self.initial_presence_sent {
+            self.initial_presence_sent = true;
+            // XEP-0160: offline messages go to the first non-negative-priority session.
+            im::after_initial_presence(&self.ctx, &self.origin, priority >= 0).await;
+        }
+    }
+
+    async fn unavailable_presence(&mut self, presence: Element) {
+        self.ctx.registry.update(&self.bare, self.jid.resource().as_str(), self.conn_id, |e| {
+            e.available = false;
+            e.presence = None;
+        });
+        if self.available {
+            im::broadcast(&self.ctx, &self.origin, &presence, &self.directed).await;
+        }
+        self.available = false;
+        self.directed.clear();
+    }
+
+    /// Returns false when the connection must close for lack of an answer.
+    fn on_tick(&mut self) -> bool {
+        let now = self.activity.now_ms();
+        let last_rx = self.activity.last_rx_ms();
+        let c2s = &self.ctx.config.c2s;
+        if let Some((_, sent_at)) = &self.ping {
+            if last_rx >= *sent_at {
+                self.ping = None;
+            } else if now.saturating_sub(*sent_at) >= c2s.ping_timeout_secs * 1000 {
+                return false;
+            }
+            return true;
+        }
+        if now.saturating_sub(last_rx) >= c2s.ping_interval_secs * 1000 {
+            let id = self.ctx.next_id("ping");
+            let ping = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "get")
+                .with_attr("id", id.as_str())
+                .with_attr("from", self.ctx.domain.as_str())
+                .with_attr("to", self.jid.as_str())
+                .with_child(Element::new("ping", ns::PING));
+            self.write_stanza(&ping);
+            self.ping = Some((id, now));
+        }
+        true
+    }
+
+    fn close_with(&mut self, condition: Option<&str>, text: Option<&str>) {
+        let bytes = match condition {
+            Some(c) => stream::error(c, text),
+            None => stream::CLOSE.to_vec(),
+        };
+        self.write(bytes);
+        // Dropping the sender lets the writer flush and shut the socket down.
+        self.writer = None;
+    }
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(&self, myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
+        let tick = Duration::from_secs(args.ctx.config.c2s.ping_timeout_secs.clamp(1, 30));
+        let ticker = myself.send_interval(tick, || SessionMsg::Tick);
+        let bare = args.jid.to_bare().as_str().to_owned();
+        Ok(SessionState {
+            origin: Origin::session(args.jid.clone(), args.conn_id),
+            ctx: args.ctx,
+            jid: args.jid,
+            bare,
+            conn_id: args.conn_id,
+            writer: Some(args.writer),
+            writer_task: Some(args.writer_task),
+            reader_task: None,
+            ticker: Some(ticker),
+            inflight: args.inflight,
+            activity: args.activity,
+            available: false,
+            initial_presence_sent: false,
+            directed: HashSet::new(),
+            ping: None,
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<SessionMsg>, msg: SessionMsg, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::FromClient(el) => {
+                let result = state.on_client(el).await;
+                state.inflight.add_permits(1);
+                if let Err(condition) = result {
+                    state.close_with(Some(condition), None);
+                    myself.stop(None);
+                }
+            }
+            SessionMsg::Deliver(stanza) => {
+                if !state.write_stanza(&stanza) && state.writer.is_none() {
+                    myself.stop(None);
+                }
+            }
+            SessionMsg::Replaced => {
+                state.close_with(Some("conflict"), Some("Replaced by a new session with the same resource"));
+                myself.stop(None);
+            }
+            SessionMsg::ClientClosed(condition) => {
+                state.close_with(condition, None);
+                myself.stop(None);
+            }
+            SessionMsg::Tick => {
+                if !state.on_tick() {
+                    state.close_with(Some("connection-timeout"), Some("no answer to ping"));
+                    myself.stop(None);
+                }
+            }
+            SessionMsg::ReaderStarted(handle) => state.reader_task = Some(handle),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<SessionMsg>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        if let Some(t) = state.reader_task.take() {
+            t.abort();
+        }
+        let still_bound = state.ctx.registry.unbind(&state.bare, state.jid.resource().as_str(), state.conn_id);
+        if state.available {
+            // RFC 6121 §4.6: the server broadcasts unavailable for a vanished session.
+            let unavailable = Element::new("presence", ns::CLIENT)
+                .with_attr("from", state.jid.as_str())
+                .with_attr("type", "unavailable");
+            let directed = std::mem::take(&mut state.directed);
+            im::broadcast(&state.ctx, &state.origin, &unavailable, &directed).await;
+        }
+        tracing::debug!(jid = %state.jid, still_bound, "session ended");
+        state.writer = None;
+        if let Some(writer_task) = state.writer_task.take() {
+            // Give the writer a moment to flush the closing bytes.
+            let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+        }
+        Ok(())
+    }
+}
+
+/// Starts a bound session: writer task, actor, registry entry, reader task.
+pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJid) {
+    let conn_id = ctx.next_conn_id();
+    let (read_half, write_half) = tokio::io::split(io);
+    let (tx, rx) = mpsc::channel(ctx.config.c2s.max_outbound_queue);
+    let writer_task = tokio::spawn(writer(write_half, rx));
+    let inflight = Arc::new(Semaphore::new(ctx.config.c2s.max_inbound_inflight));
+    let activity = Arc::new(Activity::new());
+    activity.touch();
+    let args = SessionArgs {
+        ctx: Arc::clone(&ctx),
+        jid: jid.clone(),
+        conn_id,
+        writer: tx,
+        writer_task,
+        inflight: Arc::clone(&inflight),
+        activity: Arc::clone(&activity),
+    };
+    let (actor, _join) = match Actor::spawn(None, SessionActor, args).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start session actor");
+            return;
+        }
+    };
+    let bare = jid.to_bare().as_str().to_owned();
+    let entry = SessionEntry {
+        resource: jid.resource().as_str().to_owned(),
+        conn_id,
+        handle: actor.clone(),
+        priority: 0,
+        available: false,
+        presence: None,
+        roster_interested: false,
+    };
+    if let Some(old) = ctx.registry.bind(&bare, entry) {
+        let _ = old.handle.cast(SessionMsg::Replaced);
+    }
+    tracing::info!(jid = %jid, conn_id, "session bound");
+    let reader_task = tokio::spawn(reader(read_half, parser, actor.clone(), inflight, activity));
+    let _ = actor.cast(SessionMsg::ReaderStarted(reader_task));
+}
+
+async fn reader(
+    mut io: ReadHalf<ClientIo>,
+    mut parser: StreamParser,
+    actor: SessionRef,
+    inflight: Arc<Semaphore>,
+    activity: Arc<Activity>,
+) {
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        loop {
+            match parser.next_event() {
+                Ok(Some(StreamEvent::Stanza(el))) => {
+                    // Back-pressure: stop reading while too many stanzas await processing.
+                    match inflight.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => return,
+                    }
+                    if actor.cast(SessionMsg::FromClient(el)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(StreamEvent::Close)) => {
+                    let _ = actor.cast(SessionMsg::ClientClosed(None));
+                    return;
+                }
+                Ok(Some(StreamEvent::Header(_))) => {
+                    // No stream restart is allowed once a resource is bound.
+                    let _ = actor.cast(SessionMsg::ClientClosed(Some("invalid-xml")));
+                    return;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "client stream error");
+                    let _ = actor.cast(SessionMsg::ClientClosed(Some(e.stream_condition())));
+                    return;
+                }
+            }
+        }
+        match io.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = actor.cast(SessionMsg::ClientClosed(None));
+                return;
+            }
+            Ok(n) => {
+                activity.touch();
+                if let Err(e) = parser.feed(&buf[..n]) {
+                    tracing::debug!(error = %e, "client stream error");
+                    let _ = actor.cast(SessionMsg::ClientClosed(Some(e.stream_condition())));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Coalesces queued stanzas into one write per wake-up: under load many stanzas share a
+/// syscall (and a TLS record), idle sessions pay nothing.
+async fn writer(mut io: WriteHalf<ClientIo>, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(8);
+    let mut out: Vec<u8> = Vec::new();
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let chunk = if batch.len() == 1 {
+            batch.pop().unwrap_or_default()
+        } else {
+            out.clear();
+            for b in batch.drain(..) {
+                out.extend_from_slice(&b);
+            }
+            std::mem::take(&mut out)
+        };
+        if io.write_all(&chunk).await.is_err() || io.flush().await.is_err() {
+            return;
+        }
+        out = chunk;
+        out.clear();
+        if out.capacity() > 64 * 1024 {
+            // Do not keep a burst-sized buffer on an idle session.
+            out = Vec::new();
+        }
+    }
+    let _ = io.shutdown().await;
+}

@@ -1,0 +1,697 @@
+"""Shared helpers for the waddle black-box interop suite.
+
+Everything here talks to a real ``waddle`` process over loopback:
+
+* ``http_request``: tiny urllib-based JSON client for the HTTP API.
+* ``XmppClient`` / ``connect_client``: a slixmpp ``ClientXMPP`` that records
+  every stanza it receives so tests can assert on what actually arrived.
+* ``RawStream``: a blocking socket + ssl XMPP speaker for wire-level tests
+  (stream errors, pre-TLS features, hand-written SASL).
+
+Every wait is bounded (``TIMEOUT`` seconds, overridable through the
+``WADDLE_TEST_TIMEOUT`` environment variable) so that a broken server makes
+tests fail instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json as jsonlib
+import os
+import secrets
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import slixmpp
+from slixmpp.exceptions import IqError, IqTimeout
+
+DOMAIN = "localhost"
+HOST = "127.0.0.1"
+TIMEOUT = float(os.environ.get("WADDLE_TEST_TIMEOUT", "10"))
+# How long we watch for something that must NOT arrive.
+QUIET_PERIOD = float(os.environ.get("WADDLE_TEST_QUIET_PERIOD", "1.0"))
+
+NS_CLIENT = "jabber:client"
+NS_STREAM = "http://etherx.jabber.org/streams"
+NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
+NS_STANZAS_ERR = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+NS_ROSTER = "jabber:iq:roster"
+NS_REGISTER = "jabber:iq:register"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_PING = "urn:xmpp:ping"
+NS_DELAY = "urn:xmpp:delay"
+
+STREAM_HEADER = (
+    "<?xml version='1.0'?>"
+    "<stream:stream to='localhost' version='1.0' xmlns='jabber:client' "
+    "xmlns:stream='http://etherx.jabber.org/streams'>"
+)
+
+
+def q(ns: str, tag: str) -> str:
+    """Clark notation: ``{ns}tag``."""
+    return "{%s}%s" % (ns, tag)
+
+
+def unique(prefix: str) -> str:
+    """A fresh, nodeprep-safe localpart (letters and digits only)."""
+    return f"{prefix}{secrets.token_hex(5)}"
+
+
+# --------------------------------------------------------------------------
+# Server description + HTTP
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class ServerInfo:
+    starttls_port: int
+    direct_tls_port: int
+    http_port: int
+    log_path: str
+    data_dir: str
+    proc: Any = None  # subprocess.Popen
+    host: str = HOST
+    domain: str = DOMAIN
+
+    @property
+    def http_base(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def log_tail(self, max_bytes: int = 8000) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - max_bytes))
+                return fh.read().decode("utf-8", "replace")
+        except OSError as exc:  # pragma: no cover - diagnostics only
+            return f"<cannot read server log: {exc}>"
+
+
+def http_request(
+    base: str,
+    method: str,
+    path: str,
+    json: Any = None,
+    bearer: Optional[str] = None,
+    headers: Optional[dict] = None,
+    timeout: float = TIMEOUT,
+) -> tuple[int, Any]:
+    """Send one HTTP request; return ``(status, parsed JSON | text | None)``.
+
+    Non-2xx answers are returned, not raised.
+    """
+    data = None
+    hdrs = {"Accept": "application/json"}
+    if json is not None:
+        data = jsonlib.dumps(json).encode()
+        hdrs["Content-Type"] = "application/json"
+    if bearer is not None:
+        hdrs["Authorization"] = f"Bearer {bearer}"
+    if headers:
+        hdrs.update(headers)
+    req = urllib.request.Request(base + path, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    if not raw:
+        return status, None
+    try:
+        return status, jsonlib.loads(raw)
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def assert_error_envelope(body: Any) -> None:
+    """The API's JSON error shape: ``{"error": {"code": str, "message": str}}``."""
+    assert isinstance(body, dict), f"expected JSON object error body, got {body!r}"
+    assert "error" in body, f"missing 'error' key in {body!r}"
+    err = body["error"]
+    assert isinstance(err, dict), f"'error' must be an object: {body!r}"
+    assert isinstance(err.get("code"), str) and err["code"], f"bad error.code in {body!r}"
+    assert isinstance(err.get("message"), str) and err["message"], f"bad error.message in {body!r}"
+
+
+# --------------------------------------------------------------------------
+# slixmpp client
+# --------------------------------------------------------------------------
+
+
+def insecure_ssl_context() -> ssl.SSLContext:
+    """The test server uses a self-signed certificate: skip verification."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def stanza_kind(st: Any) -> str:
+    """Local name of a recorded stanza's top element ('message', 'iq', ...)."""
+    tag = st.xml.tag
+    return tag.rsplit("}", 1)[-1]
+
+
+def bare(jid: Any) -> str:
+    return str(jid).split("/", 1)[0]
+
+
+def stream_error_condition(elem: ET.Element) -> Optional[str]:
+    """Condition name of a ``<stream:error>`` element (ignores ``<text>``)."""
+    for child in elem:
+        if child.tag.startswith("{%s}" % NS_STREAMS_ERR) and not child.tag.endswith("}text"):
+            return child.tag.split("}", 1)[1]
+    return None
+
+
+def stanza_error(st: Any) -> tuple[Optional[str], Optional[str]]:
+    """(type, condition) of a stanza's ``<error/>`` child, read from raw XML."""
+    err = st.xml.find(q(NS_CLIENT, "error"))
+    if err is None:
+        return None, None
+    cond = None
+    for child in err:
+        if child.tag.startswith("{%s}" % NS_STANZAS_ERR) and not child.tag.endswith("}text"):
+            cond = child.tag.split("}", 1)[1]
+            break
+    return err.get("type"), cond
+
+
+class XmppClient(slixmpp.ClientXMPP):
+    """slixmpp client that records every inbound stanza for assertions."""
+
+    def __init__(self, jid: str, password: str, *, sasl_mech: Optional[str] = None,
+                 inband_register: bool = False):
+        super().__init__(jid, password, sasl_mech=sasl_mech,
+                         ssl_context=insecure_ssl_context())
+        # Tests drive subscriptions explicitly; never auto-approve/subscribe.
+        self.auto_authorize = None
+        self.auto_subscribe = False
+        self.received: list[Any] = []
+        self.stream_errors: list[str] = []
+        self.auth_failures: list[str] = []
+        self.disconnected_flag = asyncio.Event()
+        self.session_started = asyncio.Event()
+        self._changed = asyncio.Event()
+        self.server_offered_register = False
+        self._inband_register = inband_register
+
+        self.register_plugin("xep_0030")  # service discovery
+        self.register_plugin("xep_0199")  # ping (also answers pings)
+        self.register_plugin("xep_0203")  # delayed delivery
+        if inband_register:
+            self.register_plugin("xep_0077")
+
+        self.add_filter("in", self._record)
+        self.add_event_handler("stream_error", self._on_stream_error)
+        self.add_event_handler("failed_auth", self._on_failed_auth)
+        self.add_event_handler("disconnected", self._on_disconnected)
+        self.add_event_handler("session_start", self._on_session_start)
+
+    # -- recording ---------------------------------------------------------
+    def _record(self, stanza: Any) -> Any:
+        if self._inband_register and stanza_kind(stanza) == "features":
+            # Offer the XEP-0077 stream feature to slixmpp's plugin after TLS
+            # and before SASL even if the server does not advertise it (the
+            # plugin's own force_registration check does not recognise
+            # asyncio's SSLObject).
+            if stanza.xml.find("{http://jabber.org/features/iq-register}register") is not None:
+                self.server_offered_register = True
+            if "starttls" in self.features and "mechanisms" not in self.features:
+                stanza.enable("register")
+        self.received.append(stanza)
+        self._changed.set()
+        return stanza
+
+    def _on_stream_error(self, err: Any) -> None:
+        self.stream_errors.append(stream_error_condition(err.xml) or "?")
+        self._changed.set()
+
+    def _on_failed_auth(self, failure: Any) -> None:
+        cond = None
+        for child in failure.xml:
+            if child.tag.startswith("{%s}" % NS_SASL) and not child.tag.endswith("}text"):
+                cond = child.tag.split("}", 1)[1]
+        self.auth_failures.append(cond or "?")
+        self._changed.set()
+
+    def _on_disconnected(self, _reason: Any) -> None:
+        self.disconnected_flag.set()
+        self._changed.set()
+
+    def _on_session_start(self, _data: Any) -> None:
+        self.session_started.set()
+        self._changed.set()
+
+    # -- waiting -----------------------------------------------------------
+    def mark(self) -> int:
+        """Index to pass as ``since=`` to only look at later stanzas."""
+        return len(self.received)
+
+    async def wait_for(self, pred: Callable[[Any], bool], what: str = "stanza",
+                       timeout: float = TIMEOUT, since: int = 0) -> Any:
+        """Return the first recorded stanza (index >= since) matching pred."""
+        deadline = time.monotonic() + timeout
+        idx = since
+        while True:
+            while idx < len(self.received):
+                st = self.received[idx]
+                idx += 1
+                try:
+                    if pred(st):
+                        return st
+                except (KeyError, AttributeError, ValueError):
+                    continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"{self.boundjid or self.requested_jid}: timed out after {timeout}s "
+                    f"waiting for {what}; last stanzas received:\n{self.describe_recent()}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def assert_none(self, pred: Callable[[Any], bool], what: str,
+                          wait: float = QUIET_PERIOD, since: int = 0) -> None:
+        """Fail if a matching stanza is (or becomes, within ``wait``) recorded."""
+        await asyncio.sleep(wait)
+        for st in self.received[since:]:
+            try:
+                hit = pred(st)
+            except (KeyError, AttributeError, ValueError):
+                hit = False
+            assert not hit, f"{self.boundjid}: unexpectedly received {what}: {st}"
+
+    async def wait_disconnected(self, timeout: float = TIMEOUT) -> None:
+        try:
+            await asyncio.wait_for(self.disconnected_flag.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"{self.boundjid}: not disconnected within {timeout}s") from None
+
+    def describe_recent(self, n: int = 8) -> str:
+        tail = self.received[-n:]
+        return "\n".join(f"  {st}" for st in tail) or "  <nothing>"
+
+    # -- convenience -------------------------------------------------------
+    async def iq(self, iq: Any, timeout: float = TIMEOUT) -> Any:
+        """Send an Iq and return the result; IqError/IqTimeout become failures."""
+        try:
+            return await iq.send(timeout=timeout)
+        except IqError as err:
+            raise AssertionError(f"iq failed: {err.iq}") from None
+        except IqTimeout:
+            raise AssertionError(f"iq timed out after {timeout}s: {iq}") from None
+
+    async def sync(self, timeout: float = TIMEOUT) -> None:
+        """Round-trip a ping to the server: everything we sent before it has
+        been processed by the server once the answer arrives (assuming the
+        server handles one session's stanzas in order)."""
+        iq = self.Iq(stype="get", sto=DOMAIN)
+        iq.enable("ping")
+        res = await self.iq(iq, timeout)
+        assert res["type"] == "result", f"ping to server failed: {res}"
+
+    async def roster_items(self) -> dict[str, ET.Element]:
+        """Fetch the roster (no versioning) as {bare jid: <item/> element}."""
+        iq = self.Iq(stype="get")
+        iq.enable("roster")
+        res = await self.iq(iq)
+        assert res["type"] == "result", f"roster get failed: {res}"
+        items = {}
+        for item in res.xml.iter(q(NS_ROSTER, "item")):
+            items[item.get("jid")] = item
+        return items
+
+    async def close(self, wait: float = 1.0) -> None:
+        """Disconnect (bounded); abort the transport if that does not work."""
+        self.cancel_connection_attempt()
+        if self.transport is not None:
+            try:
+                await asyncio.wait_for(self.disconnect(wait=wait), wait + 1.0)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        if self.transport is not None:
+            self.abort()
+
+
+async def connect_client(
+    server: ServerInfo,
+    jid: str,
+    password: str,
+    *,
+    direct_tls: bool = False,
+    sasl_mech: Optional[str] = None,
+    timeout: float = TIMEOUT,
+    expect_session: bool = True,
+    client: Optional[XmppClient] = None,
+) -> XmppClient:
+    """Connect a slixmpp client to the server under test.
+
+    STARTTLS on the c2s port by default, or direct TLS (XEP-0368) on the
+    second port. Waits for ``session_start`` (bind done) unless
+    ``expect_session`` is False, in which case it returns as soon as the
+    session started, auth failed or the stream ended.
+    """
+    c = client or XmppClient(jid, password, sasl_mech=sasl_mech)
+    # slixmpp tries every enabled transport in turn on a custom address;
+    # enable exactly the one under test.
+    c.enable_plaintext = False
+    if direct_tls:
+        c.enable_starttls, c.enable_direct_tls = False, True
+        port = server.direct_tls_port
+    else:
+        c.enable_starttls, c.enable_direct_tls = True, False
+        port = server.starttls_port
+
+    failed_connect: list[Any] = []
+    c.add_event_handler("connection_failed", lambda e: (failed_connect.append(e), c._changed.set()))
+
+    c.connect(host=server.host, port=port)
+    deadline = time.monotonic() + timeout
+    while True:
+        if c.session_started.is_set():
+            return c
+        if not expect_session and (c.auth_failures or c.disconnected_flag.is_set()
+                                   or c.stream_errors):
+            return c
+        problem = None
+        if failed_connect:
+            problem = f"TCP/TLS connection failed: {failed_connect[0]!r}"
+        elif c.stream_errors:
+            problem = f"stream error(s) {c.stream_errors}"
+        elif c.auth_failures:
+            problem = f"SASL failure(s) {c.auth_failures}"
+        elif c.disconnected_flag.is_set():
+            problem = "stream closed before session start"
+        elif time.monotonic() >= deadline:
+            problem = f"no session_start within {timeout}s"
+        if problem:
+            await c.close(wait=0.2)
+            if not expect_session and time.monotonic() >= deadline:
+                return c
+            raise AssertionError(
+                f"login of {jid} on port {port} ({'direct TLS' if direct_tls else 'STARTTLS'}) "
+                f"failed: {problem}; recent stanzas:\n{c.describe_recent()}")
+        c._changed.clear()
+        try:
+            await asyncio.wait_for(c._changed.wait(), max(0.01, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            pass
+
+
+async def assert_server_healthy(xmpp: Any, make_account: Callable) -> None:
+    """Two fresh accounts log in with slixmpp and exchange a chat message:
+    the server is still up and serving (used after abusive tests)."""
+    (a, pa), (b, pb) = make_account("hca"), make_account("hcb")
+    alice = await xmpp(a, pa, "h")
+    bob = await xmpp(b, pb, "h")
+    body = unique("health-")
+    alice.send_message(mto=bob.boundjid.full, mbody=body, mtype="chat")
+    msg = await bob.wait_for(is_message_with_body(body, "chat"), "health-check chat")
+    assert msg.xml.get("from") == alice.boundjid.full, msg
+
+
+# Predicates -----------------------------------------------------------------
+
+def is_message_with_body(body: str, mtype: Optional[str] = None) -> Callable[[Any], bool]:
+    def pred(st: Any) -> bool:
+        if stanza_kind(st) != "message":
+            return False
+        b = st.xml.find(q(NS_CLIENT, "body"))
+        if b is None or b.text != body:
+            return False
+        return mtype is None or st.xml.get("type", "normal") == mtype
+    return pred
+
+
+def is_stream_error(st: Any) -> bool:
+    return st.xml.tag == q(NS_STREAM, "error")
+
+
+def is_presence(from_: str, ptype: Optional[str] = None,
+                status: Optional[str] = None) -> Callable[[Any], bool]:
+    """Presence from ``from_`` (bare or full JID; bare matches any resource)."""
+    def pred(st: Any) -> bool:
+        if stanza_kind(st) != "presence":
+            return False
+        frm = st.xml.get("from", "")
+        if "/" in from_:
+            if frm != from_:
+                return False
+        elif bare(frm) != from_:
+            return False
+        if (st.xml.get("type") or None) != ptype:
+            return False
+        if status is not None:
+            s = st.xml.find(q(NS_CLIENT, "status"))
+            if s is None or s.text != status:
+                return False
+        return True
+    return pred
+
+
+def is_roster_push(contact: str, subscription: Optional[str] = None) -> Callable[[Any], bool]:
+    def pred(st: Any) -> bool:
+        if stanza_kind(st) != "iq" or st.xml.get("type") != "set":
+            return False
+        for item in st.xml.iter(q(NS_ROSTER, "item")):
+            if item.get("jid") == contact and (
+                    subscription is None or item.get("subscription", "none") == subscription):
+                return True
+        return False
+    return pred
+
+
+# --------------------------------------------------------------------------
+# raw socket XMPP
+# --------------------------------------------------------------------------
+
+
+class StreamClosed(Exception):
+    """The server closed the XML stream or the TCP connection."""
+
+
+class RawStream:
+    """Minimal blocking XMPP speaker for wire-level tests."""
+
+    def __init__(self, host: str, port: int, timeout: float = TIMEOUT):
+        self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+        self.timeout = timeout
+        self.raw_in = bytearray()  # everything received (decrypted), all streams
+        self.elements: list[ET.Element] = []  # top-level children, current stream
+        self.stream_attrs: Optional[dict] = None
+        self.stream_ended = False  # saw </stream:stream>
+        self.eof = False  # TCP/TLS connection closed by peer
+        self.reset_by_peer = False
+        self.parse_error: Optional[ET.ParseError] = None
+        self._idc = 0
+        self._reset_parser()
+
+    # -- plumbing ------------------------------------------------------------
+    def _reset_parser(self) -> None:
+        self.parser = ET.XMLPullParser(events=("start", "end"))
+        self.depth = 0
+        self.stream_attrs = None
+        self.elements = []
+        self._pos = 0
+
+    def next_id(self) -> str:
+        self._idc += 1
+        return f"raw{self._idc}"
+
+    def send(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def _recv_once(self, timeout: float) -> bool:
+        """Read once (up to ``timeout``); feed the parser. False on timeout."""
+        if self.eof:
+            return False
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            data = self.sock.recv(65536)
+        except (socket.timeout, ssl.SSLWantReadError):
+            return False
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            data = b""
+        except (ConnectionResetError, BrokenPipeError):
+            self.reset_by_peer = True
+            data = b""
+        except ssl.SSLError as exc:
+            if "APPLICATION_DATA_AFTER_CLOSE_NOTIFY" in str(exc) or "EOF" in str(exc):
+                data = b""
+            else:
+                raise
+        if not data:
+            self.eof = True
+            return True
+        self.raw_in += data
+        if self.parse_error is not None:
+            return True
+        try:
+            self.parser.feed(data)
+            events = list(self.parser.read_events())
+        except ET.ParseError as exc:
+            # The server sent something that is not XML: remember it, keep
+            # collecting raw bytes, and report the stream as unusable.
+            self.parse_error = exc
+            return True
+        for event, elem in events:
+            if event == "start":
+                self.depth += 1
+                if self.depth == 1:
+                    self.stream_attrs = dict(elem.attrib)
+            else:
+                self.depth -= 1
+                if self.depth == 1:
+                    self.elements.append(elem)
+                elif self.depth == 0:
+                    self.stream_ended = True
+        return True
+
+    def read_element(self, timeout: Optional[float] = None) -> ET.Element:
+        """Next top-level element of the current stream.
+
+        Raises StreamClosed if the stream/connection ends first and
+        AssertionError on timeout.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while self._pos >= len(self.elements):
+            if self.parse_error is not None:
+                raise AssertionError(f"server sent malformed XML ({self.parse_error}); "
+                                     f"{self.describe()}")
+            if self.stream_ended or self.eof:
+                raise StreamClosed(self.describe())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for an element; {self.describe()}")
+            self._recv_once(remaining)
+        elem = self.elements[self._pos]
+        self._pos += 1
+        return elem
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Read whatever is available within ``timeout`` seconds."""
+        self._recv_once(timeout)
+
+    def read_until_eof(self, timeout: Optional[float] = None, send_close: bool = True) -> None:
+        """Drain until the peer closes the connection (bounded).
+
+        Once the server's ``</stream:stream>`` is seen we answer with our
+        own closing tag (RFC 6120 4.4) so that a server waiting for it can
+        tear the TCP connection down.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        sent_close = False
+        while not self.eof:
+            if self.parse_error is not None:
+                raise AssertionError(f"server sent malformed XML ({self.parse_error}); "
+                                     f"{self.describe()}")
+            if self.stream_ended and send_close and not sent_close:
+                sent_close = True
+                try:
+                    self.send("</stream:stream>")
+                except OSError:
+                    pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"connection not closed within timeout; {self.describe()}")
+            self._recv_once(remaining)
+
+    def describe(self) -> str:
+        tail = bytes(self.raw_in[-1500:]).decode("utf-8", "replace")
+        return (f"stream_ended={self.stream_ended} eof={self.eof} "
+                f"reset={self.reset_by_peer}; last bytes received: {tail!r}")
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # -- XMPP steps ------------------------------------------------------------
+    def open_stream(self) -> ET.Element:
+        """Send a stream header; return the server's <stream:features/>."""
+        self._reset_parser()
+        self.send(STREAM_HEADER)
+        feats = self.read_element()
+        assert feats.tag == q(NS_STREAM, "features"), \
+            f"expected <stream:features/>, got {ET.tostring(feats)!r}"
+        return feats
+
+    def starttls(self) -> ET.Element:
+        """STARTTLS (no certificate verification) + stream restart."""
+        self.send(f"<starttls xmlns='{NS_TLS}'/>")
+        resp = self.read_element()
+        assert resp.tag == q(NS_TLS, "proceed"), f"STARTTLS refused: {ET.tostring(resp)!r}"
+        self.sock.settimeout(self.timeout)
+        self.sock = insecure_ssl_context().wrap_socket(self.sock, server_hostname=DOMAIN)
+        return self.open_stream()
+
+    def auth_plain(self, username: str, password: str) -> ET.Element:
+        """Send SASL PLAIN; return the <success/> or <failure/> element."""
+        token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
+        self.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{token}</auth>")
+        return self.read_element()
+
+    def bind(self, resource: str) -> str:
+        iq_id = self.next_id()
+        self.send(f"<iq type='set' id='{iq_id}'><bind xmlns='{NS_BIND}'>"
+                  f"<resource>{resource}</resource></bind></iq>")
+        resp = self.read_until(lambda e: e.tag == q(NS_CLIENT, "iq") and e.get("id") == iq_id)
+        assert resp.get("type") == "result", f"bind failed: {ET.tostring(resp)!r}"
+        jid = resp.find(f"{q(NS_BIND, 'bind')}/{q(NS_BIND, 'jid')}")
+        assert jid is not None and jid.text, f"bind result without jid: {ET.tostring(resp)!r}"
+        return jid.text
+
+    def read_until(self, pred: Callable[[ET.Element], bool],
+                   timeout: Optional[float] = None) -> ET.Element:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            elem = self.read_element(max(0.0, deadline - time.monotonic()))
+            if pred(elem):
+                return elem
+
+    def login(self, username: str, password: str, resource: str) -> str:
+        """Header, STARTTLS, SASL PLAIN, restart, bind (+ legacy session if
+        the server says it is required). Returns the bound full JID."""
+        self.open_stream()
+        self.starttls()
+        result = self.auth_plain(username, password)
+        assert result.tag == q(NS_SASL, "success"), f"PLAIN auth failed: {ET.tostring(result)!r}"
+        feats = self.open_stream()
+        assert feats.find(q(NS_BIND, "bind")) is not None, \
+            f"no <bind/> feature after auth: {ET.tostring(feats)!r}"
+        jid = self.bind(resource)
+        sess = feats.find(q(NS_SESSION, "session"))
+        if sess is not None and sess.find(q(NS_SESSION, "optional")) is None:
+            iq_id = self.next_id()
+            self.send(f"<iq type='set' id='{iq_id}'><session xmlns='{NS_SESSION}'/></iq>")
+            self.read_until(lambda e: e.get("id") == iq_id)
+        return jid
+
+    def stream_error(self) -> Optional[ET.Element]:
+        for elem in self.elements:
+            if elem.tag == q(NS_STREAM, "error"):
+                return elem
+        return None
