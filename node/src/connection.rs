@@ -63,13 +63,16 @@ async fn negotiate(
     let mut out: Vec<u8> = Vec::new();
     let mut bound: Option<FullJid> = None;
     loop {
-        while pending.is_empty() && !negotiator.is_established() {
+        // Pull events one at a time and run their actions before the next: a restart
+        // (TLS, SASL success) must reset the parser before the bytes behind it are parsed.
+        if pending.is_empty() && !negotiator.is_established() {
             match parser.next_event() {
                 Ok(Some(event)) => pending.extend(negotiator.on_event(event)),
-                Ok(None) => break,
+                Ok(None) => {}
                 Err(e) => pending.extend(negotiator.on_parse_error(e.stream_condition())),
             }
         }
+        let progressed = !pending.is_empty();
         while let Some(action) = pending.pop_front() {
             match action {
                 Action::Send(bytes) => out.extend_from_slice(&bytes),
@@ -120,10 +123,14 @@ async fn negotiate(
                 }
             }
         }
-        flush(&mut io, &mut out).await.ok()?;
         if negotiator.is_established() {
+            flush(&mut io, &mut out).await.ok()?;
             return bound.map(|jid| (io, parser, jid));
         }
+        if progressed {
+            continue;
+        }
+        flush(&mut io, &mut out).await.ok()?;
         match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
             Err(_) => {
                 pending.extend(negotiator.on_parse_error("connection-timeout"));

@@ -216,7 +216,7 @@ async fn roster_remove(ctx: &Ctx, origin: &Origin, iq: &Element, username: &str,
         conn_id: None,
     };
     if current.subscription.has_from() {
-        send_unavailable_from_all(ctx, &origin.bare(), contact).await;
+        Box::pin(send_unavailable_from_all(ctx, &origin.bare(), contact)).await;
     }
     for (send, action) in [
         (outcome.send_unsubscribe, SubscriptionAction::Unsubscribe),
@@ -224,7 +224,8 @@ async fn roster_remove(ctx: &Ctx, origin: &Origin, iq: &Element, username: &str,
     ] {
         if send {
             let p = subscription_presence(&user_bare, contact, action);
-            ctx.route(&from_origin, p).await;
+            // Boxed: routing can lead back here (server IQ handling is behind the seam).
+            Box::pin(ctx.route(&from_origin, p)).await;
         }
     }
     iq_result(iq)
@@ -288,16 +289,9 @@ pub async fn outbound_subscription(ctx: &Ctx, origin: &Origin, mut stanza: Eleme
         }
     };
     let outcome = waddle_im::outbound(current.as_ref(), &contact_s, action);
-    let mut version = None;
-    if let Some(item) = &outcome.item {
-        match ctx.store.roster_upsert(&username, &row_from_item(item)).await {
-            Ok(v) => version = Some(v),
-            Err(e) => {
-                tracing::error!(error = %e, "roster write failed");
-                return;
-            }
-        }
-    }
+    let Ok(version) = save_item(ctx, &username, outcome.item.as_ref()).await else {
+        return;
+    };
     drop(guard);
     if let (true, Some(item), Some(v)) = (outcome.roster_push, outcome.item.as_ref(), version) {
         if item.in_roster {
@@ -365,16 +359,9 @@ async fn inbound_subscription(ctx: &Ctx, from: &BareJid, to: &BareJid, action: S
         }
     };
     let outcome = waddle_im::inbound(current.as_ref(), &from_s, action);
-    let mut version = None;
-    if let Some(item) = &outcome.item {
-        match ctx.store.roster_upsert(&username, &row_from_item(item)).await {
-            Ok(v) => version = Some(v),
-            Err(e) => {
-                tracing::error!(error = %e, "roster write failed");
-                return;
-            }
-        }
-    }
+    let Ok(version) = save_item(ctx, &username, outcome.item.as_ref()).await else {
+        return;
+    };
     drop(guard);
     if let (true, Some(item), Some(v)) = (outcome.roster_push, outcome.item.as_ref(), version) {
         if item.in_roster {
@@ -398,6 +385,21 @@ async fn inbound_subscription(ctx: &Ctx, from: &BareJid, to: &BareJid, action: S
     if outcome.send_current_presence {
         Box::pin(send_current_presence(ctx, to, &from_s)).await;
     }
+    if outcome.send_unavailable {
+        Box::pin(send_unavailable_from_all(ctx, to, &from_s)).await;
+    }
+}
+
+/// Stores the new state of a roster row: deleted when nothing is left of it, upserted
+/// otherwise. Returns the new roster version (None when nothing changed).
+async fn save_item(ctx: &Ctx, username: &str, item: Option<&RosterItem>) -> Result<Option<u64>, ()> {
+    let Some(item) = item else { return Ok(None) };
+    let result = if item.is_vacant() {
+        ctx.store.roster_remove(username, &item.jid).await
+    } else {
+        ctx.store.roster_upsert(username, &row_from_item(item)).await
+    };
+    result.map(Some).map_err(|e| tracing::error!(error = %e, "roster write failed"))
 }
 
 async fn answer_probe(ctx: &Ctx, prober: &Origin, user: &BareJid) {

@@ -3,14 +3,18 @@
 A single ``waddle`` process is started per test session (see ``server``),
 configured only through ``WADDLE_*`` environment overrides on top of
 ``config/waddle.toml``, listening on free loopback ports with a fresh data
-directory. Tests talk to it with slixmpp, raw sockets and urllib.
+directory. Tests talk to it with slixmpp, raw sockets and http.client.
 
 Environment knobs:
   WADDLE_BIN            server binary (default: <repo>/target/debug/waddle)
   WADDLE_CONFIG         config file passed to --config (default: config/waddle.toml,
                         relative to the repo root, which is the server's cwd)
-  WADDLE_TEST_TIMEOUT   per-wait timeout in seconds (default 10)
-  WADDLE_KEEP_TMP=1     keep the temp dir (data + server log) even on success
+  INTEROP_TIMEOUT       per-wait timeout in seconds (default 10)
+  INTEROP_QUIET_PERIOD  how long "must not arrive" checks watch (default 1.0)
+  INTEROP_KEEP_TMP=1    keep the temp dir (data + server log) even on success
+
+Inherited WADDLE_* variables are NOT passed to the server (it rejects unknown
+ones, and a developer's shell must not change what the suite tests).
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ def server() -> ServerInfo:
     info = ServerInfo(starttls_port=p1, direct_tls_port=p2, http_port=p3,
                       log_path=str(log_path), data_dir=str(data_dir))
 
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WADDLE_")}
     env.update({
         "WADDLE_SERVER_DOMAIN": DOMAIN,
         "WADDLE_SERVER_DATA_DIR": str(data_dir),
@@ -163,7 +167,7 @@ def server() -> ServerInfo:
             crashed_before_teardown = proc.returncode
         code, killed = _stop(proc)
         log_fh.close()
-        keep = _state["failed"] or os.environ.get("WADDLE_KEEP_TMP") == "1"
+        keep = _state["failed"] or os.environ.get("INTEROP_KEEP_TMP") == "1"
         problem = None
         if crashed_before_teardown is not None:
             problem = f"waddle died during the session (exit code {crashed_before_teardown})"
@@ -231,10 +235,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 @pytest.fixture
 def http(server):
-    """``http(method, path, json=None, bearer=None) -> (status, parsed json)``."""
-    def call(method: str, path: str, json=None, bearer=None, headers=None):
+    """``http(method, path, json=None, bearer=None) -> (status, parsed json)``.
+
+    Pass ``source_ip=fresh_source_ip()`` for requests that are expected to
+    fail authentication (the server rate-limits failures per address)."""
+    def call(method: str, path: str, json=None, bearer=None, headers=None, source_ip=None):
         return http_request(server.http_base, method, path, json=json, bearer=bearer,
-                            headers=headers)
+                            headers=headers, source_ip=source_ip)
     return call
 
 
@@ -257,16 +264,18 @@ def make_account(http):
 @pytest.fixture
 async def xmpp(server):
     """Async factory: ``await xmpp(username, password, resource=None,
-    direct_tls=False, sasl_mech=None)`` -> connected XmppClient (session
-    started). Every client is disconnected at teardown."""
+    direct_tls=False, sasl_mech=None, expect_session=True, source_ip=None)``
+    -> connected XmppClient (session started unless expect_session=False).
+    Every client is disconnected at teardown. Logins expected to fail should
+    pass ``source_ip=fresh_source_ip()``."""
     clients: list[XmppClient] = []
 
     async def connect(username: str, password: str, resource: str | None = None, *,
                       direct_tls: bool = False, sasl_mech: str | None = None,
                       expect_session: bool = True, jid: str | None = None,
-                      timeout: float = TIMEOUT) -> XmppClient:
+                      source_ip: str | None = None, timeout: float = TIMEOUT) -> XmppClient:
         full = jid or f"{username}@{DOMAIN}" + (f"/{resource}" if resource else "")
-        client = XmppClient(full, password, sasl_mech=sasl_mech)
+        client = XmppClient(full, password, sasl_mech=sasl_mech, source_ip=source_ip)
         clients.append(client)
         return await connect_client(server, full, password, direct_tls=direct_tls,
                                     expect_session=expect_session, timeout=timeout,

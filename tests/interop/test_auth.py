@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 
 from xmpp_helpers import (
-    assert_server_healthy,
     DOMAIN,
     TIMEOUT,
     XmppClient,
+    assert_server_healthy,
     connect_client,
+    fresh_source_ip,
     is_message_with_body,
     is_stream_error,
     stream_error_condition,
@@ -86,7 +87,9 @@ async def test_plain_login_with_http_xmpp_token(xmpp, make_account, http, server
     assert tok["jid"] == f"{user}@{DOMAIN}"
     assert isinstance(tok["token"], str) and tok["token"]
     assert tok["token"] != pw
-    assert isinstance(tok["xmpp_port"], int) and 0 < tok["xmpp_port"] < 65536, tok
+    assert tok["xmpp_host"] == DOMAIN, tok
+    assert tok["xmpp_port"] == server.starttls_port, tok
+    assert isinstance(tok["websocket_url"], str) and tok["websocket_url"], tok
 
     c = await xmpp(user, tok["token"], "web", sasl_mech="PLAIN")
     assert used_mech(c) == "PLAIN"
@@ -103,19 +106,23 @@ async def test_plain_login_with_password(xmpp, make_account):
 
 async def test_wrong_password_fails_and_server_stays_up(xmpp, make_account):
     user, pw = make_account("wrong")
-    bad = await xmpp(user, pw + "x", "r", sasl_mech="SCRAM-SHA-256", expect_session=False)
+    # Failing logins come from their own loopback addresses: the server
+    # rate-limits failures per client address.
+    bad = await xmpp(user, pw + "x", "r", sasl_mech="SCRAM-SHA-256", expect_session=False,
+                     source_ip=fresh_source_ip())
     assert not bad.session_started.is_set(), "logged in with a wrong password"
     assert bad.auth_failures, "no SASL <failure/> received for a wrong password"
     assert bad.auth_failures[0] == "not-authorized", bad.auth_failures
 
     # Same mistake with PLAIN.
-    bad2 = await xmpp(user, "nope", "r", sasl_mech="PLAIN", expect_session=False)
+    bad2 = await xmpp(user, "nope", "r", sasl_mech="PLAIN", expect_session=False,
+                      source_ip=fresh_source_ip())
     assert not bad2.session_started.is_set()
     assert bad2.auth_failures and bad2.auth_failures[0] == "not-authorized", bad2.auth_failures
 
     # Unknown user: same answer, no user enumeration.
     ghost = await xmpp(unique("ghost"), "whatever", "r", sasl_mech="SCRAM-SHA-256",
-                       expect_session=False)
+                       expect_session=False, source_ip=fresh_source_ip())
     assert not ghost.session_started.is_set()
     assert ghost.auth_failures and ghost.auth_failures[0] == "not-authorized", \
         ghost.auth_failures

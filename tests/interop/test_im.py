@@ -353,7 +353,7 @@ async def test_disco_info_and_items_on_server(xmpp, make_account):
 async def test_disco_info_via_slixmpp_api(xmpp, make_account):
     user, pw = make_account("disco2")
     c = await xmpp(user, pw, "r")
-    info = await c["xep_0030"].get_info(jid=DOMAIN, local=False, cached=False, timeout=10)
+    info = await c.plugin["xep_0030"].get_info(jid=DOMAIN, local=False, cached=False, timeout=10)
     assert "urn:xmpp:ping" in info["disco_info"]["features"]
 
 

@@ -2,14 +2,14 @@
 
 Everything here talks to a real ``waddle`` process over loopback:
 
-* ``http_request``: tiny urllib-based JSON client for the HTTP API.
+* ``http_request``: tiny http.client-based JSON client for the HTTP API.
 * ``XmppClient`` / ``connect_client``: a slixmpp ``ClientXMPP`` that records
   every stanza it receives so tests can assert on what actually arrived.
 * ``RawStream``: a blocking socket + ssl XMPP speaker for wire-level tests
   (stream errors, pre-TLS features, hand-written SASL).
 
 Every wait is bounded (``TIMEOUT`` seconds, overridable through the
-``WADDLE_TEST_TIMEOUT`` environment variable) so that a broken server makes
+``INTEROP_TIMEOUT`` environment variable) so that a broken server makes
 tests fail instead of hanging.
 """
 
@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json as jsonlib
 import os
 import secrets
 import socket
 import ssl
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import slixmpp
@@ -34,9 +34,11 @@ from slixmpp.exceptions import IqError, IqTimeout
 
 DOMAIN = "localhost"
 HOST = "127.0.0.1"
-TIMEOUT = float(os.environ.get("WADDLE_TEST_TIMEOUT", "10"))
+# Knobs deliberately do not start with WADDLE_: the server rejects unknown
+# WADDLE_* variables, and the fixture strips inherited ones anyway.
+TIMEOUT = float(os.environ.get("INTEROP_TIMEOUT", "10"))
 # How long we watch for something that must NOT arrive.
-QUIET_PERIOD = float(os.environ.get("WADDLE_TEST_QUIET_PERIOD", "1.0"))
+QUIET_PERIOD = float(os.environ.get("INTEROP_QUIET_PERIOD", "1.0"))
 
 NS_CLIENT = "jabber:client"
 NS_STREAM = "http://etherx.jabber.org/streams"
@@ -63,6 +65,22 @@ STREAM_HEADER = (
 def q(ns: str, tag: str) -> str:
     """Clark notation: ``{ns}tag``."""
     return "{%s}%s" % (ns, tag)
+
+
+_next_source = [0]
+
+
+def fresh_source_ip() -> str:
+    """A loopback source address not used before in this run (127.0.0.2, ...).
+
+    The server rate-limits failed logins per client address (and per
+    account). Tests that fail authentication on purpose connect from their
+    own address so that 127.0.0.1, used by every other test, never gets
+    blocked. Linux routes all of 127.0.0.0/8 to the loopback interface.
+    """
+    n = _next_source[0]
+    _next_source[0] += 1
+    return f"127.0.{n // 250}.{n % 250 + 2}"
 
 
 def unique(prefix: str) -> str:
@@ -112,26 +130,32 @@ def http_request(
     bearer: Optional[str] = None,
     headers: Optional[dict] = None,
     timeout: float = TIMEOUT,
+    source_ip: Optional[str] = None,
 ) -> tuple[int, Any]:
     """Send one HTTP request; return ``(status, parsed JSON | text | None)``.
 
-    Non-2xx answers are returned, not raised.
+    Non-2xx answers are returned, not raised. ``source_ip`` picks the local
+    loopback address to connect from (see ``fresh_source_ip``).
     """
-    data = None
-    hdrs = {"Accept": "application/json"}
+    parsed = urllib.parse.urlsplit(base)
+    body = None
+    hdrs = {"Accept": "application/json", "Connection": "close"}
     if json is not None:
-        data = jsonlib.dumps(json).encode()
+        body = jsonlib.dumps(json).encode()
         hdrs["Content-Type"] = "application/json"
     if bearer is not None:
         hdrs["Authorization"] = f"Bearer {bearer}"
     if headers:
         hdrs.update(headers)
-    req = urllib.request.Request(base + path, data=data, method=method, headers=hdrs)
+    conn = http.client.HTTPConnection(
+        parsed.hostname, parsed.port, timeout=timeout,
+        source_address=(source_ip, 0) if source_ip else None)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        status, raw = resp.status, resp.read()
+    finally:
+        conn.close()
     if not raw:
         return status, None
     try:
@@ -198,9 +222,10 @@ class XmppClient(slixmpp.ClientXMPP):
     """slixmpp client that records every inbound stanza for assertions."""
 
     def __init__(self, jid: str, password: str, *, sasl_mech: Optional[str] = None,
-                 inband_register: bool = False):
+                 inband_register: bool = False, source_ip: Optional[str] = None):
         super().__init__(jid, password, sasl_mech=sasl_mech,
                          ssl_context=insecure_ssl_context())
+        self.source_ip = source_ip
         # Tests drive subscriptions explicitly; never auto-approve/subscribe.
         self.auto_authorize = None
         self.auto_subscribe = False
@@ -224,6 +249,27 @@ class XmppClient(slixmpp.ClientXMPP):
         self.add_event_handler("failed_auth", self._on_failed_auth)
         self.add_event_handler("disconnected", self._on_disconnected)
         self.add_event_handler("session_start", self._on_session_start)
+
+    async def _attempt_connection(self, host: str, port: int, tls: bool,
+                                  server_hostname: Optional[str]) -> bool:
+        """Like slixmpp's own connection attempt, but optionally bound to a
+        chosen loopback source address (slixmpp has no option for that)."""
+        if self.source_ip is None:
+            return await super()._attempt_connection(host, port, tls, server_hostname)
+        self.event_when_connected = "connected"
+        if self._current_connection_attempt is None:
+            return False
+        try:
+            await self.loop.create_connection(
+                lambda: self, host, port,
+                ssl=self.get_ssl_context() if tls else None,
+                server_hostname=server_hostname if tls else None,
+                local_addr=(self.source_ip, 0))
+        except OSError as exc:
+            self.event("connection_failed", exc)
+            return False
+        self._connect_loop_wait = 0
+        return True
 
     # -- recording ---------------------------------------------------------
     def _record(self, stanza: Any) -> Any:
@@ -493,8 +539,11 @@ class StreamClosed(Exception):
 class RawStream:
     """Minimal blocking XMPP speaker for wire-level tests."""
 
-    def __init__(self, host: str, port: int, timeout: float = TIMEOUT):
-        self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = TIMEOUT,
+                 source_ip: Optional[str] = None):
+        self.sock: socket.socket = socket.create_connection(
+            (host, port), timeout=timeout,
+            source_address=(source_ip, 0) if source_ip else None)
         self.timeout = timeout
         self.raw_in = bytearray()  # everything received (decrypted), all streams
         self.elements: list[ET.Element] = []  # top-level children, current stream
@@ -594,7 +643,8 @@ class RawStream:
         """Read whatever is available within ``timeout`` seconds."""
         self._recv_once(timeout)
 
-    def read_until_eof(self, timeout: Optional[float] = None, send_close: bool = True) -> None:
+    def read_until_eof(self, timeout: Optional[float] = None, send_close: bool = True,
+                       tolerate_bad_xml: bool = False) -> None:
         """Drain until the peer closes the connection (bounded).
 
         Once the server's ``</stream:stream>`` is seen we answer with our
@@ -604,7 +654,7 @@ class RawStream:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         sent_close = False
         while not self.eof:
-            if self.parse_error is not None:
+            if self.parse_error is not None and not tolerate_bad_xml:
                 raise AssertionError(f"server sent malformed XML ({self.parse_error}); "
                                      f"{self.describe()}")
             if self.stream_ended and send_close and not sent_close:

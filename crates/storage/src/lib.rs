@@ -1,1 +1,35 @@
+//! `waddle-storage`: the persistent state of a waddle node, in an embedded libSQL
+//! (SQLite) database file.
+//!
+//! This crate owns:
+//! - the database file and its schema, with numbered, transactional, append-only
+//!   migrations recorded in a `schema_version` table;
+//! - accounts and their SCRAM credentials ([`AccountRecord`], [`StoredScram`]);
+//! - bearer tokens, stored only as SHA-256 digests ([`TokenKind`], [`TokenRecord`]);
+//! - rosters with per-user version numbers (RFC 6121 §2.6, [`RosterRow`]);
+//! - offline message queues (XEP-0160) and vCards (XEP-0054), as opaque XML strings.
+//!
+//! All database work runs on one dedicated OS thread that owns the only connection;
+//! [`Store`] is a cheap handle whose `async` methods send jobs to it and await the answer,
+//! so no tokio worker ever blocks on SQLite. Multi-statement changes (a roster write and
+//! its version bump, an account and everything it owns) are single transactions.
+//!
+//! It must never: hold clear-text passwords or clear-text tokens; interpret XML or XMPP
+//! semantics (subscription rules, JID normalization, username policy are the callers'
+//! job); read or write anything but its own database file; or run blocking database calls
+//! on the async runtime.
 
+mod error;
+mod model;
+mod schema;
+mod sql;
+mod store;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::StorageError;
+pub use model::{AccountRecord, RosterRow, StoredScram, TokenKind, TokenRecord};
+pub use schema::SCHEMA_VERSION;
+pub use store::Store;

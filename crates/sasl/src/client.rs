@@ -1,0 +1,135 @@
+use std::fmt;
+
+use subtle::ConstantTimeEq;
+
+use crate::attrs::{
+    b64_decode, b64_encode, check_extensions, encode_saslname, expect_attr, random_nonce, split_attr, valid_nonce,
+};
+use crate::credentials::Keys;
+use crate::saslprep::prep_password;
+use crate::{SaslError, ScramHash};
+
+/// Client side of one SCRAM exchange, without channel binding (GS2 header `n,,`).
+///
+/// Used by tests and the load generator. Unlike everything else in this crate it has to
+/// hold the clear password until [`Self::handle_server_first`] has run.
+pub struct ScramClient {
+    hash: ScramHash,
+    username: String,
+    password: String,
+    client_nonce: String,
+    state: State,
+}
+
+enum State {
+    Start,
+    SentClientFirst { client_first_bare: String },
+    SentClientFinal { server_signature: Vec<u8> },
+    Done,
+}
+
+impl fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScramClient")
+            .field("hash", &self.hash)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScramClient {
+    /// A client with a fresh random nonce.
+    pub fn new(hash: ScramHash, username: &str, password: &str) -> ScramClient {
+        ScramClient::with_nonce(hash, username, password, &random_nonce())
+    }
+
+    /// A client with a fixed nonce (test vectors). The nonce should be `printable`
+    /// (ASCII `0x21..=0x7E` except `,`), or servers will reject client-first.
+    pub fn with_nonce(hash: ScramHash, username: &str, password: &str, client_nonce: &str) -> ScramClient {
+        ScramClient {
+            hash,
+            username: username.to_owned(),
+            password: password.to_owned(),
+            client_nonce: client_nonce.to_owned(),
+            state: State::Start,
+        }
+    }
+
+    /// client-first-message: `n,,n=<saslname>,r=<nonce>`. The username is sent as given
+    /// (saslname-escaped only).
+    pub fn client_first(&mut self) -> Vec<u8> {
+        let client_first_bare = format!("n={},r={}", encode_saslname(&self.username), self.client_nonce);
+        let msg = format!("n,,{client_first_bare}").into_bytes();
+        self.state = State::SentClientFirst { client_first_bare };
+        msg
+    }
+
+    /// Processes server-first-message and returns client-final-message.
+    ///
+    /// Errors: [`SaslError::OutOfOrder`], [`SaslError::Malformed`] (grammar, bad base64,
+    /// zero or non-numeric iteration count, `m=`), [`SaslError::NonceMismatch`] (the
+    /// server nonce does not extend ours) and [`SaslError::InvalidPassword`] (SASLprep).
+    pub fn handle_server_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, SaslError> {
+        let State::SentClientFirst { client_first_bare } = std::mem::replace(&mut self.state, State::Done) else {
+            return Err(SaslError::OutOfOrder);
+        };
+        let text = std::str::from_utf8(msg).map_err(|_| SaslError::Malformed("message is not UTF-8"))?;
+        let mut parts = text.split(',');
+        let nonce = expect_attr(&mut parts, b'r', "missing nonce")?;
+        let salt = b64_decode(expect_attr(&mut parts, b's', "missing salt")?)?;
+        let iterations = expect_attr(&mut parts, b'i', "missing iteration count")?;
+        check_extensions(parts)?;
+        if !valid_nonce(nonce) {
+            return Err(SaslError::Malformed("invalid nonce"));
+        }
+        if nonce.len() <= self.client_nonce.len() || !nonce.starts_with(&self.client_nonce) {
+            return Err(SaslError::NonceMismatch);
+        }
+        if iterations.is_empty() || !iterations.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SaslError::Malformed("invalid iteration count"));
+        }
+        let iterations: u32 = match iterations.parse() {
+            Ok(i) if i > 0 => i,
+            _ => return Err(SaslError::Malformed("invalid iteration count")),
+        };
+
+        let password = prep_password(&self.password)?;
+        let salted = self.hash.salted_password(password.as_bytes(), &salt, iterations);
+        let keys = Keys::from_salted_password(self.hash, &salted);
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message: [&[u8]; 5] =
+            [client_first_bare.as_bytes(), b",", text.as_bytes(), b",", without_proof.as_bytes()];
+        let client_signature = self.hash.hmac(&keys.stored_key, &auth_message);
+        let proof: Vec<u8> = keys.client_key.iter().zip(&client_signature).map(|(k, s)| k ^ s).collect();
+        let server_signature = self.hash.hmac(&keys.server_key, &auth_message);
+        self.state = State::SentClientFinal { server_signature };
+        Ok(format!("{without_proof},p={}", b64_encode(&proof)).into_bytes())
+    }
+
+    /// Checks server-final-message (`v=<signature>` or `e=<error>`).
+    ///
+    /// Errors: [`SaslError::OutOfOrder`], [`SaslError::ServerError`] for `e=`,
+    /// [`SaslError::InvalidServerSignature`], [`SaslError::Malformed`].
+    pub fn verify_server_final(&self, msg: &[u8]) -> Result<(), SaslError> {
+        let State::SentClientFinal { server_signature } = &self.state else {
+            return Err(SaslError::OutOfOrder);
+        };
+        let text = std::str::from_utf8(msg).map_err(|_| SaslError::Malformed("message is not UTF-8"))?;
+        let mut parts = text.split(',');
+        let first = parts.next().ok_or(SaslError::Malformed("missing verifier"))?;
+        match split_attr(first)? {
+            (b'e', value) => Err(SaslError::ServerError(value.to_owned())),
+            (b'v', value) => {
+                let signature = b64_decode(value)?;
+                check_extensions(parts)?;
+                if bool::from(signature.as_slice().ct_eq(server_signature.as_slice())) {
+                    Ok(())
+                } else {
+                    Err(SaslError::InvalidServerSignature)
+                }
+            }
+            _ => Err(SaslError::Malformed("missing verifier")),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The error type of every storage operation.
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The row being created already exists (duplicate username, duplicate token hash).
+    #[error("already exists")]
+    AlreadyExists,
+    /// The account (or row) the operation needs does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The caller passed, or the database holds, a value this crate refuses (for example a
+    /// roster subscription outside `none|to|from|both`, or an empty username).
+    #[error("invalid data: {0}")]
+    Invalid(String),
+    /// libSQL reported an error (I/O, corruption, constraint, SQL).
+    #[error("database error: {0}")]
+    Database(String),
+    /// The database was written by a newer build: refusing to run against it.
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    SchemaTooNew {
+        /// Highest migration recorded in the database.
+        found: i64,
+        /// Highest migration this build knows.
+        supported: i64,
+    },
+    /// The storage thread is gone (the store was shut down or a job could not be delivered).
+    #[error("the storage thread has stopped")]
+    Closed,
+}
+
+impl From<libsql::Error> for StorageError {
+    fn from(e: libsql::Error) -> Self {
+        StorageError::Database(e.to_string())
+    }
+}

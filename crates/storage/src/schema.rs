@@ -1,0 +1,125 @@
+//! Versioned schema migrations.
+//!
+//! `schema_version` records every migration applied (one row each). A migration is a
+//! numbered SQL batch applied at most once, inside a transaction together with its
+//! `schema_version` row, so a crash mid-migration leaves the database at the previous
+//! version. Migrations are append-only: never edit a shipped one, add the next number.
+
+use libsql::Connection;
+
+use crate::sql::{self, Tx};
+use crate::StorageError;
+
+/// Version 1: accounts, tokens, rosters, offline messages, vCards.
+const V1: &str = "
+CREATE TABLE accounts (
+    username         TEXT    NOT NULL PRIMARY KEY,
+    created_at       INTEGER NOT NULL,
+    roster_version   INTEGER NOT NULL DEFAULT 0,
+    sha1_hash        TEXT    NOT NULL,
+    sha1_salt        BLOB    NOT NULL,
+    sha1_iterations  INTEGER NOT NULL,
+    sha1_stored_key  BLOB    NOT NULL,
+    sha1_server_key  BLOB    NOT NULL,
+    sha256_hash      TEXT    NOT NULL,
+    sha256_salt      BLOB    NOT NULL,
+    sha256_iterations INTEGER NOT NULL,
+    sha256_stored_key BLOB   NOT NULL,
+    sha256_server_key BLOB   NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE tokens (
+    kind        INTEGER NOT NULL,
+    token_hash  BLOB    NOT NULL CHECK (length(token_hash) = 32),
+    username    TEXT    NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (kind, token_hash)
+) WITHOUT ROWID;
+CREATE INDEX tokens_by_username ON tokens (username);
+CREATE INDEX tokens_by_expiry ON tokens (expires_at);
+
+CREATE TABLE roster (
+    username     TEXT    NOT NULL,
+    contact      TEXT    NOT NULL,
+    name         TEXT,
+    groups       TEXT    NOT NULL DEFAULT '[]',
+    subscription TEXT    NOT NULL CHECK (subscription IN ('none', 'to', 'from', 'both')),
+    ask_out      INTEGER NOT NULL,
+    pending_in   INTEGER NOT NULL,
+    approved     INTEGER NOT NULL,
+    in_roster    INTEGER NOT NULL,
+    PRIMARY KEY (username, contact)
+) WITHOUT ROWID;
+
+CREATE TABLE offline (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    username TEXT    NOT NULL,
+    stanza   TEXT    NOT NULL
+);
+CREATE INDEX offline_by_username ON offline (username, id);
+
+CREATE TABLE vcards (
+    username TEXT NOT NULL PRIMARY KEY,
+    xml      TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE counters (
+    name  TEXT    NOT NULL PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO counters (name, value) VALUES ('roster_version', 0);
+";
+
+/// Every migration, in order. Append only.
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION as i64);
+
+/// Highest applied migration (0 for a fresh database).
+pub(crate) async fn current_version(conn: &Connection) -> Result<i64, StorageError> {
+    sql::query_i64(conn, "SELECT COALESCE(MAX(version), 0) FROM schema_version", ()).await
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`]; refuses databases from a newer build.
+pub(crate) async fn migrate(conn: &Connection) -> Result<(), StorageError> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version    INTEGER NOT NULL PRIMARY KEY,
+            applied_at INTEGER NOT NULL
+        )",
+        (),
+    )
+    .await?;
+    let found = current_version(conn).await?;
+    let supported = i64::from(SCHEMA_VERSION);
+    if found > supported {
+        return Err(StorageError::SchemaTooNew { found, supported });
+    }
+    for &(version, batch) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+        let applied = sql::in_tx(conn, Tx::Write, async {
+            // Re-read under the write lock: another process may have migrated meanwhile.
+            if current_version(conn).await? >= version {
+                return Ok(false);
+            }
+            drop(conn.execute_batch(batch).await?);
+            conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)", (version, unix_now()))
+                .await?;
+            Ok(true)
+        })
+        .await?;
+        if applied {
+            tracing::info!(version, "storage: applied schema migration");
+        }
+    }
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,395 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::*;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "waddle-storage-test-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("waddle.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn memory() -> Store {
+    Store::open(Path::new(":memory:")).await.unwrap()
+}
+
+fn scram(hash: &str, seed: u8) -> StoredScram {
+    StoredScram {
+        hash: hash.into(),
+        salt: vec![seed; 16],
+        iterations: 4096,
+        stored_key: vec![seed.wrapping_add(1); 32],
+        server_key: vec![seed.wrapping_add(2); 32],
+    }
+}
+
+fn account(username: &str) -> AccountRecord {
+    AccountRecord {
+        username: username.into(),
+        scram_sha1: scram("SHA-1", 1),
+        scram_sha256: scram("SHA-256", 7),
+        created_at: 1_700_000_000,
+    }
+}
+
+fn row(contact: &str, subscription: &str) -> RosterRow {
+    RosterRow {
+        contact: contact.into(),
+        name: Some("Friend".into()),
+        groups: vec!["Friends".into(), "Work \"quoted\"".into()],
+        subscription: subscription.into(),
+        ask_out: true,
+        pending_in: false,
+        approved: true,
+        in_roster: true,
+    }
+}
+
+const H1: [u8; 32] = [1; 32];
+const H2: [u8; 32] = [2; 32];
+
+#[tokio::test]
+async fn account_crud() {
+    let store = memory().await;
+    assert!(!store.account_exists("alice").await.unwrap());
+    assert_eq!(store.account("alice").await.unwrap(), None);
+    store.create_account(account("alice")).await.unwrap();
+    assert!(store.account_exists("alice").await.unwrap());
+    assert_eq!(store.account("alice").await.unwrap(), Some(account("alice")));
+    assert!(matches!(store.create_account(account("alice")).await, Err(StorageError::AlreadyExists)));
+    assert!(matches!(store.create_account(account("")).await, Err(StorageError::Invalid(_))));
+    store.delete_account("alice").await.unwrap();
+    assert!(!store.account_exists("alice").await.unwrap());
+    assert!(matches!(store.delete_account("alice").await, Err(StorageError::NotFound)));
+    // The name can be taken again after deletion.
+    store.create_account(account("alice")).await.unwrap();
+}
+
+#[tokio::test]
+async fn scram_debug_hides_keys() {
+    let text = format!("{:?}", scram("SHA-256", 9));
+    assert!(text.contains("SHA-256"));
+    assert!(!text.contains("stored_key"));
+    assert!(!text.contains("salt"));
+}
+
+#[tokio::test]
+async fn tokens_lookup_expiry_and_purge() {
+    let store = memory().await;
+    store.create_account(account("alice")).await.unwrap();
+    assert!(matches!(store.insert_token(TokenKind::HttpSession, H1, "nobody", 100).await, Err(StorageError::NotFound)));
+    store.insert_token(TokenKind::HttpSession, H1, "alice", 100).await.unwrap();
+    store.insert_token(TokenKind::Xmpp, H2, "alice", 200).await.unwrap();
+    assert!(matches!(
+        store.insert_token(TokenKind::HttpSession, H1, "alice", 500).await,
+        Err(StorageError::AlreadyExists)
+    ));
+
+    let found = store.lookup_token(TokenKind::HttpSession, H1, 99).await.unwrap();
+    assert_eq!(found, Some(TokenRecord { username: "alice".into(), expires_at: 100 }));
+    // Kinds are separate namespaces.
+    assert_eq!(store.lookup_token(TokenKind::Xmpp, H1, 99).await.unwrap(), None);
+    assert!(store.lookup_token(TokenKind::Xmpp, H2, 99).await.unwrap().is_some());
+    // Unknown hash.
+    assert_eq!(store.lookup_token(TokenKind::HttpSession, [9; 32], 0).await.unwrap(), None);
+    // Expired at exactly expires_at.
+    assert_eq!(store.lookup_token(TokenKind::HttpSession, H1, 100).await.unwrap(), None);
+    assert_eq!(store.lookup_token(TokenKind::HttpSession, H1, 1000).await.unwrap(), None);
+
+    assert_eq!(store.purge_expired_tokens(150).await.unwrap(), 1);
+    assert_eq!(store.purge_expired_tokens(150).await.unwrap(), 0);
+    assert!(store.lookup_token(TokenKind::Xmpp, H2, 150).await.unwrap().is_some());
+    assert_eq!(store.purge_expired_tokens(200).await.unwrap(), 1);
+    assert_eq!(store.lookup_token(TokenKind::Xmpp, H2, 0).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn roster_versions_strictly_increase() {
+    let store = memory().await;
+    assert_eq!(store.roster("alice").await.unwrap(), (0, vec![]));
+    assert!(matches!(store.roster_upsert("alice", &row("bob@x", "none")).await, Err(StorageError::NotFound)));
+    assert!(matches!(store.roster_remove("alice", "bob@x").await, Err(StorageError::NotFound)));
+    store.create_account(account("alice")).await.unwrap();
+    store.create_account(account("carol")).await.unwrap();
+
+    let v1 = store.roster_upsert("alice", &row("bob@x", "none")).await.unwrap();
+    assert!(v1 > 0);
+    let mut updated = row("bob@x", "both");
+    updated.name = None;
+    updated.groups.clear();
+    updated.ask_out = false;
+    updated.pending_in = true;
+    updated.approved = false;
+    updated.in_roster = false;
+    let v2 = store.roster_upsert("alice", &updated).await.unwrap();
+    assert!(v2 > v1);
+    assert_eq!(store.roster_item("alice", "bob@x").await.unwrap(), Some(updated.clone()));
+    let v3 = store.roster_upsert("alice", &row("dave@x", "to")).await.unwrap();
+    assert!(v3 > v2);
+    // Another user's change does not disturb alice's version but still gets a fresh number.
+    let c1 = store.roster_upsert("carol", &row("bob@x", "from")).await.unwrap();
+    assert!(c1 > v3);
+
+    let (version, rows) = store.roster("alice").await.unwrap();
+    assert_eq!(version, v3);
+    assert_eq!(rows, vec![updated, row("dave@x", "to")]);
+
+    let v4 = store.roster_remove("alice", "bob@x").await.unwrap();
+    assert!(v4 > v3);
+    assert_eq!(store.roster_item("alice", "bob@x").await.unwrap(), None);
+    // Removing an absent contact is not a change.
+    assert_eq!(store.roster_remove("alice", "bob@x").await.unwrap(), v4);
+    assert_eq!(store.roster("alice").await.unwrap().0, v4);
+    assert_eq!(store.roster("carol").await.unwrap().0, c1);
+}
+
+#[tokio::test]
+async fn roster_rejects_bad_rows() {
+    let store = memory().await;
+    store.create_account(account("alice")).await.unwrap();
+    assert!(matches!(store.roster_upsert("alice", &row("bob@x", "maybe")).await, Err(StorageError::Invalid(_))));
+    assert!(matches!(store.roster_upsert("alice", &row("", "none")).await, Err(StorageError::Invalid(_))));
+    assert_eq!(store.roster("alice").await.unwrap(), (0, vec![]));
+}
+
+#[tokio::test]
+async fn offline_fifo_and_quota() {
+    let store = memory().await;
+    assert!(matches!(store.offline_push("alice", "<message/>", 3).await, Err(StorageError::NotFound)));
+    store.create_account(account("alice")).await.unwrap();
+    store.create_account(account("bob")).await.unwrap();
+    for i in 0..3 {
+        assert!(store.offline_push("alice", &format!("<message id='{i}'/>"), 3).await.unwrap());
+    }
+    assert!(!store.offline_push("alice", "<message id='over'/>", 3).await.unwrap());
+    assert!(!store.offline_push("bob", "<message/>", 0).await.unwrap());
+    assert!(store.offline_push("bob", "<message from='é'/>", 3).await.unwrap());
+    assert_eq!(store.offline_count("alice").await.unwrap(), 3);
+    assert_eq!(store.offline_count("bob").await.unwrap(), 1);
+
+    let taken = store.offline_take("alice").await.unwrap();
+    assert_eq!(taken, vec!["<message id='0'/>", "<message id='1'/>", "<message id='2'/>"]);
+    assert_eq!(store.offline_count("alice").await.unwrap(), 0);
+    assert!(store.offline_take("alice").await.unwrap().is_empty());
+    assert_eq!(store.offline_count("bob").await.unwrap(), 1);
+    // Room again after the queue was drained; order still FIFO.
+    assert!(store.offline_push("alice", "<message id='3'/>", 3).await.unwrap());
+    assert!(store.offline_push("alice", "<message id='4'/>", 3).await.unwrap());
+    assert_eq!(store.offline_take("alice").await.unwrap(), vec!["<message id='3'/>", "<message id='4'/>"]);
+    assert_eq!(store.offline_take("bob").await.unwrap(), vec!["<message from='é'/>"]);
+}
+
+#[tokio::test]
+async fn vcards() {
+    let store = memory().await;
+    assert!(matches!(store.vcard_set("alice", "<vCard/>").await, Err(StorageError::NotFound)));
+    store.create_account(account("alice")).await.unwrap();
+    assert_eq!(store.vcard_get("alice").await.unwrap(), None);
+    store.vcard_set("alice", "<vCard xmlns='vcard-temp'><FN>A</FN></vCard>").await.unwrap();
+    store.vcard_set("alice", "<vCard xmlns='vcard-temp'><FN>B</FN></vCard>").await.unwrap();
+    assert_eq!(
+        store.vcard_get("alice").await.unwrap().as_deref(),
+        Some("<vCard xmlns='vcard-temp'><FN>B</FN></vCard>")
+    );
+}
+
+#[tokio::test]
+async fn delete_account_cascades() {
+    let store = memory().await;
+    for name in ["alice", "bob"] {
+        store.create_account(account(name)).await.unwrap();
+        store.roster_upsert(name, &row("x@y", "both")).await.unwrap();
+        store.offline_push(name, "<message/>", 10).await.unwrap();
+        store.vcard_set(name, "<vCard/>").await.unwrap();
+    }
+    store.insert_token(TokenKind::HttpSession, H1, "alice", i64::MAX).await.unwrap();
+    store.insert_token(TokenKind::Xmpp, H2, "bob", i64::MAX).await.unwrap();
+
+    store.delete_account("alice").await.unwrap();
+    assert_eq!(store.account("alice").await.unwrap(), None);
+    assert_eq!(store.roster("alice").await.unwrap(), (0, vec![]));
+    assert_eq!(store.offline_count("alice").await.unwrap(), 0);
+    assert_eq!(store.vcard_get("alice").await.unwrap(), None);
+    assert_eq!(store.lookup_token(TokenKind::HttpSession, H1, 0).await.unwrap(), None);
+
+    // Recreating the account starts empty; bob is untouched.
+    store.create_account(account("alice")).await.unwrap();
+    assert_eq!(store.roster("alice").await.unwrap().1, vec![]);
+    assert_eq!(store.offline_count("alice").await.unwrap(), 0);
+    assert_eq!(store.roster("bob").await.unwrap().1.len(), 1);
+    assert_eq!(store.offline_count("bob").await.unwrap(), 1);
+    assert!(store.vcard_get("bob").await.unwrap().is_some());
+    assert!(store.lookup_token(TokenKind::Xmpp, H2, 0).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn ping_and_schema_version() {
+    let store = memory().await;
+    store.ping().await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    // Clones share the same database.
+    let other = store.clone();
+    other.create_account(account("alice")).await.unwrap();
+    assert!(store.account_exists("alice").await.unwrap());
+}
+
+#[tokio::test]
+async fn writes_survive_reopen_and_migrations_are_idempotent() {
+    let dir = TempDir::new();
+    let path = dir.db();
+    let (mut version, before) = {
+        let store = Store::open(&path).await.unwrap();
+        store.create_account(account("alice")).await.unwrap();
+        let v = store.roster_upsert("alice", &row("bob@x", "both")).await.unwrap();
+        store.offline_push("alice", "<message id='a'/>", 5).await.unwrap();
+        store.vcard_set("alice", "<vCard/>").await.unwrap();
+        store.insert_token(TokenKind::Xmpp, H1, "alice", 1_000).await.unwrap();
+        (v, store.account("alice").await.unwrap())
+    };
+    for _ in 0..2 {
+        let store = Store::open(&path).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        assert_eq!(store.account("alice").await.unwrap(), before);
+        assert_eq!(store.roster("alice").await.unwrap(), (version, vec![row("bob@x", "both")]));
+        assert_eq!(store.offline_count("alice").await.unwrap(), 1);
+        assert_eq!(store.vcard_get("alice").await.unwrap().as_deref(), Some("<vCard/>"));
+        assert!(store.lookup_token(TokenKind::Xmpp, H1, 10).await.unwrap().is_some());
+        // The global version counter persisted too: the next version is still larger.
+        assert!(store.roster_upsert("alice", &row("bob@x", "both")).await.unwrap() > version);
+        let removed = store.roster_remove("alice", "bob@x").await.unwrap();
+        version = store.roster_upsert("alice", &row("bob@x", "both")).await.unwrap();
+        assert!(version > removed);
+    }
+    // Exactly one schema_version row per migration after several opens.
+    let store = Store::open(&path).await.unwrap();
+    let rows = store
+        .worker
+        .call(|conn| async move { crate::sql::query_i64(&conn, "SELECT COUNT(*) FROM schema_version", ()).await })
+        .await
+        .unwrap();
+    assert_eq!(rows, i64::from(SCHEMA_VERSION));
+    assert!(path.exists());
+}
+
+#[tokio::test]
+async fn wal_mode_is_enabled_on_files() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.db()).await.unwrap();
+    let mode = store
+        .worker
+        .call(|conn| async move {
+            crate::sql::query_opt(&conn, "PRAGMA journal_mode", (), |r| Ok(r.get::<String>(0)?)).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(mode.as_deref(), Some("wal"));
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let dir = TempDir::new();
+    let path = dir.db();
+    {
+        let store = Store::open(&path).await.unwrap();
+        store
+            .worker
+            .call(|conn| async move {
+                conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (999, 0)", ()).await?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    match Store::open(&path).await {
+        Err(StorageError::SchemaTooNew { found: 999, supported }) => assert_eq!(supported, i64::from(SCHEMA_VERSION)),
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn open_fails_cleanly_on_a_bad_path() {
+    let dir = TempDir::new();
+    let bad = dir.0.join("missing-dir").join("waddle.db");
+    assert!(matches!(Store::open(&bad).await, Err(StorageError::Database(_))));
+}
+
+#[tokio::test]
+async fn failed_transaction_rolls_back() {
+    let store = memory().await;
+    store.create_account(account("alice")).await.unwrap();
+    let result: Result<(), StorageError> = store
+        .worker
+        .call(|conn| async move {
+            crate::sql::in_tx(&conn, crate::sql::Tx::Write, async {
+                conn.execute("DELETE FROM accounts", ()).await?;
+                Err(StorageError::Invalid("abort".into()))
+            })
+            .await
+        })
+        .await;
+    assert!(result.is_err());
+    assert!(store.account_exists("alice").await.unwrap());
+}
+
+#[tokio::test]
+async fn panicking_job_does_not_kill_the_thread() {
+    let store = memory().await;
+    store.create_account(account("alice")).await.unwrap();
+    let result: Result<(), StorageError> = store
+        .worker
+        .call(|conn| async move {
+            conn.execute("BEGIN IMMEDIATE", ()).await?;
+            conn.execute("DELETE FROM accounts", ()).await?;
+            panic!("boom");
+        })
+        .await;
+    assert!(matches!(result, Err(StorageError::Closed)));
+    // The half-done transaction was rolled back and the thread is still serving.
+    assert!(store.account_exists("alice").await.unwrap());
+}
+
+#[tokio::test]
+async fn many_concurrent_callers() {
+    let store = memory().await;
+    store.create_account(account("alice")).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.roster_upsert("alice", &row(&format!("c{i}@x"), "none")).await.unwrap()
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.unwrap());
+    }
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), 50);
+    let (v, rows) = store.roster("alice").await.unwrap();
+    assert_eq!(rows.len(), 50);
+    assert_eq!(v, *versions.last().unwrap());
+}
