@@ -1,1 +1,194 @@
+//! `waddle-api`: the HTTP API of a waddle node (axum 0.8) and the identity mapping rules.
+//!
+//! This crate owns:
+//! - the JSON HTTP routes ([`router`]): account creation (`POST /v1/accounts`), password
+//!   login issuing session bearer tokens (`POST /auth/session`), exchange of a session
+//!   token for a short-lived XMPP token (`POST /auth/xmpp-token`), and the `/health` and
+//!   `/ready` probes. Every error, including malformed JSON, wrong content type, oversized
+//!   bodies and unknown routes, is a JSON envelope `{"error":{"code","message"}}`
+//!   ([`ApiError`]);
+//! - the account creation rules shared with in-band registration on the XMPP side
+//!   ([`create_account`]): username policy, password bounds, SCRAM-SHA-1 and
+//!   SCRAM-SHA-256 credential derivation;
+//! - token minting and hashing ([`tokens`]) and DID/username → JID localpart mapping
+//!   ([`identity`]).
+//!
+//! It must never: store or log a clear-text password or token (only SCRAM keys and
+//! SHA-256 token digests reach storage); tell an unknown user from a wrong password;
+//! run PBKDF2 on the async workers; bind sockets or read configuration files itself (the
+//! node serves [`router`] and fills in [`ApiConfig`]).
 
+pub mod identity;
+pub mod tokens;
+
+mod error;
+mod routes;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+use waddle_sasl::{FailureLimiter, SaslError, ScramCredentials, ScramHash};
+use waddle_storage::{AccountRecord, Store, StoredScram};
+
+pub use error::ApiError;
+pub use identity::IdentityError;
+
+/// Largest request body accepted, in bytes (larger ones get `413 payload_too_large`).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest password accepted, in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// At most this many PBKDF2 computations (login checks, credential derivations) run at
+/// once, process-wide; further requests wait their turn instead of piling up threads.
+const KDF_CONCURRENCY: usize = 4;
+static KDF_SLOTS: Semaphore = Semaphore::const_new(KDF_CONCURRENCY);
+
+/// Settings of the HTTP API.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// XMPP domain of local accounts (the part after `@` in returned JIDs).
+    pub domain: String,
+    /// Host name clients should connect to for XMPP (returned by `/auth/xmpp-token`).
+    pub xmpp_host: String,
+    /// XMPP client port (returned by `/auth/xmpp-token`).
+    pub xmpp_port: u16,
+    /// WebSocket endpoint URL (returned by `/auth/xmpp-token`).
+    pub websocket_url: String,
+    /// Lifetime of session tokens from `/auth/session`, seconds.
+    pub session_ttl_secs: i64,
+    /// Lifetime of XMPP tokens from `/auth/xmpp-token`, seconds.
+    pub xmpp_token_ttl_secs: i64,
+    /// PBKDF2 iteration count for new credentials.
+    pub scram_iterations: u32,
+    /// Whether anyone may create an account with `POST /v1/accounts`.
+    pub open_registration: bool,
+    /// Bearer token that may always create accounts (`None`: no admin access).
+    pub admin_token: Option<String>,
+    /// Shortest password accepted for new accounts, in characters.
+    pub min_password_len: usize,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("domain", &self.domain)
+            .field("xmpp_host", &self.xmpp_host)
+            .field("xmpp_port", &self.xmpp_port)
+            .field("websocket_url", &self.websocket_url)
+            .field("session_ttl_secs", &self.session_ttl_secs)
+            .field("xmpp_token_ttl_secs", &self.xmpp_token_ttl_secs)
+            .field("scram_iterations", &self.scram_iterations)
+            .field("open_registration", &self.open_registration)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field("min_password_len", &self.min_password_len)
+            .finish()
+    }
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The node's database.
+    pub store: Store,
+    /// API settings.
+    pub config: Arc<ApiConfig>,
+    /// Authentication failure limiter, shared with the XMPP side (keys `ip:<addr>` and
+    /// `user:<username>`).
+    pub auth_limiter: Arc<Mutex<FailureLimiter>>,
+    /// Whether the node has finished starting (and is not shutting down).
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The HTTP API router, with its state applied. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so failed logins are also rate
+/// limited per client address.
+pub fn router(state: ApiState) -> axum::Router {
+    routes::router(state)
+}
+
+/// Creates an account with SCRAM-SHA-1 and SCRAM-SHA-256 credentials derived from
+/// `password` (which is never stored). Shared with in-band registration on the XMPP side.
+///
+/// The username is validated and normalized with [`identity::validate_username`]
+/// (`invalid_username`). The password must be non-empty, at most
+/// [`MAX_PASSWORD_BYTES`] bytes and acceptable to SASLprep (`weak_password`); a minimum
+/// length policy is the caller's (the HTTP route applies `min_password_len`). A taken
+/// username gives `account_exists`.
+pub async fn create_account(store: &Store, username: &str, password: &str, iterations: u32) -> Result<(), ApiError> {
+    let username = identity::validate_username(username)?;
+    if password.is_empty() {
+        return Err(ApiError::WeakPassword("password must not be empty".into()));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(ApiError::WeakPassword(format!("password must be at most {MAX_PASSWORD_BYTES} bytes")));
+    }
+    // Cheap early answer before the expensive derivation; the insert below still catches
+    // a concurrent creation.
+    if store.account_exists(&username).await? {
+        return Err(ApiError::AccountExists);
+    }
+    let password = password.to_owned();
+    let (sha1, sha256) = run_kdf(move || {
+        Ok::<_, SaslError>((
+            ScramCredentials::generate(ScramHash::Sha1, &password, iterations)?,
+            ScramCredentials::generate(ScramHash::Sha256, &password, iterations)?,
+        ))
+    })
+    .await?
+    .map_err(|e| match e {
+        SaslError::InvalidPassword(why) => ApiError::WeakPassword(format!("password not acceptable: {why}")),
+        other => ApiError::Internal(format!("credential derivation failed: {other}")),
+    })?;
+    store
+        .create_account(AccountRecord {
+            username,
+            scram_sha1: to_stored(sha1),
+            scram_sha256: to_stored(sha256),
+            created_at: unix_now(),
+        })
+        .await?;
+    Ok(())
+}
+
+fn to_stored(c: ScramCredentials) -> StoredScram {
+    StoredScram {
+        hash: hash_name(c.hash).to_owned(),
+        salt: c.salt,
+        iterations: c.iterations,
+        stored_key: c.stored_key,
+        server_key: c.server_key,
+    }
+}
+
+/// The hash names used in [`StoredScram::hash`].
+pub(crate) fn hash_name(hash: ScramHash) -> &'static str {
+    match hash {
+        ScramHash::Sha1 => "SHA-1",
+        ScramHash::Sha256 => "SHA-256",
+    }
+}
+
+/// Runs a PBKDF2-heavy closure on the blocking pool, at most [`KDF_CONCURRENCY`] at once.
+/// The permit travels with the closure, so a cancelled request does not free its slot
+/// before the computation really ends.
+pub(crate) async fn run_kdf<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let permit = KDF_SLOTS.acquire().await.map_err(|_| ApiError::Internal("KDF limiter closed".into()))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("KDF task failed: {e}")))
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -16,6 +16,7 @@ use crate::{SaslError, ScramHash};
 pub struct ScramClient {
     hash: ScramHash,
     username: String,
+    authzid: Option<String>,
     password: String,
     client_nonce: String,
     state: State,
@@ -33,6 +34,7 @@ impl fmt::Debug for ScramClient {
         f.debug_struct("ScramClient")
             .field("hash", &self.hash)
             .field("username", &self.username)
+            .field("authzid", &self.authzid)
             .field("password", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -50,17 +52,31 @@ impl ScramClient {
         ScramClient {
             hash,
             username: username.to_owned(),
+            authzid: None,
             password: password.to_owned(),
             client_nonce: client_nonce.to_owned(),
             state: State::Start,
         }
     }
 
-    /// client-first-message: `n,,n=<saslname>,r=<nonce>`. The username is sent as given
-    /// (saslname-escaped only).
+    /// Requests an authorization identity (`a=` in the GS2 header).
+    pub fn with_authzid(mut self, authzid: &str) -> ScramClient {
+        self.authzid = Some(authzid.to_owned());
+        self
+    }
+
+    fn gs2_header(&self) -> String {
+        match &self.authzid {
+            Some(a) => format!("n,a={},", encode_saslname(a)),
+            None => "n,,".to_owned(),
+        }
+    }
+
+    /// client-first-message: `n,[a=<saslname>],n=<saslname>,r=<nonce>`. The names are
+    /// sent as given (saslname-escaped only).
     pub fn client_first(&mut self) -> Vec<u8> {
         let client_first_bare = format!("n={},r={}", encode_saslname(&self.username), self.client_nonce);
-        let msg = format!("n,,{client_first_bare}").into_bytes();
+        let msg = format!("{}{client_first_bare}", self.gs2_header()).into_bytes();
         self.state = State::SentClientFirst { client_first_bare };
         msg
     }
@@ -97,7 +113,7 @@ impl ScramClient {
         let password = prep_password(&self.password)?;
         let salted = self.hash.salted_password(password.as_bytes(), &salt, iterations);
         let keys = Keys::from_salted_password(self.hash, &salted);
-        let without_proof = format!("c=biws,r={nonce}");
+        let without_proof = format!("c={},r={nonce}", b64_encode(self.gs2_header().as_bytes()));
         let auth_message: [&[u8]; 5] =
             [client_first_bare.as_bytes(), b",", text.as_bytes(), b",", without_proof.as_bytes()];
         let client_signature = self.hash.hmac(&keys.stored_key, &auth_message);

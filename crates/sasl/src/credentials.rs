@@ -45,7 +45,7 @@ impl ScramCredentials {
     /// StoredKey = H(HMAC(SaltedPassword, "Client Key")),
     /// ServerKey = HMAC(SaltedPassword, "Server Key").
     ///
-    /// The password goes through the minimal SASLprep of [`crate::saslprep`]: non-ASCII
+    /// The password goes through the minimal SASLprep of [`mod@crate::saslprep`]: non-ASCII
     /// spaces are mapped to U+0020, "commonly mapped to nothing" characters are removed,
     /// control, private-use, non-character and the other RFC 4013 prohibited characters
     /// are rejected ([`SaslError::InvalidPassword`]), as is a password that is empty

@@ -32,10 +32,7 @@ fn mapped_to_nothing(c: char) -> bool {
 /// RFC 3454 table C.1.2: non-ASCII space characters. (U+200B is also in table B.1 and
 /// is removed by the mapping step before this one applies.)
 fn non_ascii_space(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00A0}' | '\u{1680}' | '\u{2000}'..='\u{200B}' | '\u{202F}' | '\u{205F}' | '\u{3000}'
-    )
+    matches!(c, '\u{00A0}' | '\u{1680}' | '\u{2000}'..='\u{200B}' | '\u{202F}' | '\u{205F}' | '\u{3000}')
 }
 
 /// Prohibited output (RFC 4013 §2.3), with the reason reported in the error.
@@ -151,7 +148,10 @@ mod tests {
 
     #[test]
     fn commonly_mapped_to_nothing_is_removed() {
-        assert_eq!(saslprep("p\u{200B}a\u{200C}s\u{200D}s\u{2060}\u{FEFF}\u{FE0F}\u{034F}\u{1806}\u{180C}").unwrap(), "pass");
+        assert_eq!(
+            saslprep("p\u{200B}a\u{200C}s\u{200D}s\u{2060}\u{FEFF}\u{FE0F}\u{034F}\u{1806}\u{180C}").unwrap(),
+            "pass"
+        );
         assert_eq!(saslprep("\u{00AD}").unwrap(), "");
         assert_eq!(prep_password("\u{00AD}\u{200B}"), Err(SaslError::InvalidPassword("empty password")));
     }

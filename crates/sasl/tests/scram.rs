@@ -35,10 +35,7 @@ fn rfc5802_sha1_example() {
     assert_eq!(s(&server_first), "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096");
 
     let client_final = client.handle_server_first(&server_first).unwrap();
-    assert_eq!(
-        s(&client_final),
-        "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
-    );
+    assert_eq!(s(&client_final), "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=");
 
     let server_final = server.handle_client_final(&client_final).unwrap();
     assert_eq!(s(&server_final), "v=rmF9pqV8S7suAoZWja4dJRkFsKQ=");
@@ -219,7 +216,10 @@ fn channel_binding_required_is_rejected() {
     assert_eq!(err, SaslError::ChannelBindingUnsupported);
     assert_eq!(err.condition(), "malformed-request");
     let mut server = ScramServer::new(ScramHash::Sha1);
-    assert_eq!(server.handle_client_first(b"p=tls-unique,a=admin,n=user,r=abc"), Err(SaslError::ChannelBindingUnsupported));
+    assert_eq!(
+        server.handle_client_first(b"p=tls-unique,a=admin,n=user,r=abc"),
+        Err(SaslError::ChannelBindingUnsupported)
+    );
 }
 
 #[test]
@@ -232,8 +232,25 @@ fn saslname_escaping_and_authzid() {
     assert_eq!(s(&client.client_first()), "n,,n=a=2Cb=3Dc,r=abc");
 }
 
-/// A valid client-final for `client_first`/`creds`, computed with the client but sent
-/// to `server` (to check that a correct proof works with non-default GS2 headers).
+#[test]
+fn authzid_round_trip_echoes_the_full_gs2_header() {
+    for hash in ScramHash::ALL {
+        let creds = ScramCredentials::generate(hash, "pw", 4096).unwrap();
+        let mut client = ScramClient::with_nonce(hash, "alice", "pw", "abc").with_authzid("alice@example.com,x");
+        let client_first = client.client_first();
+        assert_eq!(s(&client_first), "n,a=alice@example.com=2Cx,n=alice,r=abc");
+        let mut server = ScramServer::new(hash);
+        let first = server.handle_client_first(&client_first).unwrap();
+        assert_eq!(first.authzid.as_deref(), Some("alice@example.com,x"));
+        let server_first = server.server_first(Some(&creds));
+        let client_final = client.handle_server_first(&server_first).unwrap();
+        let expected_c = format!("c={},", STANDARD.encode("n,a=alice@example.com=2Cx,"));
+        assert!(s(&client_final).starts_with(&expected_c), "{}", s(&client_final));
+        let server_final = server.handle_client_final(&client_final).unwrap();
+        client.verify_server_final(&server_final).unwrap();
+    }
+}
+
 #[test]
 fn gs2_y_flag_and_authzid_are_echoed_in_channel_binding() {
     let creds = ScramCredentials::generate(ScramHash::Sha256, "pw", 4096).unwrap();
@@ -241,10 +258,7 @@ fn gs2_y_flag_and_authzid_are_echoed_in_channel_binding() {
     let mut server = server_after_first(ScramHash::Sha256, "y,a=admin,n=user,r=abc", Some(&creds));
     assert_eq!(server.handle_client_final(b"c=biws,r=abcSNONCE,p=AAAA"), Err(SaslError::ChannelBindingMismatch));
     let mut server = server_after_first(ScramHash::Sha256, "y,a=admin,n=user,r=abc", Some(&creds));
-    assert_eq!(
-        server.handle_client_final(b"c=eSxhPWFkbWluLA==,r=abcSNONCE,p=AAAA"),
-        Err(SaslError::InvalidProof)
-    );
+    assert_eq!(server.handle_client_final(b"c=eSxhPWFkbWluLA==,r=abcSNONCE,p=AAAA"), Err(SaslError::InvalidProof));
 }
 
 #[test]
@@ -262,7 +276,10 @@ fn malformed_client_final() {
         (format!("c=bi!ws,r=abcSNONCE,{good_proof}"), SaslError::Malformed("invalid base64")),
         (format!("c=biws,r=abcSNONCE,{good_proof},x=1"), SaslError::Malformed("missing proof")),
         (format!("c=biws,r=abcSNONCE,junk,{good_proof}"), SaslError::Malformed("invalid attribute")),
-        (format!("c=biws,m=x,r=abcSNONCE,{good_proof}"), SaslError::Malformed("mandatory extensions are not supported")),
+        (
+            format!("c=biws,m=x,r=abcSNONCE,{good_proof}"),
+            SaslError::Malformed("mandatory extensions are not supported"),
+        ),
         (format!("c=biws,r=abcSNONCE,{good_proof}").replace("c=biws", "c=eSws"), SaslError::ChannelBindingMismatch),
         (format!("c=biws,r=abcOTHER,{good_proof}"), SaslError::NonceMismatch),
         (format!("c=biws,r=abc,{good_proof}"), SaslError::NonceMismatch),
@@ -355,11 +372,17 @@ fn client_checks_server_messages() {
 
 #[test]
 fn client_rejects_a_server_final_from_another_exchange() {
-    let salt = STANDARD.decode("QSXCR+Q6sek8bf92").unwrap();
     let mut client = ScramClient::with_nonce(ScramHash::Sha1, "user", "pencil", "fyko+d2lbbFgONRv9qkxdawL");
     client.client_first();
     // Same salt, different server nonce: the RFC's server signature must not verify.
     client.handle_server_first(b"r=fyko+d2lbbFgONRv9qkxdawLother,s=QSXCR+Q6sek8bf92,i=4096").unwrap();
     assert_eq!(client.verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ="), Err(SaslError::InvalidServerSignature));
-    assert_eq!(salt.len(), 12);
+}
+
+#[test]
+fn client_debug_redacts_password() {
+    let client = ScramClient::new(ScramHash::Sha256, "alice", "hunter2");
+    let debug = format!("{client:?}");
+    assert!(debug.contains("alice"));
+    assert!(!debug.contains("hunter2"));
 }
