@@ -435,6 +435,9 @@ async def connect_client(
     deadline = time.monotonic() + timeout
     while True:
         if c.session_started.is_set():
+            # Like every real client, fetch the roster: RFC 6121 §2.1.6 sends roster
+            # pushes only to resources that requested the roster.
+            await asyncio.wait_for(c.get_roster(), timeout)
             return c
         if not expect_session and (c.auth_failures or c.disconnected_flag.is_set()
                                    or c.stream_errors):
