@@ -70,11 +70,7 @@ impl RendezvousPlacement {
                     })
                     .collect();
                 scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-                scored
-                    .into_iter()
-                    .take(replication)
-                    .map(|(_, n)| n.clone())
-                    .collect()
+                scored.into_iter().take(replication).map(|(_, n)| n.clone()).collect()
             })
             .collect();
         RendezvousPlacement { table }
@@ -88,10 +84,7 @@ impl RendezvousPlacement {
 
 impl Placement for RendezvousPlacement {
     fn replicas(&self, partition: PartitionId) -> &[NodeId] {
-        self.table
-            .get(partition as usize)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.table.get(partition as usize).map(Vec::as_slice).unwrap_or(&[])
     }
 }
 

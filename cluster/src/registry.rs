@@ -88,9 +88,7 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Registry {
-        Registry {
-            shards: (0..PARTITIONS).map(|_| RwLock::default()).collect(),
-        }
+        Registry { shards: (0..PARTITIONS).map(|_| RwLock::default()).collect() }
     }
 
     fn shard(&self, bare: &str) -> &Shard {
@@ -103,10 +101,7 @@ impl Registry {
     pub fn bind(&self, bare: &str, entry: SessionEntry) -> Option<SessionEntry> {
         let mut shard = self.shard(bare).write().unwrap_or_else(|e| e.into_inner());
         let sessions = shard.entry(bare.to_owned()).or_default();
-        let replaced = sessions
-            .iter()
-            .position(|s| s.resource == entry.resource)
-            .map(|i| sessions.swap_remove(i));
+        let replaced = sessions.iter().position(|s| s.resource == entry.resource).map(|i| sessions.swap_remove(i));
         sessions.push(entry);
         replaced
     }
@@ -129,28 +124,18 @@ impl Registry {
 
     pub fn session(&self, bare: &str, resource: &str) -> Option<SessionView> {
         let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
-        shard
-            .get(bare)?
-            .iter()
-            .find(|s| s.resource == resource)
-            .map(SessionView::from)
+        shard.get(bare)?.iter().find(|s| s.resource == resource).map(SessionView::from)
     }
 
     pub fn sessions(&self, bare: &str) -> Vec<SessionView> {
         let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
-        shard
-            .get(bare)
-            .map(|v| v.iter().map(SessionView::from).collect())
-            .unwrap_or_default()
+        shard.get(bare).map(|v| v.iter().map(SessionView::from).collect()).unwrap_or_default()
     }
 
     /// Applies `f` to the entry of this exact session, if it is still bound.
     pub fn update(&self, bare: &str, resource: &str, conn_id: u64, f: impl FnOnce(&mut SessionEntry)) -> bool {
         let mut shard = self.shard(bare).write().unwrap_or_else(|e| e.into_inner());
-        match shard
-            .get_mut(bare)
-            .and_then(|v| v.iter_mut().find(|s| s.resource == resource && s.conn_id == conn_id))
-        {
+        match shard.get_mut(bare).and_then(|v| v.iter_mut().find(|s| s.resource == resource && s.conn_id == conn_id)) {
             Some(entry) => {
                 f(entry);
                 true

@@ -36,10 +36,7 @@ pub fn classify(to: Option<&Jid>, local_domain: &str, services: &[String]) -> De
         };
     }
     if services.iter().any(|s| s == domain) {
-        return Destination::Service {
-            domain: domain.to_owned(),
-            jid: to.clone(),
-        };
+        return Destination::Service { domain: domain.to_owned(), jid: to.clone() };
     }
     Destination::Remote(domain.to_owned())
 }

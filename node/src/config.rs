@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -31,7 +31,7 @@ pub struct ServerConfig {
     pub node_id: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain; empty = generate a self-signed one in `data_dir/tls/`.
@@ -104,20 +104,6 @@ pub struct LogConfig {
     pub format: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            tls: TlsConfig::default(),
-            c2s: C2sConfig::default(),
-            http: HttpConfig::default(),
-            auth: AuthConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -125,15 +111,6 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             bind_address: "127.0.0.1".into(),
             node_id: "node-1".into(),
-        }
-    }
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            cert_path: String::new(),
-            key_path: String::new(),
         }
     }
 }
@@ -157,11 +134,7 @@ impl Default for C2sConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            port: 5280,
-            websocket_url: String::new(),
-            public_xmpp_host: String::new(),
-        }
+        HttpConfig { port: 5280, websocket_url: String::new(), public_xmpp_host: String::new() }
     }
 }
 
@@ -183,18 +156,13 @@ impl Default for AuthConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig {
-            offline_max_per_user: 1000,
-        }
+        LimitsConfig { offline_max_per_user: 1000 }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: "text".into(),
-        }
+        LogConfig { level: "info".into(), format: "text".into() }
     }
 }
 
@@ -205,11 +173,7 @@ pub enum ConfigError {
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable {var}: expected {expected}, got {value:?}")]
-    Env {
-        var: String,
-        expected: &'static str,
-        value: String,
-    },
+    Env { var: String, expected: &'static str, value: String },
     #[error("config field `{field}`: {message}")]
     Invalid { field: &'static str, message: String },
 }
@@ -220,19 +184,13 @@ const NON_FIELD_VARS: &[&str] = &["WADDLE_CONFIG", "WADDLE_BIN"];
 impl Config {
     /// Loads `path` (if given) over the defaults, applies `env` overrides, validates.
     pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
-        let mut value = toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<defaults>"),
-            message: e.to_string(),
-        })?;
+        let mut value = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<defaults>"), message: e.to_string() })?;
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            let file: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let file: toml::Value = toml::from_str(&text)
+                .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
             merge(&mut value, file);
         }
         apply_env(&mut value, env)?;
@@ -245,12 +203,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &'static str, message: &str| {
-            Err(ConfigError::Invalid {
-                field,
-                message: message.to_owned(),
-            })
-        };
+        let invalid =
+            |field: &'static str, message: &str| Err(ConfigError::Invalid { field, message: message.to_owned() });
         if jid::BareJid::new(&self.server.domain).map(|j| j.node().is_some()).unwrap_or(true) {
             return invalid("server.domain", "must be a valid domain name such as example.org");
         }
@@ -430,10 +384,8 @@ mod tests {
 
     #[test]
     fn unknown_env_var_is_rejected() {
-        let err = Config::load(None, &env(&[("WADDLE_C2S_PROT", "1")]))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err =
+            Config::load(None, &env(&[("WADDLE_C2S_PROT", "1")])).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("WADDLE_C2S_PROT"), "{err}");
     }
 
@@ -444,10 +396,8 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("server.domain"), "{err}");
-        let err = Config::load(None, &env(&[("WADDLE_HTTP_PORT", "5222")]))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err =
+            Config::load(None, &env(&[("WADDLE_HTTP_PORT", "5222")])).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("http.port"), "{err}");
     }
 
@@ -461,10 +411,7 @@ mod tests {
         assert_eq!(c.server.domain, "chat.example");
         assert!(!c.c2s.require_tls);
         let _ = std::fs::write(&path, "[server]\ndomian = \"x\"\n");
-        let err = Config::load(Some(&path), &env(&[]))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = Config::load(Some(&path), &env(&[])).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("domian"), "{err}");
     }
 

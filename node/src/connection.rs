@@ -191,9 +191,7 @@ async fn verify_plain(ctx: &Ctx, username: &str, secret: String) -> AuthOutcome 
         return AuthOutcome::Failure;
     };
     // PBKDF2 is deliberately slow: keep it off the async workers.
-    let ok = tokio::task::spawn_blocking(move || creds.verify_password(&secret))
-        .await
-        .unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || creds.verify_password(&secret)).await.unwrap_or(false);
     if ok {
         AuthOutcome::Success
     } else {

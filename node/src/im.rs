@@ -93,18 +93,14 @@ pub fn push(ctx: &Ctx, username: &str, item: Element, version: u64) {
             .with_attr("id", ctx.next_id("push"))
             .with_attr("to", format!("{bare}/{}", s.resource))
             .with_child(
-                Element::new("query", ns::ROSTER)
-                    .with_attr("ver", version.to_string())
-                    .with_child(item.clone()),
+                Element::new("query", ns::ROSTER).with_attr("ver", version.to_string()).with_child(item.clone()),
             );
         let _ = s.handle.cast(waddle_cluster::SessionMsg::Deliver(std::sync::Arc::new(iq)));
     }
 }
 
 fn local_username<'a>(ctx: &Ctx, bare: &'a BareJid) -> Option<&'a str> {
-    (bare.domain().as_str() == ctx.domain)
-        .then(|| bare.node().map(|n| n.as_str()))
-        .flatten()
+    (bare.domain().as_str() == ctx.domain).then(|| bare.node().map(|n| n.as_str())).flatten()
 }
 
 /// `jabber:iq:roster` get (RFC 6121 §2.1.3, versioning §2.6).
@@ -158,11 +154,7 @@ pub async fn roster_set(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elemen
         return roster_remove(ctx, origin, iq, &username, &contact).await;
     }
     let name = item_el.attr("name").filter(|n| !n.is_empty()).map(str::to_owned);
-    let groups: Vec<String> = item_el
-        .children()
-        .filter(|g| g.is("group", ns::ROSTER))
-        .map(Element::text)
-        .collect();
+    let groups: Vec<String> = item_el.children().filter(|g| g.is("group", ns::ROSTER)).map(Element::text).collect();
     let guard = ctx.lock_roster(&username).await;
     let current = match ctx.store.roster_item(&username, &contact).await {
         Ok(r) => r.map(item_from_row),
@@ -206,15 +198,10 @@ async fn roster_remove(ctx: &Ctx, origin: &Origin, iq: &Element, username: &str,
         }
     };
     drop(guard);
-    let removed = Element::new("item", ns::ROSTER)
-        .with_attr("jid", contact)
-        .with_attr("subscription", "remove");
+    let removed = Element::new("item", ns::ROSTER).with_attr("jid", contact).with_attr("subscription", "remove");
     push(ctx, username, removed, version);
     let user_bare = ctx.bare_jid(username);
-    let from_origin = Origin {
-        jid: origin.bare().into(),
-        conn_id: None,
-    };
+    let from_origin = Origin { jid: origin.bare().into(), conn_id: None };
     if current.subscription.has_from() {
         Box::pin(send_unavailable_from_all(ctx, &origin.bare(), contact)).await;
     }
@@ -239,10 +226,7 @@ fn subscription_presence(from: &str, to: &str, action: SubscriptionAction) -> El
 }
 
 async fn send_unavailable_from_all(ctx: &Ctx, user: &BareJid, contact: &str) {
-    let origin = Origin {
-        jid: user.clone().into(),
-        conn_id: None,
-    };
+    let origin = Origin { jid: user.clone().into(), conn_id: None };
     for s in ctx.registry.sessions(user.as_str()).into_iter().filter(|s| s.available) {
         let p = Element::new("presence", ns::CLIENT)
             .with_attr("from", format!("{user}/{}", s.resource))
@@ -256,10 +240,7 @@ async fn send_unavailable_from_all(ctx: &Ctx, user: &BareJid, contact: &str) {
 async fn send_current_presence(ctx: &Ctx, user: &BareJid, to: &str) {
     // Presence carries its full `from`; the origin only matters for replies, which
     // presence never gets.
-    let origin = Origin {
-        jid: user.clone().into(),
-        conn_id: None,
-    };
+    let origin = Origin { jid: user.clone().into(), conn_id: None };
     for s in ctx.registry.sessions(user.as_str()) {
         if let (true, Some(p)) = (s.available, s.presence.as_deref()) {
             let mut copy = p.clone();
@@ -302,10 +283,7 @@ pub async fn outbound_subscription(ctx: &Ctx, origin: &Origin, mut stanza: Eleme
         // Subscription stanzas are stamped with the bare JID (RFC 6121 §3.1.2).
         stanza.set_attr("from", user_bare.as_str());
         stanza.set_attr("to", contact_s.as_str());
-        let bare_origin = Origin {
-            jid: user_bare.clone().into(),
-            conn_id: None,
-        };
+        let bare_origin = Origin { jid: user_bare.clone().into(), conn_id: None };
         ctx.route(&bare_origin, stanza).await;
     }
     if outcome.send_current_presence {
@@ -332,7 +310,13 @@ pub async fn presence_to_account(ctx: &Ctx, origin: &Origin, to: &BareJid, stanz
 }
 
 /// The contact's side of a subscription stanza (RFC 6121 §3, inbound side).
-async fn inbound_subscription(ctx: &Ctx, from: &BareJid, to: &BareJid, action: SubscriptionAction, mut stanza: Element) {
+async fn inbound_subscription(
+    ctx: &Ctx,
+    from: &BareJid,
+    to: &BareJid,
+    action: SubscriptionAction,
+    mut stanza: Element,
+) {
     let Some(username) = local_username(ctx, to).map(str::to_owned) else {
         return;
     };
@@ -342,10 +326,7 @@ async fn inbound_subscription(ctx: &Ctx, from: &BareJid, to: &BareJid, action: S
         // No such account: refuse a subscription request (RFC 6121 §3.1.3 rule 1).
         if action == SubscriptionAction::Subscribe {
             let reply = subscription_presence(to.as_str(), &from_s, SubscriptionAction::Unsubscribed);
-            let origin = Origin {
-                jid: to.clone().into(),
-                conn_id: None,
-            };
+            let origin = Origin { jid: to.clone().into(), conn_id: None };
             Box::pin(ctx.route(&origin, reply)).await;
         }
         return;
@@ -374,10 +355,7 @@ async fn inbound_subscription(ctx: &Ctx, from: &BareJid, to: &BareJid, action: S
         // An undelivered 'subscribe' stays stored as pending_in and is re-sent at login.
         ctx.deliver_to_available(to.as_str(), stanza);
     }
-    let user_origin = Origin {
-        jid: to.clone().into(),
-        conn_id: None,
-    };
+    let user_origin = Origin { jid: to.clone().into(), conn_id: None };
     if let Some(reply) = outcome.auto_reply {
         let p = subscription_presence(to.as_str(), &from_s, reply);
         Box::pin(ctx.route(&user_origin, p)).await;
@@ -544,16 +522,10 @@ pub async fn store_offline(ctx: &Ctx, to: &BareJid, mut stanza: Element) {
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default();
     stanza.append_child(
-        Element::new("delay", ns::DELAY)
-            .with_attr("from", ctx.domain.as_str())
-            .with_attr("stamp", stamp),
+        Element::new("delay", ns::DELAY).with_attr("from", ctx.domain.as_str()).with_attr("stamp", stamp),
     );
     let xml = String::from_utf8_lossy(&stanza.to_bytes(ns::CLIENT)).into_owned();
-    match ctx
-        .store
-        .offline_push(&username, &xml, ctx.config.limits.offline_max_per_user)
-        .await
-    {
+    match ctx.store.offline_push(&username, &xml, ctx.config.limits.offline_max_per_user).await {
         Ok(true) => {}
         Ok(false) => ctx.bounce(&stanza, "service-unavailable"),
         Err(e) => {
@@ -565,13 +537,8 @@ pub async fn store_offline(ctx: &Ctx, to: &BareJid, mut stanza: Element) {
 
 /// Parses one stanza serialised by [`store_offline`].
 pub fn parse_stored_stanza(xml: &str) -> Option<Element> {
-    let mut parser = StreamParser::new(Limits {
-        max_stanza_bytes: xml.len() + 1024,
-        ..Limits::default()
-    });
-    parser
-        .feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
-        .ok()?;
+    let mut parser = StreamParser::new(Limits { max_stanza_bytes: xml.len() + 1024, ..Limits::default() });
+    parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>").ok()?;
     parser.feed(xml.as_bytes()).ok()?;
     match (parser.next_event().ok()?, parser.next_event().ok()?) {
         (Some(StreamEvent::Header(_)), Some(StreamEvent::Stanza(el))) => Some(el),

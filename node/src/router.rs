@@ -23,10 +23,7 @@ pub struct Origin {
 
 impl Origin {
     pub fn session(jid: FullJid, conn_id: u64) -> Origin {
-        Origin {
-            jid: Jid::from(jid),
-            conn_id: Some(conn_id),
-        }
+        Origin { jid: Jid::from(jid), conn_id: Some(conn_id) }
     }
 
     pub fn full(&self) -> Option<&FullJid> {
@@ -111,11 +108,7 @@ impl Ctx {
         self.registry
             .sessions(bare)
             .into_iter()
-            .map(|s| SessionView {
-                resource: s.resource,
-                priority: s.priority,
-                available: s.available,
-            })
+            .map(|s| SessionView { resource: s.resource, priority: s.priority, available: s.available })
             .collect()
     }
 

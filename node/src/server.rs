@@ -34,17 +34,13 @@ async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> 
     let Some(payload) = iq_payload(iq) else {
         return error(iq, "bad-request");
     };
-    let to_own_account = iq
-        .attr("to")
-        .and_then(|t| jid::Jid::new(t).ok())
-        .is_some_and(|j| j.node().is_some());
+    let to_own_account = iq.attr("to").and_then(|t| jid::Jid::new(t).ok()).is_some_and(|j| j.node().is_some());
     match (iq_type, payload.ns(), payload.name()) {
         ("get", ns::DISCO_INFO, "query") if to_own_account => Some(account_info(iq, payload)),
         ("get", ns::DISCO_INFO, "query") => Some(server_info(ctx, iq, payload)),
-        ("get", ns::DISCO_ITEMS, "query") => Some(iq_result_with(
-            iq,
-            Element::new("query", ns::DISCO_ITEMS).with_attr_opt("node", payload.attr("node")),
-        )),
+        ("get", ns::DISCO_ITEMS, "query") => {
+            Some(iq_result_with(iq, Element::new("query", ns::DISCO_ITEMS).with_attr_opt("node", payload.attr("node"))))
+        }
         ("get", ns::PING, "ping") => Some(iq_result(iq)),
         ("get", ns::ROSTER, "query") => Some(im::roster_get(ctx, origin, iq, payload).await),
         ("set", ns::ROSTER, "query") => Some(im::roster_set(ctx, origin, iq, payload).await),
@@ -116,9 +112,7 @@ fn account_info(iq: &Element, query: &Element) -> Element {
     let result = Element::new("query", ns::DISCO_INFO)
         .with_attr_opt("node", query.attr("node"))
         .with_child(
-            Element::new("identity", ns::DISCO_INFO)
-                .with_attr("category", "account")
-                .with_attr("type", "registered"),
+            Element::new("identity", ns::DISCO_INFO).with_attr("category", "account").with_attr("type", "registered"),
         )
         .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO));
     iq_result_with(iq, result)
@@ -135,10 +129,7 @@ async fn vcard_get(ctx: &Ctx, iq: &Element, account: &BareJid) -> Element {
             return error(iq, "internal-server-error").unwrap_or_else(|| iq_result(iq));
         }
     };
-    let vcard = stored
-        .as_deref()
-        .and_then(im::parse_stored_stanza)
-        .unwrap_or_else(|| Element::new("vCard", ns::VCARD));
+    let vcard = stored.as_deref().and_then(im::parse_stored_stanza).unwrap_or_else(|| Element::new("vCard", ns::VCARD));
     iq_result_with(iq, vcard)
 }
 

@@ -46,10 +46,7 @@ pub struct Activity {
 
 impl Activity {
     pub fn new() -> Activity {
-        Activity {
-            epoch: Instant::now(),
-            last_rx_ms: AtomicU64::new(0),
-        }
+        Activity { epoch: Instant::now(), last_rx_ms: AtomicU64::new(0) }
     }
 
     fn now_ms(&self) -> u64 {
@@ -257,7 +254,11 @@ impl Actor for SessionActor {
     type State = SessionState;
     type Arguments = SessionArgs;
 
-    async fn pre_start(&self, myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
         let tick = Duration::from_secs(args.ctx.config.c2s.ping_timeout_secs.clamp(1, 30));
         let ticker = myself.send_interval(tick, || SessionMsg::Tick);
         let bare = args.jid.to_bare().as_str().to_owned();
@@ -280,7 +281,12 @@ impl Actor for SessionActor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<SessionMsg>, msg: SessionMsg, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::FromClient(el) => {
                 let result = state.on_client(el).await;
@@ -314,7 +320,11 @@ impl Actor for SessionActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<SessionMsg>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
@@ -380,7 +390,12 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
     }
     tracing::info!(jid = %jid, conn_id, "session bound");
     let reader_task = tokio::spawn(reader(read_half, parser, actor.clone(), inflight, activity));
-    let _ = actor.cast(SessionMsg::ReaderStarted(reader_task));
+    if let Err(ractor::MessagingErr::SendErr(SessionMsg::ReaderStarted(orphan))) =
+        actor.cast(SessionMsg::ReaderStarted(reader_task))
+    {
+        // The session already ended (replaced at once): nobody else will stop the reader.
+        orphan.abort();
+    }
 }
 
 async fn reader(

@@ -37,16 +37,30 @@ pub enum Action {
     /// Stream restart after SASL success: reset the parser, keeping buffered bytes.
     ResetParser,
     /// Fetch the SCRAM credentials of `username` and call [`Negotiator::scram_credentials`].
-    LookupScram { username: String, hash: ScramHash },
+    LookupScram {
+        username: String,
+        hash: ScramHash,
+    },
     /// Check a PLAIN password or session token and call [`Negotiator::plain_verdict`].
-    VerifyPlain { username: String, secret: String },
+    VerifyPlain {
+        username: String,
+        secret: String,
+    },
     /// XEP-0077: create the account and call [`Negotiator::register_result`].
-    Register { username: String, password: String },
+    Register {
+        username: String,
+        password: String,
+    },
     /// Bind `resource` for the authenticated user (replacing any session with the same
     /// full JID) and call [`Negotiator::bound`].
-    Bind { username: String, resource: String },
+    Bind {
+        username: String,
+        resource: String,
+    },
     /// An authentication attempt failed (for rate limiting and metrics).
-    AuthFailed { username: Option<String> },
+    AuthFailed {
+        username: Option<String>,
+    },
     /// Flush what was sent and close the connection.
     Close,
 }
@@ -150,11 +164,7 @@ impl Negotiator {
             return self.fail_stream("invalid-xml", Some("unexpected stream header"));
         }
         self.lang = h.attr("xml:lang").map(str::to_owned);
-        let mut out = vec![Action::Send(stream::header(
-            &self.config.domain,
-            &new_stream_id(),
-            self.lang.as_deref(),
-        ))];
+        let mut out = vec![Action::Send(stream::header(&self.config.domain, &new_stream_id(), self.lang.as_deref()))];
         self.header_sent = true;
         if h.default_ns != ns::CLIENT {
             out.extend(self.fail_stream("invalid-namespace", None));
@@ -167,10 +177,7 @@ impl Negotiator {
                 return out;
             }
         }
-        let major = h
-            .attr("version")
-            .and_then(|v| v.split('.').next())
-            .and_then(|m| m.parse::<u32>().ok());
+        let major = h.attr("version").and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok());
         if major.unwrap_or(0) < 1 {
             out.extend(self.fail_stream("unsupported-version", None));
             return out;
@@ -226,12 +233,10 @@ impl Negotiator {
     fn on_element(&mut self, el: Element) -> Vec<Action> {
         match std::mem::replace(&mut self.state, State::Closed) {
             State::AwaitNegotiation => self.on_negotiation_element(el),
-            State::ScramAwaitClientFirst(hash) if el.is("response", ns::SASL) => {
-                match decode_sasl_payload(&el) {
-                    Ok(data) => self.scram_client_first(hash, &data),
-                    Err(()) => self.sasl_failure("incorrect-encoding", None),
-                }
-            }
+            State::ScramAwaitClientFirst(hash) if el.is("response", ns::SASL) => match decode_sasl_payload(&el) {
+                Ok(data) => self.scram_client_first(hash, &data),
+                Err(()) => self.sasl_failure("incorrect-encoding", None),
+            },
             State::PlainAwaitInitial if el.is("response", ns::SASL) => match decode_sasl_payload(&el) {
                 Ok(data) => self.plain(&data),
                 Err(()) => self.sasl_failure("incorrect-encoding", None),
@@ -273,10 +278,7 @@ impl Negotiator {
                 ];
             }
             self.state = State::AwaitHeader;
-            return vec![
-                Action::Send(Element::new("proceed", ns::TLS).to_bytes(ns::CLIENT)),
-                Action::StartTls,
-            ];
+            return vec![Action::Send(Element::new("proceed", ns::TLS).to_bytes(ns::CLIENT)), Action::StartTls];
         }
         if el.is("auth", ns::SASL) {
             return self.on_auth(&el);
@@ -346,10 +348,7 @@ impl Negotiator {
             }
         }
         self.state = State::PlainAwaitVerdict(username.clone());
-        vec![Action::VerifyPlain {
-            username,
-            secret: creds.password,
-        }]
+        vec![Action::VerifyPlain { username, secret: creds.password }]
     }
 
     /// Answer to [`Action::VerifyPlain`].
@@ -394,11 +393,7 @@ impl Negotiator {
         };
         let server_first = server.server_first(creds.as_ref());
         self.state = State::ScramAwaitFinal(server, username);
-        vec![Action::Send(
-            Element::new("challenge", ns::SASL)
-                .with_text(B64.encode(server_first))
-                .to_bytes(ns::CLIENT),
-        )]
+        vec![Action::Send(Element::new("challenge", ns::SASL).with_text(B64.encode(server_first)).to_bytes(ns::CLIENT))]
     }
 
     fn sasl_success(&mut self, username: String, additional: &[u8]) -> Vec<Action> {
@@ -414,10 +409,7 @@ impl Negotiator {
     fn sasl_failure(&mut self, condition: &str, username: Option<String>) -> Vec<Action> {
         self.failures += 1;
         self.state = State::AwaitNegotiation;
-        let mut out = vec![
-            Action::Send(sasl_failure_element(condition, None)),
-            Action::AuthFailed { username },
-        ];
+        let mut out = vec![Action::Send(sasl_failure_element(condition, None)), Action::AuthFailed { username }];
         if self.failures >= self.config.max_auth_attempts {
             out.extend(self.fail_stream("policy-violation", Some("too many failed authentication attempts")));
         }
@@ -436,11 +428,8 @@ impl Negotiator {
 
     /// Maps a SASL authcid (`alice` or `alice@domain`) to a normalised local username.
     fn local_username(&self, authcid: &str) -> Option<String> {
-        let candidate = if authcid.contains('@') {
-            authcid.to_owned()
-        } else {
-            format!("{authcid}@{}", self.config.domain)
-        };
+        let candidate =
+            if authcid.contains('@') { authcid.to_owned() } else { format!("{authcid}@{}", self.config.domain) };
         let jid = jid::BareJid::new(&candidate).ok()?;
         if jid.domain().as_str() != self.config.domain {
             return None;
@@ -501,10 +490,8 @@ impl Negotiator {
         };
         if el.is("iq", ns::CLIENT) && el.attr("type") == Some("set") {
             if let Some(bind) = iq_payload(&el).filter(|p| p.is("bind", ns::BIND)) {
-                let requested = bind
-                    .get_child("resource", ns::BIND)
-                    .map(Element::text)
-                    .filter(|r| !r.trim().is_empty());
+                let requested =
+                    bind.get_child("resource", ns::BIND).map(Element::text).filter(|r| !r.trim().is_empty());
                 let resource = match requested {
                     Some(r) => match jid::FullJid::new(&format!("{username}@{}/{r}", self.config.domain)) {
                         Ok(full) => full.resource().as_str().to_owned(),
@@ -546,9 +533,7 @@ impl Negotiator {
 }
 
 fn send_error(iq: &Element, condition: &str, text: Option<&str>) -> Vec<Action> {
-    error_reply(iq, condition, text)
-        .map(|e| vec![Action::Send(e.to_bytes(ns::CLIENT))])
-        .unwrap_or_default()
+    error_reply(iq, condition, text).map(|e| vec![Action::Send(e.to_bytes(ns::CLIENT))]).unwrap_or_default()
 }
 
 fn sasl_failure_element(condition: &str, text: Option<&str>) -> Vec<u8> {
@@ -568,11 +553,7 @@ fn decode_sasl_payload(el: &Element) -> Result<Vec<u8>, ()> {
 }
 
 fn random_token(len: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 
 fn new_stream_id() -> String {

@@ -47,12 +47,8 @@ impl ErrorType {
     /// The type RFC 6120 §8.3.3 lists for each defined condition.
     pub fn for_condition(condition: &str) -> ErrorType {
         match condition {
-            "bad-request" | "jid-malformed" | "not-acceptable" | "policy-violation" | "redirect" => {
-                ErrorType::Modify
-            }
-            "forbidden" | "not-authorized" | "registration-required" | "subscription-required" => {
-                ErrorType::Auth
-            }
+            "bad-request" | "jid-malformed" | "not-acceptable" | "policy-violation" | "redirect" => ErrorType::Modify,
+            "forbidden" | "not-authorized" | "registration-required" | "subscription-required" => ErrorType::Auth,
             "resource-constraint" | "remote-server-timeout" | "unexpected-request" => ErrorType::Wait,
             _ => ErrorType::Cancel,
         }

@@ -37,9 +37,7 @@ pub fn error(condition: &str, text: Option<&str>) -> Vec<u8> {
     out.extend_from_slice(b"<stream:error>");
     Element::new(condition, ns::STREAM_ERRORS).write_to(&mut out, ns::CLIENT);
     if let Some(text) = text {
-        Element::new("text", ns::STREAM_ERRORS)
-            .with_text(text)
-            .write_to(&mut out, ns::CLIENT);
+        Element::new("text", ns::STREAM_ERRORS).with_text(text).write_to(&mut out, ns::CLIENT);
     }
     out.extend_from_slice(b"</stream:error></stream:stream>");
     out
@@ -58,13 +56,9 @@ mod tests {
         bytes.extend(error("policy-violation", Some("stanza too large")));
         let mut p = StreamParser::new(Limits::default());
         p.feed(&bytes).unwrap_or_else(|e| panic!("{e}"));
-        let Ok(Some(StreamEvent::Header(h))) = p.next_event() else {
-            panic!("no header")
-        };
+        let Ok(Some(StreamEvent::Header(h))) = p.next_event() else { panic!("no header") };
         assert_eq!(h.attr("from"), Some("example.org"));
-        let Ok(Some(StreamEvent::Stanza(err))) = p.next_event() else {
-            panic!("no error")
-        };
+        let Ok(Some(StreamEvent::Stanza(err))) = p.next_event() else { panic!("no error") };
         assert!(err.is("error", ns::STREAM));
         assert!(err.has_child("policy-violation", ns::STREAM_ERRORS));
         assert_eq!(p.next_event(), Ok(Some(StreamEvent::Close)));

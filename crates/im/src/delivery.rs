@@ -88,11 +88,7 @@ pub enum MessageDelivery {
 /// Sessions with a negative priority never receive messages addressed to the
 /// bare JID; if they are the only ones, the user counts as having no
 /// available resource.
-pub fn deliver_to_bare(
-    msg_type: MessageType,
-    account_exists: bool,
-    sessions: &[SessionView],
-) -> MessageDelivery {
+pub fn deliver_to_bare(msg_type: MessageType, account_exists: bool, sessions: &[SessionView]) -> MessageDelivery {
     if !account_exists {
         return unknown_account(msg_type);
     }
@@ -107,17 +103,12 @@ pub fn deliver_to_bare(
                 MessageDelivery::Resources(all)
             }
         }
-        MessageType::Normal | MessageType::Chat => {
-            match eligible(sessions).map(|s| s.priority).max() {
-                None => MessageDelivery::StoreOffline,
-                Some(top) => MessageDelivery::Resources(
-                    eligible(sessions)
-                        .filter(|s| s.priority == top)
-                        .map(|s| s.resource.clone())
-                        .collect(),
-                ),
-            }
-        }
+        MessageType::Normal | MessageType::Chat => match eligible(sessions).map(|s| s.priority).max() {
+            None => MessageDelivery::StoreOffline,
+            Some(top) => MessageDelivery::Resources(
+                eligible(sessions).filter(|s| s.priority == top).map(|s| s.resource.clone()).collect(),
+            ),
+        },
     }
 }
 
@@ -154,9 +145,7 @@ pub fn deliver_to_missing_full(
 fn unknown_account(msg_type: MessageType) -> MessageDelivery {
     match msg_type {
         MessageType::Normal | MessageType::Chat => MessageDelivery::ErrorServiceUnavailable,
-        MessageType::Groupchat | MessageType::Headline | MessageType::Error => {
-            MessageDelivery::Drop
-        }
+        MessageType::Groupchat | MessageType::Headline | MessageType::Error => MessageDelivery::Drop,
     }
 }
 
@@ -174,22 +163,15 @@ mod tests {
         assert_eq!(MessageType::parse(None), MessageType::Normal);
         assert_eq!(MessageType::parse(Some("normal")), MessageType::Normal);
         assert_eq!(MessageType::parse(Some("chat")), MessageType::Chat);
-        assert_eq!(
-            MessageType::parse(Some("groupchat")),
-            MessageType::Groupchat
-        );
+        assert_eq!(MessageType::parse(Some("groupchat")), MessageType::Groupchat);
         assert_eq!(MessageType::parse(Some("headline")), MessageType::Headline);
         assert_eq!(MessageType::parse(Some("error")), MessageType::Error);
         assert_eq!(MessageType::parse(Some("")), MessageType::Normal);
         assert_eq!(MessageType::parse(Some("bogus")), MessageType::Normal);
         assert_eq!(MessageType::parse(Some("Chat")), MessageType::Normal);
-        for t in [
-            MessageType::Normal,
-            MessageType::Chat,
-            MessageType::Groupchat,
-            MessageType::Headline,
-            MessageType::Error,
-        ] {
+        for t in
+            [MessageType::Normal, MessageType::Chat, MessageType::Groupchat, MessageType::Headline, MessageType::Error]
+        {
             assert_eq!(MessageType::parse(Some(t.as_str())), t);
         }
     }

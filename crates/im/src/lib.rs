@@ -35,14 +35,9 @@ mod presence;
 mod roster;
 mod subscription;
 
-pub use delivery::{
-    deliver_to_bare, deliver_to_missing_full, MessageDelivery, MessageType, SessionView,
-};
+pub use delivery::{deliver_to_bare, deliver_to_missing_full, MessageDelivery, MessageType, SessionView};
 pub use presence::parse_priority;
 pub use roster::{
-    roster_remove, roster_set, RemoveOutcome, RosterError, RosterItem, Subscription,
-    MAX_GROUP_BYTES, MAX_NAME_BYTES,
+    roster_remove, roster_set, RemoveOutcome, RosterError, RosterItem, Subscription, MAX_GROUP_BYTES, MAX_NAME_BYTES,
 };
-pub use subscription::{
-    inbound, outbound, InboundOutcome, OutboundOutcome, SubscriptionAction, SubscriptionState,
-};
+pub use subscription::{inbound, outbound, InboundOutcome, OutboundOutcome, SubscriptionAction, SubscriptionState};

@@ -16,9 +16,7 @@ pub fn parse_priority(text: Option<&str>) -> Result<i8, RosterError> {
     };
     let trimmed = raw.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'));
     trimmed.parse::<i8>().map_err(|_| {
-        RosterError::BadRequest(format!(
-            "presence priority must be an integer between -128 and 127, got {raw:?}"
-        ))
+        RosterError::BadRequest(format!("presence priority must be an integer between -128 and 127, got {raw:?}"))
     })
 }
 
@@ -51,14 +49,9 @@ mod tests {
 
     #[test]
     fn invalid_priorities() {
-        for text in [
-            "", " ", "128", "-129", "1000", "abc", "1.5", "1e2", "0x10", "- 1", "1 2", "++1",
-        ] {
+        for text in ["", " ", "128", "-129", "1000", "abc", "1.5", "1e2", "0x10", "- 1", "1 2", "++1"] {
             let err = parse_priority(Some(text));
-            assert!(
-                matches!(err, Err(RosterError::BadRequest(_))),
-                "{text:?} → {err:?}"
-            );
+            assert!(matches!(err, Err(RosterError::BadRequest(_))), "{text:?} → {err:?}");
             assert_eq!(err.map_err(|e| e.condition()), Err("bad-request"));
         }
     }

@@ -111,11 +111,7 @@ pub struct RosterItem {
 impl RosterItem {
     /// A visible roster item for `jid` with subscription `none` and no flags.
     pub fn new(jid: impl Into<String>) -> RosterItem {
-        RosterItem {
-            jid: jid.into(),
-            in_roster: true,
-            ..RosterItem::default()
-        }
+        RosterItem { jid: jid.into(), in_roster: true, ..RosterItem::default() }
     }
 
     /// The RFC 6121 Appendix A state of this item. Flag combinations that are
@@ -245,9 +241,7 @@ pub fn roster_set(
     }
     if let Some(n) = &name {
         if n.len() > MAX_NAME_BYTES {
-            return Err(RosterError::NotAcceptable(format!(
-                "name longer than {MAX_NAME_BYTES} bytes"
-            )));
+            return Err(RosterError::NotAcceptable(format!("name longer than {MAX_NAME_BYTES} bytes")));
         }
     }
     let mut seen = HashSet::with_capacity(groups.len());
@@ -256,14 +250,10 @@ pub fn roster_set(
             return Err(RosterError::NotAcceptable("empty group name".to_owned()));
         }
         if group.len() > MAX_GROUP_BYTES {
-            return Err(RosterError::NotAcceptable(format!(
-                "group name longer than {MAX_GROUP_BYTES} bytes"
-            )));
+            return Err(RosterError::NotAcceptable(format!("group name longer than {MAX_GROUP_BYTES} bytes")));
         }
         if !seen.insert(group.as_str()) {
-            return Err(RosterError::BadRequest(format!(
-                "duplicate group {group:?}"
-            )));
+            return Err(RosterError::BadRequest(format!("duplicate group {group:?}")));
         }
     }
 
@@ -349,24 +339,14 @@ mod tests {
         assert!(Subscription::To.has_to() && !Subscription::To.has_from());
         assert!(!Subscription::From.has_to() && Subscription::From.has_from());
         assert!(Subscription::Both.has_to() && Subscription::Both.has_from());
-        for sub in [
-            Subscription::None,
-            Subscription::To,
-            Subscription::From,
-            Subscription::Both,
-        ] {
+        for sub in [Subscription::None, Subscription::To, Subscription::From, Subscription::Both] {
             assert_eq!(Subscription::from_flags(sub.has_to(), sub.has_from()), sub);
         }
     }
 
     #[test]
     fn roster_set_creates_visible_item() {
-        let item = roster_set(
-            None,
-            "romeo@example.net",
-            Some("Romeo".into()),
-            groups(&["Friends"]),
-        );
+        let item = roster_set(None, "romeo@example.net", Some("Romeo".into()), groups(&["Friends"]));
         assert_eq!(
             item,
             Ok(RosterItem {
@@ -392,39 +372,19 @@ mod tests {
             in_roster: true,
         };
         let updated = roster_set(Some(&current), "romeo@example.net", None, vec![]);
-        assert_eq!(
-            updated,
-            Ok(RosterItem {
-                name: None,
-                groups: vec![],
-                ..current.clone()
-            })
-        );
+        assert_eq!(updated, Ok(RosterItem { name: None, groups: vec![], ..current.clone() }));
     }
 
     #[test]
     fn roster_set_reveals_hidden_pending_row() {
-        let hidden = RosterItem {
-            jid: "juliet@example.com".into(),
-            pending_in: true,
-            ..RosterItem::default()
-        };
+        let hidden = RosterItem { jid: "juliet@example.com".into(), pending_in: true, ..RosterItem::default() };
         let item = roster_set(Some(&hidden), "juliet@example.com", None, vec![]);
-        assert_eq!(
-            item,
-            Ok(RosterItem {
-                in_roster: true,
-                ..hidden.clone()
-            })
-        );
+        assert_eq!(item, Ok(RosterItem { in_roster: true, ..hidden.clone() }));
     }
 
     #[test]
     fn roster_set_keeps_pre_approval() {
-        let current = RosterItem {
-            approved: true,
-            ..RosterItem::new("a@b")
-        };
+        let current = RosterItem { approved: true, ..RosterItem::new("a@b") };
         let item = roster_set(Some(&current), "a@b", Some("A".into()), vec![]);
         assert_eq!(item.map(|i| i.approved), Ok(true));
     }
@@ -484,17 +444,9 @@ mod tests {
     #[test]
     fn error_conditions_and_types() {
         let cases = [
-            (
-                RosterError::NotAcceptable("x".into()),
-                "not-acceptable",
-                "modify",
-            ),
+            (RosterError::NotAcceptable("x".into()), "not-acceptable", "modify"),
             (RosterError::BadRequest("x".into()), "bad-request", "modify"),
-            (
-                RosterError::ItemNotFound("x".into()),
-                "item-not-found",
-                "cancel",
-            ),
+            (RosterError::ItemNotFound("x".into()), "item-not-found", "cancel"),
         ];
         for (err, condition, ty) in cases {
             assert_eq!(err.condition(), condition);
@@ -505,12 +457,7 @@ mod tests {
     }
 
     fn item(sub: Subscription, ask_out: bool, pending_in: bool) -> RosterItem {
-        RosterItem {
-            subscription: sub,
-            ask_out,
-            pending_in,
-            ..RosterItem::new("c@d")
-        }
+        RosterItem { subscription: sub, ask_out, pending_in, ..RosterItem::new("c@d") }
     }
 
     #[test]
@@ -532,10 +479,7 @@ mod tests {
             let out = roster_remove(&item(sub, ask, pin));
             assert_eq!(
                 out,
-                RemoveOutcome {
-                    send_unsubscribe: unsub,
-                    send_unsubscribed: unsubd
-                },
+                RemoveOutcome { send_unsubscribe: unsub, send_unsubscribed: unsubd },
                 "state {sub:?} ask={ask} pending_in={pin}"
             );
         }
@@ -543,10 +487,7 @@ mod tests {
 
     #[test]
     fn roster_remove_ignores_pre_approval() {
-        let out = roster_remove(&RosterItem {
-            approved: true,
-            ..RosterItem::new("c@d")
-        });
+        let out = roster_remove(&RosterItem { approved: true, ..RosterItem::new("c@d") });
         assert_eq!(out, RemoveOutcome::default());
     }
 
@@ -554,10 +495,6 @@ mod tests {
     fn vacant_rows() {
         assert!(RosterItem::default().is_vacant());
         assert!(!RosterItem::new("a@b").is_vacant());
-        assert!(!RosterItem {
-            pending_in: true,
-            ..RosterItem::default()
-        }
-        .is_vacant());
+        assert!(!RosterItem { pending_in: true, ..RosterItem::default() }.is_vacant());
     }
 }

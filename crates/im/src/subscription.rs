@@ -122,9 +122,7 @@ impl SubscriptionState {
     pub fn subscription(self) -> Subscription {
         use SubscriptionState as S;
         match self {
-            S::None | S::NonePendingOut | S::NonePendingIn | S::NonePendingOutIn => {
-                Subscription::None
-            }
+            S::None | S::NonePendingOut | S::NonePendingIn | S::NonePendingOutIn => Subscription::None,
             S::To | S::ToPendingIn => Subscription::To,
             S::From | S::FromPendingOut => Subscription::From,
             S::Both => Subscription::Both,
@@ -134,19 +132,13 @@ impl SubscriptionState {
     /// The user has an unanswered outbound request (`ask='subscribe'`).
     pub fn pending_out(self) -> bool {
         use SubscriptionState as S;
-        matches!(
-            self,
-            S::NonePendingOut | S::NonePendingOutIn | S::FromPendingOut
-        )
+        matches!(self, S::NonePendingOut | S::NonePendingOutIn | S::FromPendingOut)
     }
 
     /// The contact has an unanswered inbound request.
     pub fn pending_in(self) -> bool {
         use SubscriptionState as S;
-        matches!(
-            self,
-            S::NonePendingIn | S::NonePendingOutIn | S::ToPendingIn
-        )
+        matches!(self, S::NonePendingIn | S::NonePendingOutIn | S::ToPendingIn)
     }
 
     /// Writes the state into `item` (`subscription`, `ask_out`, `pending_in`);
@@ -309,11 +301,7 @@ pub struct OutboundOutcome {
 ///
 /// The caller stamps the stanza with the user's bare JID and routes it to the
 /// contact's bare JID.
-pub fn outbound(
-    current: Option<&RosterItem>,
-    contact: &str,
-    action: SubscriptionAction,
-) -> OutboundOutcome {
+pub fn outbound(current: Option<&RosterItem>, contact: &str, action: SubscriptionAction) -> OutboundOutcome {
     let before = SubscriptionState::of(current);
     let (after, forward) = before.after_outbound(action);
     let mut next = start_item(current, contact);
@@ -343,13 +331,7 @@ pub fn outbound(
     }
 
     let (item, roster_push) = finish(current, next);
-    OutboundOutcome {
-        item,
-        roster_push,
-        forward,
-        send_current_presence,
-        send_unavailable,
-    }
+    OutboundOutcome { item, roster_push, forward, send_current_presence, send_unavailable }
 }
 
 /// Result of the user's server processing an INBOUND subscription stanza
@@ -399,11 +381,7 @@ pub struct InboundOutcome {
 ///   row (`in_roster == false`) that only records the pending request;
 /// * §3.3.3: an `unsubscribe` cancelling `from`/`both` asks for `unavailable`
 ///   presence to be sent to the contact.
-pub fn inbound(
-    current: Option<&RosterItem>,
-    contact: &str,
-    action: SubscriptionAction,
-) -> InboundOutcome {
+pub fn inbound(current: Option<&RosterItem>, contact: &str, action: SubscriptionAction) -> InboundOutcome {
     let before = SubscriptionState::of(current);
     let mut next = start_item(current, contact);
     let mut auto_reply = None;
@@ -435,24 +413,14 @@ pub fn inbound(
     };
 
     let (item, roster_push) = finish(current, next);
-    InboundOutcome {
-        item,
-        roster_push,
-        deliver,
-        auto_reply,
-        send_current_presence,
-        send_unavailable,
-    }
+    InboundOutcome { item, roster_push, deliver, auto_reply, send_current_presence, send_unavailable }
 }
 
 /// The row to modify: a copy of the current one, or a hidden empty row.
 fn start_item(current: Option<&RosterItem>, contact: &str) -> RosterItem {
     match current {
         Some(item) => item.clone(),
-        None => RosterItem {
-            jid: contact.to_owned(),
-            ..RosterItem::default()
-        },
+        None => RosterItem { jid: contact.to_owned(), ..RosterItem::default() },
     }
 }
 
@@ -503,11 +471,7 @@ mod tests {
             state.apply(&mut item);
             assert_eq!(item.state(), state);
             assert_eq!(
-                SubscriptionState::from_parts(
-                    state.subscription(),
-                    state.pending_out(),
-                    state.pending_in()
-                ),
+                SubscriptionState::from_parts(state.subscription(), state.pending_out(), state.pending_in()),
                 state
             );
         }
@@ -519,34 +483,21 @@ mod tests {
         assert_eq!(S::from_parts(Subscription::To, true, false), S::To);
         assert_eq!(S::from_parts(Subscription::To, true, true), S::ToPendingIn);
         assert_eq!(S::from_parts(Subscription::From, false, true), S::From);
-        assert_eq!(
-            S::from_parts(Subscription::From, true, true),
-            S::FromPendingOut
-        );
+        assert_eq!(S::from_parts(Subscription::From, true, true), S::FromPendingOut);
         assert_eq!(S::from_parts(Subscription::Both, true, true), S::Both);
         assert_eq!(S::of(None), S::None);
     }
 
     #[test]
     fn state_names_match_the_rfc() {
-        assert_eq!(
-            SubscriptionState::NonePendingOutIn.to_string(),
-            "None + Pending Out+In"
-        );
-        assert_eq!(
-            SubscriptionState::FromPendingOut.to_string(),
-            "From + Pending Out"
-        );
+        assert_eq!(SubscriptionState::NonePendingOutIn.to_string(), "None + Pending Out+In");
+        assert_eq!(SubscriptionState::FromPendingOut.to_string(), "From + Pending Out");
     }
 
     #[test]
     fn normalizing_an_undefined_row_is_reported_as_a_change() {
-        let weird = RosterItem {
-            subscription: Subscription::Both,
-            ask_out: true,
-            pending_in: true,
-            ..RosterItem::new("c@d")
-        };
+        let weird =
+            RosterItem { subscription: Subscription::Both, ask_out: true, pending_in: true, ..RosterItem::new("c@d") };
         let out = outbound(Some(&weird), "c@d", SubscriptionAction::Subscribe);
         let item = out.item.unwrap_or_default();
         assert_eq!(item.state(), SubscriptionState::Both);

@@ -4,8 +4,7 @@
 //! inbound processing (and any auto-reply) on the recipient's side.
 
 use waddle_im::{
-    inbound, outbound, roster_remove, RosterItem, Subscription, SubscriptionAction as A,
-    SubscriptionState as S,
+    inbound, outbound, roster_remove, RosterItem, Subscription, SubscriptionAction as A, SubscriptionState as S,
 };
 
 const ROMEO: &str = "romeo@example.net";
@@ -186,10 +185,7 @@ fn mutual_subscription_handshake() {
     for who in [Who::Romeo, Who::Juliet] {
         let item = w.item(who);
         assert_eq!(item.subscription, Subscription::Both, "{who:?}");
-        assert!(
-            !item.ask_out && !item.pending_in && !item.approved,
-            "{who:?}"
-        );
+        assert!(!item.ask_out && !item.pending_in && !item.approved, "{who:?}");
         assert!(item.in_roster, "{who:?}");
     }
     assert_eq!(w.juliet_log.delivered, vec![A::Subscribe, A::Subscribed]);
@@ -289,10 +285,7 @@ fn pre_approved_subscription() {
     let juliet = w.item(Who::Juliet);
     assert_eq!(juliet.subscription, Subscription::From);
     assert!(!juliet.approved && !juliet.pending_in);
-    assert!(
-        w.juliet_log.delivered.is_empty(),
-        "Juliet is not bothered with the request"
-    );
+    assert!(w.juliet_log.delivered.is_empty(), "Juliet is not bothered with the request");
     assert_eq!(w.juliet_log.presence_sent, vec![true]);
     assert_eq!(w.state(Who::Romeo), S::To);
     assert_eq!(w.romeo_log.delivered, vec![A::Subscribed]);
@@ -319,11 +312,7 @@ fn resubscribe_when_already_subscribed_is_auto_confirmed() {
     let delivered = w.juliet_log.delivered.len();
     w.send(Who::Romeo, A::Subscribe);
     assert_eq!(w.state(Who::Juliet), S::From);
-    assert_eq!(
-        w.juliet_log.delivered.len(),
-        delivered,
-        "not delivered to Juliet"
-    );
+    assert_eq!(w.juliet_log.delivered.len(), delivered, "not delivered to Juliet");
     assert_eq!(w.juliet_log.presence_sent, vec![true, true]);
     assert_eq!(w.state(Who::Romeo), S::To);
 }

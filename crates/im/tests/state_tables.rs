@@ -3,19 +3,15 @@
 //! `outbound`/`inbound` outcomes.
 
 use waddle_im::{
-    inbound, outbound, InboundOutcome, OutboundOutcome, RosterItem, SubscriptionAction as A,
-    SubscriptionState as S,
+    inbound, outbound, InboundOutcome, OutboundOutcome, RosterItem, SubscriptionAction as A, SubscriptionState as S,
 };
 
 const CONTACT: &str = "juliet@example.com";
 
 /// A visible roster item in `state`, not pre-approved.
 fn item(state: S) -> RosterItem {
-    let mut item = RosterItem {
-        name: Some("Juliet".into()),
-        groups: vec!["Friends".into()],
-        ..RosterItem::new(CONTACT)
-    };
+    let mut item =
+        RosterItem { name: Some("Juliet".into()), groups: vec!["Friends".into()], ..RosterItem::new(CONTACT) };
     state.apply(&mut item);
     item
 }
@@ -94,13 +90,13 @@ const OUT_UNSUBSCRIBED: [Row; 9] = [
 const IN_SUBSCRIBE: [Row; 9] = [
     (S::None, YES, S::NonePendingIn),
     (S::NonePendingOut, YES, S::NonePendingOutIn),
-    (S::NonePendingIn, NO, S::NonePendingIn), // no state change
+    (S::NonePendingIn, NO, S::NonePendingIn),       // no state change
     (S::NonePendingOutIn, NO, S::NonePendingOutIn), // no state change
     (S::To, YES, S::ToPendingIn),
-    (S::ToPendingIn, NO, S::ToPendingIn), // no state change
-    (S::From, NO, S::From),               // no state change (auto-reply)
+    (S::ToPendingIn, NO, S::ToPendingIn),       // no state change
+    (S::From, NO, S::From),                     // no state change (auto-reply)
     (S::FromPendingOut, NO, S::FromPendingOut), // no state change (auto-reply)
-    (S::Both, NO, S::Both),               // no state change (auto-reply)
+    (S::Both, NO, S::Both),                     // no state change (auto-reply)
 ];
 
 const IN_UNSUBSCRIBE: [Row; 9] = [
@@ -154,11 +150,7 @@ fn bare_outbound_tables_match_appendix_a2() {
     ] {
         assert_covers_all_states(rows);
         for &(before, route, after) in rows {
-            assert_eq!(
-                before.after_outbound(action),
-                (after, route),
-                "outbound {action} in {before}"
-            );
+            assert_eq!(before.after_outbound(action), (after, route), "outbound {action} in {before}");
         }
     }
 }
@@ -173,11 +165,7 @@ fn bare_inbound_tables_match_appendix_a3() {
     ] {
         assert_covers_all_states(rows);
         for &(before, deliver, after) in rows {
-            assert_eq!(
-                before.after_inbound(action),
-                (after, deliver),
-                "inbound {action} in {before}"
-            );
+            assert_eq!(before.after_inbound(action), (after, deliver), "inbound {action} in {before}");
         }
     }
 }
@@ -314,10 +302,7 @@ fn inbound_unsubscribe_rows() {
 
 #[test]
 fn inbound_subscribed_and_unsubscribed_rows() {
-    for (action, rows) in [
-        (A::Subscribed, &IN_SUBSCRIBED),
-        (A::Unsubscribed, &IN_UNSUBSCRIBED),
-    ] {
+    for (action, rows) in [(A::Subscribed, &IN_SUBSCRIBED), (A::Unsubscribed, &IN_UNSUBSCRIBED)] {
         for &(before, deliver, after) in rows {
             let cur = item(before);
             let out = inbound(Some(&cur), CONTACT, action);
@@ -345,10 +330,7 @@ fn outbound_without_item() {
     assert_eq!(
         out,
         OutboundOutcome {
-            item: Some(RosterItem {
-                ask_out: true,
-                ..RosterItem::new(CONTACT)
-            }),
+            item: Some(RosterItem { ask_out: true, ..RosterItem::new(CONTACT) }),
             roster_push: true,
             forward: true,
             send_current_presence: false,
@@ -390,12 +372,7 @@ fn inbound_without_item() {
     assert_eq!(
         out,
         InboundOutcome {
-            item: Some(RosterItem {
-                jid: CONTACT.into(),
-                pending_in: true,
-                in_roster: false,
-                ..RosterItem::default()
-            }),
+            item: Some(RosterItem { jid: CONTACT.into(), pending_in: true, in_roster: false, ..RosterItem::default() }),
             roster_push: false,
             deliver: true,
             auto_reply: None,
@@ -423,12 +400,7 @@ fn inbound_without_item() {
 // ------------------------------------------------ hidden pending-inbound rows
 
 fn hidden_request() -> RosterItem {
-    RosterItem {
-        jid: CONTACT.into(),
-        pending_in: true,
-        in_roster: false,
-        ..RosterItem::default()
-    }
+    RosterItem { jid: CONTACT.into(), pending_in: true, in_roster: false, ..RosterItem::default() }
 }
 
 #[test]
@@ -444,10 +416,7 @@ fn approving_a_hidden_request_adds_the_contact_to_the_roster() {
     assert_eq!(
         out,
         OutboundOutcome {
-            item: Some(RosterItem {
-                subscription: waddle_im::Subscription::From,
-                ..RosterItem::new(CONTACT)
-            }),
+            item: Some(RosterItem { subscription: waddle_im::Subscription::From, ..RosterItem::new(CONTACT) }),
             roster_push: true,
             forward: true,
             send_current_presence: true,
@@ -487,10 +456,7 @@ fn withdrawn_hidden_request_leaves_a_vacant_row() {
 // ------------------------------------------------------------ pre-approval
 
 fn approved(state: S) -> RosterItem {
-    RosterItem {
-        approved: true,
-        ..item(state)
-    }
+    RosterItem { approved: true, ..item(state) }
 }
 
 #[test]
@@ -500,10 +466,7 @@ fn pre_approval_without_item_creates_one() {
     assert_eq!(
         out,
         OutboundOutcome {
-            item: Some(RosterItem {
-                approved: true,
-                ..RosterItem::new(CONTACT)
-            }),
+            item: Some(RosterItem { approved: true, ..RosterItem::new(CONTACT) }),
             roster_push: true,
             forward: false,
             send_current_presence: false,
@@ -523,11 +486,7 @@ fn repeated_pre_approval_changes_nothing() {
 
 #[test]
 fn pre_approved_inbound_subscribe_is_auto_approved() {
-    for (before, after) in [
-        (S::None, S::From),
-        (S::NonePendingOut, S::FromPendingOut),
-        (S::To, S::Both),
-    ] {
+    for (before, after) in [(S::None, S::From), (S::NonePendingOut, S::FromPendingOut), (S::To, S::Both)] {
         let cur = approved(before);
         let out = inbound(Some(&cur), CONTACT, A::Subscribe);
         let mut expected = with_state(&cur, after);
@@ -594,16 +553,10 @@ fn outcomes_never_carry_undefined_states() {
     for action in [A::Subscribe, A::Subscribed, A::Unsubscribe, A::Unsubscribed] {
         for state in S::ALL {
             for pre in [false, true] {
-                let cur = RosterItem {
-                    approved: pre,
-                    ..item(state)
-                };
-                for new in [
-                    outbound(Some(&cur), CONTACT, action).item,
-                    inbound(Some(&cur), CONTACT, action).item,
-                ]
-                .into_iter()
-                .flatten()
+                let cur = RosterItem { approved: pre, ..item(state) };
+                for new in [outbound(Some(&cur), CONTACT, action).item, inbound(Some(&cur), CONTACT, action).item]
+                    .into_iter()
+                    .flatten()
                 {
                     let norm = with_state(&new, new.state());
                     assert_eq!(new, norm, "{action} in {state} (approved={pre})");
