@@ -261,24 +261,11 @@ pub async fn outbound_subscription(ctx: &Ctx, origin: &Origin, mut stanza: Eleme
         return;
     };
     let contact_s = contact.as_str().to_owned();
-    let guard = ctx.lock_roster(&username).await;
-    let current = match ctx.store.roster_item(&username, &contact_s).await {
-        Ok(r) => r.map(item_from_row),
-        Err(e) => {
-            tracing::error!(error = %e, "roster read failed");
-            return;
-        }
-    };
-    let outcome = waddle_im::outbound(current.as_ref(), &contact_s, action);
-    let Ok(version) = save_item(ctx, &username, outcome.item.as_ref()).await else {
+    let Some(outcome) =
+        transition(ctx, &username, &contact_s, |current| waddle_im::outbound(current, &contact_s, action)).await
+    else {
         return;
     };
-    drop(guard);
-    if let (true, Some(item), Some(v)) = (outcome.roster_push, outcome.item.as_ref(), version) {
-        if item.in_roster {
-            push(ctx, &username, item_element(item), v);
-        }
-    }
     if outcome.forward {
         // Subscription stanzas are stamped with the bare JID (RFC 6121 §3.1.2).
         stanza.set_attr("from", user_bare.as_str());
@@ -331,24 +318,11 @@ async fn inbound_subscription(
         }
         return;
     }
-    let guard = ctx.lock_roster(&username).await;
-    let current = match ctx.store.roster_item(&username, &from_s).await {
-        Ok(r) => r.map(item_from_row),
-        Err(e) => {
-            tracing::error!(error = %e, "roster read failed");
-            return;
-        }
-    };
-    let outcome = waddle_im::inbound(current.as_ref(), &from_s, action);
-    let Ok(version) = save_item(ctx, &username, outcome.item.as_ref()).await else {
+    let Some(outcome) =
+        transition(ctx, &username, &from_s, |current| waddle_im::inbound(current, &from_s, action)).await
+    else {
         return;
     };
-    drop(guard);
-    if let (true, Some(item), Some(v)) = (outcome.roster_push, outcome.item.as_ref(), version) {
-        if item.in_roster {
-            push(ctx, &username, item_element(item), v);
-        }
-    }
     if outcome.deliver {
         stanza.set_attr("from", from_s.as_str());
         stanza.set_attr("to", to.as_str());
@@ -368,16 +342,62 @@ async fn inbound_subscription(
     }
 }
 
-/// Stores the new state of a roster row: deleted when nothing is left of it, upserted
-/// otherwise. Returns the new roster version (None when nothing changed).
-async fn save_item(ctx: &Ctx, username: &str, item: Option<&RosterItem>) -> Result<Option<u64>, ()> {
-    let Some(item) = item else { return Ok(None) };
-    let result = if item.is_vacant() {
+/// The roster part of a subscription outcome from `waddle_im`.
+trait RowOutcome {
+    fn item(&self) -> Option<&RosterItem>;
+    fn roster_push(&self) -> bool;
+}
+
+impl RowOutcome for waddle_im::OutboundOutcome {
+    fn item(&self) -> Option<&RosterItem> {
+        self.item.as_ref()
+    }
+    fn roster_push(&self) -> bool {
+        self.roster_push
+    }
+}
+
+impl RowOutcome for waddle_im::InboundOutcome {
+    fn item(&self) -> Option<&RosterItem> {
+        self.item.as_ref()
+    }
+    fn roster_push(&self) -> bool {
+        self.roster_push
+    }
+}
+
+/// Read-modify-write of one roster row under the user's roster lock: `decide` computes
+/// the outcome from the current row, the new row is stored (deleted when nothing is left
+/// of it) and pushed to interested resources. `None` when storage failed.
+async fn transition<O: RowOutcome>(
+    ctx: &Ctx,
+    username: &str,
+    contact: &str,
+    decide: impl FnOnce(Option<&RosterItem>) -> O,
+) -> Option<O> {
+    let guard = ctx.lock_roster(username).await;
+    let current = ctx
+        .store
+        .roster_item(username, contact)
+        .await
+        .map_err(|e| tracing::error!(error = %e, "roster read failed"))
+        .ok()?
+        .map(item_from_row);
+    let outcome = decide(current.as_ref());
+    let Some(item) = outcome.item() else {
+        return Some(outcome);
+    };
+    let stored = if item.is_vacant() {
         ctx.store.roster_remove(username, &item.jid).await
     } else {
         ctx.store.roster_upsert(username, &row_from_item(item)).await
     };
-    result.map(Some).map_err(|e| tracing::error!(error = %e, "roster write failed"))
+    let version = stored.map_err(|e| tracing::error!(error = %e, "roster write failed")).ok()?;
+    drop(guard);
+    if outcome.roster_push() && item.in_roster {
+        push(ctx, username, item_element(item), version);
+    }
+    Some(outcome)
 }
 
 async fn answer_probe(ctx: &Ctx, prober: &Origin, user: &BareJid) {
