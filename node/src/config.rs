@@ -15,6 +15,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub rate_limits: RateLimitsConfig,
     pub log: LogConfig,
 }
 
@@ -93,6 +94,54 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub offline_max_per_user: u32,
+}
+
+/// Per-session limits (the seed's table). Exceeding one gets a `policy-violation`
+/// stanza error and the stanza is dropped.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    pub enabled: bool,
+    /// Messages to one destination (room or contact) per window.
+    pub messages: u32,
+    pub messages_window_secs: u64,
+    /// Presence updates (broadcast or directed, not subscriptions or unavailable).
+    pub presence: u32,
+    pub presence_window_secs: u64,
+    /// MUC room joins.
+    pub joins: u32,
+    pub joins_window_secs: u64,
+    /// IQ requests (get/set).
+    pub iq: u32,
+    pub iq_window_secs: u64,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            enabled: true,
+            messages: 10,
+            messages_window_secs: 10,
+            presence: 5,
+            presence_window_secs: 60,
+            joins: 10,
+            joins_window_secs: 60,
+            iq: 20,
+            iq_window_secs: 10,
+        }
+    }
+}
+
+impl RateLimitsConfig {
+    pub fn limits(&self) -> waddle_c2s::rate::RateLimits {
+        use waddle_c2s::rate::{Rate, RateLimits};
+        RateLimits {
+            messages: Rate::new(self.messages, self.messages_window_secs),
+            presence: Rate::new(self.presence, self.presence_window_secs),
+            joins: Rate::new(self.joins, self.joins_window_secs),
+            iq: Rate::new(self.iq, self.iq_window_secs),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -247,6 +296,15 @@ impl Config {
         }
         if self.auth.max_auth_failures == 0 {
             return invalid("auth.max_auth_failures", "must be at least 1");
+        }
+        let r = &self.rate_limits;
+        if [r.messages, r.presence, r.joins, r.iq].contains(&0)
+            || [r.messages_window_secs, r.presence_window_secs, r.joins_window_secs, r.iq_window_secs].contains(&0)
+        {
+            return invalid(
+                "rate_limits",
+                "counts and windows must be positive (use enabled = false to turn limits off)",
+            );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format", "must be \"text\" or \"json\"");

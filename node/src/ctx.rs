@@ -13,6 +13,7 @@ use waddle_storage::Store;
 use waddle_xml::Limits;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 pub struct Ctx {
     pub config: Config,
@@ -23,6 +24,7 @@ pub struct Ctx {
     pub services: Vec<String>,
     pub tls: TlsAcceptor,
     pub auth_limiter: Arc<Mutex<FailureLimiter>>,
+    pub metrics: Metrics,
     /// Serialises read-modify-write of one user's roster (subscription handshakes from
     /// two sessions at once must not lose an update).
     roster_locks: Vec<AsyncMutex<()>>,
@@ -47,6 +49,7 @@ impl Ctx {
             services: Vec::new(),
             tls,
             auth_limiter: Arc::new(Mutex::new(limiter)),
+            metrics: Metrics::default(),
             roster_locks: (0..ROSTER_LOCKS).map(|_| AsyncMutex::new(())).collect(),
             next_conn_id: AtomicU64::new(1),
             next_stanza_id: AtomicU64::new(1),
@@ -82,6 +85,7 @@ impl Ctx {
 
     /// Records an authentication failure for the client address and the account.
     pub fn auth_failed(&self, peer: &str, username: Option<&str>) {
+        crate::metrics::inc(&self.metrics.auth_failures);
         let now = std::time::Instant::now();
         let mut limiter = self.auth_limiter.lock().unwrap_or_else(|e| e.into_inner());
         limiter.record_failure(&format!("ip:{peer}"), now);

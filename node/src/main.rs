@@ -6,6 +6,7 @@ mod connection;
 mod ctx;
 mod im;
 mod io;
+mod metrics;
 mod router;
 mod server;
 mod session;
@@ -106,7 +107,19 @@ async fn run(config: Config) -> Result<()> {
         auth_limiter: Arc::clone(&ctx.auth_limiter),
         ready: Arc::clone(&ready),
     };
-    let app = waddle_api::router(api_state).into_make_service_with_connect_info::<SocketAddr>();
+    let metrics_ctx = Arc::clone(&ctx);
+    let app =
+        waddle_api::router(api_state)
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let ctx = Arc::clone(&metrics_ctx);
+                    async move {
+                        ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], ctx.metrics.render(&ctx))
+                    }
+                }),
+            )
+            .into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app).await {
             tracing::error!(error = %e, "HTTP server stopped");

@@ -12,6 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
+use waddle_c2s::rate::{Limited, SessionRateLimiter};
 use waddle_c2s::stanza::{self, error_reply, iq_payload, iq_result, StanzaKind};
 use waddle_c2s::{ns, stream};
 use waddle_cluster::{SessionEntry, SessionMsg, SessionRef};
@@ -80,6 +81,7 @@ pub struct SessionState {
     directed: HashSet<String>,
     /// Outstanding server ping: id and when it was sent (ms on the activity clock).
     ping: Option<(String, u64)>,
+    rate: Option<SessionRateLimiter>,
 }
 
 impl SessionState {
@@ -106,6 +108,26 @@ impl SessionState {
         };
         // RFC 6120 §8.1.2.1: the server stamps the sender's full JID.
         el.set_attr("from", self.jid.as_str());
+        let ctx = Arc::clone(&self.ctx);
+        let metrics = &ctx.metrics;
+        crate::metrics::inc(match kind {
+            StanzaKind::Message => &metrics.stanzas_in_message,
+            StanzaKind::Presence => &metrics.stanzas_in_presence,
+            StanzaKind::Iq => &metrics.stanzas_in_iq,
+        });
+        if let Some(limit) = self.rate_limit(kind, &el) {
+            let (counter, text) = match limit {
+                Limited::Message => (&metrics.rate_limited_message, "too many messages; slow down"),
+                Limited::Presence => (&metrics.rate_limited_presence, "too many presence updates; slow down"),
+                Limited::Join => (&metrics.rate_limited_join, "too many room joins; slow down"),
+                Limited::Iq => (&metrics.rate_limited_iq, "too many requests; slow down"),
+            };
+            crate::metrics::inc(counter);
+            if let Some(err) = error_reply(&el, "policy-violation", Some(text)) {
+                self.write_stanza(&err);
+            }
+            return Ok(());
+        }
         match kind {
             StanzaKind::Message => {
                 if el.attr("to").is_none() {
@@ -118,6 +140,25 @@ impl SessionState {
             StanzaKind::Presence => self.on_presence(el).await,
         }
         Ok(())
+    }
+
+    /// The limit `el` exceeds, if any (the seed's per-session table).
+    fn rate_limit(&mut self, kind: StanzaKind, el: &Element) -> Option<Limited> {
+        let limiter = self.rate.as_mut()?;
+        let to_bare =
+            |el: &Element| el.attr("to").map(|to| to.split('/').next().unwrap_or(to).to_owned()).unwrap_or_default();
+        let (limit, destination) = match kind {
+            StanzaKind::Message => (Limited::Message, to_bare(el)),
+            StanzaKind::Iq if matches!(el.attr("type"), Some("get" | "set")) => (Limited::Iq, String::new()),
+            StanzaKind::Iq => return None,
+            StanzaKind::Presence => match el.attr("type") {
+                // Leaving and subscription management are never throttled.
+                None if el.has_child("x", waddle_c2s::ns::MUC) => (Limited::Join, String::new()),
+                None => (Limited::Presence, String::new()),
+                Some(_) => return None,
+            },
+        };
+        (!limiter.allow(limit, &destination, Instant::now())).then_some(limit)
     }
 
     async fn on_iq(&mut self, iq: Element) {
@@ -240,7 +281,10 @@ impl SessionState {
 
     fn close_with(&mut self, condition: Option<&str>, text: Option<&str>) {
         let bytes = match condition {
-            Some(c) => stream::error(c, text),
+            Some(c) => {
+                crate::metrics::inc(&self.ctx.metrics.stream_errors);
+                stream::error(c, text)
+            }
             None => stream::CLOSE.to_vec(),
         };
         self.write(bytes);
@@ -262,6 +306,7 @@ impl Actor for SessionActor {
         let tick = Duration::from_secs(args.ctx.config.c2s.ping_timeout_secs.clamp(1, 30));
         let ticker = myself.send_interval(tick, || SessionMsg::Tick);
         let bare = args.jid.to_bare().as_str().to_owned();
+        let rate_limits = args.ctx.config.rate_limits.clone();
         Ok(SessionState {
             origin: Origin::session(args.jid.clone(), args.conn_id),
             ctx: args.ctx,
@@ -278,6 +323,7 @@ impl Actor for SessionActor {
             initial_presence_sent: false,
             directed: HashSet::new(),
             ping: None,
+            rate: rate_limits.enabled.then(|| SessionRateLimiter::new(rate_limits.limits())),
         })
     }
 

@@ -11,6 +11,7 @@
 
 pub mod negotiation;
 pub mod ns;
+pub mod rate;
 pub mod stanza;
 pub mod stream;
 

@@ -19,3 +19,4 @@ pub const PING: &str = "urn:xmpp:ping";
 pub const DELAY: &str = "urn:xmpp:delay";
 pub const VCARD: &str = "vcard-temp";
 pub const MSG_OFFLINE: &str = "msgoffline";
+pub const MUC: &str = "http://jabber.org/protocol/muc";

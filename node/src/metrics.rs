@@ -1,0 +1,60 @@
+//! Process-wide counters exposed in the Prometheus text format on `GET /metrics`.
+//! Plain atomics: the hot path pays one relaxed increment per event.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::ctx::Ctx;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub stanzas_in_message: AtomicU64,
+    pub stanzas_in_presence: AtomicU64,
+    pub stanzas_in_iq: AtomicU64,
+    pub rate_limited_message: AtomicU64,
+    pub rate_limited_presence: AtomicU64,
+    pub rate_limited_join: AtomicU64,
+    pub rate_limited_iq: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub stream_errors: AtomicU64,
+}
+
+pub fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn render(&self, ctx: &Ctx) -> String {
+        let mut out = String::with_capacity(1024);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP xmpp_connections_active Bound client sessions.");
+        let _ = writeln!(out, "# TYPE xmpp_connections_active gauge");
+        let _ = writeln!(out, "xmpp_connections_active{{transport=\"tcp\"}} {}", ctx.registry.session_count());
+        let _ = writeln!(out, "# HELP xmpp_stanzas_processed_total Stanzas received from clients.");
+        let _ = writeln!(out, "# TYPE xmpp_stanzas_processed_total counter");
+        for (kind, c) in [
+            ("message", &self.stanzas_in_message),
+            ("presence", &self.stanzas_in_presence),
+            ("iq", &self.stanzas_in_iq),
+        ] {
+            let _ = writeln!(out, "xmpp_stanzas_processed_total{{type=\"{kind}\",direction=\"in\"}} {}", get(c));
+        }
+        let _ = writeln!(out, "# HELP xmpp_rate_limited_total Stanzas refused by a per-session rate limit.");
+        let _ = writeln!(out, "# TYPE xmpp_rate_limited_total counter");
+        for (kind, c) in [
+            ("message", &self.rate_limited_message),
+            ("presence", &self.rate_limited_presence),
+            ("join", &self.rate_limited_join),
+            ("iq", &self.rate_limited_iq),
+        ] {
+            let _ = writeln!(out, "xmpp_rate_limited_total{{limit=\"{kind}\"}} {}", get(c));
+        }
+        let _ = writeln!(out, "# HELP xmpp_auth_failures_total Failed SASL authentications.");
+        let _ = writeln!(out, "# TYPE xmpp_auth_failures_total counter");
+        let _ = writeln!(out, "xmpp_auth_failures_total {}", get(&self.auth_failures));
+        let _ = writeln!(out, "# HELP xmpp_stream_errors_total Streams closed with a stream error.");
+        let _ = writeln!(out, "# TYPE xmpp_stream_errors_total counter");
+        let _ = writeln!(out, "xmpp_stream_errors_total {}", get(&self.stream_errors));
+        out
+    }
+}
