@@ -94,6 +94,8 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub offline_max_per_user: u32,
+    /// Channels one waddle may hold.
+    pub max_channels_per_waddle: usize,
 }
 
 /// Per-session limits (the seed's table). Exceeding one gets a `policy-violation`
@@ -205,7 +207,7 @@ impl Default for AuthConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { offline_max_per_user: 1000 }
+        LimitsConfig { offline_max_per_user: 1000, max_channels_per_waddle: 500 }
     }
 }
 

@@ -2,7 +2,7 @@
 //! connection shares. One `Arc<Ctx>` per process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
@@ -16,6 +16,9 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 
 pub struct Ctx {
+    /// Set once right after construction, so `&Ctx` callers can spawn tasks and actors
+    /// that keep the context alive.
+    this: OnceLock<Weak<Ctx>>,
     pub config: Config,
     pub domain: String,
     pub store: Store,
@@ -25,6 +28,9 @@ pub struct Ctx {
     pub tls: TlsAcceptor,
     pub auth_limiter: Arc<Mutex<FailureLimiter>>,
     pub metrics: Metrics,
+    pub muc: crate::muc::MucService,
+    pub archive: waddle_mam::Archive,
+    pub permissions: Arc<waddle_api::Permissions>,
     /// Serialises read-modify-write of one user's roster (subscription handshakes from
     /// two sessions at once must not lose an update).
     roster_locks: Vec<AsyncMutex<()>>,
@@ -35,25 +41,43 @@ pub struct Ctx {
 const ROSTER_LOCKS: usize = 64;
 
 impl Ctx {
-    pub fn new(config: Config, store: Store, tls: TlsAcceptor) -> Ctx {
+    pub fn new(
+        config: Config,
+        store: Store,
+        tls: TlsAcceptor,
+        archive: waddle_mam::Archive,
+        permissions: Arc<waddle_api::Permissions>,
+    ) -> Arc<Ctx> {
         let limiter = FailureLimiter::new(
             config.auth.max_auth_failures,
             Duration::from_secs(config.auth.auth_failure_window_secs),
             100_000,
         );
-        Ctx {
+        let muc_domain = format!("muc.{}", config.server.domain);
+        let ctx = Arc::new(Ctx {
+            this: OnceLock::new(),
             domain: config.server.domain.clone(),
             config,
             store,
             registry: Registry::new(),
-            services: Vec::new(),
+            services: vec![muc_domain.clone()],
             tls,
             auth_limiter: Arc::new(Mutex::new(limiter)),
             metrics: Metrics::default(),
+            muc: crate::muc::MucService::new(muc_domain),
+            archive,
+            permissions,
             roster_locks: (0..ROSTER_LOCKS).map(|_| AsyncMutex::new(())).collect(),
             next_conn_id: AtomicU64::new(1),
             next_stanza_id: AtomicU64::new(1),
-        }
+        });
+        let _ = ctx.this.set(Arc::downgrade(&ctx));
+        ctx
+    }
+
+    /// An owning handle to this context.
+    pub fn arc(&self) -> Option<Arc<Ctx>> {
+        self.this.get().and_then(Weak::upgrade)
     }
 
     pub fn xml_limits(&self) -> Limits {

@@ -6,7 +6,9 @@ mod connection;
 mod ctx;
 mod im;
 mod io;
+mod mam;
 mod metrics;
+mod muc;
 mod router;
 mod server;
 mod session;
@@ -76,7 +78,12 @@ async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("opening database {}", db_path.display()))?;
     let tls = tls::acceptor(&config)?;
-    let ctx = Arc::new(Ctx::new(config, store, tls));
+    let archive_dir = config.server.data_dir.join("archive");
+    let archive = waddle_mam::Archive::open(&archive_dir)
+        .await
+        .with_context(|| format!("opening archives in {}", archive_dir.display()))?;
+    let permissions = Arc::new(waddle_api::Permissions::load(store.clone()).await.context("loading permissions")?);
+    let ctx = Ctx::new(config, store, tls, archive, Arc::clone(&permissions));
     let bind = ctx.config.server.bind_address.clone();
 
     let starttls = TcpListener::bind((bind.as_str(), ctx.config.c2s.starttls_port))
@@ -103,9 +110,12 @@ async fn run(config: Config) -> Result<()> {
             open_registration: ctx.config.auth.open_registration,
             admin_token: Some(ctx.config.auth.admin_token.clone()).filter(|t| !t.is_empty()),
             min_password_len: ctx.config.auth.min_password_len,
+            max_channels_per_waddle: ctx.config.limits.max_channels_per_waddle,
         }),
         auth_limiter: Arc::clone(&ctx.auth_limiter),
         ready: Arc::clone(&ready),
+        authz: permissions,
+        rooms: Arc::new(muc::NodeRooms { ctx: Arc::downgrade(&ctx), muc_domain: ctx.muc.domain.clone() }),
     };
     let metrics_ctx = Arc::clone(&ctx);
     let app =
@@ -147,6 +157,10 @@ async fn run(config: Config) -> Result<()> {
     let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while ctx.registry.session_count() > 0 && tokio::time::Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Acknowledged archive writes must be on disk before the process exits.
+    if let Err(e) = ctx.archive.flush().await {
+        tracing::error!(error = %e, "flushing archives failed");
     }
     Ok(())
 }

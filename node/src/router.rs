@@ -53,6 +53,10 @@ impl Ctx {
             Destination::Server => server::handle(self, origin, kind, stanza).await,
             Destination::Account(bare) => self.to_account(origin, kind, &bare, stanza).await,
             Destination::Session(full) => self.to_session(origin, kind, &full, stanza).await,
+            Destination::Service { domain, jid } if domain == self.muc.domain => match self.arc() {
+                Some(ctx) => crate::muc::route(&ctx, origin, stanza, jid.node().map(|n| n.as_str().to_owned())).await,
+                None => self.bounce(&stanza, "service-unavailable"),
+            },
             Destination::Service { .. } => self.bounce(&stanza, "service-unavailable"),
             Destination::Remote(_) => {
                 // No server-to-server federation: say so instead of silently dropping.
@@ -123,9 +127,10 @@ impl Ctx {
         }
     }
 
-    async fn to_account(&self, origin: &Origin, kind: StanzaKind, to: &BareJid, stanza: Element) {
+    async fn to_account(&self, origin: &Origin, kind: StanzaKind, to: &BareJid, mut stanza: Element) {
         match kind {
             StanzaKind::Message => {
+                self.archive_if_chat(origin, to, &mut stanza);
                 let msg_type = MessageType::parse(stanza.attr("type"));
                 let exists = self.account_exists(to).await;
                 let decision = waddle_im::deliver_to_bare(msg_type, exists, &self.session_views(to.as_str()));
@@ -145,8 +150,11 @@ impl Ctx {
         }
     }
 
-    async fn to_session(&self, origin: &Origin, kind: StanzaKind, to: &FullJid, stanza: Element) {
+    async fn to_session(&self, origin: &Origin, kind: StanzaKind, to: &FullJid, mut stanza: Element) {
         let bare = to.to_bare();
+        if kind == StanzaKind::Message {
+            self.archive_if_chat(origin, &bare, &mut stanza);
+        }
         let session = self.registry.session(bare.as_str(), to.resource().as_str());
         match (kind, session) {
             (StanzaKind::Presence, _) if im::is_subscription(&stanza) => {
@@ -168,6 +176,13 @@ impl Ctx {
             (StanzaKind::Iq, None) => self.bounce(&stanza, "service-unavailable"),
             // Presence to a resource that is gone is silently dropped (RFC 6121 §4.6.3).
             (StanzaKind::Presence, None) => {}
+        }
+    }
+
+    /// 1:1 messages sent by a local session are archived for both parties (XEP-0313).
+    fn archive_if_chat(&self, origin: &Origin, to: &BareJid, stanza: &mut Element) {
+        if origin.conn_id.is_some() && origin.bare() != *to {
+            crate::mam::archive_chat(self, stanza, origin.bare().as_str(), to.as_str());
         }
     }
 

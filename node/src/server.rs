@@ -47,6 +47,17 @@ async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> 
         ("get", ns::VCARD, "vCard") => Some(vcard_get(ctx, iq, &origin.bare()).await),
         ("set", ns::VCARD, "vCard") => Some(vcard_set(ctx, origin, iq, payload).await),
         ("get", ns::REGISTER, "query") => Some(registration_info(iq, &origin.bare())),
+        ("get" | "set", crate::muc::NS_MAM, "query") => {
+            // The user's own archive (XEP-0313 §4): answered from a task, results stream back.
+            let own = origin.bare().as_str().to_owned();
+            if let Some(ctx) = ctx.arc() {
+                let iq = iq.clone();
+                tokio::spawn(async move {
+                    crate::mam::answer_query(&ctx, waddle_mam::ArchiveLocation::Users, &own, &own, iq).await;
+                });
+            }
+            None
+        }
         ("set", ns::REGISTER, "query") => registration_set(ctx, origin, iq, payload).await,
         _ => error(iq, "service-unavailable"),
     }
@@ -96,6 +107,8 @@ fn server_info(ctx: &Ctx, iq: &Element, query: &Element) -> Element {
         ns::VCARD,
         ns::MSG_OFFLINE,
         ns::DELAY,
+        crate::muc::NS_MAM,
+        crate::mam::NS_SID,
         "urn:xmpp:features:rosterver",
         "urn:xmpp:features:pre-approval",
     ];

@@ -303,7 +303,9 @@ impl Actor for SessionActor {
         myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
-        let tick = Duration::from_secs(args.ctx.config.c2s.ping_timeout_secs.clamp(1, 30));
+        // Tick at half the timeout so an unanswered ping is noticed within 1.5 timeouts
+        // whatever the timer jitter.
+        let tick = Duration::from_millis((args.ctx.config.c2s.ping_timeout_secs * 500).clamp(250, 15_000));
         let ticker = myself.send_interval(tick, || SessionMsg::Tick);
         let bare = args.jid.to_bare().as_str().to_owned();
         let rate_limits = args.ctx.config.rate_limits.clone();
@@ -378,13 +380,20 @@ impl Actor for SessionActor {
             t.abort();
         }
         let still_bound = state.ctx.registry.unbind(&state.bare, state.jid.resource().as_str(), state.conn_id);
+        // RFC 6121 §4.6: the server sends unavailable for a vanished session to everyone
+        // who had its presence: subscribers (if it was available) and directed-presence
+        // targets (even when it never sent initial presence; this is how it leaves rooms).
+        let unavailable =
+            Element::new("presence", ns::CLIENT).with_attr("from", state.jid.as_str()).with_attr("type", "unavailable");
+        let directed = std::mem::take(&mut state.directed);
         if state.available {
-            // RFC 6121 §4.6: the server broadcasts unavailable for a vanished session.
-            let unavailable = Element::new("presence", ns::CLIENT)
-                .with_attr("from", state.jid.as_str())
-                .with_attr("type", "unavailable");
-            let directed = std::mem::take(&mut state.directed);
             im::broadcast(&state.ctx, &state.origin, &unavailable, &directed).await;
+        } else {
+            for target in directed {
+                let mut p = unavailable.clone();
+                p.set_attr("to", target);
+                state.ctx.route(&state.origin, p).await;
+            }
         }
         tracing::debug!(jid = %state.jid, still_bound, "session ended");
         state.writer = None;

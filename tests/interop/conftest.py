@@ -1,9 +1,11 @@
 """Fixtures for the waddle black-box interop suite.
 
-A single ``waddle`` process is started per test session (see ``server``),
-configured only through ``WADDLE_*`` environment overrides on top of
-``config/waddle.toml``, listening on free loopback ports with a fresh data
-directory. Tests talk to it with slixmpp, raw sockets and http.client.
+One ``waddle`` process is started per test session (``server``), plus one
+per module that uses ``ping_server`` (fast XEP-0199 keepalive). Both come
+from the same factory (``_waddle_server``): configured only through
+``WADDLE_*`` environment overrides on top of ``config/waddle.toml``,
+listening on free loopback ports with a fresh data directory. Tests talk to
+them with slixmpp, raw sockets and http.client.
 
 Environment knobs:
   WADDLE_BIN            server binary (default: <repo>/target/debug/waddle)
@@ -29,12 +31,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import AsyncIterator, Callable, Iterator, Optional
 
 import pytest
 
 from xmpp_helpers import (
     DOMAIN,
+    PING_INTERVAL_SECS,
+    PING_TIMEOUT_SECS,
     TIMEOUT,
+    RawStream,
     ServerInfo,
     XmppClient,
     connect_client,
@@ -46,7 +52,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_GRACE = 10.0
 
-_state: dict = {"server": None, "failed": False}
+# "servers": fixture name -> ServerInfo of the servers currently running;
+# "started": every server started in this run (for the final summary).
+_state: dict = {"servers": {}, "started": [], "failed": False}
+
+# The server of the keepalive tests (see xmpp_helpers.PING_INTERVAL_SECS).
+PING_SERVER_ENV = {
+    "WADDLE_C2S_PING_INTERVAL_SECS": str(PING_INTERVAL_SECS),
+    "WADDLE_C2S_PING_TIMEOUT_SECS": str(PING_TIMEOUT_SECS),
+}
 
 
 def _free_ports(n: int) -> list[int]:
@@ -96,22 +110,26 @@ def _log_excerpt(info: ServerInfo) -> str:
     return f"server log: {info.log_path}\n--- last lines ---\n{info.log_tail()}"
 
 
-@pytest.fixture(scope="session")
-def server() -> ServerInfo:
-    """Start ``waddle`` as a real process for the whole session."""
+def _waddle_server(name: str, extra_env: Optional[dict] = None) -> Iterator[ServerInfo]:
+    """Start ``waddle`` as a real process, yield its ServerInfo, stop it.
+
+    The body of every server fixture: ``name`` is the fixture's name (used
+    in reports and by the liveness check), ``extra_env`` holds ``WADDLE_*``
+    overrides on top of the suite's defaults.
+    """
     binary = _resolve_binary()
     if not binary.is_file():
         pytest.fail(
             f"waddle binary not found at {binary}; build it (cargo build) or set WADDLE_BIN",
             pytrace=False)
 
-    tmp_root = Path(tempfile.mkdtemp(prefix="waddle-interop-"))
+    tmp_root = Path(tempfile.mkdtemp(prefix=f"waddle-interop-{name}-"))
     data_dir = tmp_root / "data"
     data_dir.mkdir()
     log_path = tmp_root / "server.log"
     p1, p2, p3 = _free_ports(3)
     info = ServerInfo(starttls_port=p1, direct_tls_port=p2, http_port=p3,
-                      log_path=str(log_path), data_dir=str(data_dir))
+                      log_path=str(log_path), data_dir=str(data_dir), name=name)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("WADDLE_")}
     env.update({
@@ -129,33 +147,38 @@ def server() -> ServerInfo:
         "RUST_LOG": "info",
         "RUST_BACKTRACE": "1",
     })
+    env.update(extra_env or {})
     config = os.environ.get("WADDLE_CONFIG", "config/waddle.toml")
     cmd = [str(binary), "--config", config]
 
     log_fh = open(log_path, "wb")
+    overrides = " ".join(f"{k}={v}" for k, v in sorted((extra_env or {}).items()))
     log_fh.write(f"# cmd: {cmd}\n# ports: starttls={p1} direct_tls={p2} http={p3}\n"
-                 f"# data dir: {data_dir}\n".encode())
+                 f"# data dir: {data_dir}\n# extra env: {overrides or '-'}\n".encode())
     log_fh.flush()
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                             stdout=log_fh, stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=_die_with_parent)
     info.proc = proc
-    _state["server"] = info
-    print(f"\n[interop] waddle pid={proc.pid} log={log_path}")
+    _state["servers"][name] = info
+    _state["started"].append(info)
+    print(f"\n[interop] {name}: waddle pid={proc.pid} log={log_path}")
 
     health = f"{info.http_base}/health"
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
         if proc.poll() is not None:
             log_fh.close()
-            pytest.fail(f"waddle exited during startup with code {proc.returncode}\n"
+            _state["servers"].pop(name, None)
+            pytest.fail(f"{name}: waddle exited during startup with code {proc.returncode}\n"
                         f"{_log_excerpt(info)}", pytrace=False)
         if _health_ok(health):
             break
         if time.monotonic() > deadline:
             _stop(proc)
             log_fh.close()
-            pytest.fail(f"GET {health} did not return 200 within {STARTUP_TIMEOUT}s\n"
+            _state["servers"].pop(name, None)
+            pytest.fail(f"{name}: GET {health} did not return 200 within {STARTUP_TIMEOUT}s\n"
                         f"{_log_excerpt(info)}", pytrace=False)
         time.sleep(0.1)
 
@@ -163,6 +186,7 @@ def server() -> ServerInfo:
     try:
         yield info
     finally:
+        _state["servers"].pop(name, None)
         if proc.poll() is not None:
             crashed_before_teardown = proc.returncode
         code, killed = _stop(proc)
@@ -170,21 +194,36 @@ def server() -> ServerInfo:
         keep = _state["failed"] or os.environ.get("INTEROP_KEEP_TMP") == "1"
         problem = None
         if crashed_before_teardown is not None:
-            problem = f"waddle died during the session (exit code {crashed_before_teardown})"
+            problem = f"{name}: waddle died during the session (exit code {crashed_before_teardown})"
         elif killed:
             # Hanging on SIGTERM is a bug but not a crash: report, don't fail.
-            print(f"\n[interop] WARNING: waddle ignored SIGTERM for {SHUTDOWN_GRACE}s "
+            print(f"\n[interop] WARNING: {name}: waddle ignored SIGTERM for {SHUTDOWN_GRACE}s "
                   f"and was killed; log: {log_path}")
             keep = True
         elif code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM):
-            problem = f"waddle exited with code {code} after SIGTERM"
+            problem = f"{name}: waddle exited with code {code} after SIGTERM"
         if problem:
             keep = True
             pytest.fail(f"{problem}\n{_log_excerpt(info)}", pytrace=False)
         if keep:
-            print(f"\n[interop] kept server data/log in {tmp_root}")
+            print(f"\n[interop] kept {name} data/log in {tmp_root}")
         else:
             shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerInfo]:
+    """The server shared by the whole session (default keepalive settings:
+    it never pings a client during the suite)."""
+    yield from _waddle_server("server")
+
+
+@pytest.fixture(scope="module")
+def ping_server() -> Iterator[ServerInfo]:
+    """A second server, per test module, with fast XEP-0199 keepalive:
+    ping after PING_INTERVAL_SECS of client silence, give up
+    PING_TIMEOUT_SECS after an unanswered ping."""
+    yield from _waddle_server("ping_server", PING_SERVER_ENV)
 
 
 def _stop(proc: subprocess.Popen) -> tuple[int, bool]:
@@ -201,14 +240,12 @@ def _stop(proc: subprocess.Popen) -> tuple[int, bool]:
 
 @pytest.fixture(autouse=True)
 def _server_still_alive(request):
-    """After every test that used the server, make sure it did not crash."""
+    """After every test that used a server, make sure it did not crash."""
     yield
-    if "server" not in request.fixturenames:
-        return
-    info: ServerInfo = _state["server"]
-    if info is not None and not info.alive():
-        pytest.fail(f"waddle is no longer running (exit code {info.proc.returncode})\n"
-                    f"{_log_excerpt(info)}", pytrace=False)
+    for name, info in list(_state["servers"].items()):
+        if name in request.fixturenames and not info.alive():
+            pytest.fail(f"{name}: waddle is no longer running (exit code "
+                        f"{info.proc.returncode})\n{_log_excerpt(info)}", pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -217,15 +254,15 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed:
         _state["failed"] = True
-        info: ServerInfo = _state["server"]
-        if info is not None:
-            report.sections.append(("waddle server", _log_excerpt(info)))
+        for name, info in _state["servers"].items():
+            if name in item.fixturenames:
+                report.sections.append((f"waddle {name}", _log_excerpt(info)))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    info: ServerInfo = _state["server"]
-    if info is not None and (exitstatus != 0 or _state["failed"]):
-        terminalreporter.write_line(f"waddle server log: {info.log_path}")
+    if exitstatus != 0 or _state["failed"]:
+        for info in _state["started"]:
+            terminalreporter.write_line(f"waddle {info.name} log: {info.log_path}")
 
 
 # --------------------------------------------------------------------------
@@ -233,21 +270,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def http(server):
-    """``http(method, path, json=None, bearer=None) -> (status, parsed json)``.
-
-    Pass ``source_ip=fresh_source_ip()`` for requests that are expected to
-    fail authentication (the server rate-limits failures per address)."""
+def _http_caller(info: ServerInfo) -> Callable:
     def call(method: str, path: str, json=None, bearer=None, headers=None, source_ip=None):
-        return http_request(server.http_base, method, path, json=json, bearer=bearer,
+        return http_request(info.http_base, method, path, json=json, bearer=bearer,
                             headers=headers, source_ip=source_ip)
     return call
 
 
-@pytest.fixture
-def make_account(http):
-    """``make_account(prefix='u') -> (username, password)`` via POST /v1/accounts."""
+def _account_maker(http: Callable) -> Callable:
     def create(prefix: str = "u"):
         username = unique(prefix)
         password = "Pw" + unique("")
@@ -261,13 +291,7 @@ def make_account(http):
     return create
 
 
-@pytest.fixture
-async def xmpp(server):
-    """Async factory: ``await xmpp(username, password, resource=None,
-    direct_tls=False, sasl_mech=None, expect_session=True, source_ip=None)``
-    -> connected XmppClient (session started unless expect_session=False).
-    Every client is disconnected at teardown. Logins expected to fail should
-    pass ``source_ip=fresh_source_ip()``."""
+async def _xmpp_connector(info: ServerInfo) -> AsyncIterator[Callable]:
     clients: list[XmppClient] = []
 
     async def connect(username: str, password: str, resource: str | None = None, *,
@@ -277,7 +301,7 @@ async def xmpp(server):
         full = jid or f"{username}@{DOMAIN}" + (f"/{resource}" if resource else "")
         client = XmppClient(full, password, sasl_mech=sasl_mech, source_ip=source_ip)
         clients.append(client)
-        return await connect_client(server, full, password, direct_tls=direct_tls,
+        return await connect_client(info, full, password, direct_tls=direct_tls,
                                     expect_session=expect_session, timeout=timeout,
                                     client=client)
 
@@ -285,3 +309,68 @@ async def xmpp(server):
     yield connect
     for c in clients:
         await c.close(wait=0.5)
+
+
+def _raw_opener(info: ServerInfo) -> Iterator[Callable]:
+    opened: list[RawStream] = []
+
+    def open_raw(source_ip: str | None = None) -> RawStream:
+        rs = RawStream(info.host, info.starttls_port, source_ip=source_ip)
+        opened.append(rs)
+        return rs
+
+    yield open_raw
+    for rs in opened:
+        rs.close()
+
+
+@pytest.fixture
+def http(server):
+    """``http(method, path, json=None, bearer=None) -> (status, parsed json)``.
+
+    Pass ``source_ip=fresh_source_ip()`` for requests that are expected to
+    fail authentication (the server rate-limits failures per address)."""
+    return _http_caller(server)
+
+
+@pytest.fixture
+def make_account(http):
+    """``make_account(prefix='u') -> (username, password)`` via POST /v1/accounts."""
+    return _account_maker(http)
+
+
+@pytest.fixture
+async def xmpp(server):
+    """Async factory: ``await xmpp(username, password, resource=None,
+    direct_tls=False, sasl_mech=None, expect_session=True, source_ip=None)``
+    -> connected XmppClient (session started unless expect_session=False).
+    Every client is disconnected at teardown. Logins expected to fail should
+    pass ``source_ip=fresh_source_ip()``."""
+    async for connect in _xmpp_connector(server):
+        yield connect
+
+
+@pytest.fixture
+def raw(server):
+    """Factory for RawStream connections to the STARTTLS port; all closed
+    at teardown."""
+    yield from _raw_opener(server)
+
+
+# The same helpers bound to ``ping_server``.
+
+
+@pytest.fixture
+def ping_make_account(ping_server):
+    return _account_maker(_http_caller(ping_server))
+
+
+@pytest.fixture
+async def ping_xmpp(ping_server):
+    async for connect in _xmpp_connector(ping_server):
+        yield connect
+
+
+@pytest.fixture
+def ping_raw(ping_server):
+    yield from _raw_opener(ping_server)

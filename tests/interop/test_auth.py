@@ -4,9 +4,12 @@ through slixmpp (a real XMPP client library)."""
 from __future__ import annotations
 
 import asyncio
+import xml.etree.ElementTree as ET
 
 from xmpp_helpers import (
     DOMAIN,
+    NS_REGISTER,
+    NS_SASL,
     TIMEOUT,
     XmppClient,
     assert_server_healthy,
@@ -14,6 +17,7 @@ from xmpp_helpers import (
     fresh_source_ip,
     is_message_with_body,
     is_stream_error,
+    q,
     stream_error_condition,
     unique,
 )
@@ -188,3 +192,30 @@ async def test_inband_registration_then_login(server, xmpp):
 
     again = await xmpp(user, pw, "again")
     assert again.boundjid.full == f"{user}@{DOMAIN}/again"
+
+
+def test_account_removal_closes_stream_and_forbids_login(raw, make_account):
+    """XEP-0077 3.2: an authenticated user cancels its registration with
+    <remove/>: the server answers with a result, closes the stream, and the
+    credentials no longer work."""
+    user, pw = make_account("gone")
+    rs = raw()
+    rs.login(user, pw, "r")
+    res = rs.iq("set", f"<query xmlns='{NS_REGISTER}'><remove/></query>")
+    assert res.get("type") == "result", f"account removal refused: {ET.tostring(res)!r}"
+
+    rs.read_until_eof()
+    assert rs.stream_ended, f"no </stream:stream> after the account was removed; {rs.describe()}"
+    assert rs.eof, "connection still open after the account was removed"
+    err = rs.stream_error()
+    if err is not None:
+        assert stream_error_condition(err) in ("not-authorized", "conflict", "reset"), \
+            ET.tostring(err)
+
+    again = raw(fresh_source_ip())
+    again.open_stream()
+    again.starttls()
+    result = again.auth_plain(user, pw)
+    assert result.tag == q(NS_SASL, "failure"), \
+        f"removed account can still log in: {ET.tostring(result)!r}"
+    assert result.find(q(NS_SASL, "not-authorized")) is not None, ET.tostring(result)

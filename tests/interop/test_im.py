@@ -4,6 +4,7 @@ offline storage), checked with slixmpp clients against the real server."""
 from __future__ import annotations
 
 import datetime as dt
+import xml.etree.ElementTree as ET
 
 from xmpp_helpers import (
     DOMAIN,
@@ -12,6 +13,7 @@ from xmpp_helpers import (
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
     NS_ROSTER,
+    NS_VCARD,
     XmppClient,
     is_message_with_body,
     is_presence,
@@ -19,6 +21,7 @@ from xmpp_helpers import (
     q,
     stanza_error,
     stanza_kind,
+    subscribe_and_approve,
     unique,
 )
 
@@ -46,31 +49,6 @@ def ping_iq(client: XmppClient, to: str):
 
 def groups_of(item) -> set[str]:
     return {g.text or "" for g in item.findall(q(NS_ROSTER, "group"))}
-
-
-async def subscribe_and_approve(alice: XmppClient, bob: XmppClient) -> None:
-    """alice subscribes to bob's presence; bob approves. Both must already
-    have sent initial presence. Asserts every step the server must take."""
-    a, b = alice.boundjid.bare, bob.boundjid.bare
-    a_mark, b_mark = alice.mark(), bob.mark()
-    alice.send_presence(pto=b, ptype="subscribe")
-    # RFC 6121 3.1.2: roster push to the user with ask='subscribe'
-    push = await alice.wait_for(is_roster_push(b), "roster push for outbound subscribe",
-                                since=a_mark)
-    item = next(push.xml.iter(q(NS_ROSTER, "item")))
-    assert item.get("subscription", "none") == "none", push
-    assert item.get("ask") == "subscribe", push
-    # RFC 6121 3.1.3: the contact receives the request from the user's bare JID
-    req = await bob.wait_for(is_presence(a, "subscribe"), "inbound subscription request",
-                             since=b_mark)
-    assert req.xml.get("from") == a, f"subscribe must come from the bare JID: {req}"
-
-    bob.send_presence(pto=a, ptype="subscribed")
-    # RFC 6121 3.1.5: contact gets a roster push with subscription='from'
-    await bob.wait_for(is_roster_push(a, "from"), "contact's roster push 'from'", since=b_mark)
-    # RFC 6121 3.1.6: user gets <subscribed/> and a roster push with 'to'
-    await alice.wait_for(is_presence(b, "subscribed"), "subscribed presence", since=a_mark)
-    await alice.wait_for(is_roster_push(b, "to"), "user's roster push 'to'", since=a_mark)
 
 
 # ---------------------------------------------------------------------------
@@ -380,3 +358,163 @@ async def test_iq_routed_to_other_client_full_jid(xmpp, make_account):
     req = await bob.wait_for(lambda st: stanza_kind(st) == "iq" and st.xml.get("type") == "get",
                              "the routed ping", since=mark)
     assert req.xml.get("from") == alice.boundjid.full
+
+
+async def test_message_without_to_goes_to_own_bare_jid(xmpp, make_account):
+    """RFC 6120 10.3.1: a message with no 'to' is handled as if addressed to
+    the sender's bare JID, so it reaches the user's highest-priority
+    resource."""
+    user, pw = make_account("noto")
+    low = await xmpp(user, pw, "low")
+    high = await xmpp(user, pw, "high")
+    low.send_presence(ppriority=1)
+    high.send_presence(ppriority=5)
+    await low.sync()
+    await high.sync()
+
+    body = unique("note-to-self-")
+    ml, mh = low.mark(), high.mark()
+    msg = low.Message()
+    msg["type"] = "chat"
+    msg["body"] = body
+    assert msg.xml.get("to") is None
+    msg.send()
+    got = await high.wait_for(is_message_with_body(body, "chat"),
+                              "message without 'to' on the priority-5 resource", since=mh)
+    assert got.xml.get("from") == low.boundjid.full, got
+    assert got.xml.get("to") in (low.boundjid.bare, high.boundjid.full), got
+    await low.assert_none(is_message_with_body(body), "message without 'to' on the sender "
+                          "(lower priority)", since=ml)
+
+
+# ---------------------------------------------------------------------------
+# directed presence
+# ---------------------------------------------------------------------------
+
+
+async def test_directed_presence_and_unavailable_on_disconnect(xmpp, make_account):
+    """RFC 6121 4.6: presence sent to a JID that is not subscribed is
+    delivered, and when the sender's session ends that JID gets unavailable
+    presence from it."""
+    (a, pa), (c, pc) = make_account("dira"), make_account("dirc")
+    alice = await xmpp(a, pa, "pc")
+    carol = await xmpp(c, pc, "desk")
+    alice.send_presence()
+    carol.send_presence()
+    await alice.sync()
+    await carol.sync()
+    assert c + "@" + DOMAIN not in await alice.roster_items()
+
+    status = unique("just-for-you-")
+    mark = carol.mark()
+    alice.send_presence(pto=carol.boundjid.full, pstatus=status)
+    pres = await carol.wait_for(is_presence(alice.boundjid.full, None, status),
+                                "alice's directed presence", since=mark)
+    assert pres.xml.get("to") == carol.boundjid.full, pres
+
+    alice_full = alice.boundjid.full
+    await alice.close()
+    await carol.wait_for(is_presence(alice_full, "unavailable"),
+                         "unavailable from alice after her session ended", since=mark)
+
+
+# ---------------------------------------------------------------------------
+# roster versioning (RFC 6121 2.6)
+# ---------------------------------------------------------------------------
+
+
+def roster_query(ver: str) -> str:
+    return f"<query xmlns='{NS_ROSTER}' ver='{ver}'/>"
+
+
+def roster_jids(res) -> set[str]:
+    return {item.get("jid") for item in res.xml.iter(q(NS_ROSTER, "item"))}
+
+
+async def test_roster_versioning(xmpp, make_account):
+    user, pw = make_account("rosver")
+    c = await xmpp(user, pw, "r")
+    first, second = f"{unique('eve')}@{DOMAIN}", f"{unique('fay')}@{DOMAIN}"
+    await c.iq(roster_set_iq(c, first, name="Eve"))
+
+    # Empty 'ver': the client has no cache, the full roster comes with a version.
+    res = await c.iq_xml("get", roster_query(""))
+    assert res["type"] == "result", res
+    query = res.xml.find(q(NS_ROSTER, "query"))
+    assert query is not None, f"no roster in answer to ver='': {res}"
+    v1 = query.get("ver")
+    assert v1, f"roster result without 'ver': {res}"
+    assert roster_jids(res) == {first}, res
+
+    # Up to date: empty result, no <query/>.
+    res = await c.iq_xml("get", roster_query(v1))
+    assert res["type"] == "result", res
+    assert len(res.xml) == 0, f"expected an empty result for the current version: {res}"
+
+    # The roster changes: the push carries the new version ...
+    mark = c.mark()
+    await c.iq(roster_set_iq(c, second, name="Fay"))
+    push = await c.wait_for(is_roster_push(second), "roster push for the second item",
+                            since=mark)
+    v2 = push.xml.find(q(NS_ROSTER, "query")).get("ver")
+    assert v2 and v2 != v1, f"roster push without a new version (had {v1}): {push}"
+
+    # ... an old version gets the whole roster with the new version ...
+    res = await c.iq_xml("get", roster_query(v1))
+    assert res["type"] == "result", res
+    query = res.xml.find(q(NS_ROSTER, "query"))
+    assert query is not None, f"stale version answered without a roster: {res}"
+    assert query.get("ver") == v2, res
+    assert roster_jids(res) == {first, second}, res
+
+    # ... and the new version is current.
+    res = await c.iq_xml("get", roster_query(v2))
+    assert res["type"] == "result" and len(res.xml) == 0, res
+
+
+# ---------------------------------------------------------------------------
+# vCard (XEP-0054)
+# ---------------------------------------------------------------------------
+
+
+def vcard_of(res) -> ET.Element:
+    assert res["type"] == "result", f"vCard request failed: {res}"
+    vcard = res.xml.find(q(NS_VCARD, "vCard"))
+    assert vcard is not None, f"no <vCard xmlns='vcard-temp'/> in {res}"
+    return vcard
+
+
+async def test_vcard_set_get_and_get_other(xmpp, make_account):
+    (a, pa), (b, pb), (n, pn) = make_account("vca"), make_account("vcb"), make_account("vcn")
+    alice = await xmpp(a, pa, "pc")
+    bob = await xmpp(b, pb, "phone")
+    nobody = await xmpp(n, pn, "x")
+    nick = unique("ally")
+
+    res = await alice.iq_xml("set", f"<vCard xmlns='{NS_VCARD}'><FN>Alice Example</FN>"
+                                    f"<NICKNAME>{nick}</NICKNAME></vCard>")
+    assert res["type"] == "result", f"vCard set failed: {res}"
+
+    vcard = vcard_of(await alice.iq_xml("get", f"<vCard xmlns='{NS_VCARD}'/>"))
+    assert vcard.findtext(q(NS_VCARD, "FN")) == "Alice Example", ET.tostring(vcard)
+    assert vcard.findtext(q(NS_VCARD, "NICKNAME")) == nick, ET.tostring(vcard)
+
+    # Another user reads it at alice's bare JID; the server answers for her.
+    res = await bob.iq_xml("get", f"<vCard xmlns='{NS_VCARD}'/>", to=f"{a}@{DOMAIN}")
+    assert res.xml.get("from") == f"{a}@{DOMAIN}", res
+    vcard = vcard_of(res)
+    assert vcard.findtext(q(NS_VCARD, "FN")) == "Alice Example", ET.tostring(vcard)
+    assert vcard.findtext(q(NS_VCARD, "NICKNAME")) == nick, ET.tostring(vcard)
+
+    # A set replaces the whole vCard.
+    res = await alice.iq_xml("set", f"<vCard xmlns='{NS_VCARD}'><FN>Alice B. Example</FN></vCard>")
+    assert res["type"] == "result", res
+    vcard = vcard_of(await bob.iq_xml("get", f"<vCard xmlns='{NS_VCARD}'/>", to=f"{a}@{DOMAIN}"))
+    assert vcard.findtext(q(NS_VCARD, "FN")) == "Alice B. Example", ET.tostring(vcard)
+    assert vcard.find(q(NS_VCARD, "NICKNAME")) is None, ET.tostring(vcard)
+
+    # No vCard stored: an empty vCard element, asked by the user or by others.
+    for asker, to in ((nobody, None), (bob, f"{n}@{DOMAIN}")):
+        vcard = vcard_of(await asker.iq_xml("get", f"<vCard xmlns='{NS_VCARD}'/>", to=to))
+        assert len(vcard) == 0 and not (vcard.text or "").strip(), \
+            f"expected an empty vCard, got {ET.tostring(vcard)!r}"

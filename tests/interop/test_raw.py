@@ -11,38 +11,27 @@ import pytest
 
 from xmpp_helpers import (
     DOMAIN,
+    NS_BIND,
     NS_CLIENT,
+    NS_DISCO_INFO,
     NS_REGISTER,
     NS_SASL,
     NS_STANZAS_ERR,
     NS_STREAM,
     NS_TLS,
+    STREAM_HEADER,
     RawStream,
     StreamClosed,
     assert_server_healthy,
     fresh_source_ip,
+    is_message_with_body,
     q,
+    stanza_error,
     stream_error_condition,
     unique,
 )
 
 MAX_STANZA = 65536
-
-
-@pytest.fixture
-def raw(server):
-    """Factory for RawStream connections to the STARTTLS port; all closed
-    at teardown."""
-    opened: list[RawStream] = []
-
-    def open_raw(source_ip: str | None = None) -> RawStream:
-        rs = RawStream(server.host, server.starttls_port, source_ip=source_ip)
-        opened.append(rs)
-        return rs
-
-    yield open_raw
-    for rs in opened:
-        rs.close()
 
 
 def mechanisms(features: ET.Element) -> set[str]:
@@ -256,3 +245,126 @@ async def test_repeated_sasl_failures_close_the_connection(raw, make_account, xm
     assert 2 <= failures <= 5, f"closed after {failures} failures (limit is 5)"
     rs.read_until_eof()
     await assert_server_healthy(xmpp, make_account)
+
+
+# ---------------------------------------------------------------------------
+# pipelining, stream restarts, addressing, IQ semantics
+# ---------------------------------------------------------------------------
+
+
+def plain_auth(user: str, pw: str) -> str:
+    token = base64.b64encode(f"\0{user}\0{pw}".encode()).decode()
+    return f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{token}</auth>"
+
+
+async def test_pipelined_negotiation_and_stanzas(raw, make_account, xmpp):
+    """Everything a client may send without waiting goes out in one write:
+    after TLS the stream header with SASL PLAIN; after <success/> the new
+    stream header, bind, initial presence, a message and a ping. The server
+    must process it all, in order."""
+    (a, pa), (b, pb) = make_account("pipea"), make_account("pipeb")
+    bob = await xmpp(b, pb, "phone")
+    bob.send_presence()
+    await bob.sync()
+
+    rs = raw()
+    rs.open_stream()
+    rs.negotiate_tls()
+    rs.restart()
+    rs.send(STREAM_HEADER + plain_auth(a, pa))  # one write
+    feats = rs.read_element()
+    assert feats.tag == q(NS_STREAM, "features"), ET.tostring(feats)
+    assert "PLAIN" in mechanisms(feats), ET.tostring(feats)
+    success = rs.read_element()
+    assert success.tag == q(NS_SASL, "success"), ET.tostring(success)
+
+    body = unique("pipelined-")
+    rs.restart()
+    rs.send(STREAM_HEADER  # one write
+            + f"<iq type='set' id='pb'><bind xmlns='{NS_BIND}'><resource>pipe</resource></bind></iq>"
+            + "<presence/>"
+            + f"<message to='{bob.boundjid.full}' type='chat' id='pm'><body>{body}</body></message>"
+            + f"<iq type='get' id='pp' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    feats = rs.read_element()
+    assert feats.tag == q(NS_STREAM, "features"), ET.tostring(feats)
+    assert feats.find(q(NS_BIND, "bind")) is not None, ET.tostring(feats)
+    iqs = []
+    while len(iqs) < 2:
+        elem = rs.read_element()
+        assert elem.tag != q(NS_STREAM, "error"), ET.tostring(elem)
+        if elem.tag == q(NS_CLIENT, "iq"):
+            iqs.append(elem)
+    bind_res, ping_res = iqs
+    assert bind_res.get("id") == "pb" and bind_res.get("type") == "result", ET.tostring(bind_res)
+    full = f"{a}@{DOMAIN}/pipe"
+    assert bind_res.findtext(f"{q(NS_BIND, 'bind')}/{q(NS_BIND, 'jid')}") == full
+    assert ping_res.get("id") == "pp" and ping_res.get("type") == "result", ET.tostring(ping_res)
+
+    msg = await bob.wait_for(is_message_with_body(body, "chat"), "the pipelined message")
+    assert msg.xml.get("from") == full, msg
+
+
+@pytest.mark.parametrize("xml_declaration", [True, False], ids=["with-xml-declaration", "bare-header"])
+def test_stream_restart_after_bind_is_a_stream_error(raw, make_account, xml_declaration):
+    user, pw = make_account("restart")
+    rs = raw()
+    rs.login(user, pw, "r")
+    header = STREAM_HEADER if xml_declaration else STREAM_HEADER[STREAM_HEADER.index("?>") + 2:]
+    rs.send(header)
+    rs.read_until_eof(timeout=5)
+    err = rs.stream_error()
+    assert err is not None, f"no stream error after a stream restart; {rs.describe()}"
+    assert stream_error_condition(err), ET.tostring(err)
+    assert rs.stream_ended, f"stream error not followed by </stream:stream>; {rs.describe()}"
+    assert rs.eof, "connection still open"
+
+
+async def test_spoofed_from_is_replaced_by_the_real_jid(raw, make_account, xmpp):
+    """RFC 6120 8.1.2.1: the server stamps the sender's full JID on every
+    stanza, whatever 'from' the client wrote."""
+    (a, pa), (b, pb), (m, pm) = make_account("spa"), make_account("spb"), make_account("spm")
+    bob = await xmpp(b, pb, "phone")
+    victim = await xmpp(m, pm, "home")
+    bob.send_presence()
+    await bob.sync()
+
+    rs = raw()
+    alice = rs.login(a, pa, "wire")
+    body = unique("spoof-")
+    rs.send(f"<message from='{victim.boundjid.full}' to='{bob.boundjid.full}' type='chat'>"
+            f"<body>{body}</body></message>")
+    msg = await bob.wait_for(is_message_with_body(body, "chat"), "the message with a forged from")
+    assert msg.xml.get("from") == alice, f"delivered with a forged 'from': {msg}"
+
+    # An IQ with a forged 'from': the answer comes back to the real sender.
+    mark = victim.mark()
+    rs.send(f"<iq type='get' id='sp1' from='{victim.boundjid.full}' to='{DOMAIN}'>"
+            f"<ping xmlns='urn:xmpp:ping'/></iq>")
+    res = rs.read_until(lambda e: e.get("id") == "sp1")
+    assert res.get("type") == "result", ET.tostring(res)
+    assert res.get("to") in (alice, None), ET.tostring(res)
+    await victim.assert_none(lambda st: st.xml.get("id") == "sp1",
+                             "the answer to a ping forged in its name", since=mark)
+
+
+def test_iq_payload_errors(raw, make_account):
+    """RFC 6120 8.2.3 / 8.4: an unknown payload namespace is
+    service-unavailable; an IQ get/set must have exactly one payload."""
+    user, pw = make_account("iqerr")
+    rs = raw()
+    rs.login(user, pw, "r")
+    unknown = f"<query xmlns='urn:example:{unique('nope')}'/>"
+
+    for iq_type, to in (("get", DOMAIN), ("set", None)):
+        res = rs.iq(iq_type, unknown, to=to)
+        assert res.get("type") == "error", f"unknown namespace answered: {ET.tostring(res)!r}"
+        assert stanza_error(res) == ("cancel", "service-unavailable"), ET.tostring(res)
+
+    two = f"<ping xmlns='urn:xmpp:ping'/><query xmlns='{NS_DISCO_INFO}'/>"
+    res = rs.iq("get", two, to=DOMAIN)
+    assert res.get("type") == "error", f"IQ with two payloads answered: {ET.tostring(res)!r}"
+    assert stanza_error(res) == ("modify", "bad-request"), ET.tostring(res)
+
+    # Stanza errors do not end the stream.
+    res = rs.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=DOMAIN)
+    assert res.get("type") == "result", ET.tostring(res)

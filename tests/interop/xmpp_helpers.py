@@ -39,6 +39,10 @@ HOST = "127.0.0.1"
 TIMEOUT = float(os.environ.get("INTEROP_TIMEOUT", "10"))
 # How long we watch for something that must NOT arrive.
 QUIET_PERIOD = float(os.environ.get("INTEROP_QUIET_PERIOD", "1.0"))
+# Keepalive settings of the ``ping_server`` fixture: ping a client after
+# this much silence, give up this long after an unanswered ping.
+PING_INTERVAL_SECS = 1
+PING_TIMEOUT_SECS = 2
 
 NS_CLIENT = "jabber:client"
 NS_STREAM = "http://etherx.jabber.org/streams"
@@ -53,6 +57,7 @@ NS_REGISTER = "jabber:iq:register"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_PING = "urn:xmpp:ping"
+NS_VCARD = "vcard-temp"
 NS_DELAY = "urn:xmpp:delay"
 
 STREAM_HEADER = (
@@ -101,6 +106,7 @@ class ServerInfo:
     log_path: str
     data_dir: str
     proc: Any = None  # subprocess.Popen
+    name: str = "server"  # fixture that started it
     host: str = HOST
     domain: str = DOMAIN
 
@@ -206,8 +212,10 @@ def stream_error_condition(elem: ET.Element) -> Optional[str]:
 
 
 def stanza_error(st: Any) -> tuple[Optional[str], Optional[str]]:
-    """(type, condition) of a stanza's ``<error/>`` child, read from raw XML."""
-    err = st.xml.find(q(NS_CLIENT, "error"))
+    """(type, condition) of a stanza's ``<error/>`` child, read from raw XML.
+    Accepts a slixmpp stanza or a bare ElementTree element."""
+    elem = st if isinstance(st, ET.Element) else st.xml
+    err = elem.find(q(NS_CLIENT, "error"))
     if err is None:
         return None, None
     cond = None
@@ -216,6 +224,12 @@ def stanza_error(st: Any) -> tuple[Optional[str], Optional[str]]:
             cond = child.tag.split("}", 1)[1]
             break
     return err.get("type"), cond
+
+
+def is_server_ping(elem: ET.Element) -> bool:
+    """A XEP-0199 ping request (``<iq type='get'><ping/></iq>``) on a raw stream."""
+    return (elem.tag == q(NS_CLIENT, "iq") and elem.get("type") == "get"
+            and elem.find(q(NS_PING, "ping")) is not None)
 
 
 class XmppClient(slixmpp.ClientXMPP):
@@ -364,6 +378,19 @@ class XmppClient(slixmpp.ClientXMPP):
             return await iq.send(timeout=timeout)
         except IqError as err:
             raise AssertionError(f"iq failed: {err.iq}") from None
+        except IqTimeout:
+            raise AssertionError(f"iq timed out after {timeout}s: {iq}") from None
+
+    async def iq_xml(self, iq_type: str, payload: str, to: Optional[str] = None,
+                     timeout: float = TIMEOUT) -> Any:
+        """Send an Iq carrying the hand-written ``payload`` (one element,
+        with its xmlns); return the answer, be it a result or an error."""
+        iq = self.Iq(stype=iq_type, sto=to)
+        iq.xml.append(ET.fromstring(payload))
+        try:
+            return await iq.send(timeout=timeout)
+        except IqError as err:
+            return err.iq
         except IqTimeout:
             raise AssertionError(f"iq timed out after {timeout}s: {iq}") from None
 
@@ -530,6 +557,33 @@ def is_roster_push(contact: str, subscription: Optional[str] = None) -> Callable
     return pred
 
 
+# Multi-step flows ------------------------------------------------------------
+
+async def subscribe_and_approve(alice: XmppClient, bob: XmppClient) -> None:
+    """alice subscribes to bob's presence; bob approves. Both must already
+    have sent initial presence. Asserts every step the server must take."""
+    a, b = alice.boundjid.bare, bob.boundjid.bare
+    a_mark, b_mark = alice.mark(), bob.mark()
+    alice.send_presence(pto=b, ptype="subscribe")
+    # RFC 6121 3.1.2: roster push to the user with ask='subscribe'
+    push = await alice.wait_for(is_roster_push(b), "roster push for outbound subscribe",
+                                since=a_mark)
+    item = next(push.xml.iter(q(NS_ROSTER, "item")))
+    assert item.get("subscription", "none") == "none", push
+    assert item.get("ask") == "subscribe", push
+    # RFC 6121 3.1.3: the contact receives the request from the user's bare JID
+    req = await bob.wait_for(is_presence(a, "subscribe"), "inbound subscription request",
+                             since=b_mark)
+    assert req.xml.get("from") == a, f"subscribe must come from the bare JID: {req}"
+
+    bob.send_presence(pto=a, ptype="subscribed")
+    # RFC 6121 3.1.5: contact gets a roster push with subscription='from'
+    await bob.wait_for(is_roster_push(a, "from"), "contact's roster push 'from'", since=b_mark)
+    # RFC 6121 3.1.6: user gets <subscribed/> and a roster push with 'to'
+    await alice.wait_for(is_presence(b, "subscribed"), "subscribed presence", since=a_mark)
+    await alice.wait_for(is_roster_push(b, "to"), "user's roster push 'to'", since=a_mark)
+
+
 # --------------------------------------------------------------------------
 # raw socket XMPP
 # --------------------------------------------------------------------------
@@ -627,6 +681,14 @@ class RawStream:
         Raises StreamClosed if the stream/connection ends first and
         AssertionError on timeout.
         """
+        elem = self.next_element(timeout)
+        if elem is None:
+            raise AssertionError(f"timed out waiting for an element; {self.describe()}")
+        return elem
+
+    def next_element(self, timeout: Optional[float] = None) -> Optional[ET.Element]:
+        """Like ``read_element`` but returns None when nothing arrived within
+        ``timeout`` (for loops that watch a connection for a while)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while self._pos >= len(self.elements):
             if self.parse_error is not None:
@@ -636,7 +698,7 @@ class RawStream:
                 raise StreamClosed(self.describe())
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"timed out waiting for an element; {self.describe()}")
+                return None
             self._recv_once(remaining)
         elem = self.elements[self._pos]
         self._pos += 1
@@ -694,12 +756,22 @@ class RawStream:
 
     def starttls(self) -> ET.Element:
         """STARTTLS (no certificate verification) + stream restart."""
+        self.negotiate_tls()
+        return self.open_stream()
+
+    def negotiate_tls(self) -> None:
+        """``<starttls/>``, ``<proceed/>``, TLS handshake; no stream header yet
+        (the caller opens the new stream, see ``restart``)."""
         self.send(f"<starttls xmlns='{NS_TLS}'/>")
         resp = self.read_element()
         assert resp.tag == q(NS_TLS, "proceed"), f"STARTTLS refused: {ET.tostring(resp)!r}"
         self.sock.settimeout(self.timeout)
         self.sock = insecure_ssl_context().wrap_socket(self.sock, server_hostname=DOMAIN)
-        return self.open_stream()
+
+    def restart(self) -> None:
+        """Forget the current stream's state before a stream restart whose
+        header the caller sends itself (e.g. pipelined with other data)."""
+        self._reset_parser()
 
     def auth_plain(self, username: str, password: str) -> ET.Element:
         """Send SASL PLAIN; return the <success/> or <failure/> element."""
@@ -742,6 +814,16 @@ class RawStream:
             self.send(f"<iq type='set' id='{iq_id}'><session xmlns='{NS_SESSION}'/></iq>")
             self.read_until(lambda e: e.get("id") == iq_id)
         return jid
+
+    def iq(self, iq_type: str, payload: str, to: Optional[str] = None,
+           timeout: Optional[float] = None) -> ET.Element:
+        """Send ``<iq type=... id=... [to=...]>payload</iq>``; return the
+        answer with the same id (result or error)."""
+        iq_id = self.next_id()
+        to_attr = f" to='{to}'" if to else ""
+        self.send(f"<iq type='{iq_type}' id='{iq_id}'{to_attr}>{payload}</iq>")
+        return self.read_until(lambda e: e.tag == q(NS_CLIENT, "iq") and e.get("id") == iq_id
+                               and e.get("type") in ("result", "error"), timeout)
 
     def stream_error(self) -> Optional[ET.Element]:
         for elem in self.elements:

@@ -7,6 +7,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use waddle_authz::AuthzError;
 use waddle_storage::StorageError;
 
 use crate::identity::IdentityError;
@@ -49,9 +50,24 @@ pub enum ApiError {
     /// The body is not syntactically valid JSON (`invalid_json`, 400).
     #[error("{0}")]
     InvalidJson(String),
-    /// The JSON does not have the expected shape (`invalid_request`, 422).
+    /// The JSON does not have the expected shape, or a value in the request (body field or
+    /// path segment) breaks a validation rule (`invalid_request`, 400).
     #[error("{0}")]
     InvalidRequest(String),
+    /// A channel of that name already exists in the waddle (`channel_exists`, 409).
+    #[error("a channel with this name already exists in the waddle")]
+    ChannelExists,
+    /// The waddle already has the maximum number of channels (`channel_limit`, 409).
+    #[error("a waddle can have at most {0} channels")]
+    ChannelLimit(usize),
+    /// The owner of a waddle cannot leave it or be removed from it
+    /// (`owner_cannot_leave`, 409).
+    #[error("the owner cannot leave the waddle (delete it instead)")]
+    OwnerCannotLeave,
+    /// A permission tuple or check the schema refuses (`invalid_request`, 400), or a check
+    /// that exceeded the depth limit (`internal_error`, 500).
+    #[error("permission model: {0}")]
+    Authz(#[from] AuthzError),
     /// The body is not declared as JSON (`unsupported_media_type`, 415).
     #[error("expected a JSON body (Content-Type: application/json)")]
     UnsupportedMediaType,
@@ -98,6 +114,11 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::ChannelExists => "channel_exists",
+            ApiError::ChannelLimit(_) => "channel_limit",
+            ApiError::OwnerCannotLeave => "owner_cannot_leave",
+            ApiError::Authz(AuthzError::DepthExceeded(_)) => "internal_error",
+            ApiError::Authz(_) => "invalid_request",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::NotReady => "not_ready",
@@ -108,16 +129,21 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidUsername(_) | ApiError::WeakPassword(_) | ApiError::InvalidJson(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            ApiError::AccountExists => StatusCode::CONFLICT,
+            ApiError::InvalidUsername(_)
+            | ApiError::WeakPassword(_)
+            | ApiError::InvalidJson(_)
+            | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Authz(AuthzError::DepthExceeded(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Authz(_) => StatusCode::BAD_REQUEST,
+            ApiError::AccountExists
+            | ApiError::ChannelExists
+            | ApiError::ChannelLimit(_)
+            | ApiError::OwnerCannotLeave => StatusCode::CONFLICT,
             ApiError::InvalidCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::InvalidRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -128,7 +154,9 @@ impl ApiError {
     /// The human-readable message sent to the client (server-side details withheld).
     fn public_message(&self) -> String {
         match self {
-            ApiError::Storage(_) | ApiError::Internal(_) => "internal server error".to_owned(),
+            ApiError::Storage(_) | ApiError::Internal(_) | ApiError::Authz(AuthzError::DepthExceeded(_)) => {
+                "internal server error".to_owned()
+            }
             other => other.to_string(),
         }
     }

@@ -3,26 +3,46 @@
 //! This crate owns:
 //! - the JSON HTTP routes ([`router`]): account creation (`POST /v1/accounts`), password
 //!   login issuing session bearer tokens (`POST /auth/session`), exchange of a session
-//!   token for a short-lived XMPP token (`POST /auth/xmpp-token`), and the `/health` and
-//!   `/ready` probes. Every error, including malformed JSON, wrong content type, oversized
-//!   bodies and unknown routes, is a JSON envelope `{"error":{"code","message"}}`
-//!   ([`ApiError`]);
+//!   token for a short-lived XMPP token (`POST /auth/xmpp-token`), the `/health` and
+//!   `/ready` probes, and the OpenAPI 3.1 description of all of it (`GET /openapi.json`).
+//!   Every error, including malformed JSON, wrong content type, oversized bodies and
+//!   unknown routes, is a JSON envelope `{"error":{"code","message"}}` ([`ApiError`]);
+//! - the community routes, all behind a session bearer token: waddles
+//!   (`/v1/waddles[/{id}]`), their members and roles (`/v1/waddles/{id}/members[/{user}]`),
+//!   their channels (`/v1/waddles/{id}/channels`, `/v1/channels/{id}`) and permission
+//!   checks (`POST /v1/permissions/check`). Every decision is a check against the
+//!   Zanzibar schema of `waddle-authz` through [`Permissions`]; an object the caller may
+//!   not `view` answers `404 not_found` exactly like an unknown id, a visible object the
+//!   caller may not change answers `403 forbidden`. Channel lifecycle events reach the
+//!   MUC side through the [`RoomControl`] trait the node implements;
+//! - [`Permissions`]: the in-memory permission index, loaded from storage at start and
+//!   kept behind it (every change is persisted first, then applied; there is no cache);
 //! - the account creation rules shared with in-band registration on the XMPP side
 //!   ([`create_account`]): username policy, password bounds, SCRAM-SHA-1 and
 //!   SCRAM-SHA-256 credential derivation;
-//! - token minting and hashing ([`tokens`]) and DID/username → JID localpart mapping
-//!   ([`identity`]).
+//! - token minting and hashing ([`tokens`]), DID/username → JID localpart mapping
+//!   ([`identity`]) and waddle/channel ids ([`new_id`]: 12 characters of `a-z2-7`).
+//!
+//! Validation failures are `400 invalid_request` with a precise message (names, lengths,
+//! ids in paths, unknown JSON fields); conflicts are `409` (`account_exists`,
+//! `channel_exists`, `channel_limit`, `owner_cannot_leave`).
 //!
 //! It must never: store or log a clear-text password or token (only SCRAM keys and
 //! SHA-256 token digests reach storage); tell an unknown user from a wrong password;
-//! run PBKDF2 on the async workers; bind sockets or read configuration files itself (the
-//! node serves [`router`] and fills in [`ApiConfig`]).
+//! reveal whether an object the caller may not view exists; apply a permission change in
+//! memory before it is durable; run PBKDF2 on the async workers; bind sockets or read
+//! configuration files itself (the node serves [`router`], fills in [`ApiConfig`] and
+//! provides the [`RoomControl`]).
 
 pub mod identity;
 pub mod tokens;
 
 mod error;
+mod openapi;
+mod permissions;
+mod rooms;
 mod routes;
+mod waddles;
 
 #[cfg(test)]
 mod tests;
@@ -36,6 +56,9 @@ use waddle_storage::{AccountRecord, Store, StoredScram};
 
 pub use error::ApiError;
 pub use identity::IdentityError;
+pub use permissions::Permissions;
+pub use rooms::{BoxFuture, NoRooms, RoomControl};
+pub use waddles::{is_valid_id, new_id};
 
 /// Largest request body accepted, in bytes (larger ones get `413 payload_too_large`).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -71,7 +94,12 @@ pub struct ApiConfig {
     pub admin_token: Option<String>,
     /// Shortest password accepted for new accounts, in characters.
     pub min_password_len: usize,
+    /// Most channels a waddle may have (`409 channel_limit` beyond); 500 by default.
+    pub max_channels_per_waddle: usize,
 }
+
+/// Default of [`ApiConfig::max_channels_per_waddle`].
+pub const DEFAULT_MAX_CHANNELS_PER_WADDLE: usize = 500;
 
 impl std::fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,6 +114,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("open_registration", &self.open_registration)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("min_password_len", &self.min_password_len)
+            .field("max_channels_per_waddle", &self.max_channels_per_waddle)
             .finish()
     }
 }
@@ -102,6 +131,10 @@ pub struct ApiState {
     pub auth_limiter: Arc<Mutex<FailureLimiter>>,
     /// Whether the node has finished starting (and is not shutting down).
     pub ready: Arc<AtomicBool>,
+    /// The permission checker (Zanzibar tuples in memory, persisted in `store`).
+    pub authz: Arc<Permissions>,
+    /// The MUC side of channel lifecycle events.
+    pub rooms: Arc<dyn RoomControl>,
 }
 
 /// The HTTP API router, with its state applied. Serve it with

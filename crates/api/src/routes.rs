@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -20,15 +20,39 @@ use time::OffsetDateTime;
 use waddle_sasl::{ScramCredentials, ScramHash};
 use waddle_storage::{StoredScram, TokenKind};
 
-use crate::{identity, tokens, unix_now, ApiError, ApiState, MAX_BODY_BYTES, MAX_PASSWORD_BYTES};
+use crate::{identity, openapi, tokens, unix_now, waddles, ApiError, ApiState, MAX_BODY_BYTES, MAX_PASSWORD_BYTES};
+
+/// Every route: (method, path, handler). The router is built from this table, and the
+/// OpenAPI document is tested against it.
+pub(crate) fn route_table() -> Vec<(&'static str, &'static str, MethodRouter<ApiState>)> {
+    vec![
+        ("POST", "/v1/accounts", post(create_account)),
+        ("POST", "/auth/session", post(session)),
+        ("POST", "/auth/xmpp-token", post(xmpp_token)),
+        ("GET", "/health", get(health)),
+        ("GET", "/ready", get(ready)),
+        ("GET", "/openapi.json", get(openapi)),
+        ("POST", "/v1/waddles", post(waddles::create_waddle)),
+        ("GET", "/v1/waddles", get(waddles::list_waddles)),
+        ("GET", "/v1/waddles/{id}", get(waddles::get_waddle)),
+        ("PATCH", "/v1/waddles/{id}", patch(waddles::patch_waddle)),
+        ("DELETE", "/v1/waddles/{id}", delete(waddles::delete_waddle)),
+        ("GET", "/v1/waddles/{id}/members", get(waddles::list_members)),
+        ("POST", "/v1/waddles/{id}/members", post(waddles::add_member)),
+        ("DELETE", "/v1/waddles/{id}/members/{user}", delete(waddles::remove_member)),
+        ("POST", "/v1/waddles/{id}/channels", post(waddles::create_channel_route)),
+        ("GET", "/v1/waddles/{id}/channels", get(waddles::list_channels)),
+        ("GET", "/v1/channels/{id}", get(waddles::get_channel)),
+        ("PATCH", "/v1/channels/{id}", patch(waddles::patch_channel)),
+        ("DELETE", "/v1/channels/{id}", delete(waddles::delete_channel)),
+        ("POST", "/v1/permissions/check", post(waddles::check_permission)),
+    ]
+}
 
 pub(crate) fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/accounts", post(create_account))
-        .route("/auth/session", post(session))
-        .route("/auth/xmpp-token", post(xmpp_token))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+    route_table()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, handler)| router.route(path, handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(reject_oversized))
@@ -66,7 +90,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if well formed.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
@@ -105,6 +129,12 @@ async fn method_not_allowed() -> ApiError {
 
 // ---------------------------------------------------------------------------------------
 // Probes
+
+async fn openapi() -> Response {
+    let mut response = Json(openapi::document()).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response
+}
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
@@ -214,7 +244,7 @@ fn no_store<T: IntoResponse>(body: T) -> Response {
     response
 }
 
-fn rfc3339(unix: i64) -> Result<String, ApiError> {
+pub(crate) fn rfc3339(unix: i64) -> Result<String, ApiError> {
     OffsetDateTime::from_unix_timestamp(unix)
         .map_err(|e| ApiError::Internal(format!("expiry out of range: {e}")))?
         .format(&Rfc3339)

@@ -14,6 +14,8 @@ use waddle_storage::{Store, TokenKind};
 
 use crate::*;
 
+mod waddles;
+
 const ADMIN: &str = "s3cret-admin-token";
 
 fn config() -> ApiConfig {
@@ -28,17 +30,22 @@ fn config() -> ApiConfig {
         open_registration: true,
         admin_token: Some(ADMIN.into()),
         min_password_len: 8,
+        max_channels_per_waddle: DEFAULT_MAX_CHANNELS_PER_WADDLE,
     }
 }
 
 struct Server {
     addr: SocketAddr,
     state: ApiState,
+    rooms: Arc<waddles::Recorder>,
 }
 
 async fn start_with(config: ApiConfig, connect_info: bool) -> Server {
     let store = Store::open(Path::new(":memory:")).await.unwrap();
+    let rooms = Arc::new(waddles::Recorder::new(&config.domain));
     let state = ApiState {
+        authz: Arc::new(Permissions::load(store.clone()).await.unwrap()),
+        rooms: rooms.clone(),
         store,
         config: Arc::new(config),
         auth_limiter: Arc::new(Mutex::new(FailureLimiter::new(3, Duration::from_secs(60), 1000))),
@@ -54,7 +61,7 @@ async fn start_with(config: ApiConfig, connect_info: bool) -> Server {
     } else {
         tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
     }
-    Server { addr, state }
+    Server { addr, state, rooms }
 }
 
 async fn start(config: ApiConfig) -> Server {
@@ -389,9 +396,9 @@ async fn malformed_requests_get_the_envelope() {
     let r = request(s.addr, "POST", "/auth/session", &json_ct, Some(b"not json")).await;
     assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_json"));
     let r = request(s.addr, "POST", "/v1/accounts", &json_ct, Some(b"{\"username\":\"bob\"}")).await;
-    assert_eq!((r.status, r.error_code().as_str()), (422, "invalid_request"));
+    assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_request"));
     let r = request(s.addr, "POST", "/auth/session", &json_ct, Some(b"{\"username\":1,\"password\":\"x\"}")).await;
-    assert_eq!((r.status, r.error_code().as_str()), (422, "invalid_request"));
+    assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_request"));
     let r = request(s.addr, "POST", "/auth/session", &[("Content-Type", "text/plain")], Some(b"{}")).await;
     assert_eq!((r.status, r.error_code().as_str()), (415, "unsupported_media_type"));
     let r = request(s.addr, "POST", "/auth/session", &[], None).await;

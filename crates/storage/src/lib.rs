@@ -7,7 +7,10 @@
 //! - accounts and their SCRAM credentials ([`AccountRecord`], [`StoredScram`]);
 //! - bearer tokens, stored only as SHA-256 digests ([`TokenKind`], [`TokenRecord`]);
 //! - rosters with per-user version numbers (RFC 6121 §2.6, [`RosterRow`]);
-//! - offline message queues (XEP-0160) and vCards (XEP-0054), as opaque XML strings.
+//! - offline message queues (XEP-0160) and vCards (XEP-0054), as opaque XML strings;
+//! - waddles and their channels ([`WaddleRecord`], [`ChannelRecord`]), permission tuples in
+//!   their text form (the `waddle-authz` crate interprets them; this one does not depend on
+//!   it), and persistent MUC room state as opaque blobs keyed by room JID.
 //!
 //! All database work runs on one dedicated OS thread that owns the only connection;
 //! [`Store`] is a cheap handle whose `async` methods send jobs to it and await the answer,
@@ -24,12 +27,13 @@ mod model;
 mod schema;
 mod sql;
 mod store;
+mod store_waddles;
 mod worker;
 
 #[cfg(test)]
 mod tests;
 
 pub use error::StorageError;
-pub use model::{AccountRecord, RosterRow, StoredScram, TokenKind, TokenRecord};
+pub use model::{AccountRecord, ChannelRecord, RosterRow, StoredScram, TokenKind, TokenRecord, WaddleRecord};
 pub use schema::SCHEMA_VERSION;
 pub use store::Store;

@@ -88,3 +88,37 @@ pub struct RosterRow {
 }
 
 pub(crate) const SUBSCRIPTIONS: [&str; 4] = ["none", "to", "from", "both"];
+
+/// A waddle (a community: members, roles and channels).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaddleRecord {
+    /// Opaque id (the HTTP API uses 12 characters of `a-z2-7`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Username of the owner.
+    pub owner: String,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+}
+
+/// A channel of a waddle (backed by a MUC room).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelRecord {
+    /// Opaque id (also the MUC room's localpart).
+    pub id: String,
+    /// The waddle it belongs to.
+    pub waddle_id: String,
+    /// Name, unique within the waddle.
+    pub name: String,
+    /// `"text"` or `"announcement"`.
+    pub kind: String,
+    /// Topic (room subject).
+    pub topic: Option<String>,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+}
+
+pub(crate) const CHANNEL_KINDS: [&str; 2] = ["text", "announcement"];

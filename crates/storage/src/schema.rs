@@ -70,11 +70,42 @@ CREATE TABLE counters (
 INSERT INTO counters (name, value) VALUES ('roster_version', 0);
 ";
 
+/// Version 2: waddles, channels, permission tuples, persistent MUC rooms.
+const V2: &str = "
+CREATE TABLE waddles (
+    id          TEXT    NOT NULL PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    description TEXT,
+    owner       TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX waddles_by_owner ON waddles (owner);
+
+CREATE TABLE channels (
+    id          TEXT    NOT NULL PRIMARY KEY,
+    waddle_id   TEXT    NOT NULL,
+    name        TEXT    NOT NULL,
+    kind        TEXT    NOT NULL CHECK (kind IN ('text', 'announcement')),
+    topic       TEXT,
+    created_at  INTEGER NOT NULL,
+    UNIQUE (waddle_id, name)
+) WITHOUT ROWID;
+
+CREATE TABLE authz_tuples (
+    tuple TEXT NOT NULL PRIMARY KEY
+) WITHOUT ROWID;
+
+CREATE TABLE rooms (
+    jid  TEXT NOT NULL PRIMARY KEY,
+    blob TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Every migration, in order. Append only.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION as i64);
 

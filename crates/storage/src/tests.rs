@@ -393,3 +393,215 @@ async fn many_concurrent_callers() {
     assert_eq!(rows.len(), 50);
     assert_eq!(v, *versions.last().unwrap());
 }
+
+// ---------------------------------------------------------------------------------------
+// Waddles, channels, tuples, rooms (schema version 2)
+
+fn waddle(id: &str, owner: &str) -> WaddleRecord {
+    WaddleRecord {
+        id: id.into(),
+        name: format!("Waddle {id}"),
+        description: Some("about".into()),
+        owner: owner.into(),
+        created_at: 1_700_000_000,
+    }
+}
+
+fn channel(id: &str, waddle_id: &str, name: &str) -> ChannelRecord {
+    ChannelRecord {
+        id: id.into(),
+        waddle_id: waddle_id.into(),
+        name: name.into(),
+        kind: "text".into(),
+        topic: None,
+        created_at: 1_700_000_001,
+    }
+}
+
+#[tokio::test]
+async fn waddle_crud() {
+    let store = memory().await;
+    assert_eq!(store.waddle("w1").await.unwrap(), None);
+    store.waddle_create(&waddle("w1", "alice")).await.unwrap();
+    assert!(matches!(store.waddle_create(&waddle("w1", "bob")).await, Err(StorageError::AlreadyExists)));
+    assert_eq!(store.waddle("w1").await.unwrap(), Some(waddle("w1", "alice")));
+
+    let mut updated = WaddleRecord { name: "Renamed".into(), description: None, ..waddle("w1", "alice") };
+    updated.created_at = 5; // ignored
+    store.waddle_update(&updated).await.unwrap();
+    let got = store.waddle("w1").await.unwrap().unwrap();
+    assert_eq!((got.name.as_str(), got.description, got.created_at), ("Renamed", None, 1_700_000_000));
+    assert!(matches!(store.waddle_update(&waddle("nope", "alice")).await, Err(StorageError::NotFound)));
+    for bad in [waddle("", "a"), WaddleRecord { name: String::new(), ..waddle("w", "a") }, waddle("w", "")] {
+        assert!(matches!(store.waddle_create(&bad).await, Err(StorageError::Invalid(_))), "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn waddles_by_ids_in_creation_order() {
+    let store = memory().await;
+    for (i, id) in ["b", "a", "c"].iter().enumerate() {
+        store.waddle_create(&WaddleRecord { created_at: i as i64, ..waddle(id, "alice") }).await.unwrap();
+    }
+    let ids = |v: Vec<WaddleRecord>| v.into_iter().map(|w| w.id).collect::<Vec<_>>();
+    let all = ["a", "b", "c", "zz", "a"].map(String::from);
+    assert_eq!(ids(store.waddles_by_ids(&all).await.unwrap()), ["b", "a", "c"]);
+    assert_eq!(ids(store.waddles_by_ids(&["c".into()]).await.unwrap()), ["c"]);
+    assert!(store.waddles_by_ids(&[]).await.unwrap().is_empty());
+    // More ids than one IN (...) chunk.
+    let many: Vec<String> = (0..1200).map(|i| format!("x{i}")).chain(["a".to_owned()]).collect();
+    assert_eq!(ids(store.waddles_by_ids(&many).await.unwrap()), ["a"]);
+}
+
+#[tokio::test]
+async fn channel_crud_and_uniqueness() {
+    let store = memory().await;
+    assert!(matches!(store.channel_create(&channel("c1", "w1", "general")).await, Err(StorageError::NotFound)));
+    store.waddle_create(&waddle("w1", "alice")).await.unwrap();
+    store.waddle_create(&waddle("w2", "alice")).await.unwrap();
+    store.channel_create(&channel("c1", "w1", "general")).await.unwrap();
+    let announcements = ChannelRecord {
+        kind: "announcement".into(),
+        topic: Some("news".into()),
+        ..channel("c2", "w1", "announcements")
+    };
+    store.channel_create(&announcements).await.unwrap();
+    // Same name in the same waddle, or the same id: taken. Same name elsewhere: fine.
+    assert!(matches!(store.channel_create(&channel("c3", "w1", "general")).await, Err(StorageError::AlreadyExists)));
+    assert!(matches!(store.channel_create(&channel("c1", "w2", "other")).await, Err(StorageError::AlreadyExists)));
+    store.channel_create(&channel("c4", "w2", "general")).await.unwrap();
+    let bad = ChannelRecord { kind: "voice".into(), ..channel("c5", "w1", "x") };
+    assert!(matches!(store.channel_create(&bad).await, Err(StorageError::Invalid(_))));
+
+    assert_eq!(store.channel("c2").await.unwrap(), Some(announcements.clone()));
+    assert_eq!(store.channel("nope").await.unwrap(), None);
+    let names: Vec<String> = store.channels("w1").await.unwrap().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["announcements", "general"]);
+    assert_eq!(store.channel_count("w1").await.unwrap(), 2);
+    assert_eq!(store.channel_count("w9").await.unwrap(), 0);
+
+    // Update: rename, clash, unknown; waddle and created_at are kept.
+    let renamed = ChannelRecord {
+        name: "random".into(),
+        topic: Some("t".into()),
+        waddle_id: "w2".into(),
+        created_at: 0,
+        ..channel("c1", "w1", "")
+    };
+    store.channel_update(&renamed).await.unwrap();
+    let got = store.channel("c1").await.unwrap().unwrap();
+    assert_eq!(
+        (got.name.as_str(), got.topic.as_deref(), got.waddle_id.as_str(), got.created_at),
+        ("random", Some("t"), "w1", 1_700_000_001)
+    );
+    let clash = ChannelRecord { name: "announcements".into(), ..channel("c1", "w1", "") };
+    assert!(matches!(store.channel_update(&clash).await, Err(StorageError::AlreadyExists)));
+    // Renaming to its own name is not a clash.
+    store.channel_update(&ChannelRecord { name: "random".into(), ..channel("c1", "w1", "") }).await.unwrap();
+    assert!(matches!(store.channel_update(&channel("nope", "w1", "x")).await, Err(StorageError::NotFound)));
+
+    store.channel_delete("c1").await.unwrap();
+    assert!(matches!(store.channel_delete("c1").await, Err(StorageError::NotFound)));
+    assert_eq!(store.channel_count("w1").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn waddle_delete_returns_its_channels() {
+    let store = memory().await;
+    store.waddle_create(&waddle("w1", "alice")).await.unwrap();
+    store.waddle_create(&waddle("w2", "alice")).await.unwrap();
+    store.channel_create(&channel("c1", "w1", "general")).await.unwrap();
+    store.channel_create(&channel("c2", "w1", "dev")).await.unwrap();
+    store.channel_create(&channel("c3", "w2", "general")).await.unwrap();
+    let deleted: Vec<String> = store.waddle_delete("w1").await.unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(deleted, ["c2", "c1"]);
+    assert_eq!(store.waddle("w1").await.unwrap(), None);
+    assert_eq!(store.channel("c1").await.unwrap(), None);
+    assert!(store.channel("c3").await.unwrap().is_some());
+    assert!(matches!(store.waddle_delete("w1").await, Err(StorageError::NotFound)));
+}
+
+#[tokio::test]
+async fn tuples_and_rooms() {
+    let store = memory().await;
+    assert!(store.tuples_all().await.unwrap().is_empty());
+    for t in ["waddle:w1#owner@user:alice", "waddle:w1#member@user:alice", "channel:c1#parent@waddle:w1"] {
+        store.tuple_write(t).await.unwrap();
+        store.tuple_write(t).await.unwrap();
+    }
+    assert_eq!(
+        store.tuples_all().await.unwrap(),
+        ["channel:c1#parent@waddle:w1", "waddle:w1#member@user:alice", "waddle:w1#owner@user:alice"]
+    );
+    store.tuple_delete("waddle:w1#owner@user:alice").await.unwrap();
+    store.tuple_delete("waddle:w1#owner@user:alice").await.unwrap();
+    store.tuples_delete_batch(&["channel:c1#parent@waddle:w1".into(), "not:there#x@user:y".into()]).await.unwrap();
+    assert_eq!(store.tuples_all().await.unwrap(), ["waddle:w1#member@user:alice"]);
+    assert!(matches!(store.tuple_write("").await, Err(StorageError::Invalid(_))));
+    assert!(matches!(store.tuple_write(&"x".repeat(2000)).await, Err(StorageError::Invalid(_))));
+
+    assert_eq!(store.room_get("c1@muc.example.test").await.unwrap(), None);
+    store.room_put("c1@muc.example.test", "{\"v\":1}").await.unwrap();
+    store.room_put("c1@muc.example.test", "{\"v\":2}").await.unwrap();
+    assert_eq!(store.room_get("c1@muc.example.test").await.unwrap().as_deref(), Some("{\"v\":2}"));
+    store.room_delete("c1@muc.example.test").await.unwrap();
+    store.room_delete("c1@muc.example.test").await.unwrap();
+    assert_eq!(store.room_get("c1@muc.example.test").await.unwrap(), None);
+    assert!(matches!(store.room_put("", "x").await, Err(StorageError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn version_1_databases_are_migrated_to_2() {
+    let dir = TempDir::new();
+    let path = dir.db();
+    {
+        // Make a version-1 database: everything of version 2 undone.
+        let store = Store::open(&path).await.unwrap();
+        store.create_account(account("alice")).await.unwrap();
+        store
+            .worker
+            .call(|conn| async move {
+                conn.execute_batch(
+                    "DROP TABLE waddles; DROP TABLE channels; DROP TABLE authz_tuples; DROP TABLE rooms; \
+                     DELETE FROM schema_version WHERE version = 2;",
+                )
+                .await?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 1);
+    }
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert!(store.account_exists("alice").await.unwrap());
+    store.waddle_create(&waddle("w1", "alice")).await.unwrap();
+    store.tuple_write("waddle:w1#owner@user:alice").await.unwrap();
+    drop(store);
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(store.waddle("w1").await.unwrap().unwrap().owner, "alice");
+    assert_eq!(store.tuples_all().await.unwrap(), ["waddle:w1#owner@user:alice"]);
+}
+
+#[tokio::test]
+async fn channel_limit_and_batched_tuple_writes() {
+    let store = memory().await;
+    store.waddle_create(&waddle("w1", "alice")).await.unwrap();
+    assert!(store.channel_create_limited(&channel("c1", "w1", "a"), 2).await.unwrap());
+    assert!(store.channel_create_limited(&channel("c2", "w1", "b"), 2).await.unwrap());
+    assert!(!store.channel_create_limited(&channel("c3", "w1", "c"), 2).await.unwrap());
+    assert_eq!(store.channel_count("w1").await.unwrap(), 2);
+    assert!(matches!(store.channel_create_limited(&channel("c4", "w9", "a"), 2).await, Err(StorageError::NotFound)));
+    assert!(matches!(
+        store.channel_create_limited(&channel("c5", "w1", "a"), 5).await,
+        Err(StorageError::AlreadyExists)
+    ));
+
+    let batch: Vec<String> = ["b#x@user:1", "a#x@user:1", "b#x@user:1"].map(String::from).to_vec();
+    store.tuples_write_batch(&batch).await.unwrap();
+    assert_eq!(store.tuples_all().await.unwrap(), ["a#x@user:1", "b#x@user:1"]);
+    let bad: Vec<String> = vec!["c#x@user:1".into(), String::new()];
+    assert!(matches!(store.tuples_write_batch(&bad).await, Err(StorageError::Invalid(_))));
+    assert_eq!(store.tuples_all().await.unwrap().len(), 2);
+    store.tuples_write_batch(&[]).await.unwrap();
+}

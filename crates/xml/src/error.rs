@@ -34,6 +34,10 @@ pub enum XmlError {
     /// The XML declaration names an encoding other than UTF-8.
     #[error("unsupported encoding '{0}'")]
     UnsupportedEncoding(String),
+    /// A new stream header inside an open stream where no restart was negotiated
+    /// (restarts go through [`crate::StreamParser::reset`]).
+    #[error("unexpected stream header inside an open stream")]
+    UnexpectedRestart,
 }
 
 impl XmlError {
@@ -48,6 +52,7 @@ impl XmlError {
             XmlError::BadNamespacePrefix(_) => "bad-namespace-prefix",
             XmlError::InvalidNamespace(_) => "invalid-namespace",
             XmlError::UnsupportedEncoding(_) => "unsupported-encoding",
+            XmlError::UnexpectedRestart => "invalid-xml",
         }
     }
 }

@@ -559,6 +559,11 @@ impl Core {
             return Err(XmlError::TooDeep { limit: self.limits.max_depth });
         }
         let o = self.open(tag)?;
+        if self.elems.is_empty() && o.name == "stream" && o.ns == NS_STREAM && !o.self_closing {
+            // Well-formed XML, but in XMPP a stream header where a stanza belongs is an
+            // unnegotiated restart: everything after it would vanish into one element.
+            return Err(XmlError::UnexpectedRestart);
+        }
         let el = Element { name: o.name, ns: o.ns, attrs: o.attrs, children: Vec::new() };
         if o.self_closing {
             self.bindings.truncate(o.ns_mark);

@@ -928,3 +928,14 @@ fn big_text_in_tiny_chunks() {
     let expected = text.replace("&amp;", "&").replace("\r\n", "\n");
     assert_eq!(stanzas(&events)[0].get_child("body", NS_CLIENT).unwrap().text(), expected);
 }
+
+#[test]
+fn stream_header_inside_an_open_stream_is_an_error() {
+    let mut p = StreamParser::new(Limits::default());
+    let header = b"<stream:stream to='example.org' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+    p.feed(header).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+    let err = p.feed(header).and_then(|()| p.next_event().map(|_| ()));
+    assert_eq!(err, Err(XmlError::UnexpectedRestart));
+    assert_eq!(XmlError::UnexpectedRestart.stream_condition(), "invalid-xml");
+}

@@ -1,0 +1,310 @@
+//! The SQL behind every archive operation. Each function runs on one connection of the
+//! writer or reader thread; none of them knows which file it is working on.
+
+use libsql::{Connection, Row, Value};
+
+use super::sql::{in_tx, query_all, query_i64, query_opt, to_u64, Tx};
+use crate::{ArchiveEdge, ArchiveMetadata, ArchivedRow, MamError, MamQuery, Page};
+
+/// What a retracted message's payload becomes: nothing is kept of the content.
+const TOMBSTONE: &str = "";
+
+/// One archive's index entry for a message being inserted.
+#[derive(Debug)]
+pub(crate) struct EntryKey {
+    pub archive: String,
+    pub stanza_id: String,
+    pub with_jid: String,
+    pub from_nick: Option<String>,
+}
+
+/// A message to store once, with the entries that index it.
+#[derive(Debug)]
+pub(crate) struct NewMessage {
+    pub stamp: i64,
+    pub payload: String,
+    pub body: Option<String>,
+    pub entries: Vec<EntryKey>,
+}
+
+/// Inserts `msg` inside the caller's transaction. The outer error is a database failure
+/// (the transaction must be abandoned); the inner one is this message's own outcome
+/// ([`MamError::Duplicate`] when one of its ids is taken, in which case nothing is
+/// written).
+pub(crate) async fn insert(conn: &Connection, msg: &NewMessage) -> Result<Result<(), MamError>, MamError> {
+    for e in &msg.entries {
+        if position(conn, &e.archive, &e.stanza_id).await?.is_some() {
+            return Ok(Err(MamError::Duplicate(e.stanza_id.clone())));
+        }
+    }
+    let id = query_i64(
+        conn,
+        "INSERT INTO messages (stamp, payload, body) VALUES (?1, ?2, ?3) RETURNING id",
+        (msg.stamp, msg.payload.as_str(), msg.body.as_deref()),
+    )
+    .await?;
+    for e in &msg.entries {
+        conn.execute(
+            "INSERT INTO entries (archive, stanza_id, with_jid, from_nick, stamp, message_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            (e.archive.as_str(), e.stanza_id.as_str(), e.with_jid.as_str(), e.from_nick.as_deref(), msg.stamp, id),
+        )
+        .await?;
+    }
+    Ok(Ok(()))
+}
+
+/// Tombstones `target` in `archive`: the payload and body are dropped (and the message
+/// leaves the full-text index), the entries keep id, stamp and `with`, and are marked
+/// retracted in every archive that shares the message. `false` if there is no such id.
+pub(crate) async fn retract(conn: &Connection, archive: &str, target: &str) -> Result<bool, MamError> {
+    in_tx(conn, Tx::Write, async {
+        let Some(message_id) = query_opt(
+            conn,
+            "SELECT message_id FROM entries WHERE archive = ?1 AND stanza_id = ?2",
+            (archive, target),
+            |r| Ok(r.get::<i64>(0)?),
+        )
+        .await?
+        else {
+            return Ok(false);
+        };
+        conn.execute("UPDATE messages SET payload = ?2, body = NULL WHERE id = ?1", (message_id, TOMBSTONE)).await?;
+        conn.execute("UPDATE entries SET retracted = 1 WHERE message_id = ?1", [message_id]).await?;
+        Ok(true)
+    })
+    .await
+}
+
+/// Deletes every entry of `archive` and the messages no other archive still indexes.
+pub(crate) async fn delete_archive(conn: &Connection, archive: &str) -> Result<(), MamError> {
+    in_tx(conn, Tx::Write, async {
+        // Messages owned by this archive alone (their entries go with them: ON DELETE
+        // CASCADE), then this archive's entries of shared messages.
+        conn.execute(
+            "DELETE FROM messages WHERE id IN ( \
+                 SELECT e.message_id FROM entries e WHERE e.archive = ?1 AND NOT EXISTS ( \
+                     SELECT 1 FROM entries o WHERE o.message_id = e.message_id AND o.archive <> ?1))",
+            [archive],
+        )
+        .await?;
+        conn.execute("DELETE FROM entries WHERE archive = ?1", [archive]).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// `(stamp, seq)` of `id` in `archive` (retracted or not), the ordering key cursors use.
+async fn position(conn: &Connection, archive: &str, id: &str) -> Result<Option<(i64, i64)>, MamError> {
+    query_opt(conn, "SELECT stamp, seq FROM entries WHERE archive = ?1 AND stanza_id = ?2", (archive, id), |r| {
+        Ok((r.get::<i64>(0)?, r.get::<i64>(1)?))
+    })
+    .await
+}
+
+async fn known_position(conn: &Connection, archive: &str, id: &str) -> Result<(i64, i64), MamError> {
+    position(conn, archive, id).await?.ok_or_else(|| MamError::ItemNotFound(id.to_owned()))
+}
+
+const ROW_COLUMNS: &str =
+    "e.stanza_id, e.archive, e.with_jid, e.from_nick, e.stamp, m.payload, m.body, e.retracted, e.seq";
+
+fn row_from(r: &Row) -> Result<(ArchivedRow, i64), MamError> {
+    Ok((
+        ArchivedRow {
+            stanza_id: r.get(0)?,
+            archive: r.get(1)?,
+            with_jid: r.get(2)?,
+            from_nick: r.get(3)?,
+            stamp_micros: r.get(4)?,
+            payload: r.get(5)?,
+            body: r.get(6)?,
+            retracted: r.get::<i64>(7)? != 0,
+        },
+        r.get(8)?,
+    ))
+}
+
+/// A growing `WHERE` clause over `entries e` with its positional parameters.
+#[derive(Clone)]
+struct Filter {
+    sql: String,
+    params: Vec<Value>,
+}
+
+impl Filter {
+    fn new(archive: &str) -> Filter {
+        Filter { sql: "e.archive = ? AND e.retracted = 0".into(), params: vec![text(archive)] }
+    }
+
+    fn and(&mut self, clause: &str, params: impl IntoIterator<Item = Value>) {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(clause);
+        self.params.extend(params);
+    }
+
+    fn after(&mut self, (stamp, seq): (i64, i64)) {
+        self.and("(e.stamp, e.seq) > (?, ?)", [Value::Integer(stamp), Value::Integer(seq)]);
+    }
+
+    fn before(&mut self, (stamp, seq): (i64, i64)) {
+        self.and("(e.stamp, e.seq) < (?, ?)", [Value::Integer(stamp), Value::Integer(seq)]);
+    }
+
+    async fn count(&self, conn: &Connection) -> Result<u64, MamError> {
+        to_u64(
+            query_i64(conn, &format!("SELECT COUNT(*) FROM entries e WHERE {}", self.sql), self.params.clone()).await?,
+        )
+    }
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_owned())
+}
+
+/// An FTS5 query matching messages that contain every whitespace-separated term of
+/// `search` (each term a quoted phrase, matched as a word prefix, so `hel` finds
+/// `hello`). `None` when no term has a letter or digit (nothing can match).
+pub(crate) fn fts_expression(search: &str) -> Option<String> {
+    let terms: Vec<String> = search
+        .split_whitespace()
+        .filter(|t| t.chars().any(char::is_alphanumeric))
+        .map(|t| format!("\"{}\"*", t.replace('"', "\"\"")))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
+/// Runs `q` against `archive` (see [`crate::Archive::query`] for the semantics).
+/// `users` selects user-archive `with` matching (a full JID matches its bare JID) over
+/// room matching (`room/nick` matches the nickname).
+pub(crate) async fn query(conn: &Connection, users: bool, archive: &str, q: &MamQuery) -> Result<Page, MamError> {
+    in_tx(conn, Tx::Read, async {
+        let mut set = Filter::new(archive);
+        if let Some(with) = q.with.as_deref() {
+            match with.split_once('/') {
+                Some((bare, nick)) if !users && bare == archive => set.and("e.from_nick = ?", [text(nick)]),
+                Some((bare, _)) => set.and("e.with_jid = ?", [text(bare)]),
+                None => set.and("e.with_jid = ?", [text(with)]),
+            }
+        }
+        if let Some(start) = q.start {
+            set.and("e.stamp >= ?", [Value::Integer(start)]);
+        }
+        if let Some(end) = q.end {
+            set.and("e.stamp <= ?", [Value::Integer(end)]);
+        }
+        if let Some(search) = q.fulltext.as_deref() {
+            match fts_expression(search) {
+                Some(expr) => set.and(
+                    "e.message_id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?)",
+                    [Value::Text(expr)],
+                ),
+                None => set.and("0", []),
+            }
+        }
+        if !q.ids.is_empty() {
+            for id in &q.ids {
+                known_position(conn, archive, id).await?;
+            }
+            let marks = vec!["?"; q.ids.len()].join(", ");
+            set.and(&format!("e.stanza_id IN ({marks})"), q.ids.iter().map(|id| text(id)));
+        }
+        if let Some(id) = q.after_id.as_deref() {
+            set.after(known_position(conn, archive, id).await?);
+        }
+        if let Some(id) = q.before_id.as_deref() {
+            set.before(known_position(conn, archive, id).await?);
+        }
+        let count = set.count(conn).await?;
+
+        // The RSM cursor narrows the page, not the result set.
+        let mut window = set.clone();
+        if let Some(id) = q.after.as_deref() {
+            window.after(known_position(conn, archive, id).await?);
+        }
+        if let Some(Some(id)) = q.before.as_ref() {
+            window.before(known_position(conn, archive, id).await?);
+        }
+        let backward = q.before.is_some() && q.after.is_none();
+        let dir = if backward { "DESC" } else { "ASC" };
+        let max = q.max.min(crate::query::MAX_PAGE);
+        let limit = i64::try_from(max + 1).unwrap_or(i64::MAX);
+        let mut params = window.params;
+        params.push(Value::Integer(limit));
+        let mut fetched = query_all(
+            conn,
+            &format!(
+                "SELECT {ROW_COLUMNS} FROM entries e JOIN messages m ON m.id = e.message_id \
+                 WHERE {} ORDER BY e.stamp {dir}, e.seq {dir} LIMIT ?",
+                window.sql
+            ),
+            params,
+            row_from,
+        )
+        .await?;
+        let complete = fetched.len() <= max;
+        fetched.truncate(max);
+        if backward {
+            fetched.reverse();
+        }
+        let first_index = match fetched.first() {
+            Some((first, seq)) => {
+                let mut before_first = set.clone();
+                before_first.before((first.stamp_micros, *seq));
+                Some(before_first.count(conn).await?)
+            }
+            None => None,
+        };
+        let mut rows: Vec<ArchivedRow> = fetched.into_iter().map(|(row, _)| row).collect();
+        if q.flip {
+            rows.reverse();
+        }
+        Ok(Page { rows, complete, count, first_index, flipped: q.flip })
+    })
+    .await
+}
+
+/// The newest `limit` non-retracted rows of `archive`, oldest first.
+pub(crate) async fn recent(conn: &Connection, archive: &str, limit: usize) -> Result<Vec<ArchivedRow>, MamError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = query_all(
+        conn,
+        &format!(
+            "SELECT {ROW_COLUMNS} FROM entries e JOIN messages m ON m.id = e.message_id \
+             WHERE e.archive = ?1 AND e.retracted = 0 ORDER BY e.stamp DESC, e.seq DESC LIMIT ?2"
+        ),
+        (archive, limit),
+        |r| Ok(row_from(r)?.0),
+    )
+    .await?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// The oldest and newest non-retracted messages of `archive`.
+pub(crate) async fn metadata(conn: &Connection, archive: &str) -> Result<ArchiveMetadata, MamError> {
+    in_tx(conn, Tx::Read, async {
+        let mut edges = [None, None];
+        for (slot, dir) in edges.iter_mut().zip(["ASC", "DESC"]) {
+            *slot = query_opt(
+                conn,
+                &format!(
+                    "SELECT e.stanza_id, e.stamp FROM entries e WHERE e.archive = ?1 AND e.retracted = 0 \
+                     ORDER BY e.stamp {dir}, e.seq {dir} LIMIT 1"
+                ),
+                [archive],
+                |r| Ok(ArchiveEdge { stanza_id: r.get(0)?, stamp_micros: r.get(1)? }),
+            )
+            .await?;
+        }
+        let [start, end] = edges;
+        Ok(ArchiveMetadata { start, end })
+    })
+    .await
+}
+
+/// Number of stored message copies in the file (tests: one copy per 1:1 message).
+#[cfg(test)]
+pub(crate) async fn message_count(conn: &Connection) -> Result<i64, MamError> {
+    query_i64(conn, "SELECT COUNT(*) FROM messages", ()).await
+}

@@ -1,0 +1,114 @@
+//! Versioned schema migrations, applied per archive file.
+//!
+//! `schema_version` records every migration applied. A migration is a numbered SQL batch
+//! applied at most once, in a transaction together with its `schema_version` row.
+//! Migrations are append-only: never edit a shipped one, add the next number.
+//!
+//! Every archive file (per waddle, ad-hoc rooms, users) has the same schema:
+//! - `messages`: one row per stored stanza (payload, body, stamp);
+//! - `entries`: one row per (archive, message): the archive key, the stanza id, the
+//!   `with` JID, the nickname, the stamp again (for ordering without a join) and the
+//!   retraction flag. A room message has one entry; a 1:1 chat message has one entry in
+//!   each party's archive pointing to the same `messages` row. `seq` is the insertion
+//!   order that breaks ties between equal stamps.
+//! - `messages_fts`: an FTS5 index over `messages.body`, kept in step by triggers.
+
+use libsql::Connection;
+
+use super::sql::{self, Tx};
+use crate::MamError;
+
+/// Version 1: messages, entries, full-text index.
+const V1: &str = "
+CREATE TABLE messages (
+    id      INTEGER PRIMARY KEY,
+    stamp   INTEGER NOT NULL,
+    payload TEXT    NOT NULL,
+    body    TEXT
+);
+
+CREATE TABLE entries (
+    seq        INTEGER PRIMARY KEY,
+    archive    TEXT    NOT NULL,
+    stanza_id  TEXT    NOT NULL,
+    with_jid   TEXT    NOT NULL COLLATE NOCASE,
+    from_nick  TEXT,
+    stamp      INTEGER NOT NULL,
+    message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    retracted  INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (archive, stanza_id)
+);
+CREATE INDEX entries_by_time ON entries (archive, stamp, seq) WHERE retracted = 0;
+CREATE INDEX entries_by_with ON entries (archive, with_jid, stamp, seq) WHERE retracted = 0;
+CREATE INDEX entries_by_message ON entries (message_id);
+
+CREATE VIRTUAL TABLE messages_fts USING fts5 (
+    body,
+    content = 'messages',
+    content_rowid = 'id',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages WHEN new.body IS NOT NULL BEGIN
+    INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages WHEN old.body IS NOT NULL BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body);
+END;
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) SELECT 'delete', old.id, old.body WHERE old.body IS NOT NULL;
+    INSERT INTO messages_fts (rowid, body) SELECT new.id, new.body WHERE new.body IS NOT NULL;
+END;
+";
+
+/// Every migration, in order. Append only.
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
+
+/// Highest applied migration (0 for a fresh file).
+pub(crate) async fn current_version(conn: &Connection) -> Result<i64, MamError> {
+    sql::query_i64(conn, "SELECT COALESCE(MAX(version), 0) FROM schema_version", ()).await
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`]; refuses files from a newer build.
+pub(crate) async fn migrate(conn: &Connection) -> Result<(), MamError> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version    INTEGER NOT NULL PRIMARY KEY,
+            applied_at INTEGER NOT NULL
+        )",
+        (),
+    )
+    .await?;
+    let found = current_version(conn).await?;
+    if found > SCHEMA_VERSION {
+        return Err(MamError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+    }
+    for &(version, batch) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+        let applied = sql::in_tx(conn, Tx::Write, async {
+            // Re-read under the write lock: another process may have migrated meanwhile.
+            if current_version(conn).await? >= version {
+                return Ok(false);
+            }
+            drop(conn.execute_batch(batch).await?);
+            conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)", (version, unix_now()))
+                .await?;
+            Ok(true)
+        })
+        .await?;
+        if applied {
+            tracing::info!(version, "mam: applied archive schema migration");
+        }
+    }
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,511 @@
+//! The MUC service (`muc.<domain>`): one ractor actor per room, a thin shell around
+//! `waddle_muc::Room`. Rooms of waddle channels take their access rules from the
+//! Zanzibar permissions (checked on every join and every message); other rooms follow
+//! plain XEP-0045 rules. Reflected groupchat messages are archived (XEP-0313) after
+//! fan-out, off the delivery path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::Mutex as AsyncMutex;
+use waddle_api::Permissions;
+use waddle_authz::ObjectRef;
+use waddle_c2s::ns;
+use waddle_c2s::stanza::{error_reply, iq_payload, iq_result_with};
+use waddle_mam::{ArchiveLocation, ArchivedRow};
+use waddle_muc::{AccessOracle, Affiliation, ChannelAccess, Outbound, Policy, Room, RoomConfig};
+use waddle_storage::{ChannelRecord, WaddleRecord};
+use waddle_xml::Element;
+
+use crate::ctx::Ctx;
+use crate::router::Origin;
+
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+
+/// Which waddle channel a room belongs to, if any.
+#[derive(Clone, Debug)]
+pub struct ChannelBinding {
+    pub waddle_id: String,
+    pub channel_id: String,
+}
+
+#[derive(Debug)]
+pub enum RoomMsg {
+    Stanza(Element),
+    /// The channel's room is deleted by the REST API.
+    Destroy(String),
+    /// Permissions of the channel changed: re-evaluate occupants.
+    PolicyChanged,
+}
+
+pub struct MucService {
+    pub domain: String,
+    rooms: AsyncMutex<HashMap<String, ActorRef<RoomMsg>>>,
+}
+
+impl MucService {
+    pub fn new(domain: String) -> MucService {
+        MucService { domain, rooms: AsyncMutex::new(HashMap::new()) }
+    }
+
+    pub fn room_jid(&self, channel_id: &str) -> String {
+        format!("{channel_id}@{}", self.domain)
+    }
+
+    async fn forget(&self, room: &str) {
+        self.rooms.lock().await.remove(room);
+    }
+
+    pub async fn running(&self, room: &str) -> Option<ActorRef<RoomMsg>> {
+        self.rooms.lock().await.get(room).cloned()
+    }
+}
+
+/// Entry point from the router for every stanza addressed to the MUC domain.
+pub async fn route(ctx: &Arc<Ctx>, origin: &Origin, stanza: Element, room_node: Option<String>) {
+    let Some(node) = room_node else {
+        service_stanza(ctx, &stanza).await;
+        return;
+    };
+    let room_jid = format!("{node}@{}", ctx.muc.domain);
+    let _ = origin;
+    let mut stanza = stanza;
+    // A temporary room may stop (last occupant left) between lookup and delivery: the
+    // message comes back and the lookup runs once more, which re-creates or reloads it.
+    for _ in 0..2 {
+        match room_for(ctx, &room_jid, &stanza).await {
+            Ok(actor) => match actor.cast(RoomMsg::Stanza(stanza)) {
+                Ok(()) => return,
+                Err(ractor::MessagingErr::SendErr(RoomMsg::Stanza(back))) => {
+                    ctx.muc.forget(&room_jid).await;
+                    stanza = back;
+                }
+                Err(e) => {
+                    tracing::debug!(room = %room_jid, error = %e, "room stopped while routing");
+                    return;
+                }
+            },
+            Err(condition) => {
+                ctx.bounce(&stanza, condition);
+                return;
+            }
+        }
+    }
+    ctx.bounce(&stanza, "service-unavailable");
+}
+
+/// The running actor of `room_jid`, loading a persisted room or creating an ad-hoc one
+/// on a join presence.
+async fn room_for(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<ActorRef<RoomMsg>, &'static str> {
+    let mut rooms = ctx.muc.rooms.lock().await;
+    if let Some(actor) = rooms.get(room_jid) {
+        return Ok(actor.clone());
+    }
+    let node = room_jid.split('@').next().unwrap_or_default().to_owned();
+    let channel = ctx.store.channel(&node).await.map_err(|_| "internal-server-error")?;
+    let snapshot = ctx.store.room_get(room_jid).await.map_err(|_| "internal-server-error")?;
+    let binding = channel.as_ref().map(|c| ChannelBinding { waddle_id: c.waddle_id.clone(), channel_id: c.id.clone() });
+    let mut room = match (&snapshot, &channel) {
+        (Some(s), _) => Room::restore(room_jid, s).map_err(|e| {
+            tracing::error!(room = %room_jid, error = %e, "cannot restore room");
+            "internal-server-error"
+        })?,
+        (None, Some(c)) => Room::new(room_jid, channel_config(c), None, true),
+        (None, None) => {
+            let is_join = stanza.name() == "presence"
+                && stanza.attr("type").is_none()
+                && stanza.attr("to").is_some_and(|t| t.contains('/'));
+            if !is_join {
+                return Err("item-not-found");
+            }
+            let creator = stanza.attr("from").map(|f| f.split('/').next().unwrap_or(f).to_owned());
+            Room::new(room_jid, RoomConfig::default(), creator.as_deref(), false)
+        }
+    };
+    let location = location_of(binding.as_ref());
+    if let Ok(history) = ctx.archive.recent(location, room_jid, room.config().history_max as usize).await {
+        if !history.is_empty() {
+            room.set_history(history.iter().filter_map(history_entry).collect());
+        }
+    }
+    let actor = spawn_room(ctx, room, binding).await?;
+    rooms.insert(room_jid.to_owned(), actor.clone());
+    Ok(actor)
+}
+
+fn location_of(binding: Option<&ChannelBinding>) -> ArchiveLocation {
+    match binding {
+        Some(b) => ArchiveLocation::Waddle(b.waddle_id.clone()),
+        None => ArchiveLocation::AdHocRooms,
+    }
+}
+
+/// Configuration of a channel's room: persistent and members-only; announcement
+/// channels are moderated (only moderators have voice).
+pub fn channel_config(channel: &ChannelRecord) -> RoomConfig {
+    RoomConfig {
+        name: channel.name.clone(),
+        description: channel.topic.clone().unwrap_or_default(),
+        persistent: true,
+        members_only: true,
+        moderated: channel.kind == "announcement",
+        public: false,
+        ..RoomConfig::default()
+    }
+}
+
+async fn spawn_room(
+    ctx: &Arc<Ctx>,
+    room: Room,
+    binding: Option<ChannelBinding>,
+) -> Result<ActorRef<RoomMsg>, &'static str> {
+    let args = RoomArgs { ctx: Arc::clone(ctx), room, binding };
+    match Actor::spawn(None, RoomActor, args).await {
+        Ok((actor, _)) => Ok(actor),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start room actor");
+            Err("internal-server-error")
+        }
+    }
+}
+
+/// Creates (or re-creates) the room of a new channel, persisted so it survives restarts.
+pub async fn create_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord) -> Result<String, String> {
+    let room_jid = ctx.muc.room_jid(&channel.id);
+    let room = Room::new(&room_jid, channel_config(channel), None, true);
+    ctx.store.room_put(&room_jid, &room.snapshot()).await.map_err(|e| e.to_string())?;
+    Ok(room_jid)
+}
+
+pub async fn destroy_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord, reason: &str) {
+    let room_jid = ctx.muc.room_jid(&channel.id);
+    // Load it if it is not running, so that occupants (none then) and storage are handled alike.
+    if let Some(actor) = ctx.muc.running(&room_jid).await {
+        let _ = actor.cast(RoomMsg::Destroy(reason.to_owned()));
+    }
+    if let Err(e) = ctx.store.room_delete(&room_jid).await {
+        tracing::error!(room = %room_jid, error = %e, "cannot delete room record");
+    }
+}
+
+/// Stanzas to the service itself (`muc.<domain>`): discovery.
+async fn service_stanza(ctx: &Arc<Ctx>, stanza: &Element) {
+    if stanza.name() != "iq" || stanza.attr("type") != Some("get") {
+        if stanza.name() == "iq" && stanza.attr("type") == Some("set") {
+            ctx.bounce(stanza, "service-unavailable");
+        }
+        return;
+    }
+    let reply = match iq_payload(stanza) {
+        Some(q) if q.is("query", ns::DISCO_INFO) => iq_result_with(
+            stanza,
+            Element::new("query", ns::DISCO_INFO)
+                .with_child(
+                    Element::new("identity", ns::DISCO_INFO)
+                        .with_attr("category", "conference")
+                        .with_attr("type", "text")
+                        .with_attr("name", "Channels"),
+                )
+                .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO))
+                .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_ITEMS))
+                .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::MUC))
+                .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", NS_MAM)),
+        ),
+        Some(q) if q.is("query", ns::DISCO_ITEMS) => {
+            // Public rooms currently running; channel rooms are hidden (members only).
+            iq_result_with(stanza, Element::new("query", ns::DISCO_ITEMS))
+        }
+        _ => match error_reply(stanza, "service-unavailable", None) {
+            Some(e) => e,
+            None => return,
+        },
+    };
+    ctx.deliver_to_full(reply);
+}
+
+struct RoomActor;
+
+struct RoomArgs {
+    ctx: Arc<Ctx>,
+    room: Room,
+    binding: Option<ChannelBinding>,
+}
+
+struct RoomState {
+    ctx: Arc<Ctx>,
+    room: Room,
+    binding: Option<ChannelBinding>,
+    location: ArchiveLocation,
+}
+
+/// Access decisions for a channel room, from the in-memory permission checker.
+struct ChannelOracle<'a> {
+    permissions: &'a Permissions,
+    domain: &'a str,
+    binding: &'a ChannelBinding,
+}
+
+impl AccessOracle for ChannelOracle<'_> {
+    fn access(&self, user_bare_jid: &str) -> Policy {
+        let denied = Policy::Channel(ChannelAccess {
+            can_view: false,
+            can_send: false,
+            affiliation: Affiliation::None,
+            moderator: false,
+        });
+        let Some((user, domain)) = user_bare_jid.split_once('@') else {
+            return denied;
+        };
+        if domain != self.domain {
+            return denied;
+        }
+        let channel = ObjectRef { kind: "channel".into(), id: self.binding.channel_id.clone() };
+        let waddle = ObjectRef { kind: "waddle".into(), id: self.binding.waddle_id.clone() };
+        let p = self.permissions;
+        let affiliation = if p.check(&waddle, "owner", user) {
+            Affiliation::Owner
+        } else if p.check(&waddle, "administer", user) {
+            Affiliation::Admin
+        } else if p.check(&channel, "view", user) {
+            Affiliation::Member
+        } else {
+            Affiliation::None
+        };
+        Policy::Channel(ChannelAccess {
+            can_view: p.check(&channel, "view", user),
+            can_send: p.check(&channel, "send_message", user),
+            affiliation,
+            moderator: p.check(&channel, "moderate", user),
+        })
+    }
+}
+
+struct StandardOracle;
+
+impl AccessOracle for StandardOracle {
+    fn access(&self, _user_bare_jid: &str) -> Policy {
+        Policy::Standard
+    }
+}
+
+fn with_oracle<R>(ctx: &Ctx, binding: Option<&ChannelBinding>, f: impl FnOnce(&dyn AccessOracle) -> R) -> R {
+    match binding {
+        Some(binding) => f(&ChannelOracle { permissions: &ctx.permissions, domain: &ctx.domain, binding }),
+        None => f(&StandardOracle),
+    }
+}
+
+/// XEP-0082 timestamp (UTC, microseconds) and the same instant in unix microseconds.
+fn now_stamp() -> (String, i64) {
+    let now = time::OffsetDateTime::now_utc();
+    let micros = i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+    let stamp = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    (stamp, micros)
+}
+
+fn stamp_of(micros: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// A unique stanza id (XEP-0359): random, URL-safe.
+pub fn new_stanza_id() -> String {
+    use rand::Rng as _;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut rng = rand::thread_rng();
+    (0..16).map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())])).collect()
+}
+
+fn history_entry(row: &ArchivedRow) -> Option<waddle_muc::HistoryEntry> {
+    let message = Element::from_bytes(row.payload.as_bytes(), ns::CLIENT).ok()?;
+    Some(waddle_muc::HistoryEntry {
+        stanza_id: row.stanza_id.clone(),
+        from_nick: row.from_nick.clone().unwrap_or_default(),
+        from_real: row.with_jid.clone(),
+        message,
+        stamp: stamp_of(row.stamp_micros),
+    })
+}
+
+const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
+
+impl RoomState {
+    fn execute(&mut self, outs: Vec<Outbound>, stamp_micros: i64, myself: &ActorRef<RoomMsg>) {
+        for out in outs {
+            match out {
+                Outbound::Stanza(el) => {
+                    self.ctx.deliver_to_full(el);
+                }
+                Outbound::Archive(entry) => self.archive(entry, stamp_micros),
+                Outbound::Persist => {
+                    if self.room.config().persistent {
+                        let ctx = Arc::clone(&self.ctx);
+                        let jid = self.room.jid().to_owned();
+                        let snapshot = self.room.snapshot();
+                        tokio::spawn(async move {
+                            if let Err(e) = ctx.store.room_put(&jid, &snapshot).await {
+                                tracing::error!(room = %jid, error = %e, "cannot persist room");
+                            }
+                        });
+                    } else {
+                        let ctx = Arc::clone(&self.ctx);
+                        let jid = self.room.jid().to_owned();
+                        tokio::spawn(async move {
+                            let _ = ctx.store.room_delete(&jid).await;
+                        });
+                    }
+                }
+                Outbound::Destroyed => myself.stop(None),
+            }
+        }
+    }
+
+    /// Archives a reflected message after fan-out; the write is batched by the archive
+    /// and never awaited on the room's path.
+    fn archive(&self, entry: waddle_muc::HistoryEntry, stamp_micros: i64) {
+        let room = self.room.jid().to_owned();
+        let mut payload_el = entry.message.clone();
+        payload_el.remove_attr("to");
+        let payload = String::from_utf8_lossy(&payload_el.to_bytes(ns::CLIENT)).into_owned();
+        let body = entry.message.get_child("body", ns::CLIENT).map(Element::text);
+        let retracts = entry.message.get_child("retract", NS_RETRACT).and_then(|r| r.attr("id")).map(str::to_owned);
+        let row = ArchivedRow {
+            stanza_id: entry.stanza_id,
+            archive: room.clone(),
+            with_jid: entry.from_real.split('/').next().unwrap_or_default().to_owned(),
+            from_nick: Some(entry.from_nick),
+            stamp_micros,
+            payload,
+            body,
+            retracted: false,
+        };
+        let archive = self.ctx.archive.clone();
+        let location = self.location.clone();
+        let write = archive.append(location.clone(), row);
+        tokio::spawn(async move {
+            if let Err(e) = write.await {
+                tracing::error!(room = %room, error = %e, "archive write failed");
+            }
+            if let Some(target) = retracts {
+                if let Err(e) = archive.retract(location, &room, &target).await {
+                    tracing::error!(room = %room, error = %e, "archive retraction failed");
+                }
+            }
+        });
+    }
+
+    fn may_query_archive(&self, requester_bare: &str, requester_full: &str) -> bool {
+        match with_oracle(&self.ctx, self.binding.as_ref(), |o| o.access(requester_bare)) {
+            Policy::Channel(access) => access.can_view,
+            Policy::Standard => !self.room.config().members_only || self.room.is_occupant(requester_full),
+        }
+    }
+
+    /// XEP-0313 query on the room archive: answered from a separate task so a long
+    /// query never stalls the room.
+    fn mam_query(&self, iq: Element) {
+        let from = iq.attr("from").unwrap_or_default().to_owned();
+        let bare = from.split('/').next().unwrap_or_default().to_owned();
+        if !self.may_query_archive(&bare, &from) {
+            if let Some(err) = error_reply(&iq, "forbidden", None) {
+                self.ctx.deliver_to_full(err);
+            }
+            return;
+        }
+        let ctx = Arc::clone(&self.ctx);
+        let location = self.location.clone();
+        let room = self.room.jid().to_owned();
+        tokio::spawn(async move { crate::mam::answer_query(&ctx, location, &room, &room, iq).await });
+    }
+}
+
+impl Actor for RoomActor {
+    type Msg = RoomMsg;
+    type State = RoomState;
+    type Arguments = RoomArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<RoomMsg>, args: RoomArgs) -> Result<RoomState, ActorProcessingErr> {
+        let location = location_of(args.binding.as_ref());
+        Ok(RoomState { ctx: args.ctx, room: args.room, binding: args.binding, location })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RoomMsg>,
+        msg: RoomMsg,
+        state: &mut RoomState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (stamp, micros) = now_stamp();
+        let outs = match msg {
+            RoomMsg::Stanza(el) => {
+                let is_mam = el.name() == "iq"
+                    && el.attr("to").is_some_and(|t| !t.contains('/'))
+                    && iq_payload(&el).is_some_and(|p| p.ns() == NS_MAM);
+                if is_mam {
+                    state.mam_query(el);
+                    return Ok(());
+                }
+                let mut next_id = new_stanza_id;
+                let RoomState { ctx, room, binding, .. } = state;
+                with_oracle(ctx, binding.as_ref(), |oracle| room.handle(&el, oracle, &stamp, &mut next_id))
+            }
+            RoomMsg::Destroy(reason) => state.room.destroy(Some(&reason), None),
+            RoomMsg::PolicyChanged => {
+                let RoomState { ctx, room, binding, .. } = state;
+                with_oracle(ctx, binding.as_ref(), |oracle| room.apply_policy_change(oracle))
+            }
+        };
+        state.execute(outs, micros, &myself);
+        if state.room.is_empty() && !state.room.config().persistent {
+            // A temporary room ends with its last occupant (XEP-0045 §10.1.3).
+            myself.stop(None);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<RoomMsg>, state: &mut RoomState) -> Result<(), ActorProcessingErr> {
+        state.ctx.muc.forget(state.room.jid()).await;
+        Ok(())
+    }
+}
+
+/// The node's implementation of the REST API's room hooks.
+pub struct NodeRooms {
+    pub ctx: std::sync::Weak<Ctx>,
+    pub muc_domain: String,
+}
+
+impl waddle_api::RoomControl for NodeRooms {
+    fn channel_created(
+        &self,
+        _waddle: &WaddleRecord,
+        channel: &ChannelRecord,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>> {
+        let channel = channel.clone();
+        Box::pin(async move {
+            let ctx = self.ctx.upgrade().ok_or_else(|| "node is shutting down".to_owned())?;
+            create_channel_room(&ctx, &channel).await
+        })
+    }
+
+    fn channel_deleted(
+        &self,
+        channel: &ChannelRecord,
+        reason: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let channel = channel.clone();
+        let reason = reason.to_owned();
+        Box::pin(async move {
+            if let Some(ctx) = self.ctx.upgrade() {
+                destroy_channel_room(&ctx, &channel, &reason).await;
+            }
+        })
+    }
+
+    fn room_jid(&self, channel: &ChannelRecord) -> String {
+        format!("{}@{}", channel.id, self.muc_domain)
+    }
+}
