@@ -397,11 +397,8 @@ impl RoomState {
         });
     }
 
-    fn may_query_archive(&self, requester_bare: &str, requester_full: &str) -> bool {
-        match with_oracle(&self.ctx, self.binding.as_ref(), |o| o.access(requester_bare)) {
-            Policy::Channel(access) => access.can_view,
-            Policy::Standard => !self.room.config().members_only || self.room.is_occupant(requester_full),
-        }
+    fn may_query_archive(&self, requester_bare: &str) -> bool {
+        with_oracle(&self.ctx, self.binding.as_ref(), |o| self.room.may_read_archive(requester_bare, o))
     }
 
     /// XEP-0313 query on the room archive: answered from a separate task so a long
@@ -409,7 +406,7 @@ impl RoomState {
     fn mam_query(&self, iq: Element) {
         let from = iq.attr("from").unwrap_or_default().to_owned();
         let bare = from.split('/').next().unwrap_or_default().to_owned();
-        if !self.may_query_archive(&bare, &from) {
+        if !self.may_query_archive(&bare) {
             if let Some(err) = error_reply(&iq, "forbidden", None) {
                 self.ctx.deliver_to_full(err);
             }
@@ -507,5 +504,19 @@ impl waddle_api::RoomControl for NodeRooms {
 
     fn room_jid(&self, channel: &ChannelRecord) -> String {
         format!("{}@{}", channel.id, self.muc_domain)
+    }
+
+    /// Membership or roles changed in a waddle: running rooms of its channels
+    /// re-evaluate their occupants (those who lost access are removed with status 321).
+    fn access_changed(&self, _waddle: &WaddleRecord, channels: &[ChannelRecord]) -> waddle_api::BoxFuture<'_, ()> {
+        let rooms: Vec<String> = channels.iter().map(|c| self.room_jid(c)).collect();
+        Box::pin(async move {
+            let Some(ctx) = self.ctx.upgrade() else { return };
+            for room in rooms {
+                if let Some(actor) = ctx.muc.running(&room).await {
+                    let _ = actor.cast(RoomMsg::PolicyChanged);
+                }
+            }
+        })
     }
 }

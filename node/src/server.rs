@@ -25,6 +25,10 @@ fn error(iq: &Element, condition: &str) -> Option<Element> {
     error_reply(iq, condition, None)
 }
 
+fn error_with_text(iq: &Element, condition: &str, text: &str) -> Option<Element> {
+    error_reply(iq, condition, Some(text))
+}
+
 async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> {
     let iq_type = iq.attr("type").unwrap_or("");
     if !matches!(iq_type, "get" | "set") {
@@ -181,6 +185,14 @@ async fn registration_set(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elem
     }
     let bare = origin.bare();
     let username = bare.node()?.as_str().to_owned();
+    if !ctx.permissions.lookup_objects("waddle", "owner", &username).is_empty() {
+        return error_with_text(iq, "not-allowed", "delete or hand over the waddles you own first");
+    }
+    // Roles go first: a later account with the same name must not inherit them.
+    if let Err(e) = ctx.permissions.remove_user(&username).await {
+        tracing::error!(error = %e, "removing the account's permissions failed");
+        return error(iq, "internal-server-error");
+    }
     if let Err(e) = ctx.store.delete_account(&username).await {
         tracing::error!(error = %e, "account removal failed");
         return error(iq, "internal-server-error");
