@@ -60,3 +60,18 @@ impl From<libsql::Error> for MamError {
         MamError::Database(e.to_string())
     }
 }
+
+impl From<waddle_storage::db::Error> for MamError {
+    fn from(e: waddle_storage::db::Error) -> Self {
+        match e {
+            waddle_storage::db::Error::SchemaTooNew { found, supported } => MamError::SchemaTooNew { found, supported },
+            other => MamError::Database(other.to_string()),
+        }
+    }
+}
+
+impl waddle_storage::db::DbError for MamError {
+    fn rollback_failed(error: &libsql::Error) {
+        tracing::error!(error = %error, "mam: rollback failed");
+    }
+}

@@ -34,3 +34,19 @@ impl From<libsql::Error> for StorageError {
         StorageError::Database(e.to_string())
     }
 }
+
+impl From<crate::db::Error> for StorageError {
+    fn from(e: crate::db::Error) -> Self {
+        match e {
+            crate::db::Error::NoRow { .. } => StorageError::Database(e.to_string()),
+            crate::db::Error::OutOfRange { .. } => StorageError::Invalid(e.to_string()),
+            crate::db::Error::SchemaTooNew { found, supported } => StorageError::SchemaTooNew { found, supported },
+        }
+    }
+}
+
+impl crate::db::DbError for StorageError {
+    fn rollback_failed(error: &libsql::Error) {
+        tracing::error!(error = %error, "storage: rollback failed");
+    }
+}

@@ -17,18 +17,25 @@
 //! so no tokio worker ever blocks on SQLite. Multi-statement changes (a roster write and
 //! its version bump, an account and everything it owns) are single transactions.
 //!
+//! It also exposes [`db`], the libSQL helpers (draining queries, transactions, the
+//! versioned migration runner) that `waddle-mam` shares for its archive files, and, with
+//! the `test-util` feature, `test_util` (test scaffolding for those crates).
+//!
 //! It must never: hold clear-text passwords or clear-text tokens; interpret XML or XMPP
 //! semantics (subscription rules, JID normalization, username policy are the callers'
 //! job); read or write anything but its own database file; or run blocking database calls
 //! on the async runtime.
 
+pub mod db;
 mod error;
 mod model;
 mod schema;
-mod sql;
 mod store;
 mod store_waddles;
 mod worker;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 
 #[cfg(test)]
 mod tests;
@@ -37,3 +44,6 @@ pub use error::StorageError;
 pub use model::{AccountRecord, ChannelRecord, RosterRow, StoredScram, TokenKind, TokenRecord, WaddleRecord};
 pub use schema::SCHEMA_VERSION;
 pub use store::Store;
+
+/// The [`db`] helpers, returning [`StorageError`].
+type Sql = db::Sql<StorageError>;

@@ -3,12 +3,13 @@
 //! `schema_version` records every migration applied (one row each). A migration is a
 //! numbered SQL batch applied at most once, inside a transaction together with its
 //! `schema_version` row, so a crash mid-migration leaves the database at the previous
-//! version. Migrations are append-only: never edit a shipped one, add the next number.
+//! version (the runner is [`crate::db::Sql::migrate`]). Migrations are append-only: never edit a
+//! shipped one, add the next number.
 
 use libsql::Connection;
 
-use crate::sql::{self, Tx};
-use crate::StorageError;
+use crate::db::Migration;
+use crate::{Sql, StorageError};
 
 /// Version 1: accounts, tokens, rosters, offline messages, vCards.
 const V1: &str = "
@@ -102,55 +103,14 @@ CREATE TABLE rooms (
 ";
 
 /// Every migration, in order. Append only.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[Migration] = &[Migration { version: 1, sql: V1 }, Migration { version: 2, sql: V2 }];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: u32 = 2;
 
-const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION as i64);
-
-/// Highest applied migration (0 for a fresh database).
-pub(crate) async fn current_version(conn: &Connection) -> Result<i64, StorageError> {
-    sql::query_i64(conn, "SELECT COALESCE(MAX(version), 0) FROM schema_version", ()).await
-}
+const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION as i64);
 
 /// Brings the schema up to [`SCHEMA_VERSION`]; refuses databases from a newer build.
 pub(crate) async fn migrate(conn: &Connection) -> Result<(), StorageError> {
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (
-            version    INTEGER NOT NULL PRIMARY KEY,
-            applied_at INTEGER NOT NULL
-        )",
-        (),
-    )
-    .await?;
-    let found = current_version(conn).await?;
-    let supported = i64::from(SCHEMA_VERSION);
-    if found > supported {
-        return Err(StorageError::SchemaTooNew { found, supported });
-    }
-    for &(version, batch) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
-        let applied = sql::in_tx(conn, Tx::Write, async {
-            // Re-read under the write lock: another process may have migrated meanwhile.
-            if current_version(conn).await? >= version {
-                return Ok(false);
-            }
-            drop(conn.execute_batch(batch).await?);
-            conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)", (version, unix_now()))
-                .await?;
-            Ok(true)
-        })
-        .await?;
-        if applied {
-            tracing::info!(version, "storage: applied schema migration");
-        }
-    }
-    Ok(())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    Sql::migrate(conn, MIGRATIONS, |version| tracing::info!(version, "storage: applied schema migration")).await
 }

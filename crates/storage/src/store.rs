@@ -4,10 +4,11 @@ use std::path::Path;
 
 use libsql::{Connection, Row};
 
+use crate::db::Tx;
 use crate::model::SUBSCRIPTIONS;
-use crate::sql::{self, in_tx, query_all, query_i64, query_opt, Tx};
 use crate::worker::Worker;
-use crate::{schema, AccountRecord, RosterRow, StorageError, StoredScram, TokenKind, TokenRecord};
+use crate::Sql;
+use crate::{AccountRecord, RosterRow, StorageError, StoredScram, TokenKind, TokenRecord};
 
 /// Handle to the database. Cloning is cheap; every clone talks to the same storage thread,
 /// which closes the database once the last clone is dropped.
@@ -40,9 +41,7 @@ impl Store {
 
     /// The schema version of the open database (see [`crate::SCHEMA_VERSION`]).
     pub async fn schema_version(&self) -> Result<u32, StorageError> {
-        self.worker
-            .call(|conn| async move { sql::to_u32(schema::current_version(&conn).await?, "schema version") })
-            .await
+        self.worker.call(|conn| async move { Sql::to_u32(Sql::current_version(&conn).await?, "schema version") }).await
     }
 
     /// Creates an account; [`StorageError::AlreadyExists`] on a duplicate username.
@@ -90,7 +89,7 @@ impl Store {
         let username = username.to_owned();
         self.worker
             .call(move |conn| async move {
-                query_opt(
+                Sql::query_opt(
                     &conn,
                     &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE username = ?1"),
                     [username],
@@ -114,7 +113,7 @@ impl Store {
         let username = username.to_owned();
         self.worker
             .call(move |conn| async move {
-                let existed = in_tx(&conn, Tx::Write, async {
+                let existed = Sql::in_tx(&conn, Tx::Write, async {
                     for table in ["roster", "offline", "tokens", "vcards"] {
                         conn.execute(&format!("DELETE FROM {table} WHERE username = ?1"), [username.as_str()]).await?;
                     }
@@ -143,7 +142,7 @@ impl Store {
         let username = username.to_owned();
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
+                Sql::in_tx(&conn, Tx::Write, async {
                     if !exists(&conn, &username).await? {
                         return Err(StorageError::NotFound);
                     }
@@ -175,7 +174,7 @@ impl Store {
     ) -> Result<Option<TokenRecord>, StorageError> {
         self.worker
             .call(move |conn| async move {
-                query_opt(
+                Sql::query_opt(
                     &conn,
                     "SELECT username, expires_at FROM tokens \
                      WHERE kind = ?1 AND token_hash = ?2 AND expires_at > ?3",
@@ -205,8 +204,8 @@ impl Store {
         let username = username.to_owned();
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Read, async {
-                    let version = query_opt(
+                Sql::in_tx(&conn, Tx::Read, async {
+                    let version = Sql::query_opt(
                         &conn,
                         "SELECT roster_version FROM accounts WHERE username = ?1",
                         [username.as_str()],
@@ -214,14 +213,14 @@ impl Store {
                     )
                     .await?
                     .unwrap_or(0);
-                    let rows = query_all(
+                    let rows = Sql::query_all(
                         &conn,
                         &format!("SELECT {ROSTER_COLUMNS} FROM roster WHERE username = ?1 ORDER BY contact"),
                         [username.as_str()],
                         roster_from_row,
                     )
                     .await?;
-                    Ok((sql::to_u64(version, "roster version")?, rows))
+                    Ok((Sql::to_u64(version, "roster version")?, rows))
                 })
                 .await
             })
@@ -233,7 +232,7 @@ impl Store {
         let (username, contact) = (username.to_owned(), contact.to_owned());
         self.worker
             .call(move |conn| async move {
-                query_opt(
+                Sql::query_opt(
                     &conn,
                     &format!("SELECT {ROSTER_COLUMNS} FROM roster WHERE username = ?1 AND contact = ?2"),
                     [username, contact],
@@ -259,7 +258,7 @@ impl Store {
         let row = row.clone();
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
+                Sql::in_tx(&conn, Tx::Write, async {
                     let version = bump_roster_version(&conn, &username).await?;
                     conn.execute(
                         &format!(
@@ -296,8 +295,8 @@ impl Store {
         let (username, contact) = (username.to_owned(), contact.to_owned());
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
-                    let Some(current) = query_opt(
+                Sql::in_tx(&conn, Tx::Write, async {
+                    let Some(current) = Sql::query_opt(
                         &conn,
                         "SELECT roster_version FROM accounts WHERE username = ?1",
                         [username.as_str()],
@@ -314,7 +313,7 @@ impl Store {
                         )
                         .await?;
                     if deleted == 0 {
-                        return sql::to_u64(current, "roster version");
+                        return Sql::to_u64(current, "roster version");
                     }
                     bump_roster_version(&conn, &username).await
                 })
@@ -336,12 +335,12 @@ impl Store {
         let (username, stanza) = (username.to_owned(), stanza_xml.to_owned());
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
+                Sql::in_tx(&conn, Tx::Write, async {
                     if !exists(&conn, &username).await? {
                         return Err(StorageError::NotFound);
                     }
                     let count =
-                        query_i64(&conn, "SELECT COUNT(*) FROM offline WHERE username = ?1", [username.as_str()])
+                        Sql::query_i64(&conn, "SELECT COUNT(*) FROM offline WHERE username = ?1", [username.as_str()])
                             .await?;
                     if count >= i64::from(max_per_user) {
                         return Ok(false);
@@ -359,8 +358,8 @@ impl Store {
         let username = username.to_owned();
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
-                    let messages = query_all(
+                Sql::in_tx(&conn, Tx::Write, async {
+                    let messages = Sql::query_all(
                         &conn,
                         "SELECT stanza FROM offline WHERE username = ?1 ORDER BY id",
                         [username.as_str()],
@@ -382,8 +381,8 @@ impl Store {
         let username = username.to_owned();
         self.worker
             .call(move |conn| async move {
-                let n = query_i64(&conn, "SELECT COUNT(*) FROM offline WHERE username = ?1", [username]).await?;
-                sql::to_u64(n, "offline count")
+                let n = Sql::query_i64(&conn, "SELECT COUNT(*) FROM offline WHERE username = ?1", [username]).await?;
+                Sql::to_u64(n, "offline count")
             })
             .await
     }
@@ -393,8 +392,10 @@ impl Store {
         let username = username.to_owned();
         self.worker
             .call(move |conn| async move {
-                query_opt(&conn, "SELECT xml FROM vcards WHERE username = ?1", [username], |r| Ok(r.get::<String>(0)?))
-                    .await
+                Sql::query_opt(&conn, "SELECT xml FROM vcards WHERE username = ?1", [username], |r| {
+                    Ok(r.get::<String>(0)?)
+                })
+                .await
             })
             .await
     }
@@ -405,7 +406,7 @@ impl Store {
         let (username, xml) = (username.to_owned(), xml.to_owned());
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
+                Sql::in_tx(&conn, Tx::Write, async {
                     if !exists(&conn, &username).await? {
                         return Err(StorageError::NotFound);
                     }
@@ -426,7 +427,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.worker
             .call(|conn| async move {
-                match query_i64(&conn, "SELECT 1", ()).await? {
+                match Sql::query_i64(&conn, "SELECT 1", ()).await? {
                     1 => Ok(()),
                     other => Err(StorageError::Database(format!("SELECT 1 returned {other}"))),
                 }
@@ -436,7 +437,7 @@ impl Store {
 }
 
 async fn exists(conn: &Connection, username: &str) -> Result<bool, StorageError> {
-    Ok(query_opt(conn, "SELECT 1 FROM accounts WHERE username = ?1", [username], |_| Ok(())).await?.is_some())
+    Ok(Sql::query_opt(conn, "SELECT 1 FROM accounts WHERE username = ?1", [username], |_| Ok(())).await?.is_some())
 }
 
 /// Takes the next value of the database-wide roster version counter and makes it the
@@ -446,9 +447,9 @@ async fn bump_roster_version(conn: &Connection, username: &str) -> Result<u64, S
         return Err(StorageError::NotFound);
     }
     conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'roster_version'", ()).await?;
-    let version = query_i64(conn, "SELECT value FROM counters WHERE name = 'roster_version'", ()).await?;
+    let version = Sql::query_i64(conn, "SELECT value FROM counters WHERE name = 'roster_version'", ()).await?;
     conn.execute("UPDATE accounts SET roster_version = ?2 WHERE username = ?1", (username, version)).await?;
-    sql::to_u64(version, "roster version")
+    Sql::to_u64(version, "roster version")
 }
 
 fn account_from_row(r: &Row) -> Result<AccountRecord, StorageError> {
@@ -456,7 +457,7 @@ fn account_from_row(r: &Row) -> Result<AccountRecord, StorageError> {
         Ok(StoredScram {
             hash: r.get(first)?,
             salt: r.get(first + 1)?,
-            iterations: sql::to_u32(r.get(first + 2)?, "SCRAM iteration count")?,
+            iterations: Sql::to_u32(r.get(first + 2)?, "SCRAM iteration count")?,
             stored_key: r.get(first + 3)?,
             server_key: r.get(first + 4)?,
         })

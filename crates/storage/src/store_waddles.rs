@@ -2,8 +2,9 @@
 
 use libsql::{Connection, Row};
 
+use crate::db::Tx;
 use crate::model::CHANNEL_KINDS;
-use crate::sql::{self, in_tx, query_all, query_i64, query_opt, Tx};
+use crate::Sql;
 use crate::{ChannelRecord, StorageError, Store, WaddleRecord};
 
 const WADDLE_COLUMNS: &str = "id, name, description, owner, created_at";
@@ -46,8 +47,13 @@ impl Store {
         let id = id.to_owned();
         self.worker
             .call(move |conn| async move {
-                query_opt(&conn, &format!("SELECT {WADDLE_COLUMNS} FROM waddles WHERE id = ?1"), [id], waddle_from_row)
-                    .await
+                Sql::query_opt(
+                    &conn,
+                    &format!("SELECT {WADDLE_COLUMNS} FROM waddles WHERE id = ?1"),
+                    [id],
+                    waddle_from_row,
+                )
+                .await
             })
             .await
     }
@@ -61,12 +67,12 @@ impl Store {
         let ids = ids.to_vec();
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Read, async {
+                Sql::in_tx(&conn, Tx::Read, async {
                     let mut out = Vec::with_capacity(ids.len());
                     for chunk in ids.chunks(IN_CHUNK) {
                         let placeholders = (1..=chunk.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
                         out.extend(
-                            query_all(
+                            Sql::query_all(
                                 &conn,
                                 &format!("SELECT {WADDLE_COLUMNS} FROM waddles WHERE id IN ({placeholders})"),
                                 chunk.to_vec(),
@@ -113,7 +119,7 @@ impl Store {
         let id = id.to_owned();
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
+                Sql::in_tx(&conn, Tx::Write, async {
                     if conn.execute("DELETE FROM waddles WHERE id = ?1", [id.as_str()]).await? == 0 {
                         return Err(StorageError::NotFound);
                     }
@@ -133,7 +139,7 @@ impl Store {
     pub async fn channel_create(&self, c: &ChannelRecord) -> Result<(), StorageError> {
         validate_channel(c)?;
         let c = c.clone();
-        self.worker.call(move |conn| async move { in_tx(&conn, Tx::Write, insert_channel(&conn, c)).await }).await
+        self.worker.call(move |conn| async move { Sql::in_tx(&conn, Tx::Write, insert_channel(&conn, c)).await }).await
     }
 
     /// [`Store::channel_create`], unless the waddle already has `max` channels: then
@@ -145,10 +151,13 @@ impl Store {
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
-                    let count =
-                        query_i64(&conn, "SELECT COUNT(*) FROM channels WHERE waddle_id = ?1", [c.waddle_id.as_str()])
-                            .await?;
+                Sql::in_tx(&conn, Tx::Write, async {
+                    let count = Sql::query_i64(
+                        &conn,
+                        "SELECT COUNT(*) FROM channels WHERE waddle_id = ?1",
+                        [c.waddle_id.as_str()],
+                    )
+                    .await?;
                     if count >= max {
                         return Ok(false);
                     }
@@ -164,7 +173,7 @@ impl Store {
         let id = id.to_owned();
         self.worker
             .call(move |conn| async move {
-                query_opt(
+                Sql::query_opt(
                     &conn,
                     &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
                     [id],
@@ -186,8 +195,9 @@ impl Store {
         let waddle_id = waddle_id.to_owned();
         self.worker
             .call(move |conn| async move {
-                let n = query_i64(&conn, "SELECT COUNT(*) FROM channels WHERE waddle_id = ?1", [waddle_id]).await?;
-                sql::to_u64(n, "channel count")
+                let n =
+                    Sql::query_i64(&conn, "SELECT COUNT(*) FROM channels WHERE waddle_id = ?1", [waddle_id]).await?;
+                Sql::to_u64(n, "channel count")
             })
             .await
     }
@@ -200,16 +210,16 @@ impl Store {
         let c = c.clone();
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
+                Sql::in_tx(&conn, Tx::Write, async {
                     let Some(waddle_id) =
-                        query_opt(&conn, "SELECT waddle_id FROM channels WHERE id = ?1", [c.id.as_str()], |r| {
+                        Sql::query_opt(&conn, "SELECT waddle_id FROM channels WHERE id = ?1", [c.id.as_str()], |r| {
                             Ok(r.get::<String>(0)?)
                         })
                         .await?
                     else {
                         return Err(StorageError::NotFound);
                     };
-                    let clash = query_opt(
+                    let clash = Sql::query_opt(
                         &conn,
                         "SELECT 1 FROM channels WHERE waddle_id = ?1 AND name = ?2 AND id <> ?3",
                         [waddle_id.as_str(), c.name.as_str(), c.id.as_str()],
@@ -249,7 +259,8 @@ impl Store {
     pub async fn tuples_all(&self) -> Result<Vec<String>, StorageError> {
         self.worker
             .call(|conn| async move {
-                query_all(&conn, "SELECT tuple FROM authz_tuples ORDER BY tuple", (), |r| Ok(r.get::<String>(0)?)).await
+                Sql::query_all(&conn, "SELECT tuple FROM authz_tuples ORDER BY tuple", (), |r| Ok(r.get::<String>(0)?))
+                    .await
             })
             .await
     }
@@ -279,7 +290,7 @@ impl Store {
         let tuples = tuples.to_vec();
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
+                Sql::in_tx(&conn, Tx::Write, async {
                     for tuple in &tuples {
                         conn.execute(
                             "INSERT INTO authz_tuples (tuple) VALUES (?1) ON CONFLICT DO NOTHING",
@@ -313,7 +324,7 @@ impl Store {
         let tuples = tuples.to_vec();
         self.worker
             .call(move |conn| async move {
-                in_tx(&conn, Tx::Write, async {
+                Sql::in_tx(&conn, Tx::Write, async {
                     for tuple in &tuples {
                         conn.execute("DELETE FROM authz_tuples WHERE tuple = ?1", [tuple.as_str()]).await?;
                     }
@@ -329,7 +340,8 @@ impl Store {
         let room_jid = room_jid.to_owned();
         self.worker
             .call(move |conn| async move {
-                query_opt(&conn, "SELECT blob FROM rooms WHERE jid = ?1", [room_jid], |r| Ok(r.get::<String>(0)?)).await
+                Sql::query_opt(&conn, "SELECT blob FROM rooms WHERE jid = ?1", [room_jid], |r| Ok(r.get::<String>(0)?))
+                    .await
             })
             .await
     }
@@ -366,7 +378,8 @@ impl Store {
 
 /// Inserts a channel of an existing waddle (inside a write transaction).
 async fn insert_channel(conn: &Connection, c: ChannelRecord) -> Result<(), StorageError> {
-    if query_opt(conn, "SELECT 1 FROM waddles WHERE id = ?1", [c.waddle_id.as_str()], |_| Ok(())).await?.is_none() {
+    if Sql::query_opt(conn, "SELECT 1 FROM waddles WHERE id = ?1", [c.waddle_id.as_str()], |_| Ok(())).await?.is_none()
+    {
         return Err(StorageError::NotFound);
     }
     let inserted = conn
@@ -383,7 +396,7 @@ async fn insert_channel(conn: &Connection, c: ChannelRecord) -> Result<(), Stora
 }
 
 async fn channels_of(conn: &Connection, waddle_id: &str) -> Result<Vec<ChannelRecord>, StorageError> {
-    query_all(
+    Sql::query_all(
         conn,
         &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE waddle_id = ?1 ORDER BY name, id"),
         [waddle_id],

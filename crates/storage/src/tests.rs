@@ -1,35 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 
+use crate::test_util::TempDir;
 use crate::*;
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "waddle-storage-test-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("waddle.db")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir() -> TempDir {
+    TempDir::new("waddle-storage-test")
 }
 
 async fn memory() -> Store {
@@ -258,8 +235,8 @@ async fn ping_and_schema_version() {
 
 #[tokio::test]
 async fn writes_survive_reopen_and_migrations_are_idempotent() {
-    let dir = TempDir::new();
-    let path = dir.db();
+    let dir = temp_dir();
+    let path = dir.join("waddle.db");
     let (mut version, before) = {
         let store = Store::open(&path).await.unwrap();
         store.create_account(account("alice")).await.unwrap();
@@ -287,7 +264,7 @@ async fn writes_survive_reopen_and_migrations_are_idempotent() {
     let store = Store::open(&path).await.unwrap();
     let rows = store
         .worker
-        .call(|conn| async move { crate::sql::query_i64(&conn, "SELECT COUNT(*) FROM schema_version", ()).await })
+        .call(|conn| async move { Sql::query_i64(&conn, "SELECT COUNT(*) FROM schema_version", ()).await })
         .await
         .unwrap();
     assert_eq!(rows, i64::from(SCHEMA_VERSION));
@@ -296,13 +273,11 @@ async fn writes_survive_reopen_and_migrations_are_idempotent() {
 
 #[tokio::test]
 async fn wal_mode_is_enabled_on_files() {
-    let dir = TempDir::new();
-    let store = Store::open(&dir.db()).await.unwrap();
+    let dir = temp_dir();
+    let store = Store::open(&dir.join("waddle.db")).await.unwrap();
     let mode = store
         .worker
-        .call(|conn| async move {
-            crate::sql::query_opt(&conn, "PRAGMA journal_mode", (), |r| Ok(r.get::<String>(0)?)).await
-        })
+        .call(|conn| async move { Sql::query_opt(&conn, "PRAGMA journal_mode", (), |r| Ok(r.get::<String>(0)?)).await })
         .await
         .unwrap();
     assert_eq!(mode.as_deref(), Some("wal"));
@@ -310,8 +285,8 @@ async fn wal_mode_is_enabled_on_files() {
 
 #[tokio::test]
 async fn newer_schema_is_refused() {
-    let dir = TempDir::new();
-    let path = dir.db();
+    let dir = temp_dir();
+    let path = dir.join("waddle.db");
     {
         let store = Store::open(&path).await.unwrap();
         store
@@ -331,8 +306,8 @@ async fn newer_schema_is_refused() {
 
 #[tokio::test]
 async fn open_fails_cleanly_on_a_bad_path() {
-    let dir = TempDir::new();
-    let bad = dir.0.join("missing-dir").join("waddle.db");
+    let dir = temp_dir();
+    let bad = dir.join("missing-dir").join("waddle.db");
     assert!(matches!(Store::open(&bad).await, Err(StorageError::Database(_))));
 }
 
@@ -343,7 +318,7 @@ async fn failed_transaction_rolls_back() {
     let result: Result<(), StorageError> = store
         .worker
         .call(|conn| async move {
-            crate::sql::in_tx(&conn, crate::sql::Tx::Write, async {
+            Sql::in_tx(&conn, crate::db::Tx::Write, async {
                 conn.execute("DELETE FROM accounts", ()).await?;
                 Err(StorageError::Invalid("abort".into()))
             })
@@ -552,8 +527,8 @@ async fn tuples_and_rooms() {
 
 #[tokio::test]
 async fn version_1_databases_are_migrated_to_2() {
-    let dir = TempDir::new();
-    let path = dir.db();
+    let dir = temp_dir();
+    let path = dir.join("waddle.db");
     {
         // Make a version-1 database: everything of version 2 undone.
         let store = Store::open(&path).await.unwrap();
@@ -604,4 +579,16 @@ async fn channel_limit_and_batched_tuple_writes() {
     assert!(matches!(store.tuples_write_batch(&bad).await, Err(StorageError::Invalid(_))));
     assert_eq!(store.tuples_all().await.unwrap().len(), 2);
     store.tuples_write_batch(&[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn shared_db_helper_errors_map_into_storage_errors() {
+    assert!(matches!(Sql::to_u32(-1, "SCRAM iteration count"),
+        Err(StorageError::Invalid(m)) if m == "SCRAM iteration count out of range: -1"));
+    assert!(matches!(Sql::to_u64(-2, "roster version"),
+        Err(StorageError::Invalid(m)) if m == "roster version out of range: -2"));
+    assert_eq!(Sql::to_u64(7, "offline count").unwrap(), 7);
+    let store = memory().await;
+    let none = store.worker.call(|conn| async move { Sql::query_i64(&conn, "SELECT 1 WHERE 0", ()).await }).await;
+    assert!(matches!(none, Err(StorageError::Database(m)) if m == "no row returned by: SELECT 1 WHERE 0"));
 }

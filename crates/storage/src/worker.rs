@@ -15,7 +15,7 @@ use std::time::Duration;
 use libsql::{Connection, Database};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{schema, sql, StorageError};
+use crate::{schema, Sql, StorageError};
 
 /// A job's future: it runs on the storage thread only, so it need not be `Send`.
 type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
@@ -94,7 +94,7 @@ fn run(path: PathBuf, mut queue: mpsc::Receiver<Job>, ready: oneshot::Sender<Res
             // The caller sees `Closed` (its reply sender was dropped). Never leave a
             // half-done transaction open for the next job.
             tracing::error!("storage: a database job panicked");
-            rt.block_on(sql::rollback(&conn));
+            rt.block_on(Sql::rollback(&conn));
         }
     }
     drop(conn);
@@ -107,13 +107,13 @@ async fn open(path: &Path) -> Result<(Database, Connection), StorageError> {
     let db = libsql::Builder::new_local(path).build().await?;
     let conn = db.connect()?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode = sql::query_opt(&conn, "PRAGMA journal_mode=WAL", (), |r| Ok(r.get::<String>(0)?)).await?;
+    let mode = Sql::query_opt(&conn, "PRAGMA journal_mode=WAL", (), |r| Ok(r.get::<String>(0)?)).await?;
     let mode = mode.unwrap_or_default();
     if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
         tracing::warn!(journal_mode = %mode, "storage: WAL mode is not available");
     }
     // FULL: a commit is on disk before the caller is told it succeeded.
-    sql::query_all(&conn, "PRAGMA synchronous=FULL", (), |_| Ok(())).await?;
+    Sql::query_all(&conn, "PRAGMA synchronous=FULL", (), |_| Ok(())).await?;
     schema::migrate(&conn).await?;
     Ok((db, conn))
 }

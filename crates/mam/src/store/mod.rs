@@ -16,7 +16,6 @@ mod ops;
 mod pool;
 mod reader;
 mod schema;
-mod sql;
 mod writer;
 
 #[cfg(test)]
@@ -36,6 +35,9 @@ use crate::{MamError, MamQuery};
 use ops::{EntryKey, NewMessage};
 use reader::Reader;
 use writer::{Counters, WriteCmd};
+
+/// The shared libSQL helpers ([`waddle_storage::db`]), returning [`MamError`].
+type Sql = waddle_storage::db::Sql<MamError>;
 
 /// File of ad-hoc (not waddle-bound) rooms.
 pub const ROOMS_FILE: &str = "rooms.db";

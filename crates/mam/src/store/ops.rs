@@ -3,7 +3,9 @@
 
 use libsql::{Connection, Row, Value};
 
-use super::sql::{in_tx, query_all, query_i64, query_opt, to_u64, Tx};
+use waddle_storage::db::Tx;
+
+use super::Sql;
 use crate::{ArchiveEdge, ArchiveMetadata, ArchivedRow, MamError, MamQuery, Page};
 
 /// What a retracted message's payload becomes: nothing is kept of the content.
@@ -37,7 +39,7 @@ pub(crate) async fn insert(conn: &Connection, msg: &NewMessage) -> Result<Result
             return Ok(Err(MamError::Duplicate(e.stanza_id.clone())));
         }
     }
-    let id = query_i64(
+    let id = Sql::query_i64(
         conn,
         "INSERT INTO messages (stamp, payload, body) VALUES (?1, ?2, ?3) RETURNING id",
         (msg.stamp, msg.payload.as_str(), msg.body.as_deref()),
@@ -58,8 +60,8 @@ pub(crate) async fn insert(conn: &Connection, msg: &NewMessage) -> Result<Result
 /// leaves the full-text index), the entries keep id, stamp and `with`, and are marked
 /// retracted in every archive that shares the message. `false` if there is no such id.
 pub(crate) async fn retract(conn: &Connection, archive: &str, target: &str) -> Result<bool, MamError> {
-    in_tx(conn, Tx::Write, async {
-        let Some(message_id) = query_opt(
+    Sql::in_tx(conn, Tx::Write, async {
+        let Some(message_id) = Sql::query_opt(
             conn,
             "SELECT message_id FROM entries WHERE archive = ?1 AND stanza_id = ?2",
             (archive, target),
@@ -78,7 +80,7 @@ pub(crate) async fn retract(conn: &Connection, archive: &str, target: &str) -> R
 
 /// Deletes every entry of `archive` and the messages no other archive still indexes.
 pub(crate) async fn delete_archive(conn: &Connection, archive: &str) -> Result<(), MamError> {
-    in_tx(conn, Tx::Write, async {
+    Sql::in_tx(conn, Tx::Write, async {
         // Messages owned by this archive alone (their entries go with them: ON DELETE
         // CASCADE), then this archive's entries of shared messages.
         conn.execute(
@@ -96,7 +98,7 @@ pub(crate) async fn delete_archive(conn: &Connection, archive: &str) -> Result<(
 
 /// `(stamp, seq)` of `id` in `archive` (retracted or not), the ordering key cursors use.
 async fn position(conn: &Connection, archive: &str, id: &str) -> Result<Option<(i64, i64)>, MamError> {
-    query_opt(conn, "SELECT stamp, seq FROM entries WHERE archive = ?1 AND stanza_id = ?2", (archive, id), |r| {
+    Sql::query_opt(conn, "SELECT stamp, seq FROM entries WHERE archive = ?1 AND stanza_id = ?2", (archive, id), |r| {
         Ok((r.get::<i64>(0)?, r.get::<i64>(1)?))
     })
     .await
@@ -152,9 +154,10 @@ impl Filter {
     }
 
     async fn count(&self, conn: &Connection) -> Result<u64, MamError> {
-        to_u64(
-            query_i64(conn, &format!("SELECT COUNT(*) FROM entries e WHERE {}", self.sql), self.params.clone()).await?,
-        )
+        let n =
+            Sql::query_i64(conn, &format!("SELECT COUNT(*) FROM entries e WHERE {}", self.sql), self.params.clone())
+                .await?;
+        u64::try_from(n).map_err(|_| MamError::Database(format!("negative count: {n}")))
     }
 }
 
@@ -178,7 +181,7 @@ pub(crate) fn fts_expression(search: &str) -> Option<String> {
 /// `users` selects user-archive `with` matching (a full JID matches its bare JID) over
 /// room matching (`room/nick` matches the nickname).
 pub(crate) async fn query(conn: &Connection, users: bool, archive: &str, q: &MamQuery) -> Result<Page, MamError> {
-    in_tx(conn, Tx::Read, async {
+    Sql::in_tx(conn, Tx::Read, async {
         let mut set = Filter::new(archive);
         if let Some(with) = q.with.as_deref() {
             match with.split_once('/') {
@@ -231,7 +234,7 @@ pub(crate) async fn query(conn: &Connection, users: bool, archive: &str, q: &Mam
         let limit = i64::try_from(max + 1).unwrap_or(i64::MAX);
         let mut params = window.params;
         params.push(Value::Integer(limit));
-        let mut fetched = query_all(
+        let mut fetched = Sql::query_all(
             conn,
             &format!(
                 "SELECT {ROW_COLUMNS} FROM entries e JOIN messages m ON m.id = e.message_id \
@@ -267,7 +270,7 @@ pub(crate) async fn query(conn: &Connection, users: bool, archive: &str, q: &Mam
 /// The newest `limit` non-retracted rows of `archive`, oldest first.
 pub(crate) async fn recent(conn: &Connection, archive: &str, limit: usize) -> Result<Vec<ArchivedRow>, MamError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut rows = query_all(
+    let mut rows = Sql::query_all(
         conn,
         &format!(
             "SELECT {ROW_COLUMNS} FROM entries e JOIN messages m ON m.id = e.message_id \
@@ -283,10 +286,10 @@ pub(crate) async fn recent(conn: &Connection, archive: &str, limit: usize) -> Re
 
 /// The oldest and newest non-retracted messages of `archive`.
 pub(crate) async fn metadata(conn: &Connection, archive: &str) -> Result<ArchiveMetadata, MamError> {
-    in_tx(conn, Tx::Read, async {
+    Sql::in_tx(conn, Tx::Read, async {
         let mut edges = [None, None];
         for (slot, dir) in edges.iter_mut().zip(["ASC", "DESC"]) {
-            *slot = query_opt(
+            *slot = Sql::query_opt(
                 conn,
                 &format!(
                     "SELECT e.stanza_id, e.stamp FROM entries e WHERE e.archive = ?1 AND e.retracted = 0 \
@@ -306,5 +309,5 @@ pub(crate) async fn metadata(conn: &Connection, archive: &str) -> Result<Archive
 /// Number of stored message copies in the file (tests: one copy per 1:1 message).
 #[cfg(test)]
 pub(crate) async fn message_count(conn: &Connection) -> Result<i64, MamError> {
-    query_i64(conn, "SELECT COUNT(*) FROM messages", ()).await
+    Sql::query_i64(conn, "SELECT COUNT(*) FROM messages", ()).await
 }

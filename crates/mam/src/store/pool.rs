@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use libsql::{Connection, Database};
 
-use super::{schema, sql};
+use super::{schema, Sql};
 use crate::MamError;
 
 /// Open files per thread.
@@ -68,24 +68,24 @@ impl Pool {
         let db = libsql::Builder::new_local(&path).build().await?;
         let conn = db.connect()?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        sql::query_all(&conn, "PRAGMA foreign_keys = ON", (), |_| Ok(())).await?;
+        Sql::query_all(&conn, "PRAGMA foreign_keys = ON", (), |_| Ok(())).await?;
         match self.role {
             Role::Writer => {
-                let mode = sql::query_opt(&conn, "PRAGMA journal_mode = WAL", (), |r| Ok(r.get::<String>(0)?)).await?;
+                let mode = Sql::query_opt(&conn, "PRAGMA journal_mode = WAL", (), |r| Ok(r.get::<String>(0)?)).await?;
                 if !mode.is_some_and(|m| m.eq_ignore_ascii_case("wal")) {
                     tracing::warn!(file, "mam: WAL mode is not available");
                 }
                 // FULL: a commit is on disk before the appender is told it is durable.
-                sql::query_all(&conn, "PRAGMA synchronous = FULL", (), |_| Ok(())).await?;
+                Sql::query_all(&conn, "PRAGMA synchronous = FULL", (), |_| Ok(())).await?;
                 schema::migrate(&conn).await?;
                 tracing::debug!(file, "mam: opened archive file for writing");
             }
             Role::Reader => {
-                let found = schema::current_version(&conn).await?;
+                let found = Sql::current_version(&conn).await?;
                 if found > schema::SCHEMA_VERSION {
                     return Err(MamError::SchemaTooNew { found, supported: schema::SCHEMA_VERSION });
                 }
-                sql::query_all(&conn, "PRAGMA query_only = ON", (), |_| Ok(())).await?;
+                Sql::query_all(&conn, "PRAGMA query_only = ON", (), |_| Ok(())).await?;
             }
         }
         Ok((db, conn))
@@ -94,7 +94,7 @@ impl Pool {
     /// Rolls back whatever transaction a panicking job left open.
     pub(crate) async fn rollback_all(&self) {
         for slot in self.open.values() {
-            sql::rollback(&slot.conn).await;
+            Sql::rollback(&slot.conn).await;
         }
     }
 }

@@ -15,8 +15,8 @@ use libsql::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::pool::{Pool, Role};
-use super::sql;
 use super::writer::{self, WriteCmd};
+use super::Sql;
 use crate::MamError;
 
 /// A job's future runs on the reader thread only, so it need not be `Send`.
@@ -120,6 +120,6 @@ async fn connect(
     }
     let conn = pool.get(file).await?;
     // A job that failed mid-transaction must not leave the next one inside it.
-    sql::rollback(&conn).await;
+    Sql::rollback(&conn).await;
     Ok(conn)
 }

@@ -1,7 +1,8 @@
 //! Versioned schema migrations, applied per archive file.
 //!
 //! `schema_version` records every migration applied. A migration is a numbered SQL batch
-//! applied at most once, in a transaction together with its `schema_version` row.
+//! applied at most once, in a transaction together with its `schema_version` row (the
+//! runner is [`waddle_storage::db::Sql::migrate`], shared with the node database).
 //! Migrations are append-only: never edit a shipped one, add the next number.
 //!
 //! Every archive file (per waddle, ad-hoc rooms, users) has the same schema:
@@ -14,8 +15,9 @@
 //! - `messages_fts`: an FTS5 index over `messages.body`, kept in step by triggers.
 
 use libsql::Connection;
+use waddle_storage::db::Migration;
 
-use super::sql::{self, Tx};
+use super::Sql;
 use crate::MamError;
 
 /// Version 1: messages, entries, full-text index.
@@ -61,54 +63,14 @@ END;
 ";
 
 /// Every migration, in order. Append only.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+const MIGRATIONS: &[Migration] = &[Migration { version: 1, sql: V1 }];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = 1;
 
-const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
-
-/// Highest applied migration (0 for a fresh file).
-pub(crate) async fn current_version(conn: &Connection) -> Result<i64, MamError> {
-    sql::query_i64(conn, "SELECT COALESCE(MAX(version), 0) FROM schema_version", ()).await
-}
+const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
 /// Brings the schema up to [`SCHEMA_VERSION`]; refuses files from a newer build.
 pub(crate) async fn migrate(conn: &Connection) -> Result<(), MamError> {
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (
-            version    INTEGER NOT NULL PRIMARY KEY,
-            applied_at INTEGER NOT NULL
-        )",
-        (),
-    )
-    .await?;
-    let found = current_version(conn).await?;
-    if found > SCHEMA_VERSION {
-        return Err(MamError::SchemaTooNew { found, supported: SCHEMA_VERSION });
-    }
-    for &(version, batch) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
-        let applied = sql::in_tx(conn, Tx::Write, async {
-            // Re-read under the write lock: another process may have migrated meanwhile.
-            if current_version(conn).await? >= version {
-                return Ok(false);
-            }
-            drop(conn.execute_batch(batch).await?);
-            conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)", (version, unix_now()))
-                .await?;
-            Ok(true)
-        })
-        .await?;
-        if applied {
-            tracing::info!(version, "mam: applied archive schema migration");
-        }
-    }
-    Ok(())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    Sql::migrate(conn, MIGRATIONS, |version| tracing::info!(version, "mam: applied archive schema migration")).await
 }

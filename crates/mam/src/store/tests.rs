@@ -1,35 +1,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use waddle_storage::test_util::TempDir;
 
 use super::writer::{self, WriteCmd};
 use super::*;
 use crate::MamQuery;
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "waddle-mam-test-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir() -> TempDir {
+    TempDir::new("waddle-mam-test")
 }
 
 const ROOM: &str = "lobby@rooms.example.org";
@@ -65,7 +46,7 @@ fn q() -> MamQuery {
 }
 
 async fn open(dir: &TempDir) -> Archive {
-    Archive::open(&dir.0).await.unwrap()
+    Archive::open(dir.path()).await.unwrap()
 }
 
 /// 120 room messages `m000`..`m119`, one second apart.
@@ -83,7 +64,7 @@ async fn fill_120(archive: &Archive) {
 
 #[tokio::test]
 async fn append_and_query_with_every_filter() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     let rows = [
         room_row("a1", T0, "alice@example.org", "alice", "Where art thou, Romeo?"),
@@ -141,7 +122,7 @@ async fn append_and_query_with_every_filter() {
 
 #[tokio::test]
 async fn rsm_pages_forward() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     fill_120(&archive).await;
     let mut query = MamQuery { max: 50, ..q() };
@@ -170,7 +151,7 @@ async fn rsm_pages_forward() {
 
 #[tokio::test]
 async fn rsm_pages_backward_from_the_last_page() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     fill_120(&archive).await;
     let mut query = MamQuery { max: 50, before: Some(None), ..q() };
@@ -203,7 +184,7 @@ async fn rsm_pages_backward_from_the_last_page() {
 
 #[tokio::test]
 async fn flip_page_reverses_the_page_only() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     fill_120(&archive).await;
     let flipped = MamQuery { max: 5, before: Some(None), flip: true, ..q() };
@@ -220,7 +201,7 @@ async fn flip_page_reverses_the_page_only() {
 
 #[tokio::test]
 async fn unknown_ids_are_item_not_found() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     archive.append(waddle(), room_row("known", T0, "a@b", "a", "x")).await.unwrap();
     let cases = [
@@ -248,7 +229,7 @@ async fn unknown_ids_are_item_not_found() {
 
 #[tokio::test]
 async fn retraction_hides_the_row() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     for (i, body) in ["one apple", "two pears", "three plums"].iter().enumerate() {
         let stamp = T0 + i64::try_from(i).unwrap();
@@ -273,7 +254,7 @@ async fn retraction_hides_the_row() {
 
 #[tokio::test]
 async fn chat_is_stored_once_and_visible_to_both() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     let payload = |body: &str| format!("<message type='chat'><body>{body}</body></message>");
     archive.append_chat("romeo@m.lit", "juliet@c.lit", "c1", T0, payload("hello"), Some("hello".into())).await.unwrap();
@@ -321,7 +302,7 @@ async fn chat_is_stored_once_and_visible_to_both() {
 
 #[tokio::test]
 async fn one_file_per_waddle() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     let a = ArchiveLocation::Waddle("alpha".into());
     let b = ArchiveLocation::Waddle("beta-2".into());
@@ -330,7 +311,7 @@ async fn one_file_per_waddle() {
     archive.append(ArchiveLocation::AdHocRooms, room_row("x", T0, "u@h", "u", "ad hoc")).await.unwrap();
     archive.append_chat("a@h", "b@h", "x", T0, "<message/>".into(), None).await.unwrap();
     for file in ["waddle-alpha.db", "waddle-beta-2.db", "rooms.db", "users.db"] {
-        assert!(dir.0.join(file).is_file(), "{file}");
+        assert!(dir.join(file).is_file(), "{file}");
     }
     // The same room JID and id in two waddles are two archives.
     let body = |loc: ArchiveLocation| {
@@ -356,7 +337,7 @@ async fn one_file_per_waddle() {
 
 #[tokio::test]
 async fn durable_across_reopen() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     {
         let archive = open(&dir).await;
         // Fire-and-forget appends, then a flush.
@@ -378,7 +359,7 @@ async fn durable_across_reopen() {
 
 #[tokio::test]
 async fn a_thousand_appends_are_batched() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     let before = archive.write_stats();
     let started = std::time::Instant::now();
@@ -412,7 +393,7 @@ async fn a_thousand_appends_are_batched() {
 
 #[tokio::test]
 async fn ordering_is_stamp_then_insertion() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     for (id, stamp) in [("late", T0 + 100), ("tie1", T0 + 50), ("early", T0), ("tie2", T0 + 50)] {
         archive.append(waddle(), room_row(id, stamp, "a@b", "a", id)).await.unwrap();
@@ -425,7 +406,7 @@ async fn ordering_is_stamp_then_insertion() {
 
 #[tokio::test]
 async fn recent_returns_the_newest_in_order() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     assert!(archive.recent(ArchiveLocation::AdHocRooms, ROOM, 5).await.unwrap().is_empty());
     for i in 0..8 {
@@ -442,7 +423,7 @@ async fn recent_returns_the_newest_in_order() {
 
 #[tokio::test]
 async fn metadata_names_both_ends() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     assert_eq!(archive.metadata(waddle(), ROOM).await.unwrap(), ArchiveMetadata::default());
     for i in 0..4 {
@@ -456,7 +437,7 @@ async fn metadata_names_both_ends() {
 
 #[tokio::test]
 async fn delete_room_archive() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     archive.append(waddle(), room_row("k1", T0, "a@b", "a", "keep")).await.unwrap();
     archive
@@ -495,14 +476,39 @@ async fn full_queue_waits_and_never_drops() {
 
 #[tokio::test]
 async fn schema_version_is_recorded() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let archive = open(&dir).await;
     archive.flush().await.unwrap();
     archive.append(ArchiveLocation::AdHocRooms, room_row("v", T0, "a@b", "a", "x")).await.unwrap();
-    let version = archive
-        .reader
-        .call(ROOMS_FILE.into(), |conn| async move { schema::current_version(&conn).await })
-        .await
-        .unwrap();
+    let version =
+        archive.reader.call(ROOMS_FILE.into(), |conn| async move { Sql::current_version(&conn).await }).await.unwrap();
     assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
+fn shared_db_helper_errors_map_into_mam_errors() {
+    use waddle_storage::db;
+    assert_eq!(
+        MamError::from(db::Error::SchemaTooNew { found: 9, supported: 1 }),
+        MamError::SchemaTooNew { found: 9, supported: 1 }
+    );
+    assert_eq!(
+        MamError::from(db::Error::NoRow { sql: "SELECT 1".into() }),
+        MamError::Database("no row returned by: SELECT 1".into())
+    );
+}
+
+#[tokio::test]
+async fn newer_archive_schema_is_refused() {
+    let dir = temp_dir();
+    {
+        let archive = open(&dir).await;
+        archive.append(ArchiveLocation::AdHocRooms, room_row("v", T0, "a@b", "a", "x")).await.unwrap();
+    }
+    let conn = libsql::Builder::new_local(dir.join(ROOMS_FILE)).build().await.unwrap().connect().unwrap();
+    conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (999, 0)", ()).await.unwrap();
+    drop(conn);
+    let archive = open(&dir).await;
+    let err = archive.append(ArchiveLocation::AdHocRooms, room_row("w", T0, "a@b", "a", "y")).await;
+    assert_eq!(err, Err(MamError::SchemaTooNew { found: 999, supported: SCHEMA_VERSION }));
 }

@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
+use waddle_storage::db::Tx;
 
 use super::ops::{self, NewMessage};
 use super::pool::{Pool, Role};
-use super::sql::{in_tx, Tx};
+use super::Sql;
 use crate::MamError;
 
 /// Most messages committed in one transaction.
@@ -246,7 +247,7 @@ impl Writer {
                     continue;
                 }
             };
-            let together = in_tx(&conn, Tx::Write, async {
+            let together = Sql::in_tx(&conn, Tx::Write, async {
                 let mut outcomes = Vec::with_capacity(group.len());
                 for ins in &group {
                     outcomes.push(ops::insert(&conn, &ins.msg).await?);
@@ -265,7 +266,7 @@ impl Writer {
                     // One bad row must not fail its neighbours: retry each on its own.
                     tracing::warn!(file, error = %e, rows = group.len(), "mam: batch failed, retrying row by row");
                     for ins in group {
-                        let outcome = in_tx(&conn, Tx::Write, ops::insert(&conn, &ins.msg)).await.and_then(|r| r);
+                        let outcome = Sql::in_tx(&conn, Tx::Write, ops::insert(&conn, &ins.msg)).await.and_then(|r| r);
                         match &outcome {
                             Ok(()) => self.counters.committed(1),
                             Err(e) => tracing::error!(file, error = %e, "mam: archive write failed"),
