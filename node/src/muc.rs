@@ -14,7 +14,7 @@ use waddle_authz::ObjectRef;
 use waddle_c2s::ns;
 use waddle_c2s::stanza::{error_reply, iq_payload, iq_result_with};
 use waddle_mam::{ArchiveLocation, ArchivedRow};
-use waddle_muc::{AccessOracle, Affiliation, ChannelAccess, Outbound, Policy, Room, RoomConfig};
+use waddle_muc::{AccessOracle, Affiliation, ChannelAccess, ChannelSettings, Outbound, Policy, Room, RoomConfig};
 use waddle_storage::{ChannelRecord, WaddleRecord};
 use waddle_xml::Element;
 
@@ -28,6 +28,18 @@ pub const NS_MAM: &str = "urn:xmpp:mam:2";
 pub struct ChannelBinding {
     pub waddle_id: String,
     pub channel_id: String,
+    /// Announcement channels give a voice only to those with `announce`.
+    pub announcement: bool,
+}
+
+impl ChannelBinding {
+    fn of(channel: &ChannelRecord) -> ChannelBinding {
+        ChannelBinding {
+            waddle_id: channel.waddle_id.clone(),
+            channel_id: channel.id.clone(),
+            announcement: channel.kind == "announcement",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -37,6 +49,8 @@ pub enum RoomMsg {
     Destroy(String),
     /// Permissions of the channel changed: re-evaluate occupants.
     PolicyChanged,
+    /// The channel was renamed, re-topiced or changed kind through the REST API.
+    ChannelUpdated(ChannelRecord),
 }
 
 pub struct MucService {
@@ -105,14 +119,27 @@ async fn room_for(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<Ac
     let node = room_jid.split('@').next().unwrap_or_default().to_owned();
     let channel = ctx.store.channel(&node).await.map_err(|_| "internal-server-error")?;
     let snapshot = ctx.store.room_get(room_jid).await.map_err(|_| "internal-server-error")?;
-    let binding = channel.as_ref().map(|c| ChannelBinding { waddle_id: c.waddle_id.clone(), channel_id: c.id.clone() });
+    let binding = channel.as_ref().map(ChannelBinding::of);
     let mut room = match (&snapshot, &channel) {
-        (Some(s), _) => Room::restore(room_jid, s).map_err(|e| {
-            tracing::error!(room = %room_jid, error = %e, "cannot restore room");
-            "internal-server-error"
-        })?,
+        (Some(s), _) => {
+            let mut room = Room::restore(room_jid, s).map_err(|e| {
+                tracing::error!(room = %room_jid, error = %e, "cannot restore room");
+                "internal-server-error"
+            })?;
+            if let (Some(c), Some(b)) = (&channel, &binding) {
+                // The channel record is the truth; a snapshot may predate its last change
+                // (the room was not running then). Nobody is inside yet, so there is
+                // nothing to tell; the next persist stores the refreshed config.
+                let _ = with_oracle(ctx, Some(b), |o| room.apply_channel_settings(&channel_settings(c), o));
+            }
+            room
+        }
         (None, Some(c)) => Room::new(room_jid, channel_config(c), None, true),
         (None, None) => {
+            if ctx.store.room_is_retired(room_jid).await.map_err(|_| "internal-server-error")? {
+                // The room of a deleted channel: its JID is never handed to someone else.
+                return Err("gone");
+            }
             let is_join = stanza.name() == "presence"
                 && stanza.attr("type").is_none()
                 && stanza.attr("to").is_some_and(|t| t.contains('/'));
@@ -144,14 +171,23 @@ fn location_of(binding: Option<&ChannelBinding>) -> ArchiveLocation {
 /// Configuration of a channel's room: persistent and members-only; announcement
 /// channels are moderated (only moderators have voice).
 pub fn channel_config(channel: &ChannelRecord) -> RoomConfig {
+    let settings = channel_settings(channel);
     RoomConfig {
-        name: channel.name.clone(),
-        description: channel.topic.clone().unwrap_or_default(),
+        name: settings.name,
+        description: settings.description,
         persistent: true,
         members_only: true,
-        moderated: channel.kind == "announcement",
+        moderated: settings.moderated,
         public: false,
         ..RoomConfig::default()
+    }
+}
+
+fn channel_settings(channel: &ChannelRecord) -> ChannelSettings {
+    ChannelSettings {
+        name: channel.name.clone(),
+        description: channel.topic.clone().unwrap_or_default(),
+        moderated: channel.kind == "announcement",
     }
 }
 
@@ -184,8 +220,8 @@ pub async fn destroy_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord, reaso
     if let Some(actor) = ctx.muc.running(&room_jid).await {
         let _ = actor.cast(RoomMsg::Destroy(reason.to_owned()));
     }
-    if let Err(e) = ctx.store.room_delete(&room_jid).await {
-        tracing::error!(room = %room_jid, error = %e, "cannot delete room record");
+    if let Err(e) = ctx.store.room_retire(&room_jid).await {
+        tracing::error!(room = %room_jid, error = %e, "cannot retire room record");
     }
 }
 
@@ -274,7 +310,7 @@ impl AccessOracle for ChannelOracle<'_> {
         };
         Policy::Channel(ChannelAccess {
             can_view: p.check(&channel, "view", user),
-            can_send: p.check(&channel, "send_message", user),
+            can_send: p.check(&channel, if self.binding.announcement { "announce" } else { "send_message" }, user),
             affiliation,
             moderator: p.check(&channel, "moderate", user),
         })
@@ -454,6 +490,14 @@ impl Actor for RoomActor {
                 let RoomState { ctx, room, binding, .. } = state;
                 with_oracle(ctx, binding.as_ref(), |oracle| room.apply_policy_change(oracle))
             }
+            RoomMsg::ChannelUpdated(channel) => {
+                let binding = ChannelBinding::of(&channel);
+                let outs = with_oracle(&state.ctx, Some(&binding), |oracle| {
+                    state.room.apply_channel_settings(&channel_settings(&channel), oracle)
+                });
+                state.binding = Some(binding);
+                outs
+            }
         };
         state.execute(outs, micros, &myself);
         if state.room.is_empty() && !state.room.config().persistent {
@@ -485,6 +529,18 @@ impl waddle_api::RoomControl for NodeRooms {
         Box::pin(async move {
             let ctx = self.ctx.upgrade().ok_or_else(|| "node is shutting down".to_owned())?;
             create_channel_room(&ctx, &channel).await
+        })
+    }
+
+    /// A running room takes the new name, topic and kind at once; a stopped one picks
+    /// them up from the channel record when it next loads.
+    fn channel_updated(&self, channel: &ChannelRecord) -> waddle_api::BoxFuture<'_, ()> {
+        let channel = channel.clone();
+        Box::pin(async move {
+            let Some(ctx) = self.ctx.upgrade() else { return };
+            if let Some(actor) = ctx.muc.running(&self.room_jid(&channel)).await {
+                let _ = actor.cast(RoomMsg::ChannelUpdated(channel));
+            }
         })
     }
 

@@ -43,7 +43,17 @@ async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> 
         ("get", ns::DISCO_INFO, "query") if to_own_account => Some(account_info(iq, payload)),
         ("get", ns::DISCO_INFO, "query") => Some(server_info(ctx, iq, payload)),
         ("get", ns::DISCO_ITEMS, "query") => {
-            Some(iq_result_with(iq, Element::new("query", ns::DISCO_ITEMS).with_attr_opt("node", payload.attr("node"))))
+            let mut items = Element::new("query", ns::DISCO_ITEMS).with_attr_opt("node", payload.attr("node"));
+            if !to_own_account && payload.attr("node").is_none() {
+                // The server's items are its services (XEP-0045 §6.1: clients find the MUC
+                // service here).
+                items.append_child(
+                    Element::new("item", ns::DISCO_ITEMS)
+                        .with_attr("jid", ctx.muc.domain.as_str())
+                        .with_attr("name", "Channels and chat rooms"),
+                );
+            }
+            Some(iq_result_with(iq, items))
         }
         ("get", ns::PING, "ping") => Some(iq_result(iq)),
         ("get", ns::ROSTER, "query") => Some(im::roster_get(ctx, origin, iq, payload).await),

@@ -42,7 +42,9 @@ from xmpp_helpers import (
     TIMEOUT,
     RawStream,
     ServerInfo,
+    User,
     XmppClient,
+    api_session,
     connect_client,
     http_request,
     unique,
@@ -110,87 +112,127 @@ def _log_excerpt(info: ServerInfo) -> str:
     return f"server log: {info.log_path}\n--- last lines ---\n{info.log_tail()}"
 
 
-def _waddle_server(name: str, extra_env: Optional[dict] = None) -> Iterator[ServerInfo]:
-    """Start ``waddle`` as a real process, yield its ServerInfo, stop it.
+class WaddleProcess:
+    """One ``waddle`` server: a temp root (data dir + server.log), three free
+    loopback ports, and the process, which can be stopped and started again
+    on the same data dir and ports (``restart``).
 
-    The body of every server fixture: ``name`` is the fixture's name (used
-    in reports and by the liveness check), ``extra_env`` holds ``WADDLE_*``
-    overrides on top of the suite's defaults.
+    ``name`` is the fixture's name (used in reports and by the liveness
+    check), ``extra_env`` holds ``WADDLE_*`` overrides on top of the suite's
+    defaults.
     """
-    binary = _resolve_binary()
-    if not binary.is_file():
-        pytest.fail(
-            f"waddle binary not found at {binary}; build it (cargo build) or set WADDLE_BIN",
-            pytrace=False)
 
-    tmp_root = Path(tempfile.mkdtemp(prefix=f"waddle-interop-{name}-"))
-    data_dir = tmp_root / "data"
-    data_dir.mkdir()
-    log_path = tmp_root / "server.log"
-    p1, p2, p3 = _free_ports(3)
-    info = ServerInfo(starttls_port=p1, direct_tls_port=p2, http_port=p3,
-                      log_path=str(log_path), data_dir=str(data_dir), name=name)
+    def __init__(self, name: str, extra_env: Optional[dict] = None):
+        self.binary = _resolve_binary()
+        if not self.binary.is_file():
+            pytest.fail(
+                f"waddle binary not found at {self.binary}; build it (cargo build) or set WADDLE_BIN",
+                pytrace=False)
+        self.name = name
+        self.extra_env = dict(extra_env or {})
+        self.tmp_root = Path(tempfile.mkdtemp(prefix=f"waddle-interop-{name}-"))
+        data_dir = self.tmp_root / "data"
+        data_dir.mkdir()
+        self.log_path = self.tmp_root / "server.log"
+        p1, p2, p3 = _free_ports(3)
+        self.info = ServerInfo(starttls_port=p1, direct_tls_port=p2, http_port=p3,
+                               log_path=str(self.log_path), data_dir=str(data_dir), name=name)
+        self.log_fh = None
+        self.starts = 0
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WADDLE_")}
-    env.update({
-        "WADDLE_SERVER_DOMAIN": DOMAIN,
-        "WADDLE_SERVER_DATA_DIR": str(data_dir),
-        "WADDLE_SERVER_BIND_ADDRESS": "127.0.0.1",
-        "WADDLE_C2S_STARTTLS_PORT": str(p1),
-        "WADDLE_C2S_DIRECT_TLS_PORT": str(p2),
-        "WADDLE_HTTP_PORT": str(p3),
-        "WADDLE_AUTH_OPEN_REGISTRATION": "true",
-        "WADDLE_AUTH_IN_BAND_REGISTRATION": "true",
-        "WADDLE_C2S_MAX_STANZA_BYTES": "65536",
-        "WADDLE_AUTH_SCRAM_ITERATIONS": "4096",
-        "WADDLE_AUTH_MAX_AUTH_FAILURES": "5",
-        "RUST_LOG": "info",
-        "RUST_BACKTRACE": "1",
-    })
-    env.update(extra_env or {})
-    config = os.environ.get("WADDLE_CONFIG", "config/waddle.toml")
-    cmd = [str(binary), "--config", config]
+    def _env(self) -> dict:
+        info = self.info
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WADDLE_")}
+        env.update({
+            "WADDLE_SERVER_DOMAIN": DOMAIN,
+            "WADDLE_SERVER_DATA_DIR": info.data_dir,
+            "WADDLE_SERVER_BIND_ADDRESS": "127.0.0.1",
+            "WADDLE_C2S_STARTTLS_PORT": str(info.starttls_port),
+            "WADDLE_C2S_DIRECT_TLS_PORT": str(info.direct_tls_port),
+            "WADDLE_HTTP_PORT": str(info.http_port),
+            "WADDLE_AUTH_OPEN_REGISTRATION": "true",
+            "WADDLE_AUTH_IN_BAND_REGISTRATION": "true",
+            "WADDLE_C2S_MAX_STANZA_BYTES": "65536",
+            "WADDLE_AUTH_SCRAM_ITERATIONS": "4096",
+            "WADDLE_AUTH_MAX_AUTH_FAILURES": "5",
+            "RUST_LOG": "info",
+            "RUST_BACKTRACE": "1",
+        })
+        env.update(self.extra_env)
+        return env
 
-    log_fh = open(log_path, "wb")
-    overrides = " ".join(f"{k}={v}" for k, v in sorted((extra_env or {}).items()))
-    log_fh.write(f"# cmd: {cmd}\n# ports: starttls={p1} direct_tls={p2} http={p3}\n"
-                 f"# data dir: {data_dir}\n# extra env: {overrides or '-'}\n".encode())
-    log_fh.flush()
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-                            stdout=log_fh, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=_die_with_parent)
-    info.proc = proc
-    _state["servers"][name] = info
-    _state["started"].append(info)
-    print(f"\n[interop] {name}: waddle pid={proc.pid} log={log_path}")
+    def start(self) -> None:
+        """Start the process and wait for ``GET /health`` → 200 (pytest.fail
+        if it exits or does not get ready within STARTUP_TIMEOUT)."""
+        info, name = self.info, self.name
+        config = os.environ.get("WADDLE_CONFIG", "config/waddle.toml")
+        cmd = [str(self.binary), "--config", config]
+        self.log_fh = open(self.log_path, "ab")
+        overrides = " ".join(f"{k}={v}" for k, v in sorted(self.extra_env.items()))
+        self.log_fh.write(f"# start #{self.starts + 1} cmd: {cmd}\n"
+                          f"# ports: starttls={info.starttls_port} direct_tls={info.direct_tls_port} "
+                          f"http={info.http_port}\n"
+                          f"# data dir: {info.data_dir}\n# extra env: {overrides or '-'}\n".encode())
+        self.log_fh.flush()
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self._env(), stdin=subprocess.DEVNULL,
+                                stdout=self.log_fh, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+        self.starts += 1
+        info.proc = proc
+        _state["servers"][name] = info
+        if info not in _state["started"]:
+            _state["started"].append(info)
+        print(f"\n[interop] {name}: waddle pid={proc.pid} log={self.log_path}")
 
-    health = f"{info.http_base}/health"
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            log_fh.close()
-            _state["servers"].pop(name, None)
-            pytest.fail(f"{name}: waddle exited during startup with code {proc.returncode}\n"
-                        f"{_log_excerpt(info)}", pytrace=False)
-        if _health_ok(health):
-            break
-        if time.monotonic() > deadline:
-            _stop(proc)
-            log_fh.close()
-            _state["servers"].pop(name, None)
-            pytest.fail(f"{name}: GET {health} did not return 200 within {STARTUP_TIMEOUT}s\n"
-                        f"{_log_excerpt(info)}", pytrace=False)
-        time.sleep(0.1)
+        health = f"{info.http_base}/health"
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                self._close_log()
+                _state["servers"].pop(name, None)
+                pytest.fail(f"{name}: waddle exited during startup with code {proc.returncode}\n"
+                            f"{_log_excerpt(info)}", pytrace=False)
+            if _health_ok(health):
+                return
+            if time.monotonic() > deadline:
+                _stop(proc)
+                self._close_log()
+                _state["servers"].pop(name, None)
+                pytest.fail(f"{name}: GET {health} did not return 200 within {STARTUP_TIMEOUT}s\n"
+                            f"{_log_excerpt(info)}", pytrace=False)
+            time.sleep(0.1)
 
-    crashed_before_teardown = None
-    try:
-        yield info
-    finally:
+    def stop(self) -> tuple[int, bool]:
+        """SIGTERM (SIGKILL after SHUTDOWN_GRACE). Returns (exit code, had to kill)."""
+        _state["servers"].pop(self.name, None)
+        code, killed = _stop(self.info.proc)
+        self._close_log()
+        return code, killed
+
+    def restart(self) -> None:
+        """Graceful stop, which must exit with code 0, then start again on the
+        same data dir and ports."""
+        code, killed = self.stop()
+        assert not killed, f"{self.name}: waddle ignored SIGTERM for {SHUTDOWN_GRACE}s"
+        assert code == 0, f"{self.name}: waddle exited with code {code} after SIGTERM\n" \
+                          f"{_log_excerpt(self.info)}"
+        self.start()
+
+    def _close_log(self) -> None:
+        if self.log_fh is not None:
+            self.log_fh.close()
+            self.log_fh = None
+
+    def teardown(self) -> None:
+        """Stop the process; fail if it crashed or exited badly; remove the
+        temp root unless something failed (or INTEROP_KEEP_TMP=1)."""
+        info, name, proc = self.info, self.name, self.info.proc
         _state["servers"].pop(name, None)
+        crashed_before_teardown = None
         if proc.poll() is not None:
             crashed_before_teardown = proc.returncode
         code, killed = _stop(proc)
-        log_fh.close()
+        self._close_log()
         keep = _state["failed"] or os.environ.get("INTEROP_KEEP_TMP") == "1"
         problem = None
         if crashed_before_teardown is not None:
@@ -198,7 +240,7 @@ def _waddle_server(name: str, extra_env: Optional[dict] = None) -> Iterator[Serv
         elif killed:
             # Hanging on SIGTERM is a bug but not a crash: report, don't fail.
             print(f"\n[interop] WARNING: {name}: waddle ignored SIGTERM for {SHUTDOWN_GRACE}s "
-                  f"and was killed; log: {log_path}")
+                  f"and was killed; log: {self.log_path}")
             keep = True
         elif code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM):
             problem = f"{name}: waddle exited with code {code} after SIGTERM"
@@ -206,9 +248,24 @@ def _waddle_server(name: str, extra_env: Optional[dict] = None) -> Iterator[Serv
             keep = True
             pytest.fail(f"{problem}\n{_log_excerpt(info)}", pytrace=False)
         if keep:
-            print(f"\n[interop] kept {name} data/log in {tmp_root}")
+            print(f"\n[interop] kept {name} data/log in {self.tmp_root}")
         else:
-            shutil.rmtree(tmp_root, ignore_errors=True)
+            shutil.rmtree(self.tmp_root, ignore_errors=True)
+
+
+def _waddle_server(name: str, extra_env: Optional[dict] = None) -> Iterator[ServerInfo]:
+    """Start ``waddle`` as a real process, yield its ServerInfo, stop it.
+
+    The body of every server fixture: ``name`` is the fixture's name (used
+    in reports and by the liveness check), ``extra_env`` holds ``WADDLE_*``
+    overrides on top of the suite's defaults.
+    """
+    server = WaddleProcess(name, extra_env)
+    server.start()
+    try:
+        yield server.info
+    finally:
+        server.teardown()
 
 
 @pytest.fixture(scope="session")
@@ -224,6 +281,21 @@ def ping_server() -> Iterator[ServerInfo]:
     ping after PING_INTERVAL_SECS of client silence, give up
     PING_TIMEOUT_SECS after an unanswered ping."""
     yield from _waddle_server("ping_server", PING_SERVER_ENV)
+
+
+@pytest.fixture
+def restartable_server() -> Iterator[WaddleProcess]:
+    """A server of the test's own (default settings) whose ``restart()``
+    stops it with SIGTERM (exit code 0 required) and starts it again on the
+    same data dir and ports. ``restartable_server.info`` is its ServerInfo;
+    ``restart_http``, ``restart_make_account`` and ``restart_xmpp`` talk to it
+    and keep working across restarts."""
+    server = WaddleProcess("restartable_server")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.teardown()
 
 
 def _stop(proc: subprocess.Popen) -> tuple[int, bool]:
@@ -291,15 +363,24 @@ def _account_maker(http: Callable) -> Callable:
     return create
 
 
+def _user_maker(http: Callable, make_account: Callable) -> Callable:
+    def create(prefix: str = "u") -> User:
+        username, password = make_account(prefix)
+        return User(username, password, api_session(http, username, password))
+    return create
+
+
 async def _xmpp_connector(info: ServerInfo) -> AsyncIterator[Callable]:
     clients: list[XmppClient] = []
 
     async def connect(username: str, password: str, resource: str | None = None, *,
                       direct_tls: bool = False, sasl_mech: str | None = None,
                       expect_session: bool = True, jid: str | None = None,
-                      source_ip: str | None = None, timeout: float = TIMEOUT) -> XmppClient:
+                      source_ip: str | None = None, timeout: float = TIMEOUT,
+                      plugins: tuple[str, ...] = ()) -> XmppClient:
         full = jid or f"{username}@{DOMAIN}" + (f"/{resource}" if resource else "")
-        client = XmppClient(full, password, sasl_mech=sasl_mech, source_ip=source_ip)
+        client = XmppClient(full, password, sasl_mech=sasl_mech, source_ip=source_ip,
+                            plugins=plugins)
         clients.append(client)
         return await connect_client(info, full, password, direct_tls=direct_tls,
                                     expect_session=expect_session, timeout=timeout,
@@ -342,12 +423,20 @@ def make_account(http):
 @pytest.fixture
 async def xmpp(server):
     """Async factory: ``await xmpp(username, password, resource=None,
-    direct_tls=False, sasl_mech=None, expect_session=True, source_ip=None)``
-    -> connected XmppClient (session started unless expect_session=False).
-    Every client is disconnected at teardown. Logins expected to fail should
-    pass ``source_ip=fresh_source_ip()``."""
+    direct_tls=False, sasl_mech=None, expect_session=True, source_ip=None,
+    plugins=())`` -> connected XmppClient (session started unless
+    expect_session=False). ``plugins`` are extra slixmpp plugins, e.g.
+    ``MUC_PLUGINS``. Every client is disconnected at teardown. Logins
+    expected to fail should pass ``source_ip=fresh_source_ip()``."""
     async for connect in _xmpp_connector(server):
         yield connect
+
+
+@pytest.fixture
+def make_user(http, make_account):
+    """``make_user(prefix='u') -> User`` (username, password, jid and an HTTP
+    bearer session token from POST /auth/session)."""
+    return _user_maker(http, make_account)
 
 
 @pytest.fixture
@@ -374,3 +463,22 @@ async def ping_xmpp(ping_server):
 @pytest.fixture
 def ping_raw(ping_server):
     yield from _raw_opener(ping_server)
+
+
+# The same helpers bound to ``restartable_server`` (they follow it across restarts).
+
+
+@pytest.fixture
+def restart_http(restartable_server):
+    return _http_caller(restartable_server.info)
+
+
+@pytest.fixture
+def restart_make_user(restart_http):
+    return _user_maker(restart_http, _account_maker(restart_http))
+
+
+@pytest.fixture
+async def restart_xmpp(restartable_server):
+    async for connect in _xmpp_connector(restartable_server.info):
+        yield connect

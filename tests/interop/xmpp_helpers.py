@@ -59,6 +59,22 @@ NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_PING = "urn:xmpp:ping"
 NS_VCARD = "vcard-temp"
 NS_DELAY = "urn:xmpp:delay"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
+NS_MUC_OWNER = "http://jabber.org/protocol/muc#owner"
+NS_MAM = "urn:xmpp:mam:2"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_SID = "urn:xmpp:sid:0"
+NS_DATA = "jabber:x:data"
+NS_REACTIONS = "urn:xmpp:reactions:0"
+NS_RETRACT = "urn:xmpp:message-retract:1"
+NS_FALLBACK = "urn:xmpp:fallback:0"
+
+MUC_DOMAIN = f"muc.{DOMAIN}"
+# slixmpp plugins for clients that use rooms and archives (XmppClient(plugins=...)).
+MUC_PLUGINS = ("xep_0045", "xep_0313")
 
 STREAM_HEADER = (
     "<?xml version='1.0'?>"
@@ -170,6 +186,25 @@ def http_request(
         return status, raw.decode("utf-8", "replace")
 
 
+@dataclass
+class User:
+    """An account made through the HTTP API, with a bearer session token."""
+    username: str
+    password: str
+    token: str
+
+    @property
+    def jid(self) -> str:
+        return f"{self.username}@{DOMAIN}"
+
+
+def api_session(http: Callable, username: str, password: str) -> str:
+    """POST /auth/session → the bearer token."""
+    status, body = http("POST", "/auth/session", json={"username": username, "password": password})
+    assert status in (200, 201) and isinstance(body, dict) and body.get("token"), (status, body)
+    return body["token"]
+
+
 def assert_error_envelope(body: Any) -> None:
     """The API's JSON error shape: ``{"error": {"code": str, "message": str}}``."""
     assert isinstance(body, dict), f"expected JSON object error body, got {body!r}"
@@ -236,7 +271,8 @@ class XmppClient(slixmpp.ClientXMPP):
     """slixmpp client that records every inbound stanza for assertions."""
 
     def __init__(self, jid: str, password: str, *, sasl_mech: Optional[str] = None,
-                 inband_register: bool = False, source_ip: Optional[str] = None):
+                 inband_register: bool = False, source_ip: Optional[str] = None,
+                 plugins: tuple[str, ...] = ()):
         super().__init__(jid, password, sasl_mech=sasl_mech,
                          ssl_context=insecure_ssl_context())
         self.source_ip = source_ip
@@ -257,6 +293,14 @@ class XmppClient(slixmpp.ClientXMPP):
         self.register_plugin("xep_0203")  # delayed delivery
         if inband_register:
             self.register_plugin("xep_0077")
+        for plugin in plugins:
+            self.register_plugin(plugin)
+        if "xep_0115" in self.plugin:
+            # xep_0045 pulls in entity capabilities (via xep_0172 → xep_0163).
+            # Keep presences free of <c/> and do not disco#info every occupant
+            # (which would also spend the session's IQ rate limit).
+            self.plugin["xep_0115"].broadcast = False
+            self.remove_handler("Entity Capabilities")
 
         self.add_filter("in", self._record)
         self.add_event_handler("stream_error", self._on_stream_error)
@@ -830,3 +874,312 @@ class RawStream:
             if elem.tag == q(NS_STREAM, "error"):
                 return elem
         return None
+
+
+# --------------------------------------------------------------------------
+# MUC (XEP-0045), stanza ids (XEP-0359) and MAM (XEP-0313)
+# --------------------------------------------------------------------------
+
+
+def _elem(st: Any) -> ET.Element:
+    return st if isinstance(st, ET.Element) else st.xml
+
+
+def body_of(st: Any) -> Optional[str]:
+    b = _elem(st).find(q(NS_CLIENT, "body"))
+    return None if b is None else (b.text or "")
+
+
+def muc_user_x(st: Any) -> Optional[ET.Element]:
+    return _elem(st).find(q(NS_MUC_USER, "x"))
+
+
+def muc_statuses(st: Any) -> set[int]:
+    """Status codes of a stanza's ``<x xmlns='…muc#user'>``."""
+    x = muc_user_x(st)
+    if x is None:
+        return set()
+    return {int(s.get("code", "0")) for s in x.findall(q(NS_MUC_USER, "status"))}
+
+
+def muc_item(st: Any) -> Optional[ET.Element]:
+    x = muc_user_x(st)
+    return None if x is None else x.find(q(NS_MUC_USER, "item"))
+
+
+def stanza_ids(st: Any) -> dict[str, str]:
+    """XEP-0359 ``<stanza-id/>`` children as {by: id}."""
+    return {s.get("by", ""): s.get("id", "") for s in _elem(st).findall(q(NS_SID, "stanza-id"))}
+
+
+def is_groupchat(room: str, body: Optional[str] = None,
+                 nick: Optional[str] = None) -> Callable[[Any], bool]:
+    """A (non-error) groupchat message from ``room`` (``room/nick`` if given)
+    with ``body`` (if given)."""
+    def pred(st: Any) -> bool:
+        if stanza_kind(st) != "message" or st.xml.get("type") != "groupchat":
+            return False
+        frm = st.xml.get("from", "")
+        if bare(frm) != room or (nick is not None and frm != f"{room}/{nick}"):
+            return False
+        return body is None or body_of(st) == body
+    return pred
+
+
+def is_error_from(kind: str, from_: str, body: Optional[str] = None) -> Callable[[Any], bool]:
+    """An error stanza of ``kind`` from ``from_`` (bare: any resource),
+    optionally echoing ``body``."""
+    def pred(st: Any) -> bool:
+        if stanza_kind(st) != kind or st.xml.get("type") != "error":
+            return False
+        frm = st.xml.get("from", "")
+        if (frm if "/" in from_ else bare(frm)) != from_:
+            return False
+        return body is None or body_of(st) == body
+    return pred
+
+
+def is_occupant_presence(room: str, nick: str, ptype: Optional[str] = None,
+                         status: Optional[int] = None) -> Callable[[Any], bool]:
+    """A MUC presence from ``room/nick`` (``ptype`` None = available) that
+    carries muc#user status ``status`` (if given)."""
+    def pred(st: Any) -> bool:
+        if stanza_kind(st) != "presence" or st.xml.get("from") != f"{room}/{nick}":
+            return False
+        if (st.xml.get("type") or None) != ptype or muc_user_x(st) is None:
+            return False
+        return status is None or status in muc_statuses(st)
+    return pred
+
+
+@dataclass
+class Joined:
+    """What a successful join returned (XEP-0045 §7.2 order)."""
+    presence: Any  # the self-presence (status 110)
+    subject: Any  # the subject message
+    occupants: list  # presences of the occupants (self included)
+    history: list  # discussion history messages (groupchat with <delay from=room>)
+
+
+async def join_room(client: XmppClient, room: str, nick: str, *,
+                    maxstanzas: Optional[int] = None, timeout: float = TIMEOUT) -> Joined:
+    """Join with slixmpp's xep_0045 ``join_muc_wait``; a presence error or no
+    self-presence + subject within ``timeout`` fails the test."""
+    from slixmpp.exceptions import PresenceError
+    mark = client.mark()
+    try:
+        pres, subject, occupants, _ = await client.plugin["xep_0045"].join_muc_wait(
+            slixmpp.JID(room), nick, maxstanzas=maxstanzas, timeout=timeout)
+    except PresenceError as err:
+        raise AssertionError(f"{client.boundjid}: join of {room}/{nick} refused: "
+                             f"{err.presence}") from None
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{client.boundjid}: join of {room}/{nick} not completed within "
+                             f"{timeout}s; recent stanzas:\n{client.describe_recent()}") from None
+    # The plugin's own history list only keeps messages with a <body/>
+    # (reactions, for one, have none): take history from the recorder. It
+    # precedes the subject, so it has all arrived by now.
+    history = []
+    for st in client.received[mark:]:
+        delay = st.xml.find(q(NS_DELAY, "delay"))
+        if (is_groupchat(room)(st) and delay is not None and delay.get("from") == room
+                and st.xml.find(q(NS_CLIENT, "subject")) is None):
+            history.append(st)
+    return Joined(pres, subject, occupants, history)
+
+
+async def join_room_error(client: XmppClient, room: str, nick: str,
+                          timeout: float = TIMEOUT) -> Any:
+    """Join expecting a refusal; returns the presence error (fails if the
+    join succeeds or nothing comes back)."""
+    from slixmpp.exceptions import PresenceError
+    try:
+        joined = await client.plugin["xep_0045"].join_muc_wait(
+            slixmpp.JID(room), nick, maxstanzas=0, timeout=timeout)
+    except PresenceError as err:
+        return err.presence
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{client.boundjid}: no answer to the join of {room}/{nick} within "
+                             f"{timeout}s; recent stanzas:\n{client.describe_recent()}") from None
+    raise AssertionError(f"{client.boundjid}: join of {room}/{nick} unexpectedly succeeded: "
+                         f"{joined[0]}")
+
+
+def data_form(fields: Optional[dict] = None, form_type: str = "submit") -> str:
+    """A XEP-0004 ``<x xmlns='jabber:x:data'>`` (as XML text) with the given
+    {var: value} fields (booleans become 1/0); empty = instant-room form."""
+    out = [f"<x xmlns='{NS_DATA}' type='{form_type}'>"]
+    for var, value in (fields or {}).items():
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        out.append(f"<field var='{var}'><value>{value}</value></field>")
+    out.append("</x>")
+    return "".join(out)
+
+
+@dataclass
+class MamPage:
+    """One answered archive query."""
+    iq: Any  # the IQ result (or error)
+    results: list  # <result xmlns='urn:xmpp:mam:2'> elements, in arrival order
+
+    @property
+    def error(self) -> tuple[Optional[str], Optional[str]]:
+        return stanza_error(self.iq)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.get("id") for r in self.results]
+
+    @property
+    def messages(self) -> list[ET.Element]:
+        """The archived (forwarded) messages."""
+        return [r.find(f"{q(NS_FORWARD, 'forwarded')}/{q(NS_CLIENT, 'message')}")
+                for r in self.results]
+
+    @property
+    def bodies(self) -> list[Optional[str]]:
+        return [None if m is None else body_of(m) for m in self.messages]
+
+    def _fin(self) -> ET.Element:
+        fin = self.iq.xml.find(q(NS_MAM, "fin"))
+        assert fin is not None, f"MAM answer without <fin/>: {self.iq}"
+        return fin
+
+    @property
+    def complete(self) -> bool:
+        return self._fin().get("complete") in ("true", "1")
+
+    def rsm(self, name: str) -> Optional[str]:
+        el = self._fin().find(f"{q(NS_RSM, 'set')}/{q(NS_RSM, name)}")
+        return None if el is None else (el.text or "")
+
+    @property
+    def count(self) -> Optional[int]:
+        c = self.rsm("count")
+        return None if c is None else int(c)
+
+
+async def mam_query(client: XmppClient, archive: Optional[str] = None, *,
+                    max: Optional[int] = None, after: Optional[str] = None,
+                    before: Optional[str | bool] = None, with_jid: Optional[str] = None,
+                    timeout: float = TIMEOUT) -> MamPage:
+    """XEP-0313 query on ``archive`` (a room; None = the user's own archive)
+    with RSM ``max``/``after``/``before`` (``before=True``: an empty
+    ``<before/>``, the last page). Errors are returned, not raised.
+
+    Uses slixmpp's xep_0313 ``retrieve`` except for an empty ``<before/>``,
+    which ``retrieve`` cannot express (it stringifies RSM values, so True
+    becomes ``<before>True</before>``): that query is built from the
+    plugin's stanza classes and its results are taken from the recorder."""
+    to = slixmpp.JID(archive) if archive else None
+    if before is True:
+        iq = client.make_iq_set(ito=to)
+        qid = iq["id"]
+        iq["mam"]["queryid"] = qid
+        if with_jid:
+            iq["mam"]["with"] = slixmpp.JID(with_jid)
+        if max is not None:
+            iq["mam"]["rsm"]["max"] = str(max)
+        if after:
+            iq["mam"]["rsm"]["after"] = after
+        iq["mam"]["rsm"]["before"] = True
+        mark = client.mark()
+        try:
+            res = await iq.send(timeout=timeout)
+        except IqError as err:
+            return MamPage(err.iq, [])
+        except IqTimeout:
+            raise AssertionError(f"MAM query timed out after {timeout}s: {iq}") from None
+        results = []
+        for st in client.received[mark:]:
+            r = st.xml.find(q(NS_MAM, "result"))
+            if stanza_kind(st) == "message" and r is not None and r.get("queryid") == qid:
+                results.append(r)
+        return MamPage(res, results)
+
+    rsm: dict[str, Any] = {}
+    if max is not None:
+        rsm["max"] = max
+    if after:
+        rsm["after"] = after
+    if isinstance(before, str) and before:
+        rsm["before"] = before
+    try:
+        res = await client.plugin["xep_0313"].retrieve(
+            jid=to, with_jid=slixmpp.JID(with_jid) if with_jid else None,
+            rsm=rsm or None, timeout=timeout)
+    except IqError as err:
+        return MamPage(err.iq, [])
+    except IqTimeout:
+        raise AssertionError(f"MAM query to {archive or 'own archive'} timed out "
+                             f"after {timeout}s") from None
+    return MamPage(res, [m.xml.find(q(NS_MAM, "result")) for m in res["mam"]["results"]])
+
+
+async def mam_wait(client: XmppClient, archive: Optional[str], pred: Callable[[MamPage], bool],
+                   what: str, *, with_jid: Optional[str] = None, max: int = 50,
+                   timeout: float = TIMEOUT) -> MamPage:
+    """Query until ``pred(page)`` holds (archive writes are batched off the
+    delivery path, so a reflected message reaches the archive a little
+    later). Polls every 0.5 s: the session's IQ budget (20 per 10 s)
+    refills faster than that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page = await mam_query(client, archive, max=max, with_jid=with_jid)
+        assert page.error == (None, None), f"MAM query failed: {page.iq}"
+        if pred(page):
+            return page
+        if time.monotonic() > deadline:
+            raise AssertionError(f"archive {archive or 'own'}: {what} not seen within {timeout}s; "
+                                 f"last page: ids={page.ids} bodies={page.bodies} "
+                                 f"count={page.count}")
+        await asyncio.sleep(0.5)
+
+
+# --------------------------------------------------------------------------
+# Waddles (REST)
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Waddle:
+    """A waddle as POST /v1/waddles returned it."""
+    id: str
+    body: dict
+
+    def channel(self, name: str) -> dict:
+        for c in self.body["channels"]:
+            if c["name"] == name:
+                return c
+        raise AssertionError(f"waddle {self.id} has no channel {name!r}: {self.body}")
+
+    def room(self, name: str) -> str:
+        """The MUC room JID of channel ``name``."""
+        return self.channel(name)["room_jid"]
+
+
+def create_waddle(http: Callable, owner: User, name: Optional[str] = None) -> Waddle:
+    status, body = http("POST", "/v1/waddles", json={"name": name or unique("Waddle ")},
+                        bearer=owner.token)
+    assert status == 201, f"waddle creation failed: {status} {body!r}"
+    return Waddle(body["id"], body)
+
+
+def add_member(http: Callable, waddle: Waddle, by: User, member: User,
+               role: str = "member") -> None:
+    status, body = http("POST", f"/v1/waddles/{waddle.id}/members",
+                        json={"user": member.username, "role": role}, bearer=by.token)
+    assert status == 201, f"adding {member.username} as {role} failed: {status} {body!r}"
+
+
+def check_permission(http: Callable, caller: User, obj: str, permission: str,
+                     user: Optional[str] = None) -> bool:
+    """POST /v1/permissions/check → allowed."""
+    req = {"object": obj, "permission": permission}
+    if user is not None:
+        req["user"] = user
+    status, body = http("POST", "/v1/permissions/check", json=req, bearer=caller.token)
+    assert status == 200, f"permission check {req} failed: {status} {body!r}"
+    assert isinstance(body.get("allowed"), bool), body
+    return body["allowed"]

@@ -87,6 +87,7 @@ impl Schema {
     ///          manage = manager | parent->administer
     ///          moderate = moderator | manage | parent->moderate
     ///          send_message = writer | moderate | parent->view
+    ///          announce = writer | moderate
     ///          view = viewer | send_message | parent->view
     ///          delete = manage
     /// message  channel: channel, author: user
@@ -170,6 +171,8 @@ pub(crate) fn waddle_definition() -> SchemaBuilder {
         .permission("channel", "manage", "manager | parent->administer")
         .permission("channel", "moderate", "moderator | manage | parent->moderate")
         .permission("channel", "send_message", "writer | moderate | parent->view")
+        // Posting in an announcement channel: membership alone does not give a voice.
+        .permission("channel", "announce", "writer | moderate")
         .permission("channel", "view", "viewer | send_message | parent->view")
         .permission("channel", "delete", "manage")
         .relation("message", "channel", &["channel"])

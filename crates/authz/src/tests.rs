@@ -39,7 +39,7 @@ fn product() -> Authz {
 }
 
 const WADDLE_PERMS: [&str; 6] = ["administer", "moderate", "view", "delete", "manage_members", "manage_channels"];
-const CHANNEL_PERMS: [&str; 5] = ["manage", "moderate", "send_message", "view", "delete"];
+const CHANNEL_PERMS: [&str; 6] = ["manage", "moderate", "send_message", "announce", "view", "delete"];
 
 #[test]
 fn product_schema_is_valid() {
@@ -51,7 +51,7 @@ fn product_schema_is_valid() {
     assert_eq!(s.relations("waddle"), ["owner", "admin", "moderator", "member"]);
     assert_eq!(s.permissions("waddle"), WADDLE_PERMS);
     assert_eq!(s.relations("channel"), ["parent", "manager", "moderator", "writer", "viewer"]);
-    assert_eq!(s.permissions("channel"), ["manage", "moderate", "send_message", "view", "delete"]);
+    assert_eq!(s.permissions("channel"), CHANNEL_PERMS);
     assert!(s.is_relation("channel", "parent"));
     assert!(!s.is_relation("channel", "view"));
     assert!(s.has_permission("channel", "view") && s.has_permission("channel", "parent"));
@@ -91,13 +91,15 @@ fn channel_permissions_through_the_parent() {
         assert!(!can(&a, "channel:c1", perm, "nobody"), "nobody {perm}");
     }
     // A plain member views and sends, nothing more.
-    for (perm, allowed) in [("view", true), ("send_message", true), ("moderate", false), ("manage", false)] {
+    let member_perms =
+        [("view", true), ("send_message", true), ("announce", false), ("moderate", false), ("manage", false)];
+    for (perm, allowed) in member_perms {
         assert_eq!(can(&a, "channel:c1", perm, "member"), allowed, "member {perm}");
     }
     assert!(!can(&a, "channel:c1", "delete", "member"));
     // A waddle moderator moderates every channel but does not manage them.
     assert!(can(&a, "channel:c1", "moderate", "mod"));
-    assert!(can(&a, "channel:c1", "send_message", "mod"));
+    assert!(can(&a, "channel:c1", "send_message", "mod") && can(&a, "channel:c1", "announce", "mod"));
     assert!(!can(&a, "channel:c1", "manage", "mod"));
     assert!(!can(&a, "channel:c1", "delete", "mod"));
     // A channel without a parent grants nothing.
@@ -115,6 +117,8 @@ fn channel_level_grants() {
     assert!(can(&a, "channel:c1", "view", "guest"));
     assert!(!can(&a, "channel:c1", "send_message", "guest"));
     assert!(can(&a, "channel:c1", "send_message", "poster") && can(&a, "channel:c1", "view", "poster"));
+    // An explicit writer may post announcements; a viewer may not.
+    assert!(can(&a, "channel:c1", "announce", "poster") && !can(&a, "channel:c1", "announce", "guest"));
     assert!(!can(&a, "channel:c1", "moderate", "poster"));
     for perm in CHANNEL_PERMS {
         assert!(can(&a, "channel:c1", perm, "keeper"), "keeper {perm}");

@@ -230,6 +230,15 @@ impl ChannelAccess {
     }
 }
 
+/// What a waddle channel dictates about its room (see [`Room::apply_channel_settings`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSettings {
+    pub name: String,
+    pub description: String,
+    /// Announcement channels are moderated: only those allowed to post have voice.
+    pub moderated: bool,
+}
+
 /// Computed by the shell per stanza (from an in-memory checker, cheap and synchronous).
 pub trait AccessOracle {
     fn access(&self, user_bare_jid: &str) -> Policy;

@@ -102,11 +102,21 @@ CREATE TABLE rooms (
 ) WITHOUT ROWID;
 ";
 
+/// Version 3: tombstones of the rooms of deleted channels, so that their JIDs are never
+/// reused (by an ad-hoc room that would inherit links, bookmarks and history readers).
+const V3: &str = "
+CREATE TABLE retired_rooms (
+    jid        TEXT NOT NULL PRIMARY KEY,
+    retired_at INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Every migration, in order. Append only.
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, sql: V1 }, Migration { version: 2, sql: V2 }];
+const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, sql: V1 }, Migration { version: 2, sql: V2 }, Migration { version: 3, sql: V3 }];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION as i64);
 

@@ -2,7 +2,7 @@
 
 use libsql::{Connection, Row};
 
-use crate::db::Tx;
+use crate::db::{unix_now, Tx};
 use crate::model::CHANNEL_KINDS;
 use crate::Sql;
 use crate::{ChannelRecord, StorageError, Store, WaddleRecord};
@@ -346,7 +346,9 @@ impl Store {
             .await
     }
 
-    /// Stores (replacing) the state of a persistent MUC room.
+    /// Stores (replacing) the state of a persistent MUC room. A retired room (see
+    /// [`Store::room_retire`]) is not stored again: a late write from its stopping actor
+    /// must not bring it back.
     pub async fn room_put(&self, room_jid: &str, blob: &str) -> Result<(), StorageError> {
         if room_jid.is_empty() {
             return Err(StorageError::Invalid("empty room JID".into()));
@@ -355,11 +357,49 @@ impl Store {
         self.worker
             .call(move |conn| async move {
                 conn.execute(
-                    "INSERT INTO rooms (jid, blob) VALUES (?1, ?2) ON CONFLICT (jid) DO UPDATE SET blob = excluded.blob",
+                    "INSERT INTO rooms (jid, blob) SELECT ?1, ?2 WHERE NOT EXISTS \
+                     (SELECT 1 FROM retired_rooms WHERE jid = ?1) \
+                     ON CONFLICT (jid) DO UPDATE SET blob = excluded.blob",
                     [room_jid, blob],
                 )
                 .await?;
                 Ok(())
+            })
+            .await
+    }
+
+    /// Forgets the room of a deleted channel for good: its state goes and its JID is
+    /// marked retired, so it can neither be stored nor created again.
+    pub async fn room_retire(&self, room_jid: &str) -> Result<(), StorageError> {
+        if room_jid.is_empty() {
+            return Err(StorageError::Invalid("empty room JID".into()));
+        }
+        let room_jid = room_jid.to_owned();
+        let now = unix_now();
+        self.worker
+            .call(move |conn| async move {
+                Sql::in_tx(&conn, Tx::Write, async {
+                    conn.execute("DELETE FROM rooms WHERE jid = ?1", [room_jid.as_str()]).await?;
+                    conn.execute(
+                        "INSERT INTO retired_rooms (jid, retired_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        (room_jid.as_str(), now),
+                    )
+                    .await?;
+                    Ok(())
+                })
+                .await
+            })
+            .await
+    }
+
+    /// Whether [`Store::room_retire`] retired this room JID.
+    pub async fn room_is_retired(&self, room_jid: &str) -> Result<bool, StorageError> {
+        let room_jid = room_jid.to_owned();
+        self.worker
+            .call(move |conn| async move {
+                Ok(Sql::query_opt(&conn, "SELECT 1 FROM retired_rooms WHERE jid = ?1", [room_jid], |_| Ok(()))
+                    .await?
+                    .is_some())
             })
             .await
     }

@@ -523,14 +523,26 @@ async fn tuples_and_rooms() {
     store.room_delete("c1@muc.example.test").await.unwrap();
     assert_eq!(store.room_get("c1@muc.example.test").await.unwrap(), None);
     assert!(matches!(store.room_put("", "x").await, Err(StorageError::Invalid(_))));
+
+    // Retiring: the state goes, the JID stays taken, late writes are ignored.
+    let jid = "c2@muc.example.test";
+    store.room_put(jid, "{\"v\":1}").await.unwrap();
+    assert!(!store.room_is_retired(jid).await.unwrap());
+    store.room_retire(jid).await.unwrap();
+    store.room_retire(jid).await.unwrap();
+    assert!(store.room_is_retired(jid).await.unwrap());
+    assert_eq!(store.room_get(jid).await.unwrap(), None);
+    store.room_put(jid, "{\"v\":2}").await.unwrap();
+    assert_eq!(store.room_get(jid).await.unwrap(), None, "a retired room is never stored again");
+    assert!(!store.room_is_retired("c1@muc.example.test").await.unwrap());
 }
 
 #[tokio::test]
-async fn version_1_databases_are_migrated_to_2() {
+async fn version_1_databases_are_migrated_to_the_latest() {
     let dir = temp_dir();
     let path = dir.join("waddle.db");
     {
-        // Make a version-1 database: everything of version 2 undone.
+        // Make a version-1 database: everything of versions 2 and 3 undone.
         let store = Store::open(&path).await.unwrap();
         store.create_account(account("alice")).await.unwrap();
         store
@@ -538,7 +550,7 @@ async fn version_1_databases_are_migrated_to_2() {
             .call(|conn| async move {
                 conn.execute_batch(
                     "DROP TABLE waddles; DROP TABLE channels; DROP TABLE authz_tuples; DROP TABLE rooms; \
-                     DELETE FROM schema_version WHERE version = 2;",
+                     DROP TABLE retired_rooms; DELETE FROM schema_version WHERE version >= 2;",
                 )
                 .await?;
                 Ok(())
@@ -548,8 +560,9 @@ async fn version_1_databases_are_migrated_to_2() {
         assert_eq!(store.schema_version().await.unwrap(), 1);
     }
     let store = Store::open(&path).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     assert!(store.account_exists("alice").await.unwrap());
+    store.room_retire("gone@muc.example.test").await.unwrap();
     store.waddle_create(&waddle("w1", "alice")).await.unwrap();
     store.tuple_write("waddle:w1#owner@user:alice").await.unwrap();
     drop(store);

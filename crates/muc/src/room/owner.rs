@@ -7,7 +7,7 @@ use waddle_xml::Element;
 use super::{push_error, Notice, Room, Sender};
 use crate::form::{self, FormError};
 use crate::ns;
-use crate::{AccessOracle, Affiliation, Outbound, Policy, Role, Whois};
+use crate::{AccessOracle, Affiliation, ChannelSettings, Outbound, Policy, Role, RoomConfig, Whois};
 
 fn feature(var: &str) -> Element {
     Element::new("feature", ns::DISCO_INFO).with_attr("var", var)
@@ -189,27 +189,8 @@ impl Room {
         let was_locked = self.locked;
         self.locked = false;
         self.trim_history();
-        if !was_locked && old != self.config {
-            let mut codes = vec![104];
-            if old.logged != self.config.logged {
-                codes.push(if self.config.logged { 170 } else { 171 });
-            }
-            if old.whois != self.config.whois {
-                codes.push(if self.config.whois == Whois::Anyone { 172 } else { 173 });
-            }
-            for (_, session) in self.receivers() {
-                let mut x = Element::new("x", ns::MUC_USER);
-                for code in &codes {
-                    x.append_child(super::status(*code));
-                }
-                out.push(Outbound::Stanza(
-                    Element::new("message", ns::CLIENT)
-                        .with_attr("type", "groupchat")
-                        .with_attr("from", self.jid.as_str())
-                        .with_attr("to", session.full.as_str())
-                        .with_child(x),
-                ));
-            }
+        if !was_locked {
+            self.announce_config_change(&old, out);
         }
         if self.config.moderated != old.moderated {
             // Occupants keep their current roles; what the rules would now give on entry
@@ -248,5 +229,55 @@ impl Room {
             self.history.clear();
             out.push(Outbound::Destroyed);
         }
+    }
+    /// Tells every occupant the configuration changed (status 104, plus 170/171 for
+    /// logging and 172/173 for anonymity), if it did.
+    fn announce_config_change(&self, old: &RoomConfig, out: &mut Vec<Outbound>) {
+        if *old == self.config {
+            return;
+        }
+        let mut codes = vec![104];
+        if old.logged != self.config.logged {
+            codes.push(if self.config.logged { 170 } else { 171 });
+        }
+        if old.whois != self.config.whois {
+            codes.push(if self.config.whois == Whois::Anyone { 172 } else { 173 });
+        }
+        for (_, session) in self.receivers() {
+            let mut x = Element::new("x", ns::MUC_USER);
+            for code in &codes {
+                x.append_child(super::status(*code));
+            }
+            out.push(Outbound::Stanza(
+                Element::new("message", ns::CLIENT)
+                    .with_attr("type", "groupchat")
+                    .with_attr("from", self.jid.as_str())
+                    .with_attr("to", session.full.as_str())
+                    .with_child(x),
+            ));
+        }
+    }
+
+    /// The waddle channel behind this room changed (name, topic or kind): the room takes
+    /// the new name, description and moderation, tells its occupants (status 104) and
+    /// re-evaluates their roles against `oracle`, which already answers for the new kind
+    /// (in an announcement channel plain members become visitors).
+    pub fn apply_channel_settings(&mut self, settings: &ChannelSettings, oracle: &dyn AccessOracle) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if self.destroyed {
+            return out;
+        }
+        let mut config = self.config.clone();
+        config.name.clone_from(&settings.name);
+        config.description.clone_from(&settings.description);
+        config.moderated = settings.moderated;
+        if config == self.config {
+            return out;
+        }
+        let old = std::mem::replace(&mut self.config, config);
+        self.announce_config_change(&old, &mut out);
+        out.extend(self.apply_policy_change(oracle));
+        out.push(Outbound::Persist);
+        out
     }
 }

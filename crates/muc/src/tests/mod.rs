@@ -161,7 +161,7 @@ pub(crate) fn owner_iq(from: &str, id: &str, kind: &str, inner: &str) -> String 
 }
 
 /// A channel oracle: users not listed may not view.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct ChannelOracle(pub HashMap<String, ChannelAccess>);
 
 impl ChannelOracle {

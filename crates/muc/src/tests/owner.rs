@@ -414,3 +414,42 @@ fn archive_access() {
     assert!(room.may_read_archive("alice@example.org", &oracle));
     assert!(!room.may_read_archive("bob@example.org", &oracle));
 }
+
+#[test]
+fn channel_settings_rename_and_turn_members_into_visitors() {
+    let text = ChannelOracle::default().with("owner@example.org", Some("owner"), true, true).with(
+        "alice@example.org",
+        Some("member"),
+        true,
+        true,
+    );
+    let mut room = Room::new(ROOM, RoomConfig { name: "general".into(), ..RoomConfig::default() }, None, true);
+    join_with(&mut room, OWNER, "Owner", &text);
+    join_with(&mut room, ALICE, "alice", &text);
+    let same = crate::ChannelSettings { name: "general".into(), description: String::new(), moderated: false };
+    assert!(room.apply_channel_settings(&same, &text).is_empty(), "nothing changed, nothing said");
+
+    // The channel becomes an announcement channel: alice may no longer post.
+    let announcement = text.clone().with("alice@example.org", Some("member"), true, false);
+    let settings = crate::ChannelSettings { name: "news".into(), description: "Read me".into(), moderated: true };
+    let out = room.apply_channel_settings(&settings, &announcement);
+    assert_eq!(room.config().name, "news");
+    assert_eq!(room.config().description, "Read me");
+    assert!(room.config().moderated);
+    assert_eq!(persists(&out), 1);
+    let notices: Vec<_> = stanzas(&out).into_iter().filter(|e| e.name() == "message").collect();
+    assert_eq!(notices.len(), 2, "both occupants hear of the change: {out:?}");
+    assert!(notices.iter().all(|m| statuses(m) == [104]));
+    let alice_now = stanzas(&out)
+        .into_iter()
+        .find(|e| e.name() == "presence" && from(e) == occ("alice") && to(e) == OWNER)
+        .unwrap_or_else(|| panic!("no role change broadcast: {out:?}"));
+    assert_eq!(item(alice_now).attr("role"), Some("visitor"));
+    assert_eq!(error_of(&feed_with(&mut room, &groupchat(ALICE, "hi"), &announcement)).as_deref(), Some("forbidden"));
+    assert!(error_of(&feed_with(&mut room, &groupchat(OWNER, "hi"), &announcement)).is_none());
+
+    // Back to a text channel: alice gets her voice back.
+    let out = room.apply_channel_settings(&same, &text);
+    assert!(stanzas(&out).iter().any(|e| e.name() == "presence" && item(e).attr("role") == Some("participant")));
+    assert!(error_of(&feed_with(&mut room, &groupchat(ALICE, "hi"), &text)).is_none());
+}

@@ -1,0 +1,250 @@
+"""XEP-0045 Multi-User Chat on muc.localhost: announcement channels, ad-hoc
+rooms (creation, instant room, kick, members-only), the per-room message
+rate limit and service discovery."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from xmpp_helpers import (
+    DOMAIN,
+    MUC_DOMAIN,
+    MUC_PLUGINS,
+    NS_DISCO_INFO,
+    NS_DISCO_ITEMS,
+    NS_MAM,
+    NS_MUC,
+    NS_MUC_OWNER,
+    add_member,
+    create_waddle,
+    data_form,
+    is_error_from,
+    is_groupchat,
+    is_occupant_presence,
+    join_room,
+    join_room_error,
+    muc_item,
+    muc_statuses,
+    q,
+    stanza_error,
+    stanza_ids,
+    stanza_kind,
+    unique,
+)
+
+
+async def _connect(xmpp, user, resource="pc"):
+    return await xmpp(user.username, user.password, resource, plugins=MUC_PLUGINS)
+
+
+def _role(presence) -> tuple[str, str]:
+    item = muc_item(presence)
+    assert item is not None, f"no muc#user item: {presence}"
+    return item.get("affiliation"), item.get("role")
+
+
+# ---------------------------------------------------------------------------
+# announcement channels
+# ---------------------------------------------------------------------------
+
+
+async def test_announcements_owner_and_moderators_post(http, make_user, xmpp):
+    alice, bob, dave = make_user("alice"), make_user("bob"), make_user("dave")
+    w = create_waddle(http, alice)
+    add_member(http, w, alice, bob)
+    add_member(http, w, alice, dave, role="moderator")
+    room = w.room("announcements")
+    a, b, d = await _connect(xmpp, alice), await _connect(xmpp, bob), await _connect(xmpp, dave)
+
+    ja = await join_room(a, room, "alice", maxstanzas=0)
+    assert _role(ja.presence) == ("owner", "moderator"), ja.presence
+    jd = await join_room(d, room, "dave", maxstanzas=0)
+    assert _role(jd.presence)[1] == "moderator", jd.presence
+    await join_room(b, room, "bob", maxstanzas=0)
+
+    for sender, nick in ((a, "alice"), (d, "dave")):
+        text = unique(f"news-from-{nick}-")
+        sender.send_message(mto=room, mbody=text, mtype="groupchat")
+        for c in (a, b, d):
+            got = await c.wait_for(is_groupchat(room, text, nick=nick),
+                                   f"{nick}'s announcement at {c.boundjid.bare}")
+            assert stanza_ids(got).get(room), got
+
+
+async def test_announcements_member_is_visitor_and_cannot_post(http, make_user, xmpp):
+    alice, bob = make_user("alice"), make_user("bob")
+    w = create_waddle(http, alice)
+    add_member(http, w, alice, bob)
+    room = w.room("announcements")
+    a, b = await _connect(xmpp, alice), await _connect(xmpp, bob)
+    await join_room(a, room, "alice", maxstanzas=0)
+    jb = await join_room(b, room, "bob", maxstanzas=0)
+    assert _role(jb.presence) == ("member", "visitor"), jb.presence
+
+    text = unique("not-allowed-")
+    a_mark, b_mark = a.mark(), b.mark()
+    b.send_message(mto=room, mbody=text, mtype="groupchat")
+    err = await b.wait_for(is_error_from("message", room, text), "error for a visitor's groupchat",
+                           since=b_mark)
+    assert stanza_error(err)[1] == "forbidden", err
+    await a.assert_none(is_groupchat(room, text), "a visitor's groupchat", since=a_mark)
+
+
+# ---------------------------------------------------------------------------
+# ad-hoc rooms
+# ---------------------------------------------------------------------------
+
+
+async def test_adhoc_room_create_configure_kick_members_only(make_user, xmpp):
+    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    a, b, c = await _connect(xmpp, alice), await _connect(xmpp, bob), await _connect(xmpp, carol)
+    room = f"{unique('lounge')}@{MUC_DOMAIN}"
+    muc = a.plugin["xep_0045"]
+
+    # Creation: the creator is owner, the room is locked (201).
+    ja = await join_room(a, room, "alice")
+    assert {110, 201} <= muc_statuses(ja.presence), ja.presence
+    assert _role(ja.presence) == ("owner", "moderator"), ja.presence
+    err = await join_room_error(b, room, "bob")
+    assert stanza_error(err)[1] == "item-not-found", f"locked room admitted bob or said {err}"
+
+    # The instant room: an empty submitted form unlocks it.
+    res = await a.iq_xml("set", f"<query xmlns='{NS_MUC_OWNER}'>{data_form()}</query>", to=room)
+    assert res["type"] == "result", res
+    a_mark = a.mark()
+    jb = await join_room(b, room, "bob")
+    assert 201 not in muc_statuses(jb.presence), jb.presence
+    assert _role(jb.presence) == ("none", "participant"), jb.presence
+    await a.wait_for(is_occupant_presence(room, "bob"), "bob's arrival", since=a_mark)
+
+    # Kick (role none): status 307 for bob and for the others.
+    a_mark, b_mark = a.mark(), b.mark()
+    await muc.set_role(room, "bob", "none", reason="cool down")
+    kicked = await b.wait_for(is_occupant_presence(room, "bob", "unavailable"), "bob's kick",
+                              since=b_mark)
+    assert {110, 307} <= muc_statuses(kicked), kicked
+    assert _role(kicked)[1] == "none", kicked
+    seen = await a.wait_for(is_occupant_presence(room, "bob", "unavailable"), "bob's kick at alice",
+                            since=a_mark)
+    assert 307 in muc_statuses(seen), seen
+    text = unique("kicked-")
+    b.send_message(mto=room, mbody=text, mtype="groupchat")
+    await b.wait_for(is_error_from("message", room, text), "error for a kicked occupant's message",
+                     since=b_mark)
+
+    # Members-only through the configuration form (slixmpp's get/set_room_config).
+    form = await muc.get_room_config(room)
+    fields = form.get_fields()
+    assert fields["muc#roomconfig_membersonly"]["value"] is False, form
+    fields["muc#roomconfig_membersonly"]["value"] = True
+    a_mark = a.mark()
+    await muc.set_room_config(room, form)
+    change = await a.wait_for(lambda st: stanza_kind(st) == "message" and st.xml.get("from") == room
+                              and 104 in muc_statuses(st), "config-change notice (104)", since=a_mark)
+    assert change.xml.get("type") == "groupchat", change
+    info = await a.iq_xml("get", f"<query xmlns='{NS_DISCO_INFO}'/>", to=room)
+    features = {f.get("var") for f in info.xml.iter(q(NS_DISCO_INFO, "feature"))}
+    assert "muc_membersonly" in features and "muc_open" not in features, features
+
+    for client, nick in ((c, "carol"), (b, "bob")):
+        err = await join_room_error(client, room, nick)
+        assert stanza_error(err) == ("auth", "registration-required"), err
+
+    # Making bob a member lets him back in.
+    await muc.set_affiliation(room, "member", jid=bob.jid)
+    jb = await join_room(b, room, "bob", maxstanzas=0)
+    assert _role(jb.presence) == ("member", "participant"), jb.presence
+
+
+# ---------------------------------------------------------------------------
+# rate limit
+# ---------------------------------------------------------------------------
+
+
+def _metric(http, name: str, labels: str) -> float:
+    status, text = http("GET", "/metrics")
+    assert status == 200 and isinstance(text, str), (status, text)
+    m = re.search(r"^" + re.escape(f"{name}{{{labels}}}") + r" (\S+)$", text, re.M)
+    assert m, f"{name}{{{labels}}} not in /metrics:\n{text}"
+    return float(m.group(1))
+
+
+async def test_groupchat_rate_limit_per_room(http, make_user, xmpp):
+    alice, bob = make_user("alice"), make_user("bob")
+    w = create_waddle(http, alice)
+    add_member(http, w, alice, bob)
+    room = w.room("general")
+    a, b = await _connect(xmpp, alice), await _connect(xmpp, bob)
+    await join_room(a, room, "alice", maxstanzas=0)
+    await join_room(b, room, "bob", maxstanzas=0)
+    before = _metric(http, "xmpp_rate_limited_total", 'limit="message"')
+
+    tag = unique("burst")
+    texts = [f"{tag}-{i}" for i in range(11)]
+    b_mark, a_mark = b.mark(), a.mark()
+    for text in texts:  # back to back: the bucket holds 10 per 10 s
+        b.send_message(mto=room, mbody=text, mtype="groupchat")
+
+    err = await b.wait_for(is_error_from("message", room, texts[10]), "policy-violation for the 11th",
+                           since=b_mark)
+    assert stanza_error(err) == ("modify", "policy-violation"), err
+    for text in texts[:10]:
+        await a.wait_for(is_groupchat(room, text, nick="bob"), f"reflection of {text}", since=a_mark)
+        await b.wait_for(is_groupchat(room, text, nick="bob"), f"own reflection of {text}",
+                         since=b_mark)
+    await a.assert_none(is_groupchat(room, texts[10]), "the rate-limited message", since=a_mark)
+    refused = [st for st in b.received[b_mark:]
+               if stanza_kind(st) == "message" and st.xml.get("type") == "error"]
+    assert len(refused) == 1, "\n".join(str(s) for s in refused)
+
+    after = _metric(http, "xmpp_rate_limited_total", 'limit="message"')
+    assert after >= before + 1, (before, after)
+
+
+# ---------------------------------------------------------------------------
+# service discovery
+# ---------------------------------------------------------------------------
+
+
+def _identities(iq) -> set[tuple[str, str]]:
+    return {(i.get("category"), i.get("type")) for i in iq.xml.iter(q(NS_DISCO_INFO, "identity"))}
+
+
+def _features(iq) -> set[str]:
+    return {f.get("var") for f in iq.xml.iter(q(NS_DISCO_INFO, "feature"))}
+
+
+async def test_disco_muc_service_and_channel_rooms(http, make_user, xmpp):
+    alice, carol = make_user("alice"), make_user("carol")
+    w = create_waddle(http, alice)
+    a, c = await _connect(xmpp, alice), await _connect(xmpp, carol)
+
+    svc = await a.plugin["xep_0030"].get_info(jid=MUC_DOMAIN, timeout=10)
+    assert ("conference", "text") in _identities(svc), svc
+    assert NS_MUC in _features(svc), svc
+
+    general = await a.plugin["xep_0030"].get_info(jid=w.room("general"), timeout=10)
+    assert ("conference", "text") in _identities(general), general
+    feats = _features(general)
+    for f in (NS_MUC, "muc_membersonly", "muc_persistent", NS_MAM):
+        assert f in feats, (f, feats)
+    assert "muc_moderated" not in feats, feats
+    news = await a.plugin["xep_0030"].get_info(jid=w.room("announcements"), timeout=10)
+    assert {"muc_membersonly", "muc_persistent", "muc_moderated"} <= _features(news), news
+
+    # Outsiders learn nothing about a channel room.
+    res = await c.iq_xml("get", f"<query xmlns='{NS_DISCO_INFO}'/>", to=w.room("general"))
+    assert res["type"] == "error" and stanza_error(res)[1] == "forbidden", res
+
+
+async def test_server_disco_items_lists_the_muc_service(make_user, xmpp):
+    alice = make_user("alice")
+    a = await _connect(xmpp, alice)
+    res = await a.iq_xml("get", f"<query xmlns='{NS_DISCO_ITEMS}'/>", to=DOMAIN)
+    assert res["type"] == "result", res
+    items = {i.get("jid") for i in res.xml.iter(q(NS_DISCO_ITEMS, "item"))}
+    assert MUC_DOMAIN in items, f"server disco#items must list {MUC_DOMAIN}: {sorted(items)}"
+    info = await a.plugin["xep_0030"].get_info(jid=MUC_DOMAIN, timeout=10)
+    assert ("conference", "text") in _identities(info), info
