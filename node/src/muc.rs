@@ -4,11 +4,11 @@
 //! plain XEP-0045 rules. Reflected groupchat messages are archived (XEP-0313) after
 //! fan-out, off the delivery path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{watch, Mutex as AsyncMutex};
 use waddle_api::Permissions;
 use waddle_authz::ObjectRef;
 use waddle_c2s::ns;
@@ -56,11 +56,26 @@ pub enum RoomMsg {
 pub struct MucService {
     pub domain: String,
     rooms: AsyncMutex<HashMap<String, ActorRef<RoomMsg>>>,
+    /// Running rooms that are public and unlocked, by JID, with their listed names. The
+    /// room actors keep it current; the service's disco#items reads it (together with the
+    /// stored listing of persistent rooms that are not running).
+    listed: std::sync::Mutex<BTreeMap<String, String>>,
 }
+
+/// Most rooms a disco#items answer of the service lists.
+const MAX_LISTED_ROOMS: u32 = 1000;
 
 impl MucService {
     pub fn new(domain: String) -> MucService {
-        MucService { domain, rooms: AsyncMutex::new(HashMap::new()) }
+        MucService { domain, rooms: AsyncMutex::new(HashMap::new()), listed: std::sync::Mutex::new(BTreeMap::new()) }
+    }
+
+    fn set_listing(&self, room: &str, listing: Option<&str>) {
+        let mut listed = self.listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match listing {
+            Some(name) => listed.insert(room.to_owned(), name.to_owned()),
+            None => listed.remove(room),
+        };
     }
 
     pub fn room_jid(&self, channel_id: &str) -> String {
@@ -210,7 +225,7 @@ async fn spawn_room(
 pub async fn create_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord) -> Result<String, String> {
     let room_jid = ctx.muc.room_jid(&channel.id);
     let room = Room::new(&room_jid, channel_config(channel), None, true);
-    ctx.store.room_put(&room_jid, &room.snapshot()).await.map_err(|e| e.to_string())?;
+    ctx.store.room_put(&room_jid, &room.snapshot(), None).await.map_err(|e| e.to_string())?;
     Ok(room_jid)
 }
 
@@ -249,8 +264,17 @@ async fn service_stanza(ctx: &Arc<Ctx>, stanza: &Element) {
                 .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", NS_MAM)),
         ),
         Some(q) if q.is("query", ns::DISCO_ITEMS) => {
-            // Public rooms currently running; channel rooms are hidden (members only).
-            iq_result_with(stanza, Element::new("query", ns::DISCO_ITEMS))
+            // Public rooms (XEP-0045 §6.3): stored persistent ones, then running ones,
+            // whose live state wins. Channel rooms are never public.
+            let mut rooms: BTreeMap<String, String> =
+                ctx.store.rooms_listed(MAX_LISTED_ROOMS).await.unwrap_or_default().into_iter().collect();
+            let running = ctx.muc.listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            rooms.extend(running);
+            let mut items = Element::new("query", ns::DISCO_ITEMS);
+            for (jid, name) in rooms.into_iter().take(MAX_LISTED_ROOMS as usize) {
+                items.append_child(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid).with_attr("name", name));
+            }
+            iq_result_with(stanza, items)
         }
         _ => match error_reply(stanza, "service-unavailable", None) {
             Some(e) => e,
@@ -273,6 +297,34 @@ struct RoomState {
     room: Room,
     binding: Option<ChannelBinding>,
     location: ArchiveLocation,
+    /// What this room last published to the service's listing.
+    listed: Option<String>,
+    /// Started on the first write; ends when the room stops, after its last write.
+    persister: Option<watch::Sender<RoomWrite>>,
+}
+
+/// A change to a room's stored state.
+#[derive(Clone, Debug)]
+enum RoomWrite {
+    Put { snapshot: String, listed_name: Option<String> },
+    Delete,
+}
+
+/// Writes a room's latest state whenever it changes; ends when the room actor drops its
+/// sender (the last state is still written).
+async fn run_persister(ctx: Arc<Ctx>, room: String, mut rx: watch::Receiver<RoomWrite>) {
+    while rx.changed().await.is_ok() {
+        let write = rx.borrow_and_update().clone();
+        let result = match &write {
+            RoomWrite::Put { snapshot, listed_name } => {
+                ctx.store.room_put(&room, snapshot, listed_name.as_deref()).await
+            }
+            RoomWrite::Delete => ctx.store.room_delete(&room).await,
+        };
+        if let Err(e) = result {
+            tracing::error!(room = %room, error = %e, "cannot persist room");
+        }
+    }
 }
 
 /// Access decisions for a channel room, from the in-memory permission checker.
@@ -377,24 +429,20 @@ impl RoomState {
                 }
                 Outbound::Archive(entry) => self.archive(entry, stamp_micros),
                 Outbound::Persist => {
-                    if self.room.config().persistent {
-                        let ctx = Arc::clone(&self.ctx);
-                        let jid = self.room.jid().to_owned();
-                        let snapshot = self.room.snapshot();
-                        tokio::spawn(async move {
-                            if let Err(e) = ctx.store.room_put(&jid, &snapshot).await {
-                                tracing::error!(room = %jid, error = %e, "cannot persist room");
-                            }
-                        });
+                    let write = if self.room.config().persistent {
+                        RoomWrite::Put { snapshot: self.room.snapshot(), listed_name: self.listing() }
                     } else {
-                        let ctx = Arc::clone(&self.ctx);
-                        let jid = self.room.jid().to_owned();
-                        tokio::spawn(async move {
-                            let _ = ctx.store.room_delete(&jid).await;
-                        });
-                    }
+                        RoomWrite::Delete
+                    };
+                    self.persist(write);
                 }
-                Outbound::Destroyed => myself.stop(None),
+                Outbound::Destroyed => {
+                    // A temporary room that never wrote anything has nothing stored.
+                    if self.room.config().persistent || self.persister.is_some() {
+                        self.persist(RoomWrite::Delete);
+                    }
+                    myself.stop(None);
+                }
             }
         }
     }
@@ -433,6 +481,38 @@ impl RoomState {
         });
     }
 
+    /// The name the room is listed under in the service's disco#items, if it is listed.
+    fn listing(&self) -> Option<String> {
+        let public = self.room.config().public && !self.room.is_locked() && !self.room.is_destroyed();
+        public.then(|| {
+            let name = &self.room.config().name;
+            if name.is_empty() {
+                self.room.jid().split('@').next().unwrap_or_default().to_owned()
+            } else {
+                name.clone()
+            }
+        })
+    }
+
+    fn publish_listing(&mut self) {
+        let listing = self.listing();
+        if listing != self.listed {
+            self.ctx.muc.set_listing(self.room.jid(), listing.as_deref());
+            self.listed = listing;
+        }
+    }
+
+    /// Hands a write to the room's persister: writes reach the store in order, and a
+    /// burst of changes is coalesced into its latest state.
+    fn persist(&mut self, write: RoomWrite) {
+        let sender = self.persister.get_or_insert_with(|| {
+            let (tx, rx) = watch::channel(RoomWrite::Delete);
+            tokio::spawn(run_persister(Arc::clone(&self.ctx), self.room.jid().to_owned(), rx));
+            tx
+        });
+        sender.send_replace(write);
+    }
+
     fn may_query_archive(&self, requester_bare: &str) -> bool {
         with_oracle(&self.ctx, self.binding.as_ref(), |o| self.room.may_read_archive(requester_bare, o))
     }
@@ -462,7 +542,16 @@ impl Actor for RoomActor {
 
     async fn pre_start(&self, _myself: ActorRef<RoomMsg>, args: RoomArgs) -> Result<RoomState, ActorProcessingErr> {
         let location = location_of(args.binding.as_ref());
-        Ok(RoomState { ctx: args.ctx, room: args.room, binding: args.binding, location })
+        let mut state = RoomState {
+            ctx: args.ctx,
+            room: args.room,
+            binding: args.binding,
+            location,
+            listed: None,
+            persister: None,
+        };
+        state.publish_listing();
+        Ok(state)
     }
 
     async fn handle(
@@ -500,6 +589,7 @@ impl Actor for RoomActor {
             }
         };
         state.execute(outs, micros, &myself);
+        state.publish_listing();
         if state.room.is_empty() && !state.room.config().persistent {
             // A temporary room ends with its last occupant (XEP-0045 §10.1.3).
             myself.stop(None);
@@ -508,6 +598,7 @@ impl Actor for RoomActor {
     }
 
     async fn post_stop(&self, _myself: ActorRef<RoomMsg>, state: &mut RoomState) -> Result<(), ActorProcessingErr> {
+        state.ctx.muc.set_listing(state.room.jid(), None);
         state.ctx.muc.forget(state.room.jid()).await;
         Ok(())
     }

@@ -5,6 +5,7 @@ rate limit and service discovery."""
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -248,3 +249,54 @@ async def test_server_disco_items_lists_the_muc_service(make_user, xmpp):
     assert MUC_DOMAIN in items, f"server disco#items must list {MUC_DOMAIN}: {sorted(items)}"
     info = await a.plugin["xep_0030"].get_info(jid=MUC_DOMAIN, timeout=10)
     assert ("conference", "text") in _identities(info), info
+
+
+async def _service_items(client) -> dict[str, str]:
+    res = await client.iq_xml("get", f"<query xmlns='{NS_DISCO_ITEMS}'/>", to=MUC_DOMAIN)
+    assert res["type"] == "result", res
+    return {i.get("jid"): i.get("name") for i in res.xml.iter(q(NS_DISCO_ITEMS, "item"))}
+
+
+async def test_service_lists_public_rooms_only(http, make_user, xmpp):
+    alice, bob = make_user("alice"), make_user("bob")
+    w = create_waddle(http, alice)
+    a, b = await _connect(xmpp, alice), await _connect(xmpp, bob)
+    room = f"{unique('plaza')}@{MUC_DOMAIN}"
+    await join_room(a, room, "alice")
+    assert room not in await _service_items(b), "a locked room is not listed"
+
+    # Configured persistent, public and named: listed under its name.
+    muc = a.plugin["xep_0045"]
+    form = await muc.get_room_config(room)
+    fields = form.get_fields()
+    fields["muc#roomconfig_persistentroom"]["value"] = True
+    fields["muc#roomconfig_roomname"]["value"] = "The Plaza"
+    await muc.set_room_config(room, form)
+    items = await _service_items(b)
+    assert items.get(room) == "The Plaza", items
+    for channel in ("general", "announcements"):
+        assert w.room(channel) not in items, "channel rooms are members-only and never listed"
+
+    # Destroyed: gone from the listing, and the JID is free for a new room.
+    res = await a.iq_xml("set", f"<query xmlns='{NS_MUC_OWNER}'><destroy/></query>", to=room)
+    assert res["type"] == "result", res
+    assert room not in await _service_items(b)
+    jb = await join_room(b, room, "bob")
+    assert {110, 201} <= muc_statuses(jb.presence), "a destroyed ad-hoc room starts afresh"
+
+
+async def test_direct_invitation_reaches_the_invitee(make_user, xmpp):
+    alice, bob = make_user("alice"), make_user("bob")
+    a, b = await _connect(xmpp, alice), await _connect(xmpp, bob)
+    room = f"{unique('invite')}@{MUC_DOMAIN}"
+    b_mark = b.mark()
+    invite = a.make_message(mto=b.boundjid.full)
+    x = ET.SubElement(invite.xml, "{jabber:x:conference}x", {"jid": room, "reason": "join us"})
+    assert x is not None
+    invite.send()
+    got = await b.wait_for(lambda st: stanza_kind(st) == "message"
+                           and st.xml.find("{jabber:x:conference}x") is not None,
+                           "XEP-0249 invitation", since=b_mark)
+    x = got.xml.find("{jabber:x:conference}x")
+    assert x.get("jid") == room and x.get("reason") == "join us", got
+    assert got.xml.get("from", "").startswith(alice.jid + "/"), got

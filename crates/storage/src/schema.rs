@@ -103,8 +103,11 @@ CREATE TABLE rooms (
 ";
 
 /// Version 3: tombstones of the rooms of deleted channels, so that their JIDs are never
-/// reused (by an ad-hoc room that would inherit links, bookmarks and history readers).
+/// reused (by an ad-hoc room that would inherit links, bookmarks and history readers);
+/// the public name of listed rooms, for the MUC service's disco#items.
 const V3: &str = "
+ALTER TABLE rooms ADD COLUMN listed_name TEXT;
+
 CREATE TABLE retired_rooms (
     jid        TEXT NOT NULL PRIMARY KEY,
     retired_at INTEGER NOT NULL

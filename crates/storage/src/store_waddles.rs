@@ -346,24 +346,41 @@ impl Store {
             .await
     }
 
-    /// Stores (replacing) the state of a persistent MUC room. A retired room (see
+    /// Stores (replacing) the state of a persistent MUC room; `listed_name` is the name
+    /// under which a public room is listed (`None`: hidden). A retired room (see
     /// [`Store::room_retire`]) is not stored again: a late write from its stopping actor
     /// must not bring it back.
-    pub async fn room_put(&self, room_jid: &str, blob: &str) -> Result<(), StorageError> {
+    pub async fn room_put(&self, room_jid: &str, blob: &str, listed_name: Option<&str>) -> Result<(), StorageError> {
         if room_jid.is_empty() {
             return Err(StorageError::Invalid("empty room JID".into()));
         }
-        let (room_jid, blob) = (room_jid.to_owned(), blob.to_owned());
+        let (room_jid, blob, listed_name) = (room_jid.to_owned(), blob.to_owned(), listed_name.map(str::to_owned));
         self.worker
             .call(move |conn| async move {
                 conn.execute(
-                    "INSERT INTO rooms (jid, blob) SELECT ?1, ?2 WHERE NOT EXISTS \
+                    "INSERT INTO rooms (jid, blob, listed_name) SELECT ?1, ?2, ?3 WHERE NOT EXISTS \
                      (SELECT 1 FROM retired_rooms WHERE jid = ?1) \
-                     ON CONFLICT (jid) DO UPDATE SET blob = excluded.blob",
-                    [room_jid, blob],
+                     ON CONFLICT (jid) DO UPDATE SET blob = excluded.blob, listed_name = excluded.listed_name",
+                    (room_jid, blob, listed_name),
                 )
                 .await?;
                 Ok(())
+            })
+            .await
+    }
+
+    /// The stored rooms that are listed publicly, as `(jid, name)` sorted by JID, at most
+    /// `limit`.
+    pub async fn rooms_listed(&self, limit: u32) -> Result<Vec<(String, String)>, StorageError> {
+        self.worker
+            .call(move |conn| async move {
+                Sql::query_all(
+                    &conn,
+                    "SELECT jid, listed_name FROM rooms WHERE listed_name IS NOT NULL ORDER BY jid LIMIT ?1",
+                    [limit],
+                    |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+                )
+                .await
             })
             .await
     }

@@ -516,24 +516,27 @@ async fn tuples_and_rooms() {
     assert!(matches!(store.tuple_write(&"x".repeat(2000)).await, Err(StorageError::Invalid(_))));
 
     assert_eq!(store.room_get("c1@muc.example.test").await.unwrap(), None);
-    store.room_put("c1@muc.example.test", "{\"v\":1}").await.unwrap();
-    store.room_put("c1@muc.example.test", "{\"v\":2}").await.unwrap();
+    store.room_put("c1@muc.example.test", "{\"v\":1}", Some("Lobby")).await.unwrap();
+    assert_eq!(store.rooms_listed(10).await.unwrap(), [("c1@muc.example.test".to_owned(), "Lobby".to_owned())]);
+    store.room_put("c1@muc.example.test", "{\"v\":2}", None).await.unwrap();
+    assert!(store.rooms_listed(10).await.unwrap().is_empty(), "hidden now");
     assert_eq!(store.room_get("c1@muc.example.test").await.unwrap().as_deref(), Some("{\"v\":2}"));
     store.room_delete("c1@muc.example.test").await.unwrap();
     store.room_delete("c1@muc.example.test").await.unwrap();
     assert_eq!(store.room_get("c1@muc.example.test").await.unwrap(), None);
-    assert!(matches!(store.room_put("", "x").await, Err(StorageError::Invalid(_))));
+    assert!(matches!(store.room_put("", "x", None).await, Err(StorageError::Invalid(_))));
 
     // Retiring: the state goes, the JID stays taken, late writes are ignored.
     let jid = "c2@muc.example.test";
-    store.room_put(jid, "{\"v\":1}").await.unwrap();
+    store.room_put(jid, "{\"v\":1}", Some("c2")).await.unwrap();
     assert!(!store.room_is_retired(jid).await.unwrap());
     store.room_retire(jid).await.unwrap();
     store.room_retire(jid).await.unwrap();
     assert!(store.room_is_retired(jid).await.unwrap());
     assert_eq!(store.room_get(jid).await.unwrap(), None);
-    store.room_put(jid, "{\"v\":2}").await.unwrap();
+    store.room_put(jid, "{\"v\":2}", Some("c2")).await.unwrap();
     assert_eq!(store.room_get(jid).await.unwrap(), None, "a retired room is never stored again");
+    assert!(store.rooms_listed(10).await.unwrap().is_empty());
     assert!(!store.room_is_retired("c1@muc.example.test").await.unwrap());
 }
 
