@@ -20,6 +20,23 @@ pub struct ScramClient {
     password: String,
     client_nonce: String,
     state: State,
+    /// `(salt, iterations, SaltedPassword)` known from an earlier exchange.
+    salted: Option<SaltedPassword>,
+}
+
+/// A client's SaltedPassword for one salt and iteration count. RFC 5802 §5.1 lets a
+/// client cache it, so that only the first login pays for PBKDF2.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaltedPassword {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub salted: Vec<u8>,
+}
+
+impl fmt::Debug for SaltedPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaltedPassword").field("iterations", &self.iterations).finish_non_exhaustive()
+    }
 }
 
 enum State {
@@ -56,7 +73,21 @@ impl ScramClient {
             password: password.to_owned(),
             client_nonce: client_nonce.to_owned(),
             state: State::Start,
+            salted: None,
         }
+    }
+
+    /// Reuses a SaltedPassword from an earlier exchange if the server sends the same
+    /// salt and iteration count (otherwise it is computed as usual).
+    pub fn with_cached_salted_password(mut self, cached: SaltedPassword) -> ScramClient {
+        self.salted = Some(cached);
+        self
+    }
+
+    /// The SaltedPassword of this exchange, once [`Self::handle_server_first`] ran: what
+    /// a client may cache for the next login.
+    pub fn salted_password(&self) -> Option<&SaltedPassword> {
+        self.salted.as_ref()
     }
 
     /// Requests an authorization identity (`a=` in the GS2 header).
@@ -110,9 +141,17 @@ impl ScramClient {
             _ => return Err(SaslError::Malformed("invalid iteration count")),
         };
 
-        let password = prep_password(&self.password)?;
-        let salted = self.hash.salted_password(password.as_bytes(), &salt, iterations);
-        let keys = Keys::from_salted_password(self.hash, &salted);
+        let cached = self.salted.take().filter(|c| c.salt == salt && c.iterations == iterations);
+        let salted = match cached {
+            Some(c) => c,
+            None => {
+                let password = prep_password(&self.password)?;
+                let salted = self.hash.salted_password(password.as_bytes(), &salt, iterations);
+                SaltedPassword { salt, iterations, salted }
+            }
+        };
+        let keys = Keys::from_salted_password(self.hash, &salted.salted);
+        self.salted = Some(salted);
         let without_proof = format!("c={},r={nonce}", b64_encode(self.gs2_header().as_bytes()));
         let auth_message: [&[u8]; 5] =
             [client_first_bare.as_bytes(), b",", text.as_bytes(), b",", without_proof.as_bytes()];

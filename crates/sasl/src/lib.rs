@@ -28,7 +28,7 @@ mod plain;
 pub mod saslprep;
 mod server;
 
-pub use client::ScramClient;
+pub use client::{SaltedPassword, ScramClient};
 pub use credentials::{ScramCredentials, DEFAULT_ITERATIONS, SALT_LEN};
 pub use error::SaslError;
 pub use hash::ScramHash;

@@ -386,3 +386,31 @@ fn client_debug_redacts_password() {
     assert!(debug.contains("alice"));
     assert!(!debug.contains("hunter2"));
 }
+
+#[test]
+fn cached_salted_password_gives_the_same_proof_and_is_ignored_for_another_salt() {
+    let first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    let expected =
+        "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    let mut client = ScramClient::with_nonce(ScramHash::Sha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+    client.client_first();
+    assert_eq!(s(&client.handle_server_first(first.as_bytes()).unwrap()), expected);
+    let cached = client.salted_password().unwrap().clone();
+    assert_eq!(cached.iterations, 4096);
+
+    // A cached value is used as is: a client with the wrong password but the right
+    // cache still produces the RFC's proof.
+    let mut again = ScramClient::with_nonce(ScramHash::Sha256, "user", "not the password", "rOprNGfwEbeRWgbNEkqO")
+        .with_cached_salted_password(cached.clone());
+    again.client_first();
+    assert_eq!(s(&again.handle_server_first(first.as_bytes()).unwrap()), expected);
+
+    // Another iteration count: the cache does not apply, the password is used.
+    let other = first.replace("i=4096", "i=4097");
+    let mut fresh = ScramClient::with_nonce(ScramHash::Sha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO")
+        .with_cached_salted_password(cached.clone());
+    fresh.client_first();
+    fresh.handle_server_first(other.as_bytes()).unwrap();
+    assert_eq!(fresh.salted_password().unwrap().iterations, 4097);
+    assert_ne!(fresh.salted_password().unwrap().salted, cached.salted);
+}

@@ -1,0 +1,212 @@
+//! Command-line options (`waddle-bench <scenario> [--option value]...`).
+
+use std::time::Duration;
+
+use crate::conn::{Auth, TlsMode};
+
+pub const USAGE: &str = "\
+usage: waddle-bench <register|login|chat|muc|idle> [options]
+
+target:
+  --host H             server address (default 127.0.0.1)
+  --port P             c2s port (default 5222; 5223 is usual for --tls direct)
+  --hosts H:P,H:P,...  several nodes of a cluster: clients are spread over them
+  --domain D           XMPP domain (default localhost)
+  --muc-domain D       MUC service (default muc.<domain>)
+  --tls MODE           none | starttls | direct (default starttls)
+  --auth MECH          scram-sha-256 | scram-sha-1 | plain | token (default scram-sha-256)
+  --api URL            HTTP API for --auth token (default http://127.0.0.1:5280)
+users:
+  --user-prefix P      users are <P><i>@<domain>, i = 0..users (default bench)
+  --password S         their password (default benchpass)
+  --users N            how many users (default 50)
+load:
+  --duration S         seconds of load (default 10)
+  --rate R             open loop: R messages/s in all; absent or 0: closed loop
+  --window K           closed loop: messages in flight per sender (default 1)
+  --concurrency C      parallel connections while logging in (default 16)
+  --room NAME          MUC room node (default a fresh name per run)
+measurement:
+  --server-pid PID     server process: CPU per delivery and RSS from /proc
+  --label NAME         names the run in the report (default the scenario)
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    Register,
+    Login,
+    Chat,
+    Muc,
+    Idle,
+}
+
+#[derive(Clone, Debug)]
+pub struct Args {
+    pub scenario: Scenario,
+    pub targets: Vec<String>,
+    pub domain: String,
+    pub muc_domain: String,
+    pub tls: TlsMode,
+    pub auth: Auth,
+    pub api: String,
+    pub user_prefix: String,
+    pub password: String,
+    pub users: usize,
+    pub duration: Duration,
+    pub rate: f64,
+    pub window: usize,
+    pub concurrency: usize,
+    pub room: Option<String>,
+    pub server_pid: Option<u32>,
+    pub label: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    #[error("{0}\n\n{USAGE}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ArgsError {
+    ArgsError::Invalid(msg.into())
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, ArgsError> {
+    value.parse().map_err(|_| invalid(format!("{flag}: not a number: {value:?}")))
+}
+
+impl Args {
+    pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, ArgsError> {
+        let mut argv = argv.into_iter();
+        let scenario = match argv.next().as_deref() {
+            Some("register") => Scenario::Register,
+            Some("login") => Scenario::Login,
+            Some("chat") => Scenario::Chat,
+            Some("muc") => Scenario::Muc,
+            Some("idle") => Scenario::Idle,
+            Some(other) => return Err(invalid(format!("unknown scenario {other:?}"))),
+            None => return Err(invalid("no scenario given")),
+        };
+        let (mut host, mut port, mut hosts) = ("127.0.0.1".to_owned(), 5222u16, None::<String>);
+        let mut args = Args {
+            scenario,
+            targets: Vec::new(),
+            domain: "localhost".into(),
+            muc_domain: String::new(),
+            tls: TlsMode::StartTls,
+            auth: Auth::ScramSha256,
+            api: "http://127.0.0.1:5280".into(),
+            user_prefix: "bench".into(),
+            password: "benchpass".into(),
+            users: 50,
+            duration: Duration::from_secs(10),
+            rate: 0.0,
+            window: 1,
+            concurrency: 16,
+            room: None,
+            server_pid: None,
+            label: String::new(),
+        };
+        while let Some(flag) = argv.next() {
+            let value = argv.next().ok_or_else(|| invalid(format!("{flag} needs a value")))?;
+            match flag.as_str() {
+                "--host" => host = value,
+                "--port" => port = number(&flag, &value)?,
+                "--hosts" => hosts = Some(value),
+                "--domain" => args.domain = value,
+                "--muc-domain" => args.muc_domain = value,
+                "--tls" => {
+                    args.tls = match value.as_str() {
+                        "none" => TlsMode::None,
+                        "starttls" => TlsMode::StartTls,
+                        "direct" => TlsMode::Direct,
+                        _ => return Err(invalid(format!("--tls: none, starttls or direct, not {value:?}"))),
+                    }
+                }
+                "--auth" => {
+                    args.auth = match value.as_str() {
+                        "scram-sha-256" => Auth::ScramSha256,
+                        "scram-sha-1" => Auth::ScramSha1,
+                        "plain" => Auth::Plain,
+                        "token" => Auth::Token,
+                        _ => return Err(invalid(format!("--auth: unknown mechanism {value:?}"))),
+                    }
+                }
+                "--api" => args.api = value,
+                "--user-prefix" => args.user_prefix = value,
+                "--password" => args.password = value,
+                "--users" => args.users = number(&flag, &value)?,
+                "--duration" => args.duration = Duration::from_secs_f64(number::<f64>(&flag, &value)?.max(0.1)),
+                "--rate" => args.rate = number(&flag, &value)?,
+                "--window" => args.window = number::<usize>(&flag, &value)?.max(1),
+                "--concurrency" => args.concurrency = number::<usize>(&flag, &value)?.max(1),
+                "--room" => args.room = Some(value),
+                "--server-pid" => args.server_pid = Some(number(&flag, &value)?),
+                "--label" => args.label = value,
+                _ => return Err(invalid(format!("unknown option {flag}"))),
+            }
+        }
+        args.targets = match hosts {
+            Some(list) => list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            None => vec![format!("{host}:{port}")],
+        };
+        if args.targets.is_empty() {
+            return Err(invalid("--hosts: no address"));
+        }
+        if args.muc_domain.is_empty() {
+            args.muc_domain = format!("muc.{}", args.domain);
+        }
+        if args.label.is_empty() {
+            args.label = format!("{scenario:?}").to_lowercase();
+        }
+        let min_users = if matches!(scenario, Scenario::Chat) { 2 } else { 1 };
+        if args.users < min_users {
+            return Err(invalid(format!("--users must be at least {min_users}")));
+        }
+        if !(args.rate >= 0.0 && args.rate.is_finite()) {
+            return Err(invalid("--rate must be a non-negative number"));
+        }
+        Ok(args)
+    }
+
+    /// The node client `i` connects to.
+    pub fn target(&self, i: usize) -> &str {
+        &self.targets[i % self.targets.len()]
+    }
+
+    pub fn username(&self, i: usize) -> String {
+        format!("{}{i}", self.user_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Args, ArgsError> {
+        Args::parse(s.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let a = parse("chat").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.targets, ["127.0.0.1:5222"]);
+        assert_eq!(a.muc_domain, "muc.localhost");
+        assert_eq!((a.users, a.window, a.rate), (50, 1, 0.0));
+        let a = parse("muc --hosts 127.0.0.1:5222,127.0.0.2:6222 --users 3 --tls none --auth token --rate 100")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.target(0), "127.0.0.1:5222");
+        assert_eq!(a.target(1), "127.0.0.2:6222");
+        assert_eq!(a.target(2), "127.0.0.1:5222");
+        assert_eq!((a.tls, a.auth, a.rate), (TlsMode::None, Auth::Token, 100.0));
+        assert_eq!(a.username(7), "bench7");
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        for bad in ["", "fly", "chat --users", "chat --users x", "chat --users 1", "chat --tls maybe", "chat --nope 1"]
+        {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

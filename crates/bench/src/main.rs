@@ -1,0 +1,41 @@
+//! `waddle-bench`: an XMPP load generator for waddle and any other XMPP server.
+//!
+//! It speaks plain XMPP over TCP or TLS, measures latency end to end on one clock (the
+//! send time travels in the message body), and reads the server's CPU time and memory
+//! from /proc, so that runs against different servers compare per unit of work. The
+//! output is a table for people and one JSON line for scripts (the last line).
+
+mod args;
+mod conn;
+mod http;
+mod measure;
+mod scenarios;
+
+use anyhow::Context as _;
+
+use crate::args::{Args, Scenario};
+use crate::scenarios::Bench;
+
+fn main() -> anyhow::Result<()> {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    let report = runtime.block_on(async {
+        let bench = Bench::new(args.clone())?;
+        match args.scenario {
+            Scenario::Register => bench.register().await,
+            Scenario::Login => bench.login().await,
+            Scenario::Chat => bench.chat().await,
+            Scenario::Muc => bench.muc().await,
+            Scenario::Idle => bench.idle().await,
+        }
+    })?;
+    print!("{}", report.human());
+    println!("{}", report.json());
+    Ok(())
+}

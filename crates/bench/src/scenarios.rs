@@ -1,0 +1,561 @@
+//! The scenarios. Each sets up its sessions (not measured), runs a bounded load
+//! (measured) and drains what is still in flight (bounded too).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use tokio::io::{AsyncWriteExt as _, WriteHalf};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use waddle_xml::{Element, NS_CLIENT};
+
+use crate::args::Args;
+use crate::conn::{Auth, Connector, Credentials, Io, Session, StanzaReader};
+use crate::measure::{rss_kib, CpuWindow, Latencies, Report};
+
+const NS_REGISTER: &str = "jabber:iq:register";
+const NS_MUC: &str = "http://jabber.org/protocol/muc";
+const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+/// How long in-flight messages may take to arrive after the load stops.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Body prefix of generated messages; anything else received is ignored.
+const TAG: &str = "wb";
+
+pub struct Bench {
+    pub args: Args,
+    pub connector: Connector,
+    epoch: Instant,
+}
+
+impl Bench {
+    pub fn new(args: Args) -> anyhow::Result<Bench> {
+        let connector = Connector::new(&args.domain, args.tls)?;
+        Ok(Bench { args, connector, epoch: Instant::now() })
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn report(&self, scenario: &str) -> Report {
+        Report {
+            scenario: scenario.to_owned(),
+            label: self.args.label.clone(),
+            users: self.args.users,
+            ..Report::default()
+        }
+    }
+
+    /// Credentials for every user; tokens are fetched first for `--auth token`.
+    async fn credentials(&self) -> anyhow::Result<Vec<Credentials>> {
+        let mut creds = Vec::with_capacity(self.args.users);
+        for i in 0..self.args.users {
+            let username = self.args.username(i);
+            let secret = match self.args.auth {
+                Auth::Token => crate::http::xmpp_token(&self.args.api, &username, &self.args.password).await?,
+                _ => self.args.password.clone(),
+            };
+            creds.push(Credentials { username, secret, auth: self.args.auth, salted: None });
+        }
+        Ok(creds)
+    }
+
+    /// Logs every user in (at most `--concurrency` at a time), in user order.
+    async fn login_all(&self, creds: &[Credentials]) -> anyhow::Result<Vec<Session>> {
+        let gate = Arc::new(Semaphore::new(self.args.concurrency));
+        let mut tasks = JoinSet::new();
+        for (i, c) in creds.iter().enumerate() {
+            let (gate, connector, addr, c) =
+                (Arc::clone(&gate), self.connector.clone(), self.args.target(i).to_owned(), c.clone());
+            tasks.spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                let session = connector.login(&addr, &c, "bench").await;
+                session.map(|s| (i, s)).map_err(|e| anyhow!("login of {}: {e:#}", c.username))
+            });
+        }
+        let mut sessions: Vec<Option<Session>> = (0..creds.len()).map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            let (i, s) = joined??;
+            sessions[i] = Some(s);
+        }
+        Ok(sessions.into_iter().flatten().collect())
+    }
+
+    // ----- register -----
+
+    pub async fn register(&self) -> anyhow::Result<Report> {
+        let mut report = self.report("register");
+        let gate = Arc::new(Semaphore::new(self.args.concurrency));
+        let mut tasks = JoinSet::new();
+        let cpu = CpuWindow::start(self.args.server_pid);
+        for i in 0..self.args.users {
+            let (gate, connector, addr) = (Arc::clone(&gate), self.connector.clone(), self.args.target(i).to_owned());
+            let (user, password) = (self.args.username(i), self.args.password.clone());
+            tasks.spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                register_one(&connector, &addr, &user, &password).await
+            });
+        }
+        let (mut created, mut existing) = (0u64, 0u64);
+        while let Some(joined) = tasks.join_next().await {
+            match joined? {
+                Ok(true) => created += 1,
+                Ok(false) => existing += 1,
+                Err(e) => {
+                    report.errors += 1;
+                    if report.notes.len() < 5 {
+                        report.notes.push(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        report.cpu = cpu.stop();
+        report.duration_s = report.cpu.wall.as_secs_f64();
+        report.sent = self.args.users as u64;
+        report.expected = report.sent;
+        report.delivered = created + existing;
+        report.notes.push(format!("{created} created, {existing} already registered"));
+        Ok(report)
+    }
+
+    // ----- login -----
+
+    pub async fn login(&self) -> anyhow::Result<Report> {
+        let mut report = self.report("login");
+        let mut creds = self.credentials().await?;
+        // One unmeasured login per user, as a real client's first: it caches the SCRAM
+        // SaltedPassword (RFC 5802 §5.1), so the measured logins cost the client what a
+        // returning client pays, and the generator is not the bottleneck.
+        for s in self.login_all(&creds).await?.into_iter().enumerate() {
+            let (i, session) = s;
+            creds[i].salted = session.salted.clone();
+            session.stream.close().await;
+        }
+        let creds = Arc::new(creds);
+        let next = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + self.args.duration;
+        let cpu = CpuWindow::start(self.args.server_pid);
+        let mut tasks = JoinSet::new();
+        for _ in 0..self.args.concurrency {
+            let (creds, next, connector) = (Arc::clone(&creds), Arc::clone(&next), self.connector.clone());
+            let targets = self.args.targets.clone();
+            tasks.spawn(async move {
+                let mut lat = Latencies::default();
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let c = &creds[i % creds.len()];
+                    let t0 = Instant::now();
+                    match connector.login(&targets[i % targets.len()], c, "bench").await {
+                        Ok(session) => {
+                            lat.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
+                            ok += 1;
+                            session.stream.close().await;
+                        }
+                        Err(_) => failed += 1,
+                    }
+                }
+                (lat, ok, failed)
+            });
+        }
+        let mut lat = Latencies::default();
+        while let Some(joined) = tasks.join_next().await {
+            let (l, ok, failed) = joined?;
+            lat.merge(l);
+            report.sent += ok;
+            report.errors += failed;
+        }
+        report.cpu = cpu.stop();
+        report.duration_s = report.cpu.wall.as_secs_f64();
+        report.delivered = report.sent;
+        report.expected = report.sent;
+        report.latency = lat.percentiles();
+        report.logins_per_s = Some(report.sent as f64 / report.duration_s);
+        Ok(report)
+    }
+
+    // ----- idle -----
+
+    pub async fn idle(&self) -> anyhow::Result<Report> {
+        let mut report = self.report("idle");
+        let Some(pid) = self.args.server_pid else {
+            bail!("idle needs --server-pid to read the server's memory");
+        };
+        let creds = self.credentials().await?;
+        let before = rss_kib(pid).ok_or_else(|| anyhow!("cannot read /proc/{pid}/status"))?;
+        let cpu = CpuWindow::start(self.args.server_pid);
+        let mut sessions = self.login_all(&creds).await?;
+        for s in &mut sessions {
+            s.stream.send(b"<presence/>").await?;
+        }
+        // Let the server settle (presence handling, buffers returned) before reading.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(pid).ok_or_else(|| anyhow!("cannot read /proc/{pid}/status"))?;
+        report.cpu = cpu.stop();
+        report.duration_s = report.cpu.wall.as_secs_f64();
+        report.sent = sessions.len() as u64;
+        report.delivered = report.sent;
+        report.expected = self.args.users as u64;
+        report.idle_rss_kib_per_session = Some((after - before) / sessions.len().max(1) as f64);
+        report.notes.push(format!("server RSS {before:.0} KiB before, {after:.0} KiB with the sessions"));
+        for s in sessions {
+            s.stream.close().await;
+        }
+        Ok(report)
+    }
+
+    // ----- chat and muc -----
+
+    pub async fn chat(&self) -> anyhow::Result<Report> {
+        let creds = self.credentials().await?;
+        let mut sessions = self.login_all(&creds).await?;
+        for s in &mut sessions {
+            s.stream.send(b"<presence/>").await?;
+        }
+        let jids: Arc<Vec<String>> = Arc::new(sessions.iter().map(|s| s.full_jid.clone()).collect());
+        self.run_load("chat", sessions, Destination::Chat(jids), 1).await
+    }
+
+    pub async fn muc(&self) -> anyhow::Result<Report> {
+        let creds = self.credentials().await?;
+        let sessions = self.login_all(&creds).await?;
+        let room = match &self.args.room {
+            Some(r) => format!("{r}@{}", self.args.muc_domain),
+            None => format!("bench{}@{}", std::process::id() ^ (self.now_us() as u32), self.args.muc_domain),
+        };
+        // The first occupant creates the room (and accepts the instant room if it is
+        // locked), then everyone else joins, at most --concurrency at a time.
+        let mut numbered = sessions.into_iter().enumerate();
+        let (_, mut first) = numbered.next().ok_or_else(|| anyhow!("no sessions"))?;
+        join_room(&mut first, &room, &self.args.username(0), true).await?;
+        let gate = Arc::new(Semaphore::new(self.args.concurrency));
+        let mut joins = JoinSet::new();
+        for (i, mut s) in numbered {
+            let (gate, room, nick) = (Arc::clone(&gate), room.clone(), self.args.username(i));
+            joins.spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                join_room(&mut s, &room, &nick, false).await.map(|()| (i, s))
+            });
+        }
+        let mut joined: Vec<Option<Session>> = Vec::new();
+        joined.resize_with(self.args.users, || None);
+        joined[0] = Some(first);
+        while let Some(r) = joins.join_next().await {
+            let (i, s) = r??;
+            joined[i] = Some(s);
+        }
+        let all: Vec<Session> = joined.into_iter().flatten().collect();
+        if all.len() != self.args.users {
+            bail!("only {} of {} occupants joined", all.len(), self.args.users);
+        }
+        let n = all.len() as u64;
+        self.run_load("muc", all, Destination::Room(Arc::new(room)), n).await
+    }
+
+    /// Runs the message load over logged-in sessions: one reader and one writer task per
+    /// session. `fanout`: deliveries expected per message.
+    async fn run_load(
+        &self,
+        scenario: &str,
+        sessions: Vec<Session>,
+        dest: Destination,
+        fanout: u64,
+    ) -> anyhow::Result<Report> {
+        let mut report = self.report(scenario);
+        let n = sessions.len();
+        let window = self.args.window;
+        let permits: Arc<Vec<Semaphore>> = Arc::new((0..n).map(|_| Semaphore::new(window)).collect());
+        let delivered = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let echo_releases = matches!(dest, Destination::Room(_));
+        let mut readers = JoinSet::new();
+        let mut writers = Vec::with_capacity(n);
+        for (i, session) in sessions.into_iter().enumerate() {
+            let (reader, writer) = session.stream.into_split();
+            let ctx = ReaderCtx {
+                me: i,
+                permits: Arc::clone(&permits),
+                delivered: Arc::clone(&delivered),
+                epoch: self.epoch,
+                echo_releases,
+            };
+            readers.spawn(read_loop(reader, ctx, stop_rx.clone()));
+            writers.push(writer);
+        }
+        // Let presence echoes and join floods pass before measuring.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        delivered.store(0, Ordering::Relaxed);
+
+        let cpu = CpuWindow::start(self.args.server_pid);
+        let start = Instant::now();
+        let deadline = start + self.args.duration;
+        let mut tasks = JoinSet::new();
+        let per_sender_rate = if self.args.rate > 0.0 { Some(self.args.rate / n as f64) } else { None };
+        for (i, writer) in writers.into_iter().enumerate() {
+            let w = WriterCtx {
+                me: i,
+                n,
+                dest: dest.clone(),
+                permits: Arc::clone(&permits),
+                sent: Arc::clone(&sent),
+                epoch: self.epoch,
+                start,
+                deadline,
+                rate: per_sender_rate,
+            };
+            tasks.spawn(write_loop(writer, w));
+        }
+        let mut write_errors = 0u64;
+        let mut writers = Vec::with_capacity(n);
+        while let Some(r) = tasks.join_next().await {
+            match r? {
+                (w, Ok(())) => writers.push(w),
+                (w, Err(_)) => {
+                    write_errors += 1;
+                    writers.push(w);
+                }
+            }
+        }
+        let total_sent = sent.load(Ordering::Relaxed);
+        let drain_until = Instant::now() + DRAIN;
+        while delivered.load(Ordering::Relaxed) < total_sent * fanout && Instant::now() < drain_until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        report.cpu = cpu.stop();
+        let _ = stop_tx.send(true);
+        let mut lat = Latencies::default();
+        while let Some(r) = readers.join_next().await {
+            let (l, errors) = r?;
+            lat.merge(l);
+            report.errors += errors;
+        }
+        for mut w in writers {
+            let _ = w.write_all(b"</stream:stream>").await;
+            let _ = w.shutdown().await;
+        }
+        report.errors += write_errors;
+        report.duration_s = report.cpu.wall.as_secs_f64();
+        report.sent = total_sent;
+        report.delivered = delivered.load(Ordering::Relaxed);
+        report.expected = total_sent * fanout;
+        report.latency = lat.percentiles();
+        if let Some(rate) = per_sender_rate {
+            report.notes.push(format!("open loop, {:.0} msg/s offered", rate * n as f64));
+        } else {
+            report.notes.push(format!("closed loop, window {window} per sender"));
+        }
+        Ok(report)
+    }
+}
+
+#[derive(Clone)]
+enum Destination {
+    /// 1:1 chat to another user's full JID, chosen at random.
+    Chat(Arc<Vec<String>>),
+    /// Groupchat to one room.
+    Room(Arc<String>),
+}
+
+struct ReaderCtx {
+    me: usize,
+    permits: Arc<Vec<Semaphore>>,
+    delivered: Arc<AtomicU64>,
+    epoch: Instant,
+    /// MUC: the sender's own echo is its acknowledgement and frees its window.
+    echo_releases: bool,
+}
+
+/// `wb <sender> <seq> <sent at, µs since the run's epoch>`.
+fn parse_body(el: &Element) -> Option<(usize, u64)> {
+    let body = el.get_child("body", NS_CLIENT)?.text();
+    let mut parts = body.split(' ');
+    if parts.next()? != TAG {
+        return None;
+    }
+    let sender = parts.next()?.parse().ok()?;
+    let _seq = parts.next()?;
+    let sent_at = parts.next()?.parse().ok()?;
+    Some((sender, sent_at))
+}
+
+async fn read_loop(mut reader: StanzaReader, ctx: ReaderCtx, mut stop: watch::Receiver<bool>) -> (Latencies, u64) {
+    let mut lat = Latencies::default();
+    let mut errors = 0u64;
+    loop {
+        let next = tokio::select! {
+            next = reader.next() => next,
+            _ = stop.changed() => break,
+        };
+        let el = match next {
+            Ok(Some(el)) => el,
+            Ok(None) => break,
+            Err(_) => {
+                errors += 1;
+                break;
+            }
+        };
+        if el.name() != "message" {
+            continue;
+        }
+        if el.attr("type") == Some("error") {
+            errors += 1;
+            continue;
+        }
+        let Some((sender, sent_at)) = parse_body(&el) else { continue };
+        let now = u64::try_from(ctx.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        lat.record(now.saturating_sub(sent_at));
+        ctx.delivered.fetch_add(1, Ordering::Relaxed);
+        if ctx.echo_releases {
+            if sender == ctx.me {
+                ctx.permits[ctx.me].add_permits(1);
+            }
+        } else if let Some(p) = ctx.permits.get(sender) {
+            p.add_permits(1);
+        }
+    }
+    (lat, errors)
+}
+
+struct WriterCtx {
+    me: usize,
+    n: usize,
+    dest: Destination,
+    permits: Arc<Vec<Semaphore>>,
+    sent: Arc<AtomicU64>,
+    epoch: Instant,
+    start: Instant,
+    deadline: Instant,
+    /// Open loop: this sender's messages per second.
+    rate: Option<f64>,
+}
+
+async fn write_loop(mut writer: WriteHalf<Box<dyn Io>>, w: WriterCtx) -> (WriteHalf<Box<dyn Io>>, anyhow::Result<()>) {
+    let result = write_messages(&mut writer, &w).await;
+    (writer, result)
+}
+
+async fn write_messages(writer: &mut WriteHalf<Box<dyn Io>>, w: &WriterCtx) -> anyhow::Result<()> {
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(w.me as u64 + 1);
+    let mut buf = Vec::with_capacity(256);
+    // Open-loop senders start spread over one period so the load is smooth.
+    let period = w.rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
+    let offset = period.map(|p| p.mul_f64(w.me as f64 / w.n as f64)).unwrap_or_default();
+    for seq in 0u64.. {
+        let sent_at = match period {
+            Some(period) => {
+                // Scheduled time, not actual: a late generator shows up as latency.
+                let at = w.start + offset + period.mul_f64(seq as f64);
+                if at >= w.deadline {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+            None => {
+                let now = Instant::now();
+                if now >= w.deadline {
+                    break;
+                }
+                match tokio::time::timeout(w.deadline - now, w.permits[w.me].acquire()).await {
+                    Ok(Ok(permit)) => permit.forget(),
+                    _ => break,
+                }
+                Instant::now()
+            }
+        };
+        let t = u64::try_from(sent_at.duration_since(w.epoch).as_micros()).unwrap_or(u64::MAX);
+        buf.clear();
+        match &w.dest {
+            Destination::Chat(jids) => {
+                let mut to = rng.gen_range(0..w.n - 1);
+                if to >= w.me {
+                    to += 1;
+                }
+                write_message(&mut buf, &jids[to], "chat", w.me, seq, t);
+            }
+            Destination::Room(room) => write_message(&mut buf, room, "groupchat", w.me, seq, t),
+        }
+        writer.write_all(&buf).await?;
+        writer.flush().await?;
+        w.sent.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn write_message(buf: &mut Vec<u8>, to: &str, kind: &str, me: usize, seq: u64, t: u64) {
+    use std::io::Write as _;
+    let _ = write!(buf, "<message to='{to}' type='{kind}' id='{me}-{seq}'><body>{TAG} {me} {seq} {t}</body></message>");
+}
+
+/// Registers one account in-band (XEP-0077): `Ok(true)` created, `Ok(false)` it exists.
+async fn register_one(connector: &Connector, addr: &str, user: &str, password: &str) -> anyhow::Result<bool> {
+    let (mut stream, _features) = connector.connect(addr).await?;
+    let iq = format!(
+        "<iq type='set' id='reg'><query xmlns='{NS_REGISTER}'><username>{user}</username>\
+         <password>{password}</password></query></iq>"
+    );
+    stream.send(iq.as_bytes()).await?;
+    let answer = stream.iq_answer("reg").await?;
+    let outcome = match answer.attr("type") {
+        Some("result") => Ok(true),
+        _ if answer.get_child("error", NS_CLIENT).is_some_and(|e| e.children().any(|c| c.name() == "conflict")) => {
+            Ok(false)
+        }
+        _ => Err(anyhow!("registration of {user} refused: {}", String::from_utf8_lossy(&answer.to_bytes(NS_CLIENT)))),
+    };
+    stream.close().await;
+    outcome
+}
+
+/// Joins `room` as `nick` without history and waits for the self-presence. The creator
+/// of a new (locked) room accepts the instant room.
+async fn join_room(s: &mut Session, room: &str, nick: &str, may_create: bool) -> anyhow::Result<()> {
+    let occupant = format!("{room}/{nick}");
+    let join = format!("<presence to='{occupant}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>");
+    s.stream.send(join.as_bytes()).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let el = tokio::time::timeout_at(deadline.into(), s.stream.next_stanza())
+            .await
+            .map_err(|_| anyhow!("no self-presence from {occupant} in 30 s"))??;
+        if el.name() != "presence" || el.attr("from") != Some(occupant.as_str()) {
+            continue;
+        }
+        if el.attr("type") == Some("error") {
+            bail!("join of {occupant} refused: {}", String::from_utf8_lossy(&el.to_bytes(NS_CLIENT)));
+        }
+        let statuses: Vec<String> = el
+            .get_child("x", NS_MUC_USER)
+            .map(|x| {
+                x.children()
+                    .filter(|c| c.name() == "status")
+                    .filter_map(|c| c.attr("code"))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !statuses.iter().any(|c| c == "110") {
+            continue;
+        }
+        if statuses.iter().any(|c| c == "201") {
+            if !may_create {
+                bail!("{occupant} created the room instead of joining it");
+            }
+            let form = format!(
+                "<iq type='set' id='instant' to='{room}'><query xmlns='{NS_MUC_OWNER}'>\
+                 <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+            );
+            s.stream.send(form.as_bytes()).await?;
+            let answer = s.stream.iq_answer("instant").await?;
+            if answer.attr("type") != Some("result") {
+                bail!("instant room refused for {room}");
+            }
+        }
+        return Ok(());
+    }
+}
