@@ -14,5 +14,8 @@ echo "== unit and integration tests"
 cargo test --workspace --locked
 
 echo "== interop tests (slixmpp against a started node)"
-cargo build -p waddle --locked
+cargo build -p waddle -p waddle-bench --locked
 WADDLE_BIN="$PWD/target/debug/waddle" tests/interop/run.sh
+
+echo "== load generator smoke run (nothing lost; no timing assertions)"
+scripts/bench-smoke.sh target/debug/waddle target/debug/waddle-bench
