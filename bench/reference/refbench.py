@@ -325,6 +325,7 @@ DELIVERY_METRICS = [
     ("lat_p99_us", lambda r: (r.get("lat_us") or {}).get("p99"), False),
     ("lat_p999_us", lambda r: (r.get("lat_us") or {}).get("p999"), False),
     ("undelivered", lambda r: r.get("undelivered"), False),
+    ("errors", lambda r: r.get("errors"), False),
 ]
 
 
@@ -374,7 +375,14 @@ def cmd_compare(args):
     print("Ratios: >1 means waddle did better (x/waddle for costs and latencies, waddle/x for rates).")
     for mam in sorted({k[0] for k in order}):
         print()
-        print(f"MAM={mam}" + ("   (waddle always archives: its numbers include MAM)" if mam == "off" else ""))
+        always = any(
+            r.get("server") == "waddle" and (r.get("copied_from_mam") or r.get("waddle_mam_switch") == "no")
+            for k, rows in table.items()
+            if k[0] == mam
+            for r in rows.values()
+        )
+        note = "   (this waddle has no archive switch: its numbers include MAM)" if mam == "off" and always else ""
+        print(f"MAM={mam}{note}")
         print(head)
         print("-" * len(head))
         for key in order:

@@ -16,7 +16,23 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub rate_limits: RateLimitsConfig,
+    pub archive: ArchiveConfig,
     pub log: LogConfig,
+}
+
+/// Message archiving (XEP-0313): 1:1 chats per user, rooms per waddle.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// `false`: nothing new is archived (queries answer from what is stored; room
+    /// history on join is what the running room remembers).
+    pub enabled: bool,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> ArchiveConfig {
+        ArchiveConfig { enabled: true }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -415,6 +431,9 @@ mod tests {
         let c = Config::load(None, &env(&[])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.c2s.starttls_port, 5222);
         assert_eq!(c.c2s.max_stanza_bytes, 262_144);
+        assert!(c.archive.enabled);
+        let off = Config::load(None, &env(&[("WADDLE_ARCHIVE_ENABLED", "false")])).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!off.archive.enabled);
     }
 
     #[test]

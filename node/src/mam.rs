@@ -59,8 +59,8 @@ fn archivable(msg: &Element) -> bool {
 /// Archives a 1:1 message between two local accounts (one stored copy indexed in both
 /// archives) and stamps the recipient's copy with a stanza id. Called on the routing
 /// path before delivery; the write itself is batched off that path.
-pub fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare: &str) {
-    if !archivable(msg) {
+pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare: &str) {
+    if !ctx.config.archive.enabled || !archivable(msg) {
         return;
     }
     let stanza_id = crate::muc::new_stanza_id();
@@ -76,17 +76,19 @@ pub fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare: &str
     let payload = String::from_utf8_lossy(&stored.to_bytes(ns::CLIENT)).into_owned();
     let body = msg.get_child("body", ns::CLIENT).map(Element::text);
     let retracts = msg.get_child("retract", "urn:xmpp:message-retract:1").and_then(|r| r.attr("id")).map(str::to_owned);
-    let write = ctx.archive.append_chat(from_bare, to_bare, &stanza_id, micros, payload, body);
-    let archive = ctx.archive.clone();
-    let (from_bare, to_bare) = (from_bare.to_owned(), to_bare.to_owned());
-    tokio::spawn(async move {
-        if let Err(e) = write.await {
-            tracing::error!(error = %e, "chat archive write failed");
-        }
-        if let Some(target) = retracts {
+    // Awaiting the queue (not the commit) is the archive's back-pressure: a sender that
+    // outpaces the archive waits here, and its session stops reading from the socket.
+    if let Err(e) = ctx.archive.append_chat_queued(from_bare, to_bare, &stanza_id, micros, payload, body).await {
+        tracing::error!(error = %e, "chat archive write failed");
+    }
+    if let Some(target) = retracts {
+        let archive = ctx.archive.clone();
+        let (from_bare, to_bare) = (from_bare.to_owned(), to_bare.to_owned());
+        // Queued after the insert above, so it sees it.
+        tokio::spawn(async move {
             for owner in [&from_bare, &to_bare] {
                 let _ = archive.retract(ArchiveLocation::Users, owner, &target).await;
             }
-        }
-    });
+        });
+    }
 }

@@ -421,13 +421,13 @@ fn history_entry(row: &ArchivedRow) -> Option<waddle_muc::HistoryEntry> {
 const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
 
 impl RoomState {
-    fn execute(&mut self, outs: Vec<Outbound>, stamp_micros: i64, myself: &ActorRef<RoomMsg>) {
+    async fn execute(&mut self, outs: Vec<Outbound>, stamp_micros: i64, myself: &ActorRef<RoomMsg>) {
         for out in outs {
             match out {
                 Outbound::Stanza(el) => {
                     self.ctx.deliver_to_full(el);
                 }
-                Outbound::Archive(entry) => self.archive(entry, stamp_micros),
+                Outbound::Archive(entry) => self.archive(entry, stamp_micros).await,
                 Outbound::Persist => {
                     let write = if self.room.config().persistent {
                         RoomWrite::Put { snapshot: self.room.snapshot(), listed_name: self.listing() }
@@ -447,9 +447,13 @@ impl RoomState {
         }
     }
 
-    /// Archives a reflected message after fan-out; the write is batched by the archive
-    /// and never awaited on the room's path.
-    fn archive(&self, entry: waddle_muc::HistoryEntry, stamp_micros: i64) {
+    /// Archives a reflected message after fan-out. Only the queueing is awaited (the
+    /// commit is batched on the writer thread); while the archive's queue is full the
+    /// room waits here, which bounds the memory a burst can take.
+    async fn archive(&self, entry: waddle_muc::HistoryEntry, stamp_micros: i64) {
+        if !self.ctx.config.archive.enabled {
+            return;
+        }
         let room = self.room.jid().to_owned();
         let mut payload_el = entry.message.clone();
         payload_el.remove_attr("to");
@@ -466,19 +470,18 @@ impl RoomState {
             body,
             retracted: false,
         };
-        let archive = self.ctx.archive.clone();
-        let location = self.location.clone();
-        let write = archive.append(location.clone(), row);
-        tokio::spawn(async move {
-            if let Err(e) = write.await {
-                tracing::error!(room = %room, error = %e, "archive write failed");
-            }
-            if let Some(target) = retracts {
+        if let Err(e) = self.ctx.archive.append_queued(self.location.clone(), row).await {
+            tracing::error!(room = %room, error = %e, "archive write failed");
+        }
+        if let Some(target) = retracts {
+            let (archive, location) = (self.ctx.archive.clone(), self.location.clone());
+            // Queued after the insert above, so it sees it.
+            tokio::spawn(async move {
                 if let Err(e) = archive.retract(location, &room, &target).await {
                     tracing::error!(room = %room, error = %e, "archive retraction failed");
                 }
-            }
-        });
+            });
+        }
     }
 
     /// The name the room is listed under in the service's disco#items, if it is listed.
@@ -588,7 +591,7 @@ impl Actor for RoomActor {
                 outs
             }
         };
-        state.execute(outs, micros, &myself);
+        state.execute(outs, micros, &myself).await;
         state.publish_listing();
         if state.room.is_empty() && !state.room.config().persistent {
             // A temporary room ends with its last occupant (XEP-0045 §10.1.3).

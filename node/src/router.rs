@@ -130,7 +130,7 @@ impl Ctx {
     async fn to_account(&self, origin: &Origin, kind: StanzaKind, to: &BareJid, mut stanza: Element) {
         match kind {
             StanzaKind::Message => {
-                self.archive_if_chat(origin, to, &mut stanza);
+                self.archive_if_chat(origin, to, &mut stanza).await;
                 let msg_type = MessageType::parse(stanza.attr("type"));
                 let exists = self.account_exists(to).await;
                 let decision = waddle_im::deliver_to_bare(msg_type, exists, &self.session_views(to.as_str()));
@@ -153,7 +153,7 @@ impl Ctx {
     async fn to_session(&self, origin: &Origin, kind: StanzaKind, to: &FullJid, mut stanza: Element) {
         let bare = to.to_bare();
         if kind == StanzaKind::Message {
-            self.archive_if_chat(origin, &bare, &mut stanza);
+            self.archive_if_chat(origin, &bare, &mut stanza).await;
         }
         let session = self.registry.session(bare.as_str(), to.resource().as_str());
         match (kind, session) {
@@ -180,9 +180,9 @@ impl Ctx {
     }
 
     /// 1:1 messages sent by a local session are archived for both parties (XEP-0313).
-    fn archive_if_chat(&self, origin: &Origin, to: &BareJid, stanza: &mut Element) {
+    async fn archive_if_chat(&self, origin: &Origin, to: &BareJid, stanza: &mut Element) {
         if origin.conn_id.is_some() && origin.bare() != *to {
-            crate::mam::archive_chat(self, stanza, origin.bare().as_str(), to.as_str());
+            crate::mam::archive_chat(self, stanza, origin.bare().as_str(), to.as_str()).await;
         }
     }
 

@@ -102,6 +102,39 @@ fn non_empty(what: &str, value: &str) -> Result<(), MamError> {
     }
 }
 
+fn row_message(row: ArchivedRow) -> NewMessage {
+    let ArchivedRow { stanza_id, archive, with_jid, from_nick, stamp_micros, payload, body, retracted: _ } = row;
+    NewMessage {
+        stamp: stamp_micros,
+        payload,
+        body,
+        entries: vec![EntryKey { archive, stanza_id, with_jid, from_nick }],
+    }
+}
+
+/// One stored copy of a 1:1 message, indexed in both parties' archives (once for a
+/// message to oneself).
+fn chat_message(
+    from_bare: &str,
+    to_bare: &str,
+    stanza_id: &str,
+    stamp_micros: i64,
+    payload: String,
+    body: Option<String>,
+) -> NewMessage {
+    let entry = |archive: &str, with: &str| EntryKey {
+        archive: archive.to_owned(),
+        stanza_id: stanza_id.to_owned(),
+        with_jid: with.to_owned(),
+        from_nick: None,
+    };
+    let mut entries = vec![entry(from_bare, to_bare)];
+    if from_bare != to_bare {
+        entries.push(entry(to_bare, from_bare));
+    }
+    NewMessage { stamp: stamp_micros, payload, body, entries }
+}
+
 impl Archive {
     /// Creates `dir` if needed and starts the writer and reader threads. Archive files
     /// are opened lazily, on first use of their [`ArchiveLocation`].
@@ -141,14 +174,7 @@ impl Archive {
         location: ArchiveLocation,
         row: ArchivedRow,
     ) -> impl Future<Output = Result<(), MamError>> + Send + 'static {
-        let ArchivedRow { stanza_id, archive, with_jid, from_nick, stamp_micros, payload, body, retracted: _ } = row;
-        let msg = NewMessage {
-            stamp: stamp_micros,
-            payload,
-            body,
-            entries: vec![EntryKey { archive, stanza_id, with_jid, from_nick }],
-        };
-        self.insert(location, msg)
+        self.insert(location, row_message(row))
     }
 
     /// Archives a 1:1 chat message once for both parties: one stored copy of `payload`,
@@ -164,17 +190,7 @@ impl Archive {
         payload: String,
         body: Option<String>,
     ) -> impl Future<Output = Result<(), MamError>> + Send + 'static {
-        let entry = |archive: &str, with: &str| EntryKey {
-            archive: archive.to_owned(),
-            stanza_id: stanza_id.to_owned(),
-            with_jid: with.to_owned(),
-            from_nick: None,
-        };
-        let mut entries = vec![entry(from_bare, to_bare)];
-        if from_bare != to_bare {
-            entries.push(entry(to_bare, from_bare));
-        }
-        self.insert(ArchiveLocation::Users, NewMessage { stamp: stamp_micros, payload, body, entries })
+        self.insert(ArchiveLocation::Users, chat_message(from_bare, to_bare, stanza_id, stamp_micros, payload, body))
     }
 
     fn insert(
@@ -183,6 +199,20 @@ impl Archive {
         msg: NewMessage,
     ) -> impl Future<Output = Result<(), MamError>> + Send + 'static {
         let (done, ack) = oneshot::channel();
+        let queued = self.queue_insert(location, msg, done);
+        async move {
+            queued.await?;
+            ack.await.map_err(|_| MamError::Closed)?
+        }
+    }
+
+    /// Validates and queues an insert; the future resolves once it is in the queue.
+    fn queue_insert(
+        &self,
+        location: ArchiveLocation,
+        msg: NewMessage,
+        done: writer::Ack,
+    ) -> impl Future<Output = Result<(), MamError>> + Send + 'static {
         let checked = location.file_name().and_then(|file| {
             for e in &msg.entries {
                 non_empty("archive", &e.archive)?;
@@ -191,10 +221,35 @@ impl Archive {
             Ok(file)
         });
         let queued = checked.map(|file| writer::enqueue(&self.writer, WriteCmd::Insert { file, msg, done }));
-        async move {
-            queued?.await?;
-            ack.await.map_err(|_| MamError::Closed)?
-        }
+        async move { queued?.await }
+    }
+
+    /// [`Archive::append_chat`] for the hot path: resolves as soon as the message is
+    /// queued, waiting only while the queue is full. Awaiting it is what carries the
+    /// archive's back-pressure to the sender; durability is not awaited, and a failed
+    /// write is logged by the writer.
+    pub fn append_chat_queued(
+        &self,
+        from_bare: &str,
+        to_bare: &str,
+        stanza_id: &str,
+        stamp_micros: i64,
+        payload: String,
+        body: Option<String>,
+    ) -> impl Future<Output = Result<(), MamError>> + Send + 'static {
+        let msg = chat_message(from_bare, to_bare, stanza_id, stamp_micros, payload, body);
+        let (done, _ack) = oneshot::channel();
+        self.queue_insert(ArchiveLocation::Users, msg, done)
+    }
+
+    /// [`Archive::append`] for the hot path, as [`Archive::append_chat_queued`].
+    pub fn append_queued(
+        &self,
+        location: ArchiveLocation,
+        row: ArchivedRow,
+    ) -> impl Future<Output = Result<(), MamError>> + Send + 'static {
+        let (done, _ack) = oneshot::channel();
+        self.queue_insert(location, row_message(row), done)
     }
 
     /// Runs `q` against `archive` and returns one page.

@@ -77,6 +77,11 @@ impl Pool {
                 }
                 // FULL: a commit is on disk before the appender is told it is durable.
                 Sql::query_all(&conn, "PRAGMA synchronous = FULL", (), |_| Ok(())).await?;
+                // Batches touch many index pages: a page cache that holds them avoids
+                // spilling mid-transaction, and rarer checkpoints copy each hot page back
+                // once instead of many times (profiled: both were a third of the writer).
+                Sql::query_all(&conn, "PRAGMA cache_size = -32768", (), |_| Ok(())).await?;
+                Sql::query_all(&conn, "PRAGMA wal_autocheckpoint = 8192", (), |_| Ok(())).await?;
                 schema::migrate(&conn).await?;
                 tracing::debug!(file, "mam: opened archive file for writing");
             }

@@ -248,9 +248,10 @@ impl Writer {
                 }
             };
             let together = Sql::in_tx(&conn, Tx::Write, async {
+                let inserter = ops::Inserter::prepare(&conn).await?;
                 let mut outcomes = Vec::with_capacity(group.len());
                 for ins in &group {
-                    outcomes.push(ops::insert(&conn, &ins.msg).await?);
+                    outcomes.push(inserter.insert(&ins.msg).await?);
                 }
                 Ok(outcomes)
             })
