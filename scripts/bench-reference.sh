@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Reference benchmark: the same waddle-bench scenarios against waddle, ejabberd 23.01 and
-# Prosody 0.12 (Debian bookworm packages) in one run, then a comparison table.
+# Prosody 0.12 (Debian bookworm packages: ejabberd 23.01-1, prosody 0.12.3-1+deb12u1) in
+# one run, then a comparison table.
 #
 #   scripts/bench-reference.sh [run]      install, build, then for each server in turn:
-#                                         start it, provision users, run every scenario,
-#                                         stop it; finally print the comparison
+#                                         start it, preflight it, provision users, run
+#                                         every scenario, stop it; finally print the
+#                                         comparison
 #   scripts/bench-reference.sh start      start all three at once, provision, preflight,
 #                                         print the pids and wait HOLD_SECS (default 600)
 #                                         for manual runs; Ctrl-C stops them
@@ -14,25 +16,35 @@
 #
 # Knobs (environment):
 #   BENCH_DIR=/tmp/waddle-bench-ref  work dir: configs, data, logs, results.jsonl
-#   MAM=on|off|both      archive variant of ejabberd/Prosody (default on; see below)
+#   MAM=on|off|both      message archiving on all three (default on; see below)
 #   SERVERS="waddle ejabberd prosody"   which servers, in this order
 #   SCENARIOS="login chat-closed chat-open muc idle"
 #   QUICK=1              smoke pass: few users, 5 s per scenario
 #   LOGIN_USERS LOGIN_DURATION CHAT_USERS CHAT_DURATION CHAT_WINDOW OPEN_USERS OPEN_RATE
 #   OPEN_DURATION MUC_USERS MUC_DURATION MUC_RATE IDLE_USERS IDLE_DURATION
-#                        per-scenario sizes (defaults below, smaller with QUICK=1)
+#                        per-scenario sizes. Defaults: login 200 users; chat-closed 50
+#                        users (window: the generator's default, 1); chat-open 50 users
+#                        at 2000 msg/s; muc 50 occupants (closed loop unless MUC_RATE);
+#                        idle 2000 sessions; 20 s each. QUICK=1: 20 / 10 / 10 at 200 msg/s
+#                        / 10 / 100, 5 s each. The open-files limit is raised for idle.
 #   AUTH=scram-sha-256   SASL mechanism for every server (AUTH_<SERVER> overrides one)
 #   TLS_MODE=starttls    for every server (waddle requires TLS before authentication)
 #   PROVISION=ibr        ibr: waddle-bench register (XEP-0077), falling back to the rest on
 #                        failure; http: waddle POST /v1/accounts, ejabberd mod_http_api
 #                        (then ejabberdctl), prosodyctl; ctl: ejabberdctl / prosodyctl only
+#   SETTLE_MAX=60        before each scenario, wait up to this long for the server to
+#                        drop under 5 % of a core (leftover work of the previous one)
 #   RUN_SLACK=120        seconds each generator run may take beyond its --duration
 #   BUILD=1              run `cargo build --release -p waddle-bench -p waddle` first
 #   BENCH_GEN_BIN, WADDLE_BIN   binaries (default target/release/{waddle-bench,waddle})
 #   BENCH_WADDLE_PORT=5222 BENCH_WADDLE_TLS_PORT=5223 BENCH_WADDLE_HTTP_PORT=5280
 #   EJABBERD_PORT=15222 EJABBERD_HTTP_PORT=15280 EJABBERD_NODE=waddlebench@localhost
 #   PROSODY_PORT=25222
-#   EJABBERD_ERL_OPTIONS extra erl flags, e.g. "+sbwt none +sbwtdcpu none +sbwtdio none"
+#   EJABBERD_DB=mnesia|sqlite  ejabberd's storage for everything (accounts, rosters,
+#                        offline, rooms, MAM): Mnesia (package default) or one SQLite file
+#                        (installs erlang-p1-sqlite3; closer to waddle's libSQL)
+#   EJABBERD_ERL_OPTIONS extra erl flags; default "+sbwt none +sbwtdcpu none +sbwtdio none"
+#                        (see below); set it to "" for the Debian package's behaviour
 #   (Script knobs never start with WADDLE_: the waddle binary rejects unknown WADDLE_* vars.)
 #
 # What is configured, and why (templates: bench/reference/ejabberd.yml.in,
@@ -47,6 +59,13 @@
 # - No rate limits or traffic shapers: waddle WADDLE_RATE_LIMITS_ENABLED=false; ejabberd
 #   listener `shaper: none`, `c2s_shaper: none`, no MUC shapers, no mod_fail2ban /
 #   mod_pres_counter; Prosody without mod_limits. Stanza limit 256 KiB on all three.
+# - Listen backlog 128 on every c2s port: what waddle's tokio listeners get and Prosody's
+#   default; ejabberd's own default is 5 (a login storm then overflows the accept queue:
+#   SYN cookies and 1 s retransmits in the latency tail), raised to 128 here.
+# - TCP_NODELAY on client sockets everywhere: waddle and ejabberd set it; Prosody gets
+#   network_settings.nagle = false (its default keeps Nagle on, which adds ~40 ms
+#   delayed-ACK stalls to request/response traffic). Prosody keeps its default of
+#   deferring writes to the next event-loop turn (opportunistic_writes = false).
 # - Open XEP-0077 in-band registration without throttling: waddle
 #   auth.in_band_registration; ejabberd mod_register `access: register` (allow all) and
 #   `registration_timeout: infinity`; Prosody `allow_registration`, no
@@ -72,19 +91,29 @@
 #
 # Non-equivalences that remain (read the numbers with these in mind):
 # - Storage engines differ: waddle libSQL (SQLite file, batched archive writes), ejabberd
-#   Mnesia (its package default; the archive table is disc_only_copies/dets), Prosody
-#   flat files (mod_storage_internal). Prosody's per-archive quota (1000 items, then
+#   Mnesia by default (its package default; the archive table is disc_only_copies/dets,
+#   which caps 1:1 chat with MAM at a few hundred messages/s here) or SQLite with
+#   EJABBERD_DB=sqlite (one connection, one INSERT per archived message), Prosody flat
+#   files (mod_storage_internal). Prosody's per-archive quota (1000 items, then
 #   truncation) is raised to 1e8 because the other two have no such quota.
-# - ejabberd runs on the BEAM with the Debian defaults (+K true +P 250000): its schedulers
-#   busy-wait after work, which shows up as server CPU time; EJABBERD_ERL_OPTIONS can pass
-#   "+sbwt none ..." to measure without spinning. Prosody is single-threaded Lua (one core
-#   at most); waddle and the BEAM use both cores. The load generator runs on the same
+# - ejabberd runs on the BEAM (+K true +P 250000 from ejabberdctl) with scheduler
+#   busy-waiting turned off (+sbwt none +sbwtdcpu none +sbwtdio none): by default BEAM
+#   schedulers spin after each burst of work, and /proc bills the spinning to ejabberd as
+#   server CPU (QUICK chat-open at 200 msg/s with MAM: about 6,400 us per delivery
+#   spinning vs 1,000 without). tokio's and Prosody's event loops park instead. Set
+#   EJABBERD_ERL_OPTIONS="" to measure the packaged default. Prosody is single-threaded
+#   Lua (one core at most); waddle and the BEAM use both cores. The load generator runs on the same
 #   2-core machine and competes for CPU (its own share is gen_cpu_pct).
-# - Room locking: waddle and ejabberd lock a new room until its owner accepts the
-#   configuration (status 201); Prosody does too (muc_room_locking default true). The
-#   load generator must create rooms the same way on all three.
-# - ejabberd and Prosody drop privileges to their package users (ejabberd, prosody):
-#   $BENCH_DIR must be reachable by them (it is chmod 755; don't put it under /root).
+# - Room creation is the same on all three: the first joiner gets status 201 and the room
+#   stays locked until the owner submits the (empty) instant-room form (checked by the
+#   preflight on each). Rooms are temporary; ejabberd keeps their archive when they empty
+#   (clear_archive_on_room_destroy: false) as waddle and Prosody do.
+# - SASL lists differ but not the mechanism used: waddle offers SCRAM-SHA-256, -SHA-1 and
+#   PLAIN; ejabberd SCRAM-SHA-256(-PLUS) and PLAIN; Prosody SCRAM-SHA-256 and PLAIN (no
+#   -PLUS: no tls-unique under TLS 1.3).
+# - ejabberd and Prosody run as their package users (ejabberd, prosody), switched with
+#   setpriv (not su, whose pam_limits would drop the open-files limit to 1024): $BENCH_DIR
+#   must be reachable by them (it is chmod 755; don't put it under /root).
 #
 # Debian's own services: the packages' postinst scripts try to start ejabberd/prosody
 # with /etc configs listening on 5222 (denied by policy-rc.d in containers). This script
@@ -92,15 +121,18 @@
 # its own instances: ejabberd through `ejabberdctl --config-dir/--config/--spool/--logs
 # --node $EJABBERD_NODE` (own Erlang node name, so `ejabberdctl` commands reach this
 # instance only; the cookie is the ejabberd user's ~/.erlang.cookie), Prosody as
-# `prosody --config FILE -F`.
+# `prosody --config FILE -F` in the background. (Prosody prints a lua-unbound notice:
+# harmless, it only matters for s2s DNS.)
 #
 # Server pids (passed to waddle-bench --server-pid; also written to $BENCH_DIR/*.pid):
 #   waddle   the target/release/waddle process started here
 #   ejabberd pgrep -u ejabberd -f "beam.smp.*-sname $EJABBERD_NODE( |$)"
 #   prosody  $BENCH_DIR/prosody/prosody.pid (the lua5.4 process)
 #
-# Results: one JSON line per generator run in $BENCH_DIR/results.jsonl, with the keys
-# server, mam, ref_scenario, auth, tls added; raw output in $BENCH_DIR/runs/.
+# Results: one JSON line per generator run in $BENCH_DIR/results.jsonl (the previous
+# file is kept as results.jsonl.prev), with the keys server, mam, ref_scenario, auth,
+# tls, exit_code (and ejabberd_db, waddle_mam_switch) added; each run's full output in
+# $BENCH_DIR/runs/, server logs in $BENCH_DIR/<server>/.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -123,9 +155,13 @@ PASSWORD=benchpass
 AUTH="${AUTH:-scram-sha-256}"
 TLS_MODE="${TLS_MODE:-starttls}"
 RUN_SLACK="${RUN_SLACK:-120}"
+SETTLE_MAX="${SETTLE_MAX:-60}"
 BUILD="${BUILD:-1}"
 HOLD_SECS="${HOLD_SECS:-600}"
 PROVISION="${PROVISION:-ibr}"
+EJABBERD_DB="${EJABBERD_DB:-mnesia}"
+case $MAM in on | off | both) ;; *) echo "MAM must be on, off or both" >&2; exit 2 ;; esac
+case $EJABBERD_DB in mnesia | sqlite) ;; *) echo "EJABBERD_DB must be mnesia or sqlite" >&2; exit 2 ;; esac
 
 W_PORT="${BENCH_WADDLE_PORT:-5222}"
 W_TLS_PORT="${BENCH_WADDLE_TLS_PORT:-5223}"
@@ -133,6 +169,7 @@ W_HTTP_PORT="${BENCH_WADDLE_HTTP_PORT:-5280}"
 EJ_PORT="${EJABBERD_PORT:-15222}"
 EJ_HTTP_PORT="${EJABBERD_HTTP_PORT:-15280}"
 EJ_NODE="${EJABBERD_NODE:-waddlebench@localhost}"
+EJ_ERL_OPTIONS="${EJABBERD_ERL_OPTIONS-+sbwt none +sbwtdcpu none +sbwtdio none}"
 PR_PORT="${PROSODY_PORT:-25222}"
 
 GEN="${BENCH_GEN_BIN:-$ROOT/target/release/waddle-bench}"
@@ -172,6 +209,14 @@ die() { log "error: $*"; exit 1; }
 # ------------------------------------------------------------------------ setup
 
 install_packages() {
+    if [ "$EJABBERD_DB" = sqlite ] && ! dpkg -s erlang-p1-sqlite3 >/dev/null 2>&1; then
+        log "installing erlang-p1-sqlite3 (EJABBERD_DB=sqlite)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y --no-install-recommends erlang-p1-sqlite3 >"$WORK/apt-sqlite.log" 2>&1 \
+            || { apt-get update >>"$WORK/apt-sqlite.log" 2>&1 || true
+                 apt-get install -y --no-install-recommends erlang-p1-sqlite3 >>"$WORK/apt-sqlite.log" 2>&1; } \
+            || die "apt-get install erlang-p1-sqlite3 failed, see $WORK/apt-sqlite.log"
+    fi
     if command -v ejabberdctl >/dev/null && command -v prosody >/dev/null && command -v prosodyctl >/dev/null \
         && command -v openssl >/dev/null; then
         return
@@ -240,11 +285,15 @@ make_cert() {
     chmod 644 "$TLS_DIR"/*.pem
 }
 
-# render TEMPLATE OUT MARK: @NAME@ substitution, keep "MARK@mam-$MAM" lines, drop the other.
+# render TEMPLATE OUT MARK VARIANT: token substitution; keeps the lines ending in
+# "MARK@mam-VARIANT" and drops those for the other variant; same for "MARK@db-...".
 render() {
-    local template="$1" out="$2" mark="$3" variant="$4" drop
+    local template="$1" out="$2" mark="$3" variant="$4" drop db_drop
     if [ "$variant" = on ]; then drop=off; else drop=on; fi
+    if [ "$EJABBERD_DB" = sqlite ]; then db_drop=mnesia; else db_drop=sqlite; fi
     sed -e "/${mark}@mam-${drop}\$/d" \
+        -e "/${mark}@db-${db_drop}\$/d" \
+        -e "s|@EJABBERD_DIR@|$EJ_DIR|g" \
         -e "s|@HOST@|$DOMAIN|g" \
         -e "s|@EJABBERD_PORT@|$EJ_PORT|g" \
         -e "s|@EJABBERD_HTTP_PORT@|$EJ_HTTP_PORT|g" \
@@ -257,15 +306,6 @@ render() {
 }
 
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-wait_port() { # PORT WHAT PID-CHECK-CMD
-    local port="$1" what="$2" i
-    for i in $(seq 1 120); do
-        if port_busy "$port"; then return 0; fi
-        sleep 0.5
-    done
-    die "$what did not open $HOST:$port within 60 s"
-}
 
 check_free() {
     local port
@@ -366,12 +406,12 @@ start_ejabberd() {
     cat >"$EJ_DIR/etc/ejabberdctl.cfg" <<EOF
 # Written by scripts/bench-reference.sh
 ERLANG_NODE=$EJ_NODE
-ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 ${EJABBERD_ERL_OPTIONS:-}"
+ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 $EJ_ERL_OPTIONS"
 ERL_MAX_PORTS=65536
 EJABBERD_BYPASS_WARNINGS=true
 EOF
     chown -R ejabberd:ejabberd "$EJ_DIR"
-    log "starting ejabberd (node $EJ_NODE, MAM=$variant) on $HOST:$EJ_PORT"
+    log "starting ejabberd (node $EJ_NODE, MAM=$variant, db $EJABBERD_DB) on $HOST:$EJ_PORT"
     ejctl start >"$EJ_DIR/log/start.out" 2>&1 || die "ejabberdctl start failed: $(cat "$EJ_DIR/log/start.out")"
     EJ_RUNNING=1
     local i
@@ -537,13 +577,34 @@ provision() { # NAME USERS
 }
 
 preflight() { # NAME
-    local name="$1"
+    local name="$1" mech
+    mech="$(server_auth "$name")"
     python3 "$REF/refbench.py" preflight --label "$name" --host "$HOST" --port "$(server_port "$name")" \
-        --domain "$DOMAIN" --muc-domain "$MUC_DOMAIN" --password "$PASSWORD" \
-        --mechanism "$(server_auth "$name" | tr a-z A-Z)"
+        --domain "$DOMAIN" --muc-domain "$MUC_DOMAIN" --password "$PASSWORD" --mechanism "${mech^^}"
 }
 
 # --------------------------------------------------------------------- scenarios
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# Waits (at most SETTLE_MAX seconds) until PID uses under 5 % of a core over one second,
+# so work left over from the previous scenario (archive writes still being flushed, a
+# BEAM's schedulers spinning down) is not billed to the next one.
+settle() {
+    local pid="$1" i a b hz
+    hz="$(getconf CLK_TCK)"
+    [ -n "$pid" ] || return 0
+    for ((i = 0; i < SETTLE_MAX; i++)); do
+        a="$(cpu_ticks "$pid")"
+        sleep 1
+        b="$(cpu_ticks "$pid")"
+        if [ $(((b - a) * 100)) -le $((hz * 5)) ]; then
+            if [ "$i" -gt 0 ]; then log "server settled after ${i}s"; fi
+            return 0
+        fi
+    done
+    log "server still busy after ${SETTLE_MAX}s; running the next scenario anyway"
+}
 
 run_scenario() { # SERVER MAM SCENARIO
     local server="$1" mam="$2" scenario="$3" port pid auth duration
@@ -570,6 +631,7 @@ run_scenario() { # SERVER MAM SCENARIO
     esac
     args+=(--duration "$duration")
     local out="$WORK/runs/$server-mam$mam-$scenario.out"
+    settle "$pid"
     log "$server (MAM=$mam): $scenario: waddle-bench $sub ${args[*]}"
     local rc=0
     timeout --kill-after=10 $((duration + RUN_SLACK)) "$GEN" "$sub" "${args[@]}" >"$out" 2>"$out.err" || rc=$?
@@ -582,15 +644,14 @@ run_scenario() { # SERVER MAM SCENARIO
     if [ "$server" = waddle ]; then
         if waddle_has_mam_switch; then extra=(waddle_mam_switch=yes); else extra=(waddle_mam_switch=no); fi
     fi
+    if [ "$server" = ejabberd ]; then extra=(ejabberd_db="$EJABBERD_DB" ejabberd_erl_options="$EJ_ERL_OPTIONS"); fi
     if python3 "$REF/refbench.py" tag server="$server" mam="$mam" ref_scenario="$scenario" \
         auth="$auth" tls="$TLS_MODE" exit_code="$rc" "${extra[@]}" <"$out" >>"$RESULTS"; then
         :
     else
         log "$server $scenario: no JSON result"
     fi
-    if [ "$server" != waddle ] || [ -n "$WADDLE_PID" ]; then
-        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then die "$server (pid $pid) died during $scenario"; fi
-    fi
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then die "$server (pid $pid) died during $scenario"; fi
 }
 
 max_users() {
@@ -631,65 +692,71 @@ build() {
     [ -x "$GEN" ] || die "no load generator at $GEN"
 }
 
-trap 'stop_all' EXIT
+# Cleanup ignores further signals, so a second Ctrl-C (or `timeout` signalling the whole
+# process group) cannot cut it short and leave a server behind.
+cleanup() {
+    trap '' INT TERM
+    stop_all
+}
+trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-case $CMD in
-    run)
-        prepare
-        build
-        users="$(max_users)"
-        if [ -s "$RESULTS" ]; then mv "$RESULTS" "$RESULTS.prev"; fi
-        : >"$RESULTS"
-        for mam in $(mam_variants); do
-            for server in $SERVERS; do
-                # A waddle without the archive switch always archives: run it once and
-                # copy its results to the other variant's table.
-                if [ "$server" = waddle ] && ! waddle_has_mam_switch \
-                    && [ "$mam" != "$(mam_variants | cut -d' ' -f1)" ]; then
-                    python3 - "$RESULTS" "$mam" <<'EOF'
-import json, sys
-path, mam = sys.argv[1], sys.argv[2]
-rows = [json.loads(l) for l in open(path) if l.startswith("{")]
-with open(path, "a") as f:
-    for r in rows:
-        if r.get("server") == "waddle" and r.get("mam") != mam and not r.get("copied_from_mam"):
-            r = dict(r, copied_from_mam=r.get("mam"), mam=mam)
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-EOF
-                    continue
-                fi
-                start_server "$server" "$mam"
-                provision "$server" "$users"
-                for scenario in $SCENARIOS; do
-                    run_scenario "$server" "$mam" "$scenario"
+# The whole run lives in a function so bash has parsed all of it before it starts:
+# editing this file during a run cannot change what the run does.
+main() {
+    case $CMD in
+        run)
+            prepare
+            build
+            users="$(max_users)"
+            if [ -s "$RESULTS" ]; then mv "$RESULTS" "$RESULTS.prev"; fi
+            : >"$RESULTS"
+            rm -f "$WORK"/runs/*
+            for mam in $(mam_variants); do
+                for server in $SERVERS; do
+                    # A waddle without the archive switch always archives: run it once and
+                    # copy its results to the other variant's table.
+                    if [ "$server" = waddle ] && ! waddle_has_mam_switch \
+                        && [ "$mam" != "$(mam_variants | cut -d' ' -f1)" ]; then
+                        python3 "$REF/refbench.py" copy-waddle "$RESULTS" "$mam"
+                        continue
+                    fi
+                    start_server "$server" "$mam"
+                    preflight "$server" >&2 || log "$server: preflight check failed (see above); running anyway"
+                    provision "$server" "$users"
+                    for scenario in $SCENARIOS; do
+                        run_scenario "$server" "$mam" "$scenario"
+                    done
+                    stop_server "$server"
                 done
-                stop_server "$server"
             done
-        done
-        log "results: $RESULTS"
-        python3 "$REF/refbench.py" compare "$RESULTS"
-        ;;
-    start | preflight)
-        prepare
-        variant="$(mam_variants | cut -d' ' -f1)"
-        if [ "$BUILD" = 1 ] && [ ! -x "$WADDLE" ]; then (cd "$ROOT" && cargo build --release -p waddle); fi
-        for server in $SERVERS; do start_server "$server" "$variant"; done
-        rc=0
-        for server in $SERVERS; do preflight "$server" || rc=1; done
-        if [ "$CMD" = preflight ]; then exit "$rc"; fi
-        for server in $SERVERS; do provision "$server" "$(max_users)"; done
-        for server in $SERVERS; do
-            log "$server: $HOST:$(server_port "$server") pid $(server_pid "$server")"
-        done
-        log "holding for $HOLD_SECS s (Ctrl-C stops the servers)"
-        sleep "$HOLD_SECS" &
-        wait $! || true
-        ;;
-    compare)
-        python3 "$REF/refbench.py" compare "$RESULTS"
-        ;;
-    *)
-        die "usage: $0 [run|start|preflight|compare]"
-        ;;
-esac
+            log "results: $RESULTS"
+            python3 "$REF/refbench.py" compare "$RESULTS"
+            ;;
+        start | preflight)
+            prepare
+            variant="$(mam_variants | cut -d' ' -f1)"
+            if [ "$BUILD" = 1 ] && [ ! -x "$WADDLE" ]; then (cd "$ROOT" && cargo build --release -p waddle); fi
+            for server in $SERVERS; do start_server "$server" "$variant"; done
+            rc=0
+            for server in $SERVERS; do preflight "$server" || rc=1; done
+            if [ "$CMD" = preflight ]; then exit "$rc"; fi
+            for server in $SERVERS; do provision "$server" "$(max_users)"; done
+            for server in $SERVERS; do
+                log "$server: $HOST:$(server_port "$server") pid $(server_pid "$server")"
+            done
+            log "holding for $HOLD_SECS s (Ctrl-C stops the servers)"
+            sleep "$HOLD_SECS" &
+            wait $! || true
+            ;;
+        compare)
+            python3 "$REF/refbench.py" compare "$RESULTS"
+            ;;
+        *)
+            die "usage: $0 [run|start|preflight|compare]"
+            ;;
+    esac
+}
+
+main "$@"
+exit

@@ -8,6 +8,7 @@
   refbench.py preflight ...           one XMPP client: STARTTLS, XEP-0077 registration,
                                       SASL SCRAM, bind, MUC join and a reflected groupchat
   refbench.py compare RESULTS.jsonl   comparison table of waddle, ejabberd and prosody
+  refbench.py copy-waddle RESULTS MAM repeats waddle's rows under MAM variant MAM
 """
 
 import argparse
@@ -89,6 +90,21 @@ def cmd_http_register(args):
     for f in failures[:5]:
         print(f"  {f}", file=sys.stderr)
     return 0 if not failures else 1
+
+
+# ----------------------------------------------------------------- copy-waddle
+
+
+def cmd_copy_waddle(args):
+    """Repeats waddle's results under another MAM variant (for a waddle that cannot turn
+    archiving off, which therefore ran once)."""
+    with open(args.results) as f:
+        rows = [json.loads(line) for line in f if line.startswith("{")]
+    with open(args.results, "a") as f:
+        for r in rows:
+            if r.get("server") == "waddle" and r.get("mam") != args.mam and not r.get("copied_from_mam"):
+                f.write(json.dumps(dict(r, copied_from_mam=r.get("mam"), mam=args.mam), sort_keys=True) + "\n")
+    return 0
 
 
 # -------------------------------------------------------------------- preflight
@@ -370,7 +386,7 @@ def cmd_compare(args):
             order.append(key)
         table[key][r.get("server", r.get("label", "?"))] = r
 
-    head = f"{'scenario':<12} {'metric':<28}" + "".join(f"{s:>12}" for s in servers)
+    head = f"{'scenario':<12} {'metric':<28}" + "".join(f"{s:>14}" for s in servers)
     head += "".join(f"{'vs ' + s:>13}" for s in others)
     print("Ratios: >1 means waddle did better (x/waddle for costs and latencies, waddle/x for rates).")
     for mam in sorted({k[0] for k in order}):
@@ -382,6 +398,11 @@ def cmd_compare(args):
             for r in rows.values()
         )
         note = "   (this waddle has no archive switch: its numbers include MAM)" if mam == "off" and always else ""
+        dbs = sorted(
+            {r.get("ejabberd_db") for k, rows in table.items() if k[0] == mam for r in rows.values()} - {None}
+        )
+        if dbs:
+            note += f"   (ejabberd db: {', '.join(dbs)})"
         print(f"MAM={mam}{note}")
         print(head)
         print("-" * len(head))
@@ -393,7 +414,7 @@ def cmd_compare(args):
             kind = scenario.split("-")[0]
             for name, get, higher_better in METRICS.get(kind, DELIVERY_METRICS):
                 vals = {s: (get(rows[s]) if s in rows else None) for s in servers}
-                line = f"{scenario:<12} {name:<28}" + "".join(f"{_fmt(vals[s]):>12}" for s in servers)
+                line = f"{scenario:<12} {name:<28}" + "".join(f"{_fmt(vals[s]):>14}" for s in servers)
                 w = _num(vals["waddle"])
                 for s in others:
                     x = _num(vals[s])
@@ -404,7 +425,7 @@ def cmd_compare(args):
                 print(line)
             auths = {s: rows[s].get("auth") for s in servers if s in rows and rows[s].get("auth")}
             if kind == "login" and auths:
-                print(f"{'':<12} {'auth':<28}" + "".join(f"{auths.get(s, '-'):>12}" for s in servers))
+                print(f"{'':<12} {'auth':<28}" + "".join(f"{auths.get(s, '-'):>14}" for s in servers))
     return 0
 
 
@@ -442,10 +463,19 @@ def main():
     c = sub.add_parser("compare")
     c.add_argument("results")
 
+    w = sub.add_parser("copy-waddle")
+    w.add_argument("results")
+    w.add_argument("mam")
+
     args = p.parse_args()
-    return {"tag": cmd_tag, "http-register": cmd_http_register, "preflight": cmd_preflight, "compare": cmd_compare}[
-        args.cmd
-    ](args)
+    commands = {
+        "tag": cmd_tag,
+        "http-register": cmd_http_register,
+        "preflight": cmd_preflight,
+        "compare": cmd_compare,
+        "copy-waddle": cmd_copy_waddle,
+    }
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ pub(crate) struct Inserter {
     exists: libsql::Statement,
     message: libsql::Statement,
     entry: libsql::Statement,
+    /// Ids of the messages inserted so far: [`Inserter::finish`] indexes their bodies.
+    ids: std::cell::Cell<Option<(i64, i64)>>,
 }
 
 impl Inserter {
@@ -51,7 +53,17 @@ impl Inserter {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .await?,
+            ids: std::cell::Cell::new(None),
         })
+    }
+
+    /// Adds the bodies of every message inserted through this inserter to the full-text
+    /// index, in one statement. Must run in the same transaction as the inserts.
+    pub(crate) async fn finish(&self, conn: &Connection) -> Result<(), MamError> {
+        if let Some((first, last)) = self.ids.get() {
+            index_bodies(conn, first, last).await?;
+        }
+        Ok(())
     }
 
     /// Same contract as [`insert`].
@@ -75,6 +87,10 @@ impl Inserter {
         while rows.next().await?.is_some() {}
         drop(rows);
         self.message.reset();
+        self.ids.set(Some(match self.ids.get() {
+            Some((first, last)) => (first.min(id), last.max(id)),
+            None => (id, id),
+        }));
         for e in &msg.entries {
             self.entry.reset();
             self.entry
@@ -117,7 +133,21 @@ pub(crate) async fn insert(conn: &Connection, msg: &NewMessage) -> Result<Result
         )
         .await?;
     }
+    index_bodies(conn, id, id).await?;
     Ok(Ok(()))
+}
+
+/// Indexes the bodies of messages `first..=last` for full-text search. Batched rather
+/// than a per-row trigger: FTS5 flushes its pending index at every statement savepoint,
+/// which made indexing one body at a time the most expensive part of an insert.
+async fn index_bodies(conn: &Connection, first: i64, last: i64) -> Result<(), MamError> {
+    conn.execute(
+        "INSERT INTO messages_fts (rowid, body) SELECT id, body FROM messages \
+         WHERE id BETWEEN ?1 AND ?2 AND body IS NOT NULL",
+        (first, last),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Tombstones `target` in `archive`: the payload and body are dropped (and the message

@@ -373,7 +373,7 @@ async fn a_thousand_appends_are_batched() {
     let stats = archive.write_stats();
     assert_eq!(stats.rows - before.rows, 1000);
     let batches = stats.batches - before.batches;
-    assert!((4..100).contains(&batches), "1000 rows in {batches} transactions");
+    assert!((1..100).contains(&batches), "1000 rows in {batches} transactions");
     let page = archive.query(waddle(), ROOM, &MamQuery { max: 250, before: Some(None), ..q() }).await.unwrap();
     assert_eq!(page.count, 1000);
     assert_eq!(page.rows.last().unwrap().stanza_id, "b0999");
@@ -506,9 +506,40 @@ async fn newer_archive_schema_is_refused() {
         archive.append(ArchiveLocation::AdHocRooms, room_row("v", T0, "a@b", "a", "x")).await.unwrap();
     }
     let conn = libsql::Builder::new_local(dir.join(ROOMS_FILE)).build().await.unwrap().connect().unwrap();
+    // The dropped archive's writer may still be closing (its final checkpoint locks the file).
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
     conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (999, 0)", ()).await.unwrap();
     drop(conn);
     let archive = open(&dir).await;
     let err = archive.append(ArchiveLocation::AdHocRooms, room_row("w", T0, "a@b", "a", "y")).await;
     assert_eq!(err, Err(MamError::SchemaTooNew { found: 999, supported: SCHEMA_VERSION }));
+}
+
+#[tokio::test]
+async fn bodies_are_indexed_once_per_message() {
+    let dir = temp_dir();
+    let archive = open(&dir).await;
+    let writes: Vec<_> = (0..50)
+        .map(|i| archive.append(waddle(), room_row(&format!("f{i:02}"), T0 + i, "a@b", "a", "unique banana")))
+        .collect();
+    for w in writes {
+        w.await.unwrap();
+    }
+    let search = MamQuery { fulltext: Some("banana".into()), ..q() };
+    let page = archive.query(waddle(), ROOM, &search).await.unwrap();
+    assert_eq!(page.count, 50);
+    drop(archive);
+    // The index holds each body exactly once (no trigger indexes it a second time).
+    let conn =
+        libsql::Builder::new_local(dir.join(waddle().file_name().unwrap())).build().await.unwrap().connect().unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut rows = conn.query("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'banana'", ()).await.unwrap();
+    let n: i64 = rows.next().await.unwrap().unwrap().get(0).unwrap();
+    assert_eq!(n, 50);
+    let mut rows = conn
+        .query("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = 'messages_fts_insert'", ())
+        .await
+        .unwrap();
+    let triggers: i64 = rows.next().await.unwrap().unwrap().get(0).unwrap();
+    assert_eq!(triggers, 0);
 }

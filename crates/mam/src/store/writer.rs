@@ -24,7 +24,7 @@ use super::Sql;
 use crate::MamError;
 
 /// Most messages committed in one transaction.
-pub const BATCH_ROWS: usize = 256;
+pub const BATCH_ROWS: usize = 1024;
 
 /// Commands waiting beyond this make `append` wait (back-pressure, bounded memory).
 pub const QUEUE_DEPTH: usize = 65_536;
@@ -253,6 +253,7 @@ impl Writer {
                 for ins in &group {
                     outcomes.push(inserter.insert(&ins.msg).await?);
                 }
+                inserter.finish(&conn).await?;
                 Ok(outcomes)
             })
             .await;
