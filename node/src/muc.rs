@@ -399,12 +399,43 @@ fn stamp_of(micros: i64) -> String {
         .unwrap_or_default()
 }
 
-/// A unique stanza id (XEP-0359): random, URL-safe.
+/// A unique stanza id (XEP-0359) for a message archived now.
 pub fn new_stanza_id() -> String {
     use rand::Rng as _;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut rng = rand::thread_rng();
-    (0..16).map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())])).collect()
+    let micros = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(0);
+    stanza_id_at(micros, rand::thread_rng().gen())
+}
+
+/// Base32 digits in ASCII order, so that ids sort like the numbers they encode.
+const SORTABLE_BASE32: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";
+
+/// `micros` (12 digits, 60 bits) then 40 random bits (8 digits): unique without
+/// coordination between nodes, and increasing with time, so that the archive's
+/// per-archive unique index on stanza ids grows at its end instead of dirtying a random
+/// page per message (profiled: random ids made index pages the bulk of the WAL).
+fn stanza_id_at(micros: u64, random: u64) -> String {
+    let digit = |value: u64, shift: u32| char::from(SORTABLE_BASE32[((value >> shift) & 31) as usize]);
+    let mut id = String::with_capacity(20);
+    id.extend((0..12).rev().map(|i| digit(micros, i * 5)));
+    id.extend((0..8).rev().map(|i| digit(random, i * 5)));
+    id
+}
+
+#[cfg(test)]
+mod stanza_id_tests {
+    use super::stanza_id_at;
+
+    #[test]
+    fn ids_sort_by_time_and_differ_by_randomness() {
+        let a = stanza_id_at(1_700_000_000_000_000, 0);
+        let b = stanza_id_at(1_700_000_000_000_001, 0);
+        let c = stanza_id_at(1_700_000_000_000_001, 1);
+        let later = stanza_id_at(1_800_000_000_000_000, u64::MAX);
+        assert_eq!(a.len(), 20);
+        assert!(a < b && b < c && c < later, "{a} {b} {c} {later}");
+        assert!(a.bytes().all(|ch| ch.is_ascii_digit() || ch.is_ascii_lowercase()));
+        assert_ne!(stanza_id_at(5, 1), stanza_id_at(5, 2));
+    }
 }
 
 fn history_entry(row: &ArchivedRow) -> Option<waddle_muc::HistoryEntry> {

@@ -48,6 +48,7 @@ pub struct CpuWindow {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuUse {
+    /// From the start of the load to the end of the drain (not the settling).
     pub wall: Duration,
     /// Server CPU in microseconds, if a PID was given and readable.
     pub server_micros: Option<f64>,
@@ -64,10 +65,35 @@ impl CpuWindow {
         }
     }
 
+    /// Waits (at most `limit`) until the server is idle — below 5 % of a core over
+    /// 250 ms — so that work it deferred (archive writes queued during the load) is
+    /// billed to this run, as it would be on any server. Returns the time waited.
+    pub async fn settle(&self, limit: Duration) -> Duration {
+        let Some(pid) = self.server_pid else { return Duration::ZERO };
+        let started = Instant::now();
+        let step = Duration::from_millis(250);
+        let mut last = cpu_micros(Some(pid));
+        while started.elapsed() < limit {
+            tokio::time::sleep(step).await;
+            let now = cpu_micros(Some(pid));
+            match (last, now) {
+                (Some(a), Some(b)) if b - a < 0.05 * step.as_micros() as f64 => break,
+                (_, None) => break,
+                _ => last = now,
+            }
+        }
+        started.elapsed()
+    }
+
     pub fn stop(&self) -> CpuUse {
+        self.stop_with_wall(self.started.elapsed())
+    }
+
+    /// Like [`CpuWindow::stop`], with the wall time measured earlier (before settling).
+    pub fn stop_with_wall(&self, wall: Duration) -> CpuUse {
         let server_end = self.server_pid.and_then(|p| cpu_micros(Some(p)));
         CpuUse {
-            wall: self.started.elapsed(),
+            wall,
             server_micros: self.server_start.zip(server_end).map(|(a, b)| b - a),
             own_micros: self.own_start.zip(cpu_micros(None)).map(|(a, b)| b - a),
         }

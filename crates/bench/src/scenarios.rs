@@ -21,6 +21,8 @@ const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 /// How long in-flight messages may take to arrive after the load stops.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long the server may take to finish deferred work after the load.
+const SETTLE: Duration = Duration::from_secs(60);
 /// Body prefix of generated messages; anything else received is ignored.
 const TAG: &str = "wb";
 
@@ -325,7 +327,14 @@ impl Bench {
         while delivered.load(Ordering::Relaxed) < total_sent * fanout && Instant::now() < drain_until {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        report.cpu = cpu.stop();
+        let wall = start.elapsed();
+        let settled = cpu.settle(SETTLE).await;
+        report.cpu = cpu.stop_with_wall(wall);
+        if settled > Duration::from_millis(300) {
+            report
+                .notes
+                .push(format!("server busy {:.1} s after the load; that CPU is included", settled.as_secs_f64()));
+        }
         let _ = stop_tx.send(true);
         let mut lat = Latencies::default();
         while let Some(r) = readers.join_next().await {
