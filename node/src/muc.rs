@@ -421,23 +421,6 @@ fn stanza_id_at(micros: u64, random: u64) -> String {
     id
 }
 
-#[cfg(test)]
-mod stanza_id_tests {
-    use super::stanza_id_at;
-
-    #[test]
-    fn ids_sort_by_time_and_differ_by_randomness() {
-        let a = stanza_id_at(1_700_000_000_000_000, 0);
-        let b = stanza_id_at(1_700_000_000_000_001, 0);
-        let c = stanza_id_at(1_700_000_000_000_001, 1);
-        let later = stanza_id_at(1_800_000_000_000_000, u64::MAX);
-        assert_eq!(a.len(), 20);
-        assert!(a < b && b < c && c < later, "{a} {b} {c} {later}");
-        assert!(a.bytes().all(|ch| ch.is_ascii_digit() || ch.is_ascii_lowercase()));
-        assert_ne!(stanza_id_at(5, 1), stanza_id_at(5, 2));
-    }
-}
-
 fn history_entry(row: &ArchivedRow) -> Option<waddle_muc::HistoryEntry> {
     let message = Element::from_bytes(row.payload.as_bytes(), ns::CLIENT).ok()?;
     Some(waddle_muc::HistoryEntry {
@@ -699,5 +682,22 @@ impl waddle_api::RoomControl for NodeRooms {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod stanza_id_tests {
+    use super::stanza_id_at;
+
+    #[test]
+    fn ids_sort_by_time_and_differ_by_randomness() {
+        let a = stanza_id_at(1_700_000_000_000_000, 0);
+        let b = stanza_id_at(1_700_000_000_000_001, 0);
+        let c = stanza_id_at(1_700_000_000_000_001, 1);
+        let later = stanza_id_at(1_800_000_000_000_000, u64::MAX);
+        assert_eq!(a.len(), 20);
+        assert!(a < b && b < c && c < later, "{a} {b} {c} {later}");
+        assert!(a.bytes().all(|ch| ch.is_ascii_digit() || ch.is_ascii_lowercase()));
+        assert_ne!(stanza_id_at(5, 1), stanza_id_at(5, 2));
     }
 }
