@@ -457,13 +457,15 @@ async fn write_messages(writer: &mut WriteHalf<Box<dyn Io>>, w: &WriterCtx) -> a
     for seq in 0u64.. {
         let sent_at = match period {
             Some(period) => {
-                // Scheduled time, not actual: a late generator shows up as latency.
+                // Sends follow the schedule (a late sender catches up, the offered rate
+                // holds); latency counts from the actual send, because tokio's timer
+                // wakes up to a millisecond late and that is the generator, not the server.
                 let at = w.start + offset + period.mul_f64(seq as f64);
                 if at >= w.deadline {
                     break;
                 }
                 tokio::time::sleep_until(at.into()).await;
-                at
+                Instant::now()
             }
             None => {
                 let now = Instant::now();
