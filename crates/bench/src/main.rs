@@ -17,6 +17,10 @@ use crate::args::{Args, Scenario};
 use crate::scenarios::Bench;
 
 fn main() -> anyhow::Result<()> {
+    if matches!(std::env::args().nth(1).as_deref(), Some("-h" | "--help" | "help")) {
+        print!("{}", args::USAGE);
+        return Ok(());
+    }
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(e) => {
