@@ -7,6 +7,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from xmpp_helpers import (
+    connect_muc,
     DOMAIN,
     MUC_PLUGINS,
     NS_DELAY,
@@ -32,8 +33,7 @@ from xmpp_helpers import (
 )
 
 
-async def _connect(xmpp, user, resource="pc"):
-    return await xmpp(user.username, user.password, resource, plugins=MUC_PLUGINS)
+_connect = connect_muc
 
 
 def _send_xml(client, to: str, mtype: str, children: str, body: str | None = None) -> None:

@@ -10,9 +10,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from xmpp_helpers import (
+    connect_muc,
     DOMAIN,
     MUC_DOMAIN,
-    MUC_PLUGINS,
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
     NS_MAM,
@@ -36,8 +36,7 @@ from xmpp_helpers import (
 )
 
 
-async def _connect(xmpp, user, resource="pc"):
-    return await xmpp(user.username, user.password, resource, plugins=MUC_PLUGINS)
+_connect = connect_muc
 
 
 def _role(presence) -> tuple[str, str]:

@@ -9,8 +9,8 @@ import asyncio
 import pytest
 
 from xmpp_helpers import (
+    connect_muc,
     MUC_DOMAIN,
-    MUC_PLUGINS,
     NS_DATA,
     NS_DISCO_INFO,
     NS_MUC_USER,
@@ -34,8 +34,7 @@ from xmpp_helpers import (
 )
 
 
-async def _connect(xmpp, user, resource="pc"):
-    return await xmpp(user.username, user.password, resource, plugins=MUC_PLUGINS)
+_connect = connect_muc
 
 
 # ---------------------------------------------------------------------------

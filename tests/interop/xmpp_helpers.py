@@ -76,6 +76,11 @@ MUC_DOMAIN = f"muc.{DOMAIN}"
 # slixmpp plugins for clients that use rooms and archives (XmppClient(plugins=...)).
 MUC_PLUGINS = ("xep_0045", "xep_0313")
 
+
+async def connect_muc(xmpp, user, resource="pc"):
+    """A logged-in client of `user` with the MUC and MAM plugins (`xmpp` is the fixture)."""
+    return await xmpp(user.username, user.password, resource, plugins=MUC_PLUGINS)
+
 STREAM_HEADER = (
     "<?xml version='1.0'?>"
     "<stream:stream to='localhost' version='1.0' xmlns='jabber:client' "
