@@ -4,8 +4,9 @@
 //! [`BATCH_ROWS`] messages, waiting at most [`COMMIT_DELAY`] for more once it holds an
 //! insert), groups consecutive inserts by file and commits each group in one
 //! transaction, then acknowledges each insert. This is group commit: the fsync cost is
-//! paid per batch, not per row, both under a steady trickle and under load. Retractions, deletions, flushes and file preparation
-//! ([`WriteCmd::Ensure`]) are executed in queue order after the inserts before them.
+//! paid per batch, not per row, both under a steady trickle and under load.
+//! Retractions, deletions, flushes and file preparation ([`WriteCmd::Ensure`]) are
+//! executed in queue order after the inserts before them.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
