@@ -85,6 +85,17 @@ pub struct Migration {
 pub struct Sql<E>(PhantomData<fn() -> E>);
 
 impl<E: DbError> Sql<E> {
+    /// `Ok` if a statement changed at least one row, `none_changed` otherwise (an
+    /// `INSERT ... ON CONFLICT DO NOTHING` that hit a conflict, an update or delete of a
+    /// missing row).
+    pub fn changed(rows: u64, none_changed: E) -> Result<(), E> {
+        if rows == 0 {
+            Err(none_changed)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Runs `sql` and maps every row, draining the result set.
     pub async fn query_all<T>(
         conn: &Connection,

@@ -75,11 +75,7 @@ impl Store {
                         ),
                     )
                     .await?;
-                if inserted == 0 {
-                    Err(StorageError::AlreadyExists)
-                } else {
-                    Ok(())
-                }
+                Sql::changed(inserted, StorageError::AlreadyExists)
             })
             .await
     }
@@ -153,11 +149,7 @@ impl Store {
                             (kind.code(), token_hash.to_vec(), username.as_str(), expires_at),
                         )
                         .await?;
-                    if inserted == 0 {
-                        Err(StorageError::AlreadyExists)
-                    } else {
-                        Ok(())
-                    }
+                    Sql::changed(inserted, StorageError::AlreadyExists)
                 })
                 .await
             })

@@ -33,11 +33,7 @@ impl Store {
                         (w.id, w.name, w.description, w.owner, w.created_at),
                     )
                     .await?;
-                if inserted == 0 {
-                    Err(StorageError::AlreadyExists)
-                } else {
-                    Ok(())
-                }
+                Sql::changed(inserted, StorageError::AlreadyExists)
             })
             .await
     }
@@ -103,11 +99,7 @@ impl Store {
                         (w.id, w.name, w.description, w.owner),
                     )
                     .await?;
-                if updated == 0 {
-                    Err(StorageError::NotFound)
-                } else {
-                    Ok(())
-                }
+                Sql::changed(updated, StorageError::NotFound)
             })
             .await
     }
@@ -246,11 +238,7 @@ impl Store {
         let id = id.to_owned();
         self.worker
             .call(move |conn| async move {
-                if conn.execute("DELETE FROM channels WHERE id = ?1", [id]).await? == 0 {
-                    Err(StorageError::NotFound)
-                } else {
-                    Ok(())
-                }
+                Sql::changed(conn.execute("DELETE FROM channels WHERE id = ?1", [id]).await?, StorageError::NotFound)
             })
             .await
     }
@@ -445,11 +433,7 @@ async fn insert_channel(conn: &Connection, c: ChannelRecord) -> Result<(), Stora
             (c.id, c.waddle_id, c.name, c.kind, c.topic, c.created_at),
         )
         .await?;
-    if inserted == 0 {
-        Err(StorageError::AlreadyExists)
-    } else {
-        Ok(())
-    }
+    Sql::changed(inserted, StorageError::AlreadyExists)
 }
 
 async fn channels_of(conn: &Connection, waddle_id: &str) -> Result<Vec<ChannelRecord>, StorageError> {
