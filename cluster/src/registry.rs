@@ -34,6 +34,8 @@ pub enum SessionMsg {
 
 pub type SessionRef = ActorRef<SessionMsg>;
 
+/// A bound session as the registry holds it; lookups hand out clones (cheap: the
+/// handle and the presence are reference-counted).
 #[derive(Clone, Debug)]
 pub struct SessionEntry {
     pub resource: String,
@@ -46,32 +48,6 @@ pub struct SessionEntry {
     pub presence: Option<Arc<Element>>,
     /// Whether the session requested the roster (RFC 6121 §2.1.6: only those get pushes).
     pub roster_interested: bool,
-}
-
-/// A copy of the routing-relevant part of an entry.
-#[derive(Clone, Debug)]
-pub struct SessionView {
-    pub resource: String,
-    pub conn_id: u64,
-    pub handle: SessionRef,
-    pub priority: i8,
-    pub available: bool,
-    pub presence: Option<Arc<Element>>,
-    pub roster_interested: bool,
-}
-
-impl From<&SessionEntry> for SessionView {
-    fn from(e: &SessionEntry) -> SessionView {
-        SessionView {
-            resource: e.resource.clone(),
-            conn_id: e.conn_id,
-            handle: e.handle.clone(),
-            priority: e.priority,
-            available: e.available,
-            presence: e.presence.clone(),
-            roster_interested: e.roster_interested,
-        }
-    }
 }
 
 type Shard = RwLock<HashMap<String, Vec<SessionEntry>>>;
@@ -122,14 +98,14 @@ impl Registry {
         removed
     }
 
-    pub fn session(&self, bare: &str, resource: &str) -> Option<SessionView> {
+    pub fn session(&self, bare: &str, resource: &str) -> Option<SessionEntry> {
         let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
-        shard.get(bare)?.iter().find(|s| s.resource == resource).map(SessionView::from)
+        shard.get(bare)?.iter().find(|s| s.resource == resource).cloned()
     }
 
-    pub fn sessions(&self, bare: &str) -> Vec<SessionView> {
+    pub fn sessions(&self, bare: &str) -> Vec<SessionEntry> {
         let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
-        shard.get(bare).map(|v| v.iter().map(SessionView::from).collect()).unwrap_or_default()
+        shard.get(bare).map(|v| v.to_vec()).unwrap_or_default()
     }
 
     /// Applies `f` to the entry of this exact session, if it is still bound.
@@ -145,12 +121,12 @@ impl Registry {
     }
 
     /// Every bound session (for shutdown).
-    pub fn all_sessions(&self) -> Vec<SessionView> {
+    pub fn all_sessions(&self) -> Vec<SessionEntry> {
         self.shards
             .iter()
             .flat_map(|s| {
                 let shard = s.read().unwrap_or_else(|e| e.into_inner());
-                shard.values().flatten().map(SessionView::from).collect::<Vec<_>>()
+                shard.values().flatten().cloned().collect::<Vec<_>>()
             })
             .collect()
     }
