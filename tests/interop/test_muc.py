@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from xmpp_helpers import (
+    owner_and_member_in,
     connect_muc,
     DOMAIN,
     MUC_DOMAIN,
@@ -74,14 +75,9 @@ async def test_announcements_owner_and_moderators_post(http, make_user, xmpp):
 
 
 async def test_announcements_member_is_visitor_and_cannot_post(http, make_user, xmpp):
-    alice, bob = make_user("alice"), make_user("bob")
-    w = create_waddle(http, alice)
-    add_member(http, w, alice, bob)
-    room = w.room("announcements")
-    a, b = await _connect(xmpp, alice), await _connect(xmpp, bob)
-    await join_room(a, room, "alice", maxstanzas=0)
-    jb = await join_room(b, room, "bob", maxstanzas=0)
-    assert _role(jb.presence) == ("member", "visitor"), jb.presence
+    pair = await owner_and_member_in(http, make_user, xmpp, "announcements")
+    room, a, b = pair.room, pair.a, pair.b
+    assert _role(pair.bob_join.presence) == ("member", "visitor"), pair.bob_join.presence
 
     text = unique("not-allowed-")
     a_mark, b_mark = a.mark(), b.mark()
@@ -172,13 +168,8 @@ def _metric(http, name: str, labels: str) -> float:
 
 
 async def test_groupchat_rate_limit_per_room(http, make_user, xmpp):
-    alice, bob = make_user("alice"), make_user("bob")
-    w = create_waddle(http, alice)
-    add_member(http, w, alice, bob)
-    room = w.room("general")
-    a, b = await _connect(xmpp, alice), await _connect(xmpp, bob)
-    await join_room(a, room, "alice", maxstanzas=0)
-    await join_room(b, room, "bob", maxstanzas=0)
+    pair = await owner_and_member_in(http, make_user, xmpp, "general")
+    room, a, b = pair.room, pair.a, pair.b
     before = _metric(http, "xmpp_rate_limited_total", 'limit="message"')
 
     tag = unique("burst")

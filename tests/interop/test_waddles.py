@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from xmpp_helpers import (
+    owner_and_member_in,
     connect_muc,
     MUC_DOMAIN,
     NS_DATA,
@@ -322,14 +323,9 @@ async def test_deleted_channel_room_cannot_be_rejoined(http, make_user, xmpp):
 
 
 async def test_promotion_updates_the_occupant_role(http, make_user, xmpp):
-    alice, bob = make_user("alice"), make_user("bob")
-    w = create_waddle(http, alice)
-    add_member(http, w, alice, bob)
-    room = w.room("general")
-    a, b = await _connect(xmpp, alice), await _connect(xmpp, bob)
-    await join_room(a, room, "alice", maxstanzas=0)
-    jb = await join_room(b, room, "bob", maxstanzas=0)
-    assert muc_item(jb.presence).get("role") == "participant", jb.presence
+    pair = await owner_and_member_in(http, make_user, xmpp, "general")
+    alice, bob, w, room, a, b = pair.alice, pair.bob, pair.waddle, pair.room, pair.a, pair.b
+    assert muc_item(pair.bob_join.presence).get("role") == "participant", pair.bob_join.presence
 
     a_mark, b_mark = a.mark(), b.mark()
     add_member(http, w, alice, bob, role="moderator")

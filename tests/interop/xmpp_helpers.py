@@ -1178,6 +1178,31 @@ def add_member(http: Callable, waddle: Waddle, by: User, member: User,
     assert status == 201, f"adding {member.username} as {role} failed: {status} {body!r}"
 
 
+@dataclass
+class ChannelPair:
+    """alice owns a fresh waddle and bob is a member; both are connected (a, b) and
+    joined to one of its channel rooms without history."""
+    alice: User
+    bob: User
+    waddle: Waddle
+    room: str
+    a: Any
+    b: Any
+    bob_join: Any
+
+
+async def owner_and_member_in(http: Callable, make_user: Callable, xmpp: Callable,
+                              channel: str) -> ChannelPair:
+    alice, bob = make_user("alice"), make_user("bob")
+    w = create_waddle(http, alice)
+    add_member(http, w, alice, bob)
+    room = w.room(channel)
+    a, b = await connect_muc(xmpp, alice), await connect_muc(xmpp, bob)
+    await join_room(a, room, "alice", maxstanzas=0)
+    bob_join = await join_room(b, room, "bob", maxstanzas=0)
+    return ChannelPair(alice, bob, w, room, a, b, bob_join)
+
+
 def check_permission(http: Callable, caller: User, obj: str, permission: str,
                      user: Optional[str] = None) -> bool:
     """POST /v1/permissions/check → allowed."""
