@@ -303,6 +303,15 @@ struct RoomState {
     persister: Option<watch::Sender<RoomWrite>>,
 }
 
+/// The name `room` is listed under in the service's disco#items, if it is listed.
+fn listing_of(room: &Room) -> Option<&str> {
+    if !room.config().public || room.is_locked() || room.is_destroyed() {
+        return None;
+    }
+    let name = room.config().name.as_str();
+    Some(if name.is_empty() { room.jid().split('@').next().unwrap_or_default() } else { name })
+}
+
 /// A change to a room's stored state.
 #[derive(Clone, Debug)]
 enum RoomWrite {
@@ -444,7 +453,10 @@ impl RoomState {
                 Outbound::Archive(entry) => self.archive(entry, stamp_micros).await,
                 Outbound::Persist => {
                     let write = if self.room.config().persistent {
-                        RoomWrite::Put { snapshot: self.room.snapshot(), listed_name: self.listing() }
+                        RoomWrite::Put {
+                            snapshot: self.room.snapshot(),
+                            listed_name: listing_of(&self.room).map(str::to_owned),
+                        }
                     } else {
                         RoomWrite::Delete
                     };
@@ -498,24 +510,13 @@ impl RoomState {
         }
     }
 
-    /// The name the room is listed under in the service's disco#items, if it is listed.
-    fn listing(&self) -> Option<String> {
-        let public = self.room.config().public && !self.room.is_locked() && !self.room.is_destroyed();
-        public.then(|| {
-            let name = &self.room.config().name;
-            if name.is_empty() {
-                self.room.jid().split('@').next().unwrap_or_default().to_owned()
-            } else {
-                name.clone()
-            }
-        })
-    }
-
+    /// Runs after every message the room handles: allocates only when the listing changes.
     fn publish_listing(&mut self) {
-        let listing = self.listing();
-        if listing != self.listed {
-            self.ctx.muc.set_listing(self.room.jid(), listing.as_deref());
-            self.listed = listing;
+        let listing = listing_of(&self.room);
+        if self.listed.as_deref() != listing {
+            let owned = listing.map(str::to_owned);
+            self.ctx.muc.set_listing(self.room.jid(), owned.as_deref());
+            self.listed = owned;
         }
     }
 
