@@ -2,9 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-/// Clock ticks per second of /proc/PID/stat times (`getconf CLK_TCK`; 100 on every
-/// Linux we know of).
+/// Clock ticks per second of /proc/PID/stat times (`getconf CLK_TCK`, asked once; 100
+/// on every Linux we know of).
 fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(read_clock_ticks)
+}
+
+fn read_clock_ticks() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
