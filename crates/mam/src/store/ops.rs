@@ -29,9 +29,9 @@ pub(crate) struct NewMessage {
     pub entries: Vec<EntryKey>,
 }
 
-/// The statements of [`insert`], prepared once per write transaction: under load a batch
-/// holds hundreds of messages, and parsing five statements per message was the
-/// writer's largest cost.
+/// The statements that insert messages, prepared once per write transaction: under
+/// load a batch holds hundreds of messages, and parsing five statements per message was
+/// the writer's largest cost.
 pub(crate) struct Inserter {
     exists: libsql::Statement,
     message: libsql::Statement,
@@ -66,7 +66,10 @@ impl Inserter {
         Ok(())
     }
 
-    /// Same contract as [`insert`].
+    /// Inserts `msg` inside the caller's transaction. The outer error is a database failure
+    /// (the transaction must be abandoned); the inner one is this message's own outcome
+    /// ([`MamError::Duplicate`] when one of its ids is taken, in which case nothing is
+    /// written).
     pub(crate) async fn insert(&self, msg: &NewMessage) -> Result<Result<(), MamError>, MamError> {
         for e in &msg.entries {
             self.exists.reset();
@@ -107,34 +110,6 @@ impl Inserter {
         self.entry.reset();
         Ok(Ok(()))
     }
-}
-
-/// Inserts `msg` inside the caller's transaction. The outer error is a database failure
-/// (the transaction must be abandoned); the inner one is this message's own outcome
-/// ([`MamError::Duplicate`] when one of its ids is taken, in which case nothing is
-/// written).
-pub(crate) async fn insert(conn: &Connection, msg: &NewMessage) -> Result<Result<(), MamError>, MamError> {
-    for e in &msg.entries {
-        if position(conn, &e.archive, &e.stanza_id).await?.is_some() {
-            return Ok(Err(MamError::Duplicate(e.stanza_id.clone())));
-        }
-    }
-    let id = Sql::query_i64(
-        conn,
-        "INSERT INTO messages (stamp, payload, body) VALUES (?1, ?2, ?3) RETURNING id",
-        (msg.stamp, msg.payload.as_str(), msg.body.as_deref()),
-    )
-    .await?;
-    for e in &msg.entries {
-        conn.execute(
-            "INSERT INTO entries (archive, stanza_id, with_jid, from_nick, stamp, message_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            (e.archive.as_str(), e.stanza_id.as_str(), e.with_jid.as_str(), e.from_nick.as_deref(), msg.stamp, id),
-        )
-        .await?;
-    }
-    index_bodies(conn, id, id).await?;
-    Ok(Ok(()))
 }
 
 /// Indexes the bodies of messages `first..=last` for full-text search. Batched rather

@@ -285,7 +285,13 @@ impl Writer {
                     // One bad row must not fail its neighbours: retry each on its own.
                     tracing::warn!(file, error = %e, rows = group.len(), "mam: batch failed, retrying row by row");
                     for ins in group {
-                        let outcome = Sql::in_tx(&conn, Tx::Write, ops::insert(&conn, &ins.msg)).await.and_then(|r| r);
+                        let alone = async {
+                            let inserter = ops::Inserter::prepare(&conn).await?;
+                            let outcome = inserter.insert(&ins.msg).await?;
+                            inserter.finish(&conn).await?;
+                            Ok(outcome)
+                        };
+                        let outcome = Sql::in_tx(&conn, Tx::Write, alone).await.and_then(|r| r);
                         match &outcome {
                             Ok(()) => self.counters.committed(1),
                             Err(e) => tracing::error!(file, error = %e, "mam: archive write failed"),
