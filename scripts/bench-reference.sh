@@ -307,6 +307,35 @@ render() {
 
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
+# wait_for_port NAME PORT PID WHERE [LOG...]: waits up to 60 s for PORT to open; dies with
+# the tail of the LOG files if PID (when given) exits first, or pointing at WHERE on timeout.
+wait_for_port() {
+    local name=$1 port=$2 pid=$3 where=$4 i
+    shift 4
+    for i in $(seq 1 120); do
+        port_busy "$port" && return 0
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            die "$name exited: $(tail -5 "$@" 2>/dev/null)"
+        fi
+        sleep 0.5
+    done
+    die "$name did not open $HOST:$port within 60 s; see $where"
+}
+
+# stop_child NAME PID PIDFILE: TERM, up to 10 s to exit, then KILL; reaps it.
+stop_child() {
+    local name=$1 pid=$2 pidfile=$3 i
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        log "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+}
+
 check_free() {
     local port
     for port in "$@"; do
@@ -357,28 +386,13 @@ start_waddle() {
     ) >"$W_DIR/waddle.log" 2>&1 &
     WADDLE_PID=$!
     echo "$WADDLE_PID" >"$WORK/waddle.pid"
-    local i
-    for i in $(seq 1 120); do
-        if port_busy "$W_PORT"; then break; fi
-        kill -0 "$WADDLE_PID" 2>/dev/null || die "waddle exited: $(tail -5 "$W_DIR/waddle.log")"
-        sleep 0.5
-    done
-    port_busy "$W_PORT" || die "waddle did not open $HOST:$W_PORT within 60 s"
+    wait_for_port waddle "$W_PORT" "$WADDLE_PID" "$W_DIR/waddle.log" "$W_DIR/waddle.log"
     log "waddle pid $WADDLE_PID"
 }
 
 stop_waddle() {
-    [ -n "$WADDLE_PID" ] || return 0
-    if kill -0 "$WADDLE_PID" 2>/dev/null; then
-        log "stopping waddle (pid $WADDLE_PID)"
-        kill -TERM "$WADDLE_PID" 2>/dev/null || true
-        local i
-        for i in $(seq 1 40); do kill -0 "$WADDLE_PID" 2>/dev/null || break; sleep 0.25; done
-        kill -KILL "$WADDLE_PID" 2>/dev/null || true
-    fi
-    wait "$WADDLE_PID" 2>/dev/null || true
+    stop_child waddle "$WADDLE_PID" "$WORK/waddle.pid"
     WADDLE_PID=""
-    rm -f "$WORK/waddle.pid"
 }
 
 # ejabberdctl su's to the ejabberd user when called by root, and su's pam_limits resets
@@ -414,12 +428,7 @@ EOF
     log "starting ejabberd (node $EJ_NODE, MAM=$variant, db $EJABBERD_DB) on $HOST:$EJ_PORT"
     ejctl start >"$EJ_DIR/log/start.out" 2>&1 || die "ejabberdctl start failed: $(cat "$EJ_DIR/log/start.out")"
     EJ_RUNNING=1
-    local i
-    for i in $(seq 1 120); do
-        if port_busy "$EJ_PORT"; then break; fi
-        sleep 0.5
-    done
-    port_busy "$EJ_PORT" || die "ejabberd did not open $HOST:$EJ_PORT within 60 s; see $EJ_DIR/log/"
+    wait_for_port ejabberd "$EJ_PORT" "" "$EJ_DIR/log/"
     timeout 90 bash -c "$(declare -f ejctl); EJ_DIR='$EJ_DIR' EJ_NODE='$EJ_NODE'; ejctl started" \
         >/dev/null 2>&1 || die "ejabberd did not report started; see $EJ_DIR/log/"
     local pid
@@ -460,30 +469,15 @@ start_prosody() {
     setpriv --reuid prosody --regid prosody --init-groups \
         prosody --config "$PR_DIR/prosody.cfg.lua" -F >"$PR_DIR/stdout.log" 2>&1 &
     PROSODY_PID=$!
-    local i
-    for i in $(seq 1 120); do
-        if port_busy "$PR_PORT"; then break; fi
-        kill -0 "$PROSODY_PID" 2>/dev/null || die "prosody exited: $(tail -5 "$PR_DIR/stdout.log" "$PR_DIR/prosody.log" 2>/dev/null)"
-        sleep 0.5
-    done
-    port_busy "$PR_PORT" || die "prosody did not open $HOST:$PR_PORT within 60 s; see $PR_DIR/"
+    wait_for_port prosody "$PR_PORT" "$PROSODY_PID" "$PR_DIR/" "$PR_DIR/stdout.log" "$PR_DIR/prosody.log"
     if [ -s "$PR_DIR/prosody.pid" ]; then PROSODY_PID="$(cat "$PR_DIR/prosody.pid")"; fi
     echo "$PROSODY_PID" >"$WORK/prosody.pid"
     log "prosody pid $PROSODY_PID"
 }
 
 stop_prosody() {
-    [ -n "$PROSODY_PID" ] || return 0
-    if kill -0 "$PROSODY_PID" 2>/dev/null; then
-        log "stopping prosody (pid $PROSODY_PID)"
-        kill -TERM "$PROSODY_PID" 2>/dev/null || true
-        local i
-        for i in $(seq 1 40); do kill -0 "$PROSODY_PID" 2>/dev/null || break; sleep 0.25; done
-        kill -KILL "$PROSODY_PID" 2>/dev/null || true
-    fi
-    wait "$PROSODY_PID" 2>/dev/null || true
+    stop_child prosody "$PROSODY_PID" "$WORK/prosody.pid"
     PROSODY_PID=""
-    rm -f "$WORK/prosody.pid"
 }
 
 stop_all() {
