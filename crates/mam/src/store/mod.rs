@@ -105,10 +105,12 @@ fn non_empty(what: &str, value: &str) -> Result<(), MamError> {
 fn row_message(row: ArchivedRow) -> NewMessage {
     let ArchivedRow { stanza_id, archive, with_jid, from_nick, stamp_micros, payload, body, retracted: _ } = row;
     NewMessage {
+        stanza_id,
         stamp: stamp_micros,
         payload,
         body,
-        entries: vec![EntryKey { archive, stanza_id, with_jid, from_nick }],
+        from_nick,
+        entries: vec![EntryKey { archive, with_jid }],
     }
 }
 
@@ -122,17 +124,12 @@ fn chat_message(
     payload: String,
     body: Option<String>,
 ) -> NewMessage {
-    let entry = |archive: &str, with: &str| EntryKey {
-        archive: archive.to_owned(),
-        stanza_id: stanza_id.to_owned(),
-        with_jid: with.to_owned(),
-        from_nick: None,
-    };
+    let entry = |archive: &str, with: &str| EntryKey { archive: archive.to_owned(), with_jid: with.to_owned() };
     let mut entries = vec![entry(from_bare, to_bare)];
     if from_bare != to_bare {
         entries.push(entry(to_bare, from_bare));
     }
-    NewMessage { stamp: stamp_micros, payload, body, entries }
+    NewMessage { stanza_id: stanza_id.to_owned(), stamp: stamp_micros, payload, body, from_nick: None, entries }
 }
 
 impl Archive {
@@ -214,9 +211,9 @@ impl Archive {
         done: writer::Ack,
     ) -> impl Future<Output = Result<(), MamError>> + Send + 'static {
         let checked = location.file_name().and_then(|file| {
+            non_empty("stanza id", &msg.stanza_id)?;
             for e in &msg.entries {
                 non_empty("archive", &e.archive)?;
-                non_empty("stanza id", &e.stanza_id)?;
             }
             Ok(file)
         });

@@ -11,23 +11,30 @@ use crate::{ArchiveEdge, ArchiveMetadata, ArchivedRow, MamError, MamQuery, Page}
 /// What a retracted message's payload becomes: nothing is kept of the content.
 const TOMBSTONE: &str = "";
 
-/// One archive's index entry for a message being inserted.
+/// One archive's entry for a message being inserted.
 #[derive(Debug)]
 pub(crate) struct EntryKey {
     pub archive: String,
-    pub stanza_id: String,
     pub with_jid: String,
-    pub from_nick: Option<String>,
 }
 
 /// A message to store once, with the entries that index it.
 #[derive(Debug)]
 pub(crate) struct NewMessage {
+    pub stanza_id: String,
     pub stamp: i64,
     pub payload: String,
     pub body: Option<String>,
+    pub from_nick: Option<String>,
     pub entries: Vec<EntryKey>,
 }
+
+/// The entry of `archive` for the message with stanza id `?2`: the stanza id index
+/// finds the candidate messages, the entry's primary key confirms the archive. `CROSS
+/// JOIN` fixes that order: left to itself the planner may scan the archive's entries
+/// and look each message up, which made every insert cost as much as the archive is long.
+pub(crate) const ENTRY_BY_STANZA_ID: &str = "FROM messages m CROSS JOIN entries e \
+     ON e.archive = ?1 AND e.stamp = m.stamp AND e.message_id = m.id WHERE m.stanza_id = ?2";
 
 /// The statements that insert messages, prepared once per write transaction: under
 /// load a batch holds hundreds of messages, and parsing five statements per message was
@@ -43,15 +50,15 @@ pub(crate) struct Inserter {
 impl Inserter {
     pub(crate) async fn prepare(conn: &Connection) -> Result<Inserter, MamError> {
         Ok(Inserter {
-            exists: conn.prepare("SELECT 1 FROM entries WHERE archive = ?1 AND stanza_id = ?2").await?,
+            exists: conn.prepare(&format!("SELECT 1 {ENTRY_BY_STANZA_ID}")).await?,
             message: conn
-                .prepare("INSERT INTO messages (stamp, payload, body) VALUES (?1, ?2, ?3) RETURNING id")
+                .prepare(
+                    "INSERT INTO messages (stanza_id, stamp, payload, body, from_nick) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                )
                 .await?,
             entry: conn
-                .prepare(
-                    "INSERT INTO entries (archive, stanza_id, with_jid, from_nick, stamp, message_id) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
+                .prepare("INSERT INTO entries (archive, stamp, message_id, with_jid) VALUES (?1, ?2, ?3, ?4)")
                 .await?,
             ids: std::cell::Cell::new(None),
         })
@@ -68,21 +75,30 @@ impl Inserter {
 
     /// Inserts `msg` inside the caller's transaction. The outer error is a database failure
     /// (the transaction must be abandoned); the inner one is this message's own outcome
-    /// ([`MamError::Duplicate`] when one of its ids is taken, in which case nothing is
-    /// written).
+    /// ([`MamError::Duplicate`] when one of its archives already holds its stanza id, in
+    /// which case nothing is written).
     pub(crate) async fn insert(&self, msg: &NewMessage) -> Result<Result<(), MamError>, MamError> {
         for e in &msg.entries {
             self.exists.reset();
-            let mut rows = self.exists.query((e.archive.as_str(), e.stanza_id.as_str())).await?;
+            let mut rows = self.exists.query((e.archive.as_str(), msg.stanza_id.as_str())).await?;
             let found = rows.next().await?.is_some();
             drop(rows);
             self.exists.reset();
             if found {
-                return Ok(Err(MamError::Duplicate(e.stanza_id.clone())));
+                return Ok(Err(MamError::Duplicate(msg.stanza_id.clone())));
             }
         }
         self.message.reset();
-        let mut rows = self.message.query((msg.stamp, msg.payload.as_str(), msg.body.as_deref())).await?;
+        let mut rows = self
+            .message
+            .query((
+                msg.stanza_id.as_str(),
+                msg.stamp,
+                msg.payload.as_str(),
+                msg.body.as_deref(),
+                msg.from_nick.as_deref(),
+            ))
+            .await?;
         let id: i64 = match rows.next().await? {
             Some(row) => row.get(0)?,
             None => return Err(MamError::Database("INSERT ... RETURNING gave no id".into())),
@@ -96,16 +112,7 @@ impl Inserter {
         }));
         for e in &msg.entries {
             self.entry.reset();
-            self.entry
-                .execute((
-                    e.archive.as_str(),
-                    e.stanza_id.as_str(),
-                    e.with_jid.as_str(),
-                    e.from_nick.as_deref(),
-                    msg.stamp,
-                    id,
-                ))
-                .await?;
+            self.entry.execute((e.archive.as_str(), msg.stamp, id, e.with_jid.as_str())).await?;
         }
         self.entry.reset();
         Ok(Ok(()))
@@ -127,21 +134,26 @@ async fn index_bodies(conn: &Connection, first: i64, last: i64) -> Result<(), Ma
 
 /// Tombstones `target` in `archive`: the payload and body are dropped (and the message
 /// leaves the full-text index), the entries keep id, stamp and `with`, and are marked
-/// retracted in every archive that shares the message. `false` if there is no such id.
+/// retracted in every archive that shares the message (the entry's own and, for a 1:1
+/// message, the one its `with` JID names). `false` if there is no such id.
 pub(crate) async fn retract(conn: &Connection, archive: &str, target: &str) -> Result<bool, MamError> {
     Sql::in_tx(conn, Tx::Write, async {
-        let Some(message_id) = Sql::query_opt(
+        let Some((stamp, message_id, with)) = Sql::query_opt(
             conn,
-            "SELECT message_id FROM entries WHERE archive = ?1 AND stanza_id = ?2",
+            &format!("SELECT e.stamp, e.message_id, e.with_jid {ENTRY_BY_STANZA_ID}"),
             (archive, target),
-            |r| Ok(r.get::<i64>(0)?),
+            |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?, r.get::<String>(2)?)),
         )
         .await?
         else {
             return Ok(false);
         };
         conn.execute("UPDATE messages SET payload = ?2, body = NULL WHERE id = ?1", (message_id, TOMBSTONE)).await?;
-        conn.execute("UPDATE entries SET retracted = 1 WHERE message_id = ?1", [message_id]).await?;
+        conn.execute(
+            "UPDATE entries SET retracted = 1 WHERE archive IN (?1, ?2) AND stamp = ?3 AND message_id = ?4",
+            (archive, with.as_str(), stamp, message_id),
+        )
+        .await?;
         Ok(true)
     })
     .await
@@ -150,12 +162,13 @@ pub(crate) async fn retract(conn: &Connection, archive: &str, target: &str) -> R
 /// Deletes every entry of `archive` and the messages no other archive still indexes.
 pub(crate) async fn delete_archive(conn: &Connection, archive: &str) -> Result<(), MamError> {
     Sql::in_tx(conn, Tx::Write, async {
-        // Messages owned by this archive alone (their entries go with them: ON DELETE
-        // CASCADE), then this archive's entries of shared messages.
+        // Messages this archive alone holds: the only other archive that can share one is
+        // the one its `with` JID names (1:1 messages).
         conn.execute(
             "DELETE FROM messages WHERE id IN ( \
                  SELECT e.message_id FROM entries e WHERE e.archive = ?1 AND NOT EXISTS ( \
-                     SELECT 1 FROM entries o WHERE o.message_id = e.message_id AND o.archive <> ?1))",
+                     SELECT 1 FROM entries o WHERE o.archive = e.with_jid AND o.archive <> ?1 \
+                         AND o.stamp = e.stamp AND o.message_id = e.message_id))",
             [archive],
         )
         .await?;
@@ -165,9 +178,10 @@ pub(crate) async fn delete_archive(conn: &Connection, archive: &str) -> Result<(
     .await
 }
 
-/// `(stamp, seq)` of `id` in `archive` (retracted or not), the ordering key cursors use.
+/// `(stamp, message id)` of `id` in `archive` (retracted or not), the ordering key
+/// cursors use.
 async fn position(conn: &Connection, archive: &str, id: &str) -> Result<Option<(i64, i64)>, MamError> {
-    Sql::query_opt(conn, "SELECT stamp, seq FROM entries WHERE archive = ?1 AND stanza_id = ?2", (archive, id), |r| {
+    Sql::query_opt(conn, &format!("SELECT e.stamp, e.message_id {ENTRY_BY_STANZA_ID}"), (archive, id), |r| {
         Ok((r.get::<i64>(0)?, r.get::<i64>(1)?))
     })
     .await
@@ -178,7 +192,7 @@ async fn known_position(conn: &Connection, archive: &str, id: &str) -> Result<(i
 }
 
 const ROW_COLUMNS: &str =
-    "e.stanza_id, e.archive, e.with_jid, e.from_nick, e.stamp, m.payload, m.body, e.retracted, e.seq";
+    "m.stanza_id, e.archive, e.with_jid, m.from_nick, e.stamp, m.payload, m.body, e.retracted, e.message_id";
 
 fn row_from(r: &Row) -> Result<(ArchivedRow, i64), MamError> {
     Ok((
@@ -214,12 +228,12 @@ impl Filter {
         self.params.extend(params);
     }
 
-    fn after(&mut self, (stamp, seq): (i64, i64)) {
-        self.and("(e.stamp, e.seq) > (?, ?)", [Value::Integer(stamp), Value::Integer(seq)]);
+    fn after(&mut self, (stamp, message_id): (i64, i64)) {
+        self.and("(e.stamp, e.message_id) > (?, ?)", [Value::Integer(stamp), Value::Integer(message_id)]);
     }
 
-    fn before(&mut self, (stamp, seq): (i64, i64)) {
-        self.and("(e.stamp, e.seq) < (?, ?)", [Value::Integer(stamp), Value::Integer(seq)]);
+    fn before(&mut self, (stamp, message_id): (i64, i64)) {
+        self.and("(e.stamp, e.message_id) < (?, ?)", [Value::Integer(stamp), Value::Integer(message_id)]);
     }
 
     async fn count(&self, conn: &Connection) -> Result<u64, MamError> {
@@ -254,7 +268,9 @@ pub(crate) async fn query(conn: &Connection, users: bool, archive: &str, q: &Mam
         let mut set = Filter::new(archive);
         if let Some(with) = q.with.as_deref() {
             match with.split_once('/') {
-                Some((bare, nick)) if !users && bare == archive => set.and("e.from_nick = ?", [text(nick)]),
+                Some((bare, nick)) if !users && bare == archive => {
+                    set.and("(SELECT from_nick FROM messages WHERE id = e.message_id) = ?", [text(nick)])
+                }
                 Some((bare, _)) => set.and("e.with_jid = ?", [text(bare)]),
                 None => set.and("e.with_jid = ?", [text(with)]),
             }
@@ -279,7 +295,10 @@ pub(crate) async fn query(conn: &Connection, users: bool, archive: &str, q: &Mam
                 known_position(conn, archive, id).await?;
             }
             let marks = vec!["?"; q.ids.len()].join(", ");
-            set.and(&format!("e.stanza_id IN ({marks})"), q.ids.iter().map(|id| text(id)));
+            set.and(
+                &format!("e.message_id IN (SELECT id FROM messages WHERE stanza_id IN ({marks}))"),
+                q.ids.iter().map(|id| text(id)),
+            );
         }
         if let Some(id) = q.after_id.as_deref() {
             set.after(known_position(conn, archive, id).await?);
@@ -307,7 +326,7 @@ pub(crate) async fn query(conn: &Connection, users: bool, archive: &str, q: &Mam
             conn,
             &format!(
                 "SELECT {ROW_COLUMNS} FROM entries e JOIN messages m ON m.id = e.message_id \
-                 WHERE {} ORDER BY e.stamp {dir}, e.seq {dir} LIMIT ?",
+                 WHERE {} ORDER BY e.stamp {dir}, e.message_id {dir} LIMIT ?",
                 window.sql
             ),
             params,
@@ -320,9 +339,9 @@ pub(crate) async fn query(conn: &Connection, users: bool, archive: &str, q: &Mam
             fetched.reverse();
         }
         let first_index = match fetched.first() {
-            Some((first, seq)) => {
+            Some((first, message_id)) => {
                 let mut before_first = set.clone();
-                before_first.before((first.stamp_micros, *seq));
+                before_first.before((first.stamp_micros, *message_id));
                 Some(before_first.count(conn).await?)
             }
             None => None,
@@ -343,7 +362,7 @@ pub(crate) async fn recent(conn: &Connection, archive: &str, limit: usize) -> Re
         conn,
         &format!(
             "SELECT {ROW_COLUMNS} FROM entries e JOIN messages m ON m.id = e.message_id \
-             WHERE e.archive = ?1 AND e.retracted = 0 ORDER BY e.stamp DESC, e.seq DESC LIMIT ?2"
+             WHERE e.archive = ?1 AND e.retracted = 0 ORDER BY e.stamp DESC, e.message_id DESC LIMIT ?2"
         ),
         (archive, limit),
         |r| Ok(row_from(r)?.0),
@@ -361,8 +380,8 @@ pub(crate) async fn metadata(conn: &Connection, archive: &str) -> Result<Archive
             *slot = Sql::query_opt(
                 conn,
                 &format!(
-                    "SELECT e.stanza_id, e.stamp FROM entries e WHERE e.archive = ?1 AND e.retracted = 0 \
-                     ORDER BY e.stamp {dir}, e.seq {dir} LIMIT 1"
+                    "SELECT m.stanza_id, e.stamp FROM entries e JOIN messages m ON m.id = e.message_id \
+                     WHERE e.archive = ?1 AND e.retracted = 0 ORDER BY e.stamp {dir}, e.message_id {dir} LIMIT 1"
                 ),
                 [archive],
                 |r| Ok(ArchiveEdge { stanza_id: r.get(0)?, stamp_micros: r.get(1)? }),

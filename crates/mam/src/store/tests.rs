@@ -543,3 +543,110 @@ async fn bodies_are_indexed_once_per_message() {
     let triggers: i64 = rows.next().await.unwrap().unwrap().get(0).unwrap();
     assert_eq!(triggers, 0);
 }
+
+/// A file written by schema version 2 (rowid `entries` with the stanza id and nickname
+/// on each entry) keeps every message, cursor, filter and retraction after the upgrade.
+#[tokio::test]
+async fn version_2_archives_are_carried_over() {
+    let dir = temp_dir();
+    for file in [USERS_FILE, ROOMS_FILE] {
+        let conn = libsql::Builder::new_local(dir.join(file)).build().await.unwrap().connect().unwrap();
+        Sql::migrate(&conn, &schema::MIGRATIONS[..2], |_| {}).await.unwrap();
+        // As version 2's writer stored them: messages, then one entry per archive, then
+        // the bodies' full-text rows.
+        let stored = [
+            // (message id, stamp, body, [(seq, archive, stanza id, with, nick, retracted)])
+            (
+                1,
+                T0,
+                "hello juliet",
+                vec![
+                    (1, "romeo@m.lit", "c1", "juliet@c.lit", None, 0),
+                    (2, "juliet@c.lit", "c1", "romeo@m.lit", None, 0),
+                ],
+            ),
+            (
+                2,
+                T0 + 5,
+                "second",
+                vec![
+                    (3, "juliet@c.lit", "c2", "romeo@m.lit", None, 1),
+                    (4, "romeo@m.lit", "c2", "juliet@c.lit", None, 1),
+                ],
+            ),
+            (
+                3,
+                T0 + 5,
+                "same stamp",
+                vec![
+                    (5, "romeo@m.lit", "c3", "juliet@c.lit", None, 0),
+                    (6, "juliet@c.lit", "c3", "romeo@m.lit", None, 0),
+                ],
+            ),
+            (4, T0 + 9, "in the room", vec![(7, ROOM, "r1", "alice@example.org", Some("alice"), 0)]),
+        ];
+        for (id, stamp, body, entries) in stored {
+            conn.execute(
+                "INSERT INTO messages (id, stamp, payload, body) VALUES (?1, ?2, ?3, ?4)",
+                (id, stamp, format!("<message><body>{body}</body></message>"), body),
+            )
+            .await
+            .unwrap();
+            conn.execute("INSERT INTO messages_fts (rowid, body) VALUES (?1, ?2)", (id, body)).await.unwrap();
+            for (seq, archive, stanza_id, with, nick, retracted) in entries {
+                conn.execute(
+                    "INSERT INTO entries (seq, archive, stanza_id, with_jid, from_nick, stamp, message_id, retracted) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    (seq, archive, stanza_id, with, nick, stamp, id, retracted),
+                )
+                .await
+                .unwrap();
+            }
+        }
+    }
+    let archive = open(&dir).await;
+    let users = ArchiveLocation::Users;
+    let romeo = archive.query(users.clone(), "romeo@m.lit", &q()).await.unwrap();
+    assert_eq!(ids(&romeo), ["c1", "c3"], "the retracted c2 stays hidden");
+    assert_eq!(romeo.rows[0].with_jid, "juliet@c.lit");
+    let after_c1 = MamQuery { after: Some("c1".into()), ..q() };
+    assert_eq!(ids(&archive.query(users.clone(), "juliet@c.lit", &after_c1).await.unwrap()), ["c3"]);
+    let search = MamQuery { fulltext: Some("stamp".into()), ..q() };
+    assert_eq!(ids(&archive.query(users.clone(), "juliet@c.lit", &search).await.unwrap()), ["c3"]);
+    let dup = archive.append_chat("romeo@m.lit", "juliet@c.lit", "c1", T0 + 20, "<message/>".into(), None).await;
+    assert_eq!(dup, Err(MamError::Duplicate("c1".into())));
+    // New messages sort after the carried-over ones, ties by insertion order.
+    archive.append_chat("juliet@c.lit", "romeo@m.lit", "c4", T0 + 5, "<message/>".into(), None).await.unwrap();
+    assert_eq!(ids(&archive.query(users.clone(), "romeo@m.lit", &q()).await.unwrap()), ["c1", "c3", "c4"]);
+    assert!(archive.retract(users.clone(), "juliet@c.lit", "c1").await.unwrap());
+    assert_eq!(ids(&archive.query(users, "romeo@m.lit", &q()).await.unwrap()), ["c3", "c4"]);
+
+    let rooms = ArchiveLocation::AdHocRooms;
+    let by_nick = MamQuery { with: Some(format!("{ROOM}/alice")), ..q() };
+    let page = archive.query(rooms.clone(), ROOM, &by_nick).await.unwrap();
+    assert_eq!(ids(&page), ["r1"]);
+    assert_eq!(page.rows[0].from_nick.as_deref(), Some("alice"));
+    assert_eq!(archive.metadata(rooms, ROOM).await.unwrap().end.map(|e| e.stanza_id).as_deref(), Some("r1"));
+}
+
+/// Every insert looks its stanza id up: the plan must go through the stanza id index
+/// and the entries' primary key, never scan an archive (that made inserts cost as much
+/// as the archive was long).
+#[tokio::test]
+async fn stanza_id_lookups_use_the_indexes() {
+    let dir = temp_dir();
+    let archive = open(&dir).await;
+    archive.append_chat("a@b", "c@d", "x1", T0, "<message/>".into(), None).await.unwrap();
+    drop(archive);
+    let conn = libsql::Builder::new_local(dir.join(USERS_FILE)).build().await.unwrap().connect().unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let sql = format!("EXPLAIN QUERY PLAN SELECT 1 {}", ops::ENTRY_BY_STANZA_ID);
+    let mut rows = conn.query(&sql, ("a@b", "x1")).await.unwrap();
+    let mut plan = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        plan.push(row.get::<String>(3).unwrap());
+    }
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    assert!(plan[0].contains("USING INDEX messages_by_stanza_id"), "{plan:?}");
+    assert!(plan[1].contains("USING PRIMARY KEY (archive=? AND stamp=? AND message_id=?)"), "{plan:?}");
+}
