@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use jid::FullJid;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use waddle_c2s::rate::{Limited, SessionRateLimiter};
@@ -25,7 +25,9 @@ use crate::router::Origin;
 
 /// Maximum stanzas the writer coalesces into one socket write.
 const WRITE_BATCH: usize = 128;
-const READ_BUFFER: usize = 4096;
+/// Bytes read per poll, into a buffer on the poll's stack: a session waiting for input
+/// holds no read buffer at all (idle memory is what bounds how many sessions a node holds).
+const READ_CHUNK: usize = 8192;
 
 pub struct SessionActor;
 
@@ -85,6 +87,28 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// Unbinds the session and tells everyone who had its presence that it is gone;
+    /// whether the registry still held this connection.
+    async fn announce_departure(&mut self) -> bool {
+        let still_bound = self.ctx.registry.unbind(&self.bare, self.jid.resource().as_str(), self.conn_id);
+        // RFC 6121 §4.6: the server sends unavailable for a vanished session to everyone
+        // who had its presence: subscribers (if it was available) and directed-presence
+        // targets (even when it never sent initial presence; this is how it leaves rooms).
+        let unavailable =
+            Element::new("presence", ns::CLIENT).with_attr("from", self.jid.as_str()).with_attr("type", "unavailable");
+        let directed = std::mem::take(&mut self.directed);
+        if self.available {
+            im::broadcast(&self.ctx, &self.origin, &unavailable, &directed).await;
+        } else {
+            for target in directed {
+                let mut p = unavailable.clone();
+                p.set_attr("to", target);
+                self.ctx.route(&self.origin, p).await;
+            }
+        }
+        still_bound
+    }
+
     fn write(&mut self, bytes: Vec<u8>) -> bool {
         let Some(writer) = &self.writer else { return false };
         match writer.try_send(bytes) {
@@ -337,7 +361,10 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::FromClient(el) => {
-                let result = state.on_client(el).await;
+                // Boxed: the routing future is several KiB, and awaiting it inline would
+                // make every idle session's actor future that big (see the idle RSS
+                // figures in docs/benchmarks.md). One allocation per client stanza.
+                let result = Box::pin(state.on_client(el)).await;
                 state.inflight.add_permits(1);
                 if let Err(condition) = result {
                     state.close_with(Some(condition), None);
@@ -379,22 +406,8 @@ impl Actor for SessionActor {
         if let Some(t) = state.reader_task.take() {
             t.abort();
         }
-        let still_bound = state.ctx.registry.unbind(&state.bare, state.jid.resource().as_str(), state.conn_id);
-        // RFC 6121 §4.6: the server sends unavailable for a vanished session to everyone
-        // who had its presence: subscribers (if it was available) and directed-presence
-        // targets (even when it never sent initial presence; this is how it leaves rooms).
-        let unavailable =
-            Element::new("presence", ns::CLIENT).with_attr("from", state.jid.as_str()).with_attr("type", "unavailable");
-        let directed = std::mem::take(&mut state.directed);
-        if state.available {
-            im::broadcast(&state.ctx, &state.origin, &unavailable, &directed).await;
-        } else {
-            for target in directed {
-                let mut p = unavailable.clone();
-                p.set_attr("to", target);
-                state.ctx.route(&state.origin, p).await;
-            }
-        }
+        // Boxed for the same reason as the routing future in `handle`.
+        let still_bound = Box::pin(state.announce_departure()).await;
         tracing::debug!(jid = %state.jid, still_bound, "session ended");
         state.writer = None;
         if let Some(writer_task) = state.writer_task.take() {
@@ -460,7 +473,6 @@ async fn reader(
     inflight: Arc<Semaphore>,
     activity: Arc<Activity>,
 ) {
-    let mut buf = vec![0u8; READ_BUFFER];
     loop {
         loop {
             match parser.next_event() {
@@ -491,20 +503,50 @@ async fn reader(
                 }
             }
         }
-        match io.read(&mut buf).await {
-            Ok(0) | Err(_) => {
+        // Nothing is buffered across this await but what the parser still holds.
+        parser.release_consumed();
+        match std::future::poll_fn(|cx| poll_read_into(&mut io, &mut parser, cx)).await {
+            Received::Closed => {
                 let _ = actor.cast(SessionMsg::ClientClosed(None));
                 return;
             }
-            Ok(n) => {
-                activity.touch();
-                if let Err(e) = parser.feed(&buf[..n]) {
-                    tracing::debug!(error = %e, "client stream error");
-                    let _ = actor.cast(SessionMsg::ClientClosed(Some(e.stream_condition())));
-                    return;
-                }
+            Received::Fed => activity.touch(),
+            Received::Invalid(e) => {
+                tracing::debug!(error = %e, "client stream error");
+                let _ = actor.cast(SessionMsg::ClientClosed(Some(e.stream_condition())));
+                return;
             }
         }
+    }
+}
+
+/// What one read from the client gave.
+enum Received {
+    /// End of stream or a socket error.
+    Closed,
+    /// Bytes were fed to the parser.
+    Fed,
+    /// The bytes were not acceptable XML (or exceeded a limit).
+    Invalid(waddle_xml::XmlError),
+}
+
+/// Reads what the socket has into a stack buffer and feeds it to the parser, all within
+/// one poll, so that no buffer is held while the read is pending.
+fn poll_read_into(
+    io: &mut ReadHalf<ClientIo>,
+    parser: &mut StreamParser,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Received> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+    match std::pin::Pin::new(io).poll_read(cx, &mut buf) {
+        std::task::Poll::Pending => std::task::Poll::Pending,
+        std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(Received::Closed),
+        std::task::Poll::Ready(Ok(())) if buf.filled().is_empty() => std::task::Poll::Ready(Received::Closed),
+        std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(match parser.feed(buf.filled()) {
+            Ok(()) => Received::Fed,
+            Err(e) => Received::Invalid(e),
+        }),
     }
 }
 

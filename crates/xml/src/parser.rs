@@ -812,6 +812,9 @@ pub struct StreamParser {
 /// pin memory for the lifetime of the connection.
 const SHRINK_ABOVE: usize = 64 * 1024;
 
+/// Most spare buffer space [`StreamParser::release_consumed`] keeps.
+const KEEP_WHEN_IDLE: usize = 512;
+
 impl StreamParser {
     pub fn new(limits: Limits) -> StreamParser {
         StreamParser { buf: Vec::new(), core: Core::new(limits, 0) }
@@ -918,6 +921,26 @@ impl StreamParser {
     }
 
     /// Drop consumed bytes from the front of the buffer.
+    /// Drops the bytes already parsed and gives back the buffer space they took: a
+    /// connection waiting for input keeps the unparsed bytes plus at most 512. Call it
+    /// before waiting for more input.
+    pub fn release_consumed(&mut self) {
+        self.compact();
+        if self.buf.capacity() > self.buf.len() + KEEP_WHEN_IDLE {
+            if self.buf.is_empty() {
+                self.buf = Vec::new();
+            } else {
+                self.buf.shrink_to(self.buf.len());
+            }
+        }
+    }
+
+    /// Bytes of buffer the parser holds (tests of the idle-memory contract).
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     fn compact(&mut self) {
         let pos = self.core.pos;
         if pos == 0 {

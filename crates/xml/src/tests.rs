@@ -939,3 +939,31 @@ fn stream_header_inside_an_open_stream_is_an_error() {
     assert_eq!(err, Err(XmlError::UnexpectedRestart));
     assert_eq!(XmlError::UnexpectedRestart.stream_condition(), "invalid-xml");
 }
+
+/// A connection waiting for input holds no more than a small buffer, whatever the size of
+/// the stanzas before; bytes not parsed yet survive the release.
+#[test]
+fn release_consumed_frees_the_buffer_but_keeps_unparsed_bytes() {
+    let mut p = StreamParser::new(Limits::default());
+    p.feed(HEADER.as_bytes()).unwrap();
+    let big = format!("<message to='a@b'><body>{}</body></message>", "x".repeat(20_000));
+    p.feed(big.as_bytes()).unwrap();
+    p.feed(b"<message to='c@d'><bo").unwrap();
+    let mut stanzas = 0;
+    while let Some(ev) = p.next_event().unwrap() {
+        stanzas += usize::from(matches!(ev, StreamEvent::Stanza(_)));
+    }
+    assert_eq!(stanzas, 1);
+    p.release_consumed();
+    assert!(p.buffer_capacity() < 20_000, "the parsed stanza's bytes are released");
+    p.feed(b"dy>hi</body></message>").unwrap();
+    match p.next_event().unwrap() {
+        Some(StreamEvent::Stanza(el)) => {
+            assert_eq!(el.get_child("body", "jabber:client").map(Element::text).as_deref(), Some("hi"))
+        }
+        other => panic!("expected the split stanza, got {other:?}"),
+    }
+    assert_eq!(p.next_event().unwrap(), None);
+    p.release_consumed();
+    assert!(p.buffer_capacity() <= 512, "idle: {} bytes kept", p.buffer_capacity());
+}
