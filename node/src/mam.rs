@@ -69,11 +69,12 @@ pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare
         waddle_xml::Node::Element(e) => !(e.is("stanza-id", NS_SID) && e.attr("by") == Some(to_bare)),
         waddle_xml::Node::Text(_) => true,
     });
+    // The stored copy is the message as received: serialized before our stanza id is
+    // added (the archive's result wrapper carries the id), with no clone of the message.
+    let payload = String::from_utf8(msg.to_bytes(ns::CLIENT))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     msg.append_child(Element::new("stanza-id", NS_SID).with_attr("id", stanza_id.as_str()).with_attr("by", to_bare));
     let micros = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
-    let mut stored = msg.clone();
-    stored.remove_child("stanza-id", NS_SID);
-    let payload = String::from_utf8_lossy(&stored.to_bytes(ns::CLIENT)).into_owned();
     let body = msg.get_child("body", ns::CLIENT).map(Element::text);
     let retracts = msg.get_child("retract", "urn:xmpp:message-retract:1").and_then(|r| r.attr("id")).map(str::to_owned);
     // Awaiting the queue (not the commit) is the archive's back-pressure: a sender that
