@@ -29,16 +29,13 @@ pub(crate) struct NewMessage {
     pub entries: Vec<EntryKey>,
 }
 
-/// The entry of `archive` for the message with stanza id `?2`: the stanza id index
-/// finds the candidate messages, the entry's primary key confirms the archive. `CROSS
-/// JOIN` fixes that order: left to itself the planner may scan the archive's entries
-/// and look each message up, which made every insert cost as much as the archive is long.
+/// The entry in archive `?1` or `?3` (the two parties of a 1:1 message; pass the same
+/// archive twice for one) of the message with stanza id `?2`: the stanza id index finds
+/// the candidate messages, the entry's primary key confirms the archive. `CROSS JOIN`
+/// fixes that order: left to itself the planner may scan the archive's entries and look
+/// each message up, which made every insert cost as much as the archive is long.
 pub(crate) const ENTRY_BY_STANZA_ID: &str = "FROM messages m CROSS JOIN entries e \
-     ON e.archive = ?1 AND e.stamp = m.stamp AND e.message_id = m.id WHERE m.stanza_id = ?2";
-
-/// [`ENTRY_BY_STANZA_ID`] in archive `?1` or `?3` (the two parties of a 1:1 message).
-pub(crate) const ENTRY_BY_STANZA_ID_IN_EITHER: &str = "FROM messages m CROSS JOIN entries e \
-     ON e.archive IN (?1, ?3) AND e.stamp = m.stamp AND e.message_id = m.id WHERE m.stanza_id = ?2 LIMIT 1";
+     ON e.archive IN (?1, ?3) AND e.stamp = m.stamp AND e.message_id = m.id WHERE m.stanza_id = ?2";
 
 /// The statements that insert messages, prepared once per write transaction: under
 /// load a batch holds hundreds of messages, and parsing five statements per message was
@@ -54,7 +51,7 @@ pub(crate) struct Inserter {
 impl Inserter {
     pub(crate) async fn prepare(conn: &Connection) -> Result<Inserter, MamError> {
         Ok(Inserter {
-            exists: conn.prepare(&format!("SELECT 1 {ENTRY_BY_STANZA_ID_IN_EITHER}")).await?,
+            exists: conn.prepare(&format!("SELECT 1 {ENTRY_BY_STANZA_ID} LIMIT 1")).await?,
             message: conn
                 .prepare(
                     "INSERT INTO messages (stanza_id, stamp, payload, body, from_nick) \
@@ -84,13 +81,10 @@ impl Inserter {
     pub(crate) async fn insert(&self, msg: &NewMessage) -> Result<Result<(), MamError>, MamError> {
         // One lookup for both archives of a 1:1 message (a room message has one).
         let (first, second) = match msg.entries.as_slice() {
-            [] => return Ok(Err(MamError::Invalid("a message without an archive".into()))),
             [only] => (only.archive.as_str(), only.archive.as_str()),
-            [a, b, ..] => (a.archive.as_str(), b.archive.as_str()),
+            [a, b] => (a.archive.as_str(), b.archive.as_str()),
+            _ => return Ok(Err(MamError::Invalid("a message is in one or two archives".into()))),
         };
-        if msg.entries.len() > 2 {
-            return Ok(Err(MamError::Invalid("a message is in at most two archives".into())));
-        }
         self.exists.reset();
         let mut rows = self.exists.query((first, msg.stanza_id.as_str(), second)).await?;
         let found = rows.next().await?.is_some();
@@ -152,7 +146,7 @@ pub(crate) async fn retract(conn: &Connection, archive: &str, target: &str) -> R
         let Some((stamp, message_id, with)) = Sql::query_opt(
             conn,
             &format!("SELECT e.stamp, e.message_id, e.with_jid {ENTRY_BY_STANZA_ID}"),
-            (archive, target),
+            (archive, target, archive),
             |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?, r.get::<String>(2)?)),
         )
         .await?
@@ -192,7 +186,7 @@ pub(crate) async fn delete_archive(conn: &Connection, archive: &str) -> Result<(
 /// `(stamp, message id)` of `id` in `archive` (retracted or not), the ordering key
 /// cursors use.
 async fn position(conn: &Connection, archive: &str, id: &str) -> Result<Option<(i64, i64)>, MamError> {
-    Sql::query_opt(conn, &format!("SELECT e.stamp, e.message_id {ENTRY_BY_STANZA_ID}"), (archive, id), |r| {
+    Sql::query_opt(conn, &format!("SELECT e.stamp, e.message_id {ENTRY_BY_STANZA_ID}"), (archive, id, archive), |r| {
         Ok((r.get::<i64>(0)?, r.get::<i64>(1)?))
     })
     .await

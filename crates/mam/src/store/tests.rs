@@ -49,6 +49,15 @@ async fn open(dir: &TempDir) -> Archive {
     Archive::open(dir.path()).await.unwrap()
 }
 
+/// A connection of the test's own to `file`, for what the archive API does not show. A
+/// dropped archive's writer may still be closing (its final checkpoint locks the file),
+/// hence the busy timeout.
+async fn raw_connection(dir: &TempDir, file: &str) -> libsql::Connection {
+    let conn = libsql::Builder::new_local(dir.join(file)).build().await.unwrap().connect().unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn
+}
+
 /// 120 room messages `m000`..`m119`, one second apart.
 async fn fill_120(archive: &Archive) {
     let writes: Vec<_> = (0..120)
@@ -505,9 +514,7 @@ async fn newer_archive_schema_is_refused() {
         let archive = open(&dir).await;
         archive.append(ArchiveLocation::AdHocRooms, room_row("v", T0, "a@b", "a", "x")).await.unwrap();
     }
-    let conn = libsql::Builder::new_local(dir.join(ROOMS_FILE)).build().await.unwrap().connect().unwrap();
-    // The dropped archive's writer may still be closing (its final checkpoint locks the file).
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let conn = raw_connection(&dir, ROOMS_FILE).await;
     conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (999, 0)", ()).await.unwrap();
     drop(conn);
     let archive = open(&dir).await;
@@ -530,9 +537,7 @@ async fn bodies_are_indexed_once_per_message() {
     assert_eq!(page.count, 50);
     drop(archive);
     // The index holds each body exactly once (no trigger indexes it a second time).
-    let conn =
-        libsql::Builder::new_local(dir.join(waddle().file_name().unwrap())).build().await.unwrap().connect().unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let conn = raw_connection(&dir, &waddle().file_name().unwrap()).await;
     let mut rows = conn.query("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'banana'", ()).await.unwrap();
     let n: i64 = rows.next().await.unwrap().unwrap().get(0).unwrap();
     assert_eq!(n, 50);
@@ -550,7 +555,7 @@ async fn bodies_are_indexed_once_per_message() {
 async fn version_2_archives_are_carried_over() {
     let dir = temp_dir();
     for file in [USERS_FILE, ROOMS_FILE] {
-        let conn = libsql::Builder::new_local(dir.join(file)).build().await.unwrap().connect().unwrap();
+        let conn = raw_connection(&dir, file).await;
         Sql::migrate(&conn, &schema::MIGRATIONS[..2], |_| {}).await.unwrap();
         // As version 2's writer stored them: messages, then one entry per archive, then
         // the bodies' full-text rows.
@@ -638,12 +643,11 @@ async fn stanza_id_lookups_use_the_indexes() {
     let archive = open(&dir).await;
     archive.append_chat("a@b", "c@d", "x1", T0, "<message/>".into(), None).await.unwrap();
     drop(archive);
-    let conn = libsql::Builder::new_local(dir.join(USERS_FILE)).build().await.unwrap().connect().unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    for (from, params) in
-        [(ops::ENTRY_BY_STANZA_ID, vec!["a@b", "x1"]), (ops::ENTRY_BY_STANZA_ID_IN_EITHER, vec!["a@b", "x1", "c@d"])]
-    {
-        let mut rows = conn.query(&format!("EXPLAIN QUERY PLAN SELECT 1 {from}"), params).await.unwrap();
+    let conn = raw_connection(&dir, USERS_FILE).await;
+    // One archive (retraction, cursors) and both parties (the insert's duplicate check).
+    for params in [["a@b", "x1", "a@b"], ["a@b", "x1", "c@d"]] {
+        let sql = format!("EXPLAIN QUERY PLAN SELECT 1 {}", ops::ENTRY_BY_STANZA_ID);
+        let mut rows = conn.query(&sql, params).await.unwrap();
         let mut plan = Vec::new();
         while let Some(row) = rows.next().await.unwrap() {
             plan.push(row.get::<String>(3).unwrap());
