@@ -456,7 +456,9 @@ pub async fn broadcast(ctx: &Ctx, origin: &Origin, presence: &Element, directed:
             let mut p = presence.clone();
             p.set_attr("to", row.contact.as_str());
             sent.insert(row.contact.clone());
-            ctx.route(origin, p).await;
+            // Boxed: the session's stanza future holds this one inline, so an inline
+            // routing future would double its size for every stanza (see `session::handle`).
+            Box::pin(ctx.route(origin, p)).await;
         }
     }
     let own_resource = origin.full().map(|f| f.resource().as_str().to_owned());
@@ -471,7 +473,7 @@ pub async fn broadcast(ctx: &Ctx, origin: &Origin, presence: &Element, directed:
         for target in directed.iter().filter(|t| !sent.contains(*t)) {
             let mut p = presence.clone();
             p.set_attr("to", target.as_str());
-            ctx.route(origin, p).await;
+            Box::pin(ctx.route(origin, p)).await;
         }
     }
 }

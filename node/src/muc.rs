@@ -94,7 +94,7 @@ impl MucService {
 /// Entry point from the router for every stanza addressed to the MUC domain.
 pub async fn route(ctx: &Arc<Ctx>, origin: &Origin, stanza: Element, room_node: Option<String>) {
     let Some(node) = room_node else {
-        service_stanza(ctx, &stanza).await;
+        Box::pin(service_stanza(ctx, &stanza)).await;
         return;
     };
     let room_jid = format!("{node}@{}", ctx.muc.domain);
@@ -131,6 +131,19 @@ async fn room_for(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<Ac
     if let Some(actor) = rooms.get(room_jid) {
         return Ok(actor.clone());
     }
+    // Boxed: starting a room awaits the database and the actor spawn, a future of a few
+    // KiB that every routed stanza's future would otherwise carry.
+    Box::pin(start_room(ctx, room_jid, stanza, &mut rooms)).await
+}
+
+/// Loads or creates `room_jid`, spawns its actor and records it in `rooms` (the caller
+/// holds the lock, so one room never gets two actors).
+async fn start_room(
+    ctx: &Arc<Ctx>,
+    room_jid: &str,
+    stanza: &Element,
+    rooms: &mut HashMap<String, ActorRef<RoomMsg>>,
+) -> Result<ActorRef<RoomMsg>, &'static str> {
     let node = room_jid.split('@').next().unwrap_or_default().to_owned();
     let channel = ctx.store.channel(&node).await.map_err(|_| "internal-server-error")?;
     let snapshot = ctx.store.room_get(room_jid).await.map_err(|_| "internal-server-error")?;

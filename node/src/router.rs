@@ -50,7 +50,11 @@ impl Ctx {
             }
         };
         match classify(to.as_ref(), &self.domain, &self.services) {
-            Destination::Server => server::handle(self, origin, kind, stanza).await,
+            // Boxed, like the other rarely taken branches with deep futures (the server's
+            // own IQ handlers, offline storage, starting a room): each routed stanza's
+            // future is as large as the largest branch it awaits inline, and every
+            // session's stanza handling holds one (see docs/ARCHITECTURE.md, idle memory).
+            Destination::Server => Box::pin(server::handle(self, origin, kind, stanza)).await,
             Destination::Account(bare) => self.to_account(origin, kind, &bare, stanza).await,
             Destination::Session(full) => self.to_session(origin, kind, &full, stanza).await,
             Destination::Service { domain, jid } if domain == self.muc.domain => match self.arc() {
@@ -140,7 +144,7 @@ impl Ctx {
             StanzaKind::Iq => {
                 if origin.bare() == *to {
                     // An IQ to one's own bare JID is handled by the server for the account.
-                    server::handle(self, origin, kind, stanza).await;
+                    Box::pin(server::handle(self, origin, kind, stanza)).await;
                 } else if self.account_exists(to).await {
                     server::iq_on_behalf_of(self, origin, to, stanza).await;
                 } else {
@@ -189,7 +193,7 @@ impl Ctx {
     async fn apply_message_delivery(&self, to: &BareJid, decision: MessageDelivery, stanza: Element) {
         match decision {
             MessageDelivery::Resources(resources) => self.deliver_to_resources(to.as_str(), &resources, stanza),
-            MessageDelivery::StoreOffline => im::store_offline(self, to, stanza).await,
+            MessageDelivery::StoreOffline => Box::pin(im::store_offline(self, to, stanza)).await,
             MessageDelivery::ErrorServiceUnavailable => self.bounce(&stanza, "service-unavailable"),
             MessageDelivery::Drop => {}
         }

@@ -216,7 +216,8 @@ impl SessionState {
             (false, None) => self.available_presence(presence).await,
             (false, Some("unavailable")) => self.unavailable_presence(presence).await,
             (true, Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
-                im::outbound_subscription(&self.ctx, &self.origin, presence).await;
+                // Boxed (rare, and a deep future): see `handle`.
+                Box::pin(im::outbound_subscription(&self.ctx, &self.origin, presence)).await;
             }
             (true, None | Some("unavailable")) => {
                 if let Some(to) = presence.attr("to") {
@@ -260,7 +261,8 @@ impl SessionState {
         if !self.initial_presence_sent {
             self.initial_presence_sent = true;
             // XEP-0160: offline messages go to the first non-negative-priority session.
-            im::after_initial_presence(&self.ctx, &self.origin, priority >= 0).await;
+            // Boxed (once per session, and a deep future): see `handle`.
+            Box::pin(im::after_initial_presence(&self.ctx, &self.origin, priority >= 0)).await;
         }
     }
 

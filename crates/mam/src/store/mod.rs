@@ -217,8 +217,10 @@ impl Archive {
             }
             Ok(file)
         });
-        let queued = checked.map(|file| writer::enqueue(&self.writer, WriteCmd::Insert { file, msg, done }));
-        async move { queued?.await }
+        match checked {
+            Ok(file) => writer::enqueue(&self.writer, WriteCmd::Insert { file, msg, done }),
+            Err(e) => writer::Queued::failed(e),
+        }
     }
 
     /// [`Archive::append_chat`] for the hot path: resolves as soon as the message is

@@ -483,6 +483,23 @@ async fn full_queue_waits_and_never_drops() {
     assert_eq!(writer::enqueue(&tx, WriteCmd::Flush { done: third }).await, Err(MamError::Closed));
 }
 
+/// Every routed message's future holds one of these across its await: the queueing
+/// future must stay a few words, with the full-queue state behind a pointer (inline, it
+/// made each session's routing future 2.4 KiB larger).
+#[tokio::test]
+async fn the_hot_path_queueing_futures_are_small() {
+    let dir = temp_dir();
+    let archive = open(&dir).await;
+    let chat = archive.append_chat_queued("a@localhost", "b@localhost", "id-1", 1, "<message/>".into(), None);
+    let room = archive.append_queued(ArchiveLocation::AdHocRooms, room_row("id-2", 2, "a@localhost", "a", "hi"));
+    assert!(std::mem::size_of_val(&chat) <= 64, "append_chat_queued: {} bytes", std::mem::size_of_val(&chat));
+    assert!(std::mem::size_of_val(&room) <= 64, "append_queued: {} bytes", std::mem::size_of_val(&room));
+    chat.await.unwrap();
+    room.await.unwrap();
+    archive.flush().await.unwrap();
+    assert_eq!(archive.stored_messages(ArchiveLocation::Users).await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn schema_version_is_recorded() {
     let dir = temp_dir();
