@@ -131,6 +131,15 @@ impl Registry {
             .collect()
     }
 
+    /// Calls `f` with every bound session, one shard lock at a time (the node's ticker
+    /// uses it to tick every session without copying the entries).
+    pub fn for_each_session(&self, mut f: impl FnMut(&SessionEntry)) {
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            shard.values().flatten().for_each(&mut f);
+        }
+    }
+
     pub fn session_count(&self) -> usize {
         self.shards
             .iter()

@@ -9,6 +9,7 @@ mod io;
 mod mam;
 mod metrics;
 mod muc;
+mod outbox;
 mod router;
 mod server;
 mod session;
@@ -138,6 +139,7 @@ async fn run(config: Config) -> Result<()> {
     tokio::spawn(accept_loop(Arc::clone(&ctx), starttls, false));
     tokio::spawn(accept_loop(Arc::clone(&ctx), direct, true));
     tokio::spawn(purge_tokens(Arc::clone(&ctx)));
+    tokio::spawn(session::tick_sessions(Arc::clone(&ctx)));
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(
         domain = %ctx.domain,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use jid::FullJid;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncRead as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use waddle_c2s::rate::{Limited, SessionRateLimiter};
 use waddle_c2s::stanza::{self, error_reply, iq_payload, iq_result, StanzaKind};
@@ -21,10 +21,9 @@ use waddle_xml::{Element, StreamEvent, StreamParser};
 use crate::ctx::Ctx;
 use crate::im;
 use crate::io::ClientIo;
+use crate::outbox::{Outbox, OutboxError};
 use crate::router::Origin;
 
-/// Maximum stanzas the writer coalesces into one socket write.
-const WRITE_BATCH: usize = 128;
 /// Bytes read per poll, into a buffer on the poll's stack: a session waiting for input
 /// holds no read buffer at all (idle memory is what bounds how many sessions a node holds).
 const READ_CHUNK: usize = 8192;
@@ -35,7 +34,7 @@ pub struct SessionArgs {
     pub ctx: Arc<Ctx>,
     pub jid: FullJid,
     pub conn_id: u64,
-    pub writer: mpsc::Sender<Vec<u8>>,
+    pub outbox: Arc<Outbox>,
     pub writer_task: JoinHandle<()>,
     pub inflight: Arc<Semaphore>,
     pub activity: Arc<Activity>,
@@ -71,10 +70,10 @@ pub struct SessionState {
     jid: FullJid,
     bare: String,
     conn_id: u64,
-    writer: Option<mpsc::Sender<Vec<u8>>>,
+    /// `None` once closed: nothing more is written to the client.
+    outbox: Option<Arc<Outbox>>,
     writer_task: Option<JoinHandle<()>>,
     reader_task: Option<JoinHandle<()>>,
-    ticker: Option<JoinHandle<()>>,
     inflight: Arc<Semaphore>,
     activity: Arc<Activity>,
     available: bool,
@@ -109,21 +108,30 @@ impl SessionState {
         still_bound
     }
 
-    fn write(&mut self, bytes: Vec<u8>) -> bool {
-        let Some(writer) = &self.writer else { return false };
-        match writer.try_send(bytes) {
+    /// Queues bytes for the client; `false` if they were not (the outbox is closed, or
+    /// full: then the client is too slow and the outbox is closed here).
+    fn write(&mut self, serialize: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let Some(outbox) = &self.outbox else { return false };
+        match outbox.push(serialize) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(OutboxError::Full) => {
                 tracing::warn!(jid = %self.jid, "client does not read fast enough; disconnecting");
-                self.writer = None;
+                self.close_outbox();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(OutboxError::Closed) => false,
         }
     }
 
     fn write_stanza(&mut self, el: &Element) -> bool {
-        self.write(el.to_bytes(ns::CLIENT))
+        self.write(|out| el.write_to(out, ns::CLIENT))
+    }
+
+    /// Lets the writer flush what is queued and shut the socket down.
+    fn close_outbox(&mut self) {
+        if let Some(outbox) = self.outbox.take() {
+            outbox.close();
+        }
     }
 
     async fn on_client(&mut self, mut el: Element) -> Result<(), &'static str> {
@@ -313,9 +321,8 @@ impl SessionState {
             }
             None => stream::CLOSE.to_vec(),
         };
-        self.write(bytes);
-        // Dropping the sender lets the writer flush and shut the socket down.
-        self.writer = None;
+        self.write(|out| out.extend_from_slice(&bytes));
+        self.close_outbox();
     }
 }
 
@@ -326,13 +333,9 @@ impl Actor for SessionActor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<SessionMsg>,
+        _myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
-        // Tick at half the timeout so an unanswered ping is noticed within 1.5 timeouts
-        // whatever the timer jitter.
-        let tick = Duration::from_millis((args.ctx.config.c2s.ping_timeout_secs * 500).clamp(250, 15_000));
-        let ticker = myself.send_interval(tick, || SessionMsg::Tick);
         let bare = args.jid.to_bare().as_str().to_owned();
         let rate_limits = args.ctx.config.rate_limits.clone();
         Ok(SessionState {
@@ -341,10 +344,9 @@ impl Actor for SessionActor {
             jid: args.jid,
             bare,
             conn_id: args.conn_id,
-            writer: Some(args.writer),
+            outbox: Some(args.outbox),
             writer_task: Some(args.writer_task),
             reader_task: None,
-            ticker: Some(ticker),
             inflight: args.inflight,
             activity: args.activity,
             available: false,
@@ -374,7 +376,7 @@ impl Actor for SessionActor {
                 }
             }
             SessionMsg::Deliver(stanza) => {
-                if !state.write_stanza(&stanza) && state.writer.is_none() {
+                if !state.write_stanza(&stanza) && state.outbox.is_none() {
                     myself.stop(None);
                 }
             }
@@ -402,16 +404,13 @@ impl Actor for SessionActor {
         _myself: ActorRef<SessionMsg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.ticker.take() {
-            t.abort();
-        }
         if let Some(t) = state.reader_task.take() {
             t.abort();
         }
         // Boxed for the same reason as the routing future in `handle`.
         let still_bound = Box::pin(state.announce_departure()).await;
         tracing::debug!(jid = %state.jid, still_bound, "session ended");
-        state.writer = None;
+        state.close_outbox();
         if let Some(writer_task) = state.writer_task.take() {
             // Give the writer a moment to flush the closing bytes.
             let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
@@ -420,12 +419,31 @@ impl Actor for SessionActor {
     }
 }
 
+/// How often every session checks its keepalive: half the ping timeout, so an unanswered
+/// ping is noticed within 1.5 timeouts whatever the timer jitter.
+pub fn tick_period(ctx: &Ctx) -> Duration {
+    Duration::from_millis((ctx.config.c2s.ping_timeout_secs * 500).clamp(250, 15_000))
+}
+
+/// Ticks every bound session of this node, forever: one timer for the node instead of a
+/// timer task per session (a task and a timer entry are memory every idle session held).
+pub async fn tick_sessions(ctx: Arc<Ctx>) {
+    let mut interval = tokio::time::interval(tick_period(&ctx));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        ctx.registry.for_each_session(|s| {
+            let _ = s.handle.cast(SessionMsg::Tick);
+        });
+    }
+}
+
 /// Starts a bound session: writer task, actor, registry entry, reader task.
 pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJid) {
     let conn_id = ctx.next_conn_id();
     let (read_half, write_half) = tokio::io::split(io);
-    let (tx, rx) = mpsc::channel(ctx.config.c2s.max_outbound_queue);
-    let writer_task = tokio::spawn(writer(write_half, rx));
+    let outbox = Arc::new(Outbox::new(ctx.config.c2s.max_outbound_queue));
+    let writer_task = tokio::spawn(writer(write_half, Arc::clone(&outbox)));
     let inflight = Arc::new(Semaphore::new(ctx.config.c2s.max_inbound_inflight));
     let activity = Arc::new(Activity::new());
     activity.touch();
@@ -433,7 +451,7 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         ctx: Arc::clone(&ctx),
         jid: jid.clone(),
         conn_id,
-        writer: tx,
+        outbox,
         writer_task,
         inflight: Arc::clone(&inflight),
         activity: Arc::clone(&activity),
@@ -552,30 +570,18 @@ fn poll_read_into(
     }
 }
 
-/// Coalesces queued stanzas into one write per wake-up: under load many stanzas share a
-/// syscall (and a TLS record), idle sessions pay nothing.
-async fn writer(mut io: WriteHalf<ClientIo>, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(8);
-    let mut out: Vec<u8> = Vec::new();
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let chunk = if batch.len() == 1 {
-            batch.pop().unwrap_or_default()
-        } else {
-            out.clear();
-            for b in batch.drain(..) {
-                out.extend_from_slice(&b);
-            }
-            std::mem::take(&mut out)
-        };
+/// Writes whatever the outbox holds, one write per wake-up: under load many stanzas
+/// share a syscall (and a TLS record). The buffer is given back after each write, so an
+/// idle session keeps none.
+async fn writer(mut io: WriteHalf<ClientIo>, outbox: Arc<Outbox>) {
+    let mut chunk = Vec::new();
+    while outbox.take(&mut chunk).await {
         if io.write_all(&chunk).await.is_err() || io.flush().await.is_err() {
+            // Nobody will read what is queued: refuse more instead of buffering it.
+            outbox.close();
             return;
         }
-        out = chunk;
-        out.clear();
-        if out.capacity() > 64 * 1024 {
-            // Do not keep a burst-sized buffer on an idle session.
-            out = Vec::new();
-        }
+        chunk = Vec::new();
     }
     let _ = io.shutdown().await;
 }
