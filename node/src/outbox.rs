@@ -6,7 +6,7 @@
 //! buffers this saves an allocation and a copy per stanza, and an idle session holds no
 //! channel blocks: only this struct, with an empty buffer.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -100,10 +100,37 @@ impl Outbox {
     }
 }
 
+/// The session's end of an outbox. Dropping it closes the outbox, so the writer task
+/// finishes (and the socket is shut) however the session ends: closed on purpose, a
+/// handler panic, or an actor that never started.
+pub struct OutboxHandle(Arc<Outbox>);
+
+impl OutboxHandle {
+    /// A new outbox (see [`Outbox::new`]): the handle for the session, the `Arc` for the
+    /// writer task.
+    pub fn new(max_stanzas: usize) -> (OutboxHandle, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(max_stanzas));
+        (OutboxHandle(Arc::clone(&outbox)), outbox)
+    }
+}
+
+impl std::ops::Deref for OutboxHandle {
+    type Target = Outbox;
+
+    fn deref(&self) -> &Outbox {
+        &self.0
+    }
+}
+
+impl Drop for OutboxHandle {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -178,5 +205,16 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         outbox.close();
         assert!(!tokio::time::timeout(Duration::from_secs(5), taker).await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_session_handle_stops_the_writer() {
+        let (handle, writer_end) = OutboxHandle::new(10);
+        handle.push(|out| out.extend_from_slice(b"<bye/>")).unwrap();
+        drop(handle);
+        let mut chunk = Vec::new();
+        assert!(writer_end.take(&mut chunk).await);
+        assert_eq!(chunk, b"<bye/>");
+        assert!(!tokio::time::timeout(Duration::from_secs(5), writer_end.take(&mut chunk)).await.unwrap());
     }
 }

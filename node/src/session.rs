@@ -21,7 +21,7 @@ use waddle_xml::{Element, StreamEvent, StreamParser};
 use crate::ctx::Ctx;
 use crate::im;
 use crate::io::ClientIo;
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{Outbox, OutboxError, OutboxHandle};
 use crate::router::Origin;
 
 /// Bytes read per poll, into a buffer on the poll's stack: a session waiting for input
@@ -34,7 +34,7 @@ pub struct SessionArgs {
     pub ctx: Arc<Ctx>,
     pub jid: FullJid,
     pub conn_id: u64,
-    pub outbox: Arc<Outbox>,
+    pub outbox: OutboxHandle,
     pub writer_task: JoinHandle<()>,
     pub inflight: Arc<Semaphore>,
     pub activity: Arc<Activity>,
@@ -71,7 +71,7 @@ pub struct SessionState {
     bare: String,
     conn_id: u64,
     /// `None` once closed: nothing more is written to the client.
-    outbox: Option<Arc<Outbox>>,
+    outbox: Option<OutboxHandle>,
     writer_task: Option<JoinHandle<()>>,
     reader_task: Option<JoinHandle<()>>,
     inflight: Arc<Semaphore>,
@@ -127,11 +127,10 @@ impl SessionState {
         self.write(|out| el.write_to(out, ns::CLIENT))
     }
 
-    /// Lets the writer flush what is queued and shut the socket down.
+    /// Lets the writer flush what is queued and shut the socket down (dropping the
+    /// handle closes the outbox).
     fn close_outbox(&mut self) {
-        if let Some(outbox) = self.outbox.take() {
-            outbox.close();
-        }
+        self.outbox = None;
     }
 
     async fn on_client(&mut self, mut el: Element) -> Result<(), &'static str> {
@@ -421,7 +420,7 @@ impl Actor for SessionActor {
 
 /// How often every session checks its keepalive: half the ping timeout, so an unanswered
 /// ping is noticed within 1.5 timeouts whatever the timer jitter.
-pub fn tick_period(ctx: &Ctx) -> Duration {
+fn tick_period(ctx: &Ctx) -> Duration {
     Duration::from_millis((ctx.config.c2s.ping_timeout_secs * 500).clamp(250, 15_000))
 }
 
@@ -442,8 +441,8 @@ pub async fn tick_sessions(ctx: Arc<Ctx>) {
 pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJid) {
     let conn_id = ctx.next_conn_id();
     let (read_half, write_half) = tokio::io::split(io);
-    let outbox = Arc::new(Outbox::new(ctx.config.c2s.max_outbound_queue));
-    let writer_task = tokio::spawn(writer(write_half, Arc::clone(&outbox)));
+    let (outbox, writer_end) = OutboxHandle::new(ctx.config.c2s.max_outbound_queue);
+    let writer_task = tokio::spawn(writer(write_half, writer_end));
     let inflight = Arc::new(Semaphore::new(ctx.config.c2s.max_inbound_inflight));
     let activity = Arc::new(Activity::new());
     activity.touch();
