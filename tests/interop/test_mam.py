@@ -36,6 +36,19 @@ from xmpp_helpers import (
 _connect = connect_muc
 
 
+async def _three_in_general(http, xmpp, alice, bob, dave):
+    """A waddle owned by alice with bob and dave as members, all three connected and in
+    its general channel's room (no history replayed): `(room, a, b, d)`."""
+    w = create_waddle(http, alice)
+    add_member(http, w, alice, bob)
+    add_member(http, w, alice, dave)
+    room = w.room("general")
+    a, b, d = await _connect(xmpp, alice), await _connect(xmpp, bob), await _connect(xmpp, dave)
+    for client, nick in ((a, "alice"), (b, "bob"), (d, "dave")):
+        await join_room(client, room, nick, maxstanzas=0)
+    return room, a, b, d
+
+
 def _send_xml(client, to: str, mtype: str, children: str, body: str | None = None) -> None:
     """A message with hand-written payload elements (each with its xmlns)."""
     msg = client.make_message(mto=to, mtype=mtype, mbody=body)
@@ -59,13 +72,7 @@ def _reflections(client, room: str, tag: str, since: int = 0) -> list:
 async def test_room_archive_paging_and_access(http, make_user, xmpp):
     alice, bob, dave, carol = (make_user("alice"), make_user("bob"), make_user("dave"),
                                make_user("carol"))
-    w = create_waddle(http, alice)
-    add_member(http, w, alice, bob)
-    add_member(http, w, alice, dave)
-    room = w.room("general")
-    a, b, d = await _connect(xmpp, alice), await _connect(xmpp, bob), await _connect(xmpp, dave)
-    for client, nick in ((a, "alice"), (b, "bob"), (d, "dave")):
-        await join_room(client, room, nick, maxstanzas=0)
+    room, a, b, d = await _three_in_general(http, xmpp, alice, bob, dave)
 
     # 25 messages from three senders, each under the 10-per-10-s per-room limit.
     tag = unique("page")
@@ -139,13 +146,7 @@ async def test_room_archive_paging_and_access(http, make_user, xmpp):
 
 async def test_reaction_and_retraction_in_room_and_archive(http, make_user, xmpp):
     alice, bob, dave = make_user("alice"), make_user("bob"), make_user("dave")
-    w = create_waddle(http, alice)
-    add_member(http, w, alice, bob)
-    add_member(http, w, alice, dave)
-    room = w.room("general")
-    a, b, d = await _connect(xmpp, alice), await _connect(xmpp, bob), await _connect(xmpp, dave)
-    for client, nick in ((a, "alice"), (b, "bob"), (d, "dave")):
-        await join_room(client, room, nick, maxstanzas=0)
+    room, a, b, d = await _three_in_general(http, xmpp, alice, bob, dave)
 
     target = unique("target-")
     b.send_message(mto=room, mbody=target, mtype="groupchat")
