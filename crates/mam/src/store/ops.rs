@@ -1,6 +1,8 @@
 //! The SQL behind every archive operation. Each function runs on one connection of the
 //! writer or reader thread; none of them knows which file it is working on.
 
+use std::collections::HashSet;
+
 use libsql::{Connection, Row, Value};
 
 use waddle_storage::db::Tx;
@@ -29,99 +31,173 @@ pub(crate) struct NewMessage {
     pub entries: Vec<EntryKey>,
 }
 
-/// The entry in archive `?1` or `?3` (the two parties of a 1:1 message; pass the same
-/// archive twice for one) of the message with stanza id `?2`: the stanza id index finds
-/// the candidate messages, the entry's primary key confirms the archive. `CROSS JOIN`
-/// fixes that order: left to itself the planner may scan the archive's entries and look
-/// each message up, which made every insert cost as much as the archive is long.
+/// The entry in archive `?1` of the message with stanza id `?2`: the stanza id index
+/// finds the candidate messages, the entry's primary key confirms the archive. `CROSS
+/// JOIN` fixes that order: left to itself the planner may scan the archive's entries and
+/// look each message up, which costs as much as the archive is long.
 pub(crate) const ENTRY_BY_STANZA_ID: &str = "FROM messages m CROSS JOIN entries e \
-     ON e.archive IN (?1, ?3) AND e.stamp = m.stamp AND e.message_id = m.id WHERE m.stanza_id = ?2";
+     ON e.archive = ?1 AND e.stamp = m.stamp AND e.message_id = m.id WHERE m.stanza_id = ?2";
 
-/// The statements that insert messages, prepared once per write transaction: under
-/// load a batch holds hundreds of messages, and parsing five statements per message was
-/// the writer's largest cost.
-pub(crate) struct Inserter {
-    exists: libsql::Statement,
-    message: libsql::Statement,
-    entry: libsql::Statement,
-    /// Ids of the messages inserted so far: [`Inserter::finish`] indexes their bodies.
-    ids: std::cell::Cell<Option<(i64, i64)>>,
+/// Rows per multi-row statement. Each statement execution has a fixed cost in libSQL
+/// (binding, an error-message copy, mutexes around every call) that was a third of the
+/// writer's CPU with one row per statement; 64 rows of messages (six parameters each)
+/// stay far below SQLite's parameter limit.
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// Inserts `msgs` inside the caller's write transaction and returns each message's own
+/// outcome, in order: `Ok`, or [`MamError::Duplicate`] when one of its archives already
+/// holds its stanza id (in the file, or earlier in `msgs`), or [`MamError::Invalid`];
+/// nothing is written for a refused message. The outer error is a database failure
+/// (the transaction must be abandoned).
+///
+/// Message ids are assigned here, in order, after the file's largest, so the rows of a
+/// batch go in with a few multi-row statements instead of one per row, and the batch's
+/// bodies are indexed for full-text search in one statement. The inserts are `OR FAIL`:
+/// with the default `ABORT`, SQLite gives every multi-row statement a statement journal
+/// (each page it touches copied to a temporary file first, so that the statement alone
+/// can be undone), which took a quarter of the writer's time in a profile. Any failure
+/// abandons the whole transaction here, so no statement needs its own undo.
+pub(crate) async fn insert_batch(
+    conn: &Connection,
+    msgs: &[&NewMessage],
+) -> Result<Vec<Result<(), MamError>>, MamError> {
+    let mut outcomes: Vec<Result<(), MamError>> = msgs
+        .iter()
+        .map(|m| match m.entries.len() {
+            1 | 2 => Ok(()),
+            _ => Err(MamError::Invalid("a message is in one or two archives".into())),
+        })
+        .collect();
+    let stored = stored_entries(conn, msgs).await?;
+    let mut claimed: HashSet<(&str, &str)> = HashSet::new();
+    for (msg, outcome) in msgs.iter().zip(outcomes.iter_mut()) {
+        if outcome.is_err() {
+            continue;
+        }
+        let keys = || msg.entries.iter().map(|e| (msg.stanza_id.as_str(), e.archive.as_str()));
+        let held = |(id, archive): (&str, &str)| stored.contains(&(id.to_owned(), archive.to_owned()));
+        if keys().any(|key| claimed.contains(&key) || (!stored.is_empty() && held(key))) {
+            *outcome = Err(MamError::Duplicate(msg.stanza_id.clone()));
+            continue;
+        }
+        claimed.extend(keys());
+    }
+    let accepted: Vec<&NewMessage> =
+        msgs.iter().zip(&outcomes).filter(|(_, outcome)| outcome.is_ok()).map(|(msg, _)| *msg).collect();
+    if accepted.is_empty() {
+        return Ok(outcomes);
+    }
+    let first_id = Sql::query_i64(conn, "SELECT COALESCE(MAX(id), 0) + 1 FROM messages", ()).await?;
+    let ids = (first_id..).zip(accepted.iter().copied());
+    insert_rows(
+        conn,
+        "INSERT OR FAIL INTO messages (id, stanza_id, stamp, payload, body, from_nick) VALUES ",
+        6,
+        ids.clone().flat_map(|(id, m)| {
+            [
+                Value::Integer(id),
+                text(&m.stanza_id),
+                Value::Integer(m.stamp),
+                text(&m.payload),
+                m.body.as_deref().map_or(Value::Null, text),
+                m.from_nick.as_deref().map_or(Value::Null, text),
+            ]
+        }),
+    )
+    .await?;
+    insert_rows(
+        conn,
+        "INSERT OR FAIL INTO entries (archive, stamp, message_id, with_jid) VALUES ",
+        4,
+        ids.flat_map(|(id, m)| {
+            m.entries
+                .iter()
+                .flat_map(move |e| [text(&e.archive), Value::Integer(m.stamp), Value::Integer(id), text(&e.with_jid)])
+        }),
+    )
+    .await?;
+    let last_id = first_id.saturating_add(i64::try_from(accepted.len()).unwrap_or(i64::MAX) - 1);
+    index_bodies(conn, first_id, last_id).await?;
+    Ok(outcomes)
 }
 
-impl Inserter {
-    pub(crate) async fn prepare(conn: &Connection) -> Result<Inserter, MamError> {
-        Ok(Inserter {
-            exists: conn.prepare(&format!("SELECT 1 {ENTRY_BY_STANZA_ID} LIMIT 1")).await?,
-            message: conn
-                .prepare(
-                    "INSERT INTO messages (stanza_id, stamp, payload, body, from_nick) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
-                )
-                .await?,
-            entry: conn
-                .prepare("INSERT INTO entries (archive, stamp, message_id, with_jid) VALUES (?1, ?2, ?3, ?4)")
-                .await?,
-            ids: std::cell::Cell::new(None),
-        })
+/// Which of `msgs`' (stanza id, archive) pairs the file already holds. The stanza id
+/// index finds candidate messages for up to [`ROWS_PER_STATEMENT`] ids per statement
+/// (almost always none: stanza ids are ours and unique); each candidate's entries are
+/// then looked up by primary key.
+async fn stored_entries(conn: &Connection, msgs: &[&NewMessage]) -> Result<HashSet<(String, String)>, MamError> {
+    let mut stored = HashSet::new();
+    if msgs.is_empty() {
+        return Ok(stored);
     }
-
-    /// Adds the bodies of every message inserted through this inserter to the full-text
-    /// index, in one statement. Must run in the same transaction as the inserts.
-    pub(crate) async fn finish(&self, conn: &Connection) -> Result<(), MamError> {
-        if let Some((first, last)) = self.ids.get() {
-            index_bodies(conn, first, last).await?;
+    let candidates = conn.prepare(&messages_by_stanza_ids(ROWS_PER_STATEMENT.min(msgs.len()))).await?;
+    let mut found: Vec<(String, i64, i64)> = Vec::new();
+    for chunk in msgs.chunks(ROWS_PER_STATEMENT) {
+        // A short last chunk repeats its last id: the statement has a fixed arity.
+        let ids: Vec<Value> =
+            (0..ROWS_PER_STATEMENT.min(msgs.len())).map(|i| text(&chunk[i.min(chunk.len() - 1)].stanza_id)).collect();
+        candidates.reset();
+        let mut rows = candidates.query(ids).await?;
+        while let Some(row) = rows.next().await? {
+            found.push((row.get(0)?, row.get(1)?, row.get(2)?));
         }
-        Ok(())
-    }
-
-    /// Inserts `msg` inside the caller's transaction. The outer error is a database failure
-    /// (the transaction must be abandoned); the inner one is this message's own outcome
-    /// ([`MamError::Duplicate`] when one of its archives already holds its stanza id, in
-    /// which case nothing is written).
-    pub(crate) async fn insert(&self, msg: &NewMessage) -> Result<Result<(), MamError>, MamError> {
-        // One lookup for both archives of a 1:1 message (a room message has one).
-        let (first, second) = match msg.entries.as_slice() {
-            [only] => (only.archive.as_str(), only.archive.as_str()),
-            [a, b] => (a.archive.as_str(), b.archive.as_str()),
-            _ => return Ok(Err(MamError::Invalid("a message is in one or two archives".into()))),
-        };
-        self.exists.reset();
-        let mut rows = self.exists.query((first, msg.stanza_id.as_str(), second)).await?;
-        let found = rows.next().await?.is_some();
         drop(rows);
-        self.exists.reset();
-        if found {
-            return Ok(Err(MamError::Duplicate(msg.stanza_id.clone())));
-        }
-        self.message.reset();
-        let mut rows = self
-            .message
-            .query((
-                msg.stanza_id.as_str(),
-                msg.stamp,
-                msg.payload.as_str(),
-                msg.body.as_deref(),
-                msg.from_nick.as_deref(),
-            ))
+        candidates.reset();
+    }
+    for (stanza_id, stamp, message_id) in found {
+        let archives = msgs.iter().filter(|m| m.stanza_id == stanza_id).flat_map(|m| m.entries.iter());
+        for e in archives {
+            let held = Sql::query_opt(
+                conn,
+                "SELECT 1 FROM entries WHERE archive = ?1 AND stamp = ?2 AND message_id = ?3",
+                (e.archive.as_str(), stamp, message_id),
+                |_| Ok(()),
+            )
             .await?;
-        let id: i64 = match rows.next().await? {
-            Some(row) => row.get(0)?,
-            None => return Err(MamError::Database("INSERT ... RETURNING gave no id".into())),
-        };
-        while rows.next().await?.is_some() {}
-        drop(rows);
-        self.message.reset();
-        self.ids.set(Some(match self.ids.get() {
-            Some((first, last)) => (first.min(id), last.max(id)),
-            None => (id, id),
-        }));
-        for e in &msg.entries {
-            self.entry.reset();
-            self.entry.execute((e.archive.as_str(), msg.stamp, id, e.with_jid.as_str())).await?;
+            if held.is_some() {
+                stored.insert((stanza_id.clone(), e.archive.clone()));
+            }
         }
-        self.entry.reset();
-        Ok(Ok(()))
     }
+    Ok(stored)
+}
+
+/// The messages (stanza id, stamp, id) whose stanza id is one of `n` parameters.
+pub(crate) fn messages_by_stanza_ids(n: usize) -> String {
+    format!("SELECT stanza_id, stamp, id FROM messages WHERE stanza_id IN ({})", vec!["?"; n].join(", "))
+}
+
+/// Runs `insert_prefix` (`INSERT ... VALUES `) over `values`, `columns` per row, with
+/// up to [`ROWS_PER_STATEMENT`] rows per statement. The full-size statement is prepared
+/// once; a shorter remainder gets its own.
+async fn insert_rows(
+    conn: &Connection,
+    insert_prefix: &str,
+    columns: usize,
+    values: impl Iterator<Item = Value>,
+) -> Result<(), MamError> {
+    let statement_for = |rows: usize| {
+        let row = format!("({})", vec!["?"; columns].join(", "));
+        format!("{insert_prefix}{}", vec![row; rows].join(", "))
+    };
+    let mut full: Option<libsql::Statement> = None;
+    let mut values = values.peekable();
+    while values.peek().is_some() {
+        let chunk: Vec<Value> = values.by_ref().take(columns * ROWS_PER_STATEMENT).collect();
+        let rows = chunk.len() / columns;
+        if rows == ROWS_PER_STATEMENT {
+            let stmt = match &full {
+                Some(stmt) => stmt,
+                None => full.insert(conn.prepare(&statement_for(rows)).await?),
+            };
+            stmt.reset();
+            stmt.execute(chunk).await?;
+            stmt.reset();
+        } else {
+            conn.execute(&statement_for(rows), chunk).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Indexes the bodies of messages `first..=last` for full-text search. Batched rather
@@ -146,7 +222,7 @@ pub(crate) async fn retract(conn: &Connection, archive: &str, target: &str) -> R
         let Some((stamp, message_id, with)) = Sql::query_opt(
             conn,
             &format!("SELECT e.stamp, e.message_id, e.with_jid {ENTRY_BY_STANZA_ID}"),
-            (archive, target, archive),
+            (archive, target),
             |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?, r.get::<String>(2)?)),
         )
         .await?
@@ -186,7 +262,7 @@ pub(crate) async fn delete_archive(conn: &Connection, archive: &str) -> Result<(
 /// `(stamp, message id)` of `id` in `archive` (retracted or not), the ordering key
 /// cursors use.
 async fn position(conn: &Connection, archive: &str, id: &str) -> Result<Option<(i64, i64)>, MamError> {
-    Sql::query_opt(conn, &format!("SELECT e.stamp, e.message_id {ENTRY_BY_STANZA_ID}"), (archive, id, archive), |r| {
+    Sql::query_opt(conn, &format!("SELECT e.stamp, e.message_id {ENTRY_BY_STANZA_ID}"), (archive, id), |r| {
         Ok((r.get::<i64>(0)?, r.get::<i64>(1)?))
     })
     .await

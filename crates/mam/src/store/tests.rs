@@ -651,9 +651,10 @@ async fn version_2_archives_are_carried_over() {
     assert_eq!(archive.metadata(rooms, ROOM).await.unwrap().end.map(|e| e.stanza_id).as_deref(), Some("r1"));
 }
 
-/// Every insert looks its stanza id up: the plan must go through the stanza id index
-/// and the entries' primary key, never scan an archive (that made inserts cost as much
-/// as the archive was long).
+/// Every insert looks its stanza id up, and retractions and cursors look an archive's
+/// entry up by stanza id: the plans must go through the stanza id index and the
+/// entries' primary key, never scan an archive (that made inserts cost as much as the
+/// archive was long).
 #[tokio::test]
 async fn stanza_id_lookups_use_the_indexes() {
     let dir = temp_dir();
@@ -661,16 +662,90 @@ async fn stanza_id_lookups_use_the_indexes() {
     archive.append_chat("a@b", "c@d", "x1", T0, "<message/>".into(), None).await.unwrap();
     drop(archive);
     let conn = raw_connection(&dir, USERS_FILE).await;
-    // One archive (retraction, cursors) and both parties (the insert's duplicate check).
-    for params in [["a@b", "x1", "a@b"], ["a@b", "x1", "c@d"]] {
-        let sql = format!("EXPLAIN QUERY PLAN SELECT 1 {}", ops::ENTRY_BY_STANZA_ID);
-        let mut rows = conn.query(&sql, params).await.unwrap();
-        let mut plan = Vec::new();
-        while let Some(row) = rows.next().await.unwrap() {
-            plan.push(row.get::<String>(3).unwrap());
+    let plan_of = |sql: String, params: Vec<&'static str>| {
+        let conn = conn.clone();
+        async move {
+            let mut rows = conn.query(&format!("EXPLAIN QUERY PLAN {sql}"), params).await.unwrap();
+            let mut plan = Vec::new();
+            while let Some(row) = rows.next().await.unwrap() {
+                plan.push(row.get::<String>(3).unwrap());
+            }
+            plan
         }
-        assert_eq!(plan.len(), 2, "{plan:?}");
-        assert!(plan[0].contains("USING INDEX messages_by_stanza_id"), "{plan:?}");
-        assert!(plan[1].contains("USING PRIMARY KEY (archive=? AND stamp=? AND message_id=?)"), "{plan:?}");
+    };
+    // The insert's duplicate check: candidate messages by stanza id, many per statement.
+    let plan = plan_of(ops::messages_by_stanza_ids(3), vec!["x1", "x2", "x3"]).await;
+    assert!(plan.iter().any(|step| step.contains("USING INDEX messages_by_stanza_id (stanza_id=?)")), "{plan:?}");
+    assert!(!plan.iter().any(|step| step.starts_with("SCAN")), "{plan:?}");
+    // One archive's entry (retraction, cursors).
+    let plan = plan_of(format!("SELECT 1 {}", ops::ENTRY_BY_STANZA_ID), vec!["a@b", "x1"]).await;
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    assert!(plan[0].contains("USING INDEX messages_by_stanza_id"), "{plan:?}");
+    assert!(plan[1].contains("USING PRIMARY KEY (archive=? AND stamp=? AND message_id=?)"), "{plan:?}");
+}
+
+fn chat(stanza_id: &str, stamp: i64, from: &str, to: &str) -> ops::NewMessage {
+    chat_message(
+        from,
+        to,
+        stanza_id,
+        stamp,
+        format!("<message><body>{stanza_id}</body></message>"),
+        Some(format!("word{stamp}")),
+    )
+}
+
+/// One transaction's messages go in through multi-row statements: more rows than one
+/// statement takes, with a remainder, keep their order and ids, every body is indexed,
+/// and each refused message (duplicate in the file or earlier in the batch, malformed)
+/// is refused alone.
+#[tokio::test]
+async fn a_batch_spanning_several_statements_keeps_order_and_refuses_alone() {
+    let dir = temp_dir();
+    let archive = open(&dir).await;
+    archive.append_chat("a@x", "b@x", "stored", T0, "<message/>".into(), None).await.unwrap();
+    drop(archive);
+    let conn = raw_connection(&dir, USERS_FILE).await;
+    let mut batch: Vec<ops::NewMessage> =
+        (0..150).map(|i| chat(&format!("s{i:03}"), T0 + 10 + i, "a@x", &format!("p{}@x", i % 7))).collect();
+    batch.insert(40, chat("stored", T0 + 1, "b@x", "c@x"));
+    batch.insert(70, chat("s005", T0 + 2, "p5@x", "q@x"));
+    batch.insert(100, chat("stored", T0 + 3, "c@x", "d@x"));
+    let mut malformed = chat("bad", T0 + 4, "a@x", "e@x");
+    malformed.entries.clear();
+    batch.insert(120, malformed);
+    let refs: Vec<&ops::NewMessage> = batch.iter().collect();
+    let outcomes = Sql::in_tx(&conn, waddle_storage::db::Tx::Write, ops::insert_batch(&conn, &refs)).await.unwrap();
+
+    let refused: Vec<(usize, &Result<(), MamError>)> =
+        outcomes.iter().enumerate().filter(|(_, o)| o.is_err()).collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(refused[0], (40, &Err(MamError::Duplicate("stored".into()))), "b@x already holds it");
+    assert_eq!(refused[1], (70, &Err(MamError::Duplicate("s005".into()))), "p5@x got s005 earlier in the batch");
+    assert!(matches!(refused[2], (120, Err(MamError::Invalid(_)))), "{:?}", refused[2]);
+    let accepted: Vec<&str> =
+        batch.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(m, _)| m.stanza_id.as_str()).collect();
+    assert_eq!(accepted.len(), 151, "150 new ones and the stored id in two other archives");
+
+    let mut rows = conn.query("SELECT stanza_id FROM messages WHERE id > 1 ORDER BY id", ()).await.unwrap();
+    let mut in_id_order = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        in_id_order.push(row.get::<String>(0).unwrap());
     }
+    assert_eq!(in_id_order, accepted, "ids follow the batch order");
+    let mut rows = conn.query("SELECT count(*) FROM entries", ()).await.unwrap();
+    assert_eq!(rows.next().await.unwrap().unwrap().get::<i64>(0).unwrap(), 2 + 151 * 2);
+    drop(rows);
+    let mut rows = conn.query("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'word*'", ()).await.unwrap();
+    assert_eq!(rows.next().await.unwrap().unwrap().get::<i64>(0).unwrap(), 151, "every accepted body is indexed");
+    drop(rows);
+    drop(conn);
+
+    let archive = open(&dir).await;
+    let a = archive.query(ArchiveLocation::Users, "a@x", &MamQuery { max: 500, ..q() }).await.unwrap();
+    assert_eq!(a.count, 151, "a@x: its stored message and its 150 new ones");
+    assert_eq!(a.rows[1].stanza_id, "s000");
+    assert_eq!(a.rows[150].stanza_id, "s149");
+    let c = archive.query(ArchiveLocation::Users, "c@x", &q()).await.unwrap();
+    assert_eq!(ids(&c), ["stored"], "the stored id, new to c@x and d@x");
 }

@@ -205,7 +205,10 @@ fn run(
         let mut batch = vec![first];
         // Group commit: an insert waits up to COMMIT_DELAY for company, so a steady
         // trickle shares one fsync per few milliseconds instead of paying one per row
-        // (the fan-out never waits: only the durability ack does).
+        // (the fan-out never waits: only the durability ack does). The thread sleeps
+        // through the window rather than waiting on the queue: woken by every arriving
+        // message, it cost each one a cross-thread wake-up (a futex call on the sender's
+        // side, a context switch on this one) under exactly the load that fills batches.
         let deadline = std::time::Instant::now() + COMMIT_DELAY;
         while rows < BATCH_ROWS {
             let cmd = match queue.try_recv() {
@@ -216,11 +219,8 @@ fn run(
                     if rows == 0 || left.is_zero() {
                         break;
                     }
-                    // The timer must be made inside the runtime, hence the async block.
-                    match rt.block_on(async { tokio::time::timeout(left, queue.recv()).await }) {
-                        Ok(Some(cmd)) => cmd,
-                        Ok(None) | Err(_) => break,
-                    }
+                    std::thread::sleep(left);
+                    continue;
                 }
             };
             rows += cmd.rows();
@@ -290,13 +290,7 @@ impl Writer {
                 }
             };
             let together = Sql::in_tx(&conn, Tx::Write, async {
-                let inserter = ops::Inserter::prepare(&conn).await?;
-                let mut outcomes = Vec::with_capacity(group.len());
-                for ins in &group {
-                    outcomes.push(inserter.insert(&ins.msg).await?);
-                }
-                inserter.finish(&conn).await?;
-                Ok(outcomes)
+                ops::insert_batch(&conn, &group.iter().map(|ins| &ins.msg).collect::<Vec<_>>()).await
             })
             .await;
             match together {
@@ -310,13 +304,10 @@ impl Writer {
                     // One bad row must not fail its neighbours: retry each on its own.
                     tracing::warn!(file, error = %e, rows = group.len(), "mam: batch failed, retrying row by row");
                     for ins in group {
-                        let alone = async {
-                            let inserter = ops::Inserter::prepare(&conn).await?;
-                            let outcome = inserter.insert(&ins.msg).await?;
-                            inserter.finish(&conn).await?;
-                            Ok(outcome)
-                        };
-                        let outcome = Sql::in_tx(&conn, Tx::Write, alone).await.and_then(|r| r);
+                        let alone = async { ops::insert_batch(&conn, &[&ins.msg]).await };
+                        let outcome = Sql::in_tx(&conn, Tx::Write, alone)
+                            .await
+                            .and_then(|mut outcomes| outcomes.pop().unwrap_or(Err(MamError::Closed)));
                         match &outcome {
                             Ok(()) => self.counters.committed(1),
                             Err(e) => tracing::error!(file, error = %e, "mam: archive write failed"),
