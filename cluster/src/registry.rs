@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use ractor::ActorRef;
-use waddle_xml::Element;
+use waddle_xml::{Element, Unaddressed};
 
 use crate::placement::{partition_of, PARTITIONS};
 
@@ -24,6 +24,9 @@ pub enum SessionMsg {
     ClientClosed(Option<&'static str>),
     /// A stanza to write to the client. Shared so fan-out does not deep-copy it.
     Deliver(Arc<Element>),
+    /// A stanza serialized once for many recipients, written with this session's full
+    /// JID as its `to` (a groupchat message reaching every occupant).
+    DeliverUnaddressed(Arc<Unaddressed>),
     /// Another session bound the same full JID: close with `<conflict/>`.
     Replaced,
     /// Periodic keepalive check (XEP-0199 server-to-client ping).
@@ -101,6 +104,12 @@ impl Registry {
     pub fn session(&self, bare: &str, resource: &str) -> Option<SessionEntry> {
         let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
         shard.get(bare)?.iter().find(|s| s.resource == resource).cloned()
+    }
+
+    /// The handle of this session, if bound (no copy of the rest of its entry).
+    pub fn handle(&self, bare: &str, resource: &str) -> Option<SessionRef> {
+        let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
+        shard.get(bare)?.iter().find(|s| s.resource == resource).map(|s| s.handle.clone())
     }
 
     pub fn sessions(&self, bare: &str) -> Vec<SessionEntry> {

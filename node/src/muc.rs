@@ -463,6 +463,7 @@ impl RoomState {
                 Outbound::Stanza(el) => {
                     self.ctx.deliver_to_full(el);
                 }
+                Outbound::Broadcast { stanza, to } => self.ctx.deliver_to_each(&stanza, &to),
                 Outbound::Archive(entry) => self.archive(entry, stamp_micros).await,
                 Outbound::Persist => {
                     let write = if self.room.config().persistent {

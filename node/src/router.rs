@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use jid::{BareJid, FullJid, Jid};
+use waddle_c2s::ns;
 use waddle_c2s::stanza::{self, error_reply, StanzaKind};
 use waddle_cluster::{classify, Destination, SessionMsg};
 use waddle_im::{MessageDelivery, MessageType, SessionView};
-use waddle_xml::Element;
+use waddle_xml::{Element, Unaddressed};
 
 use crate::ctx::Ctx;
 use crate::{im, server};
@@ -87,6 +88,28 @@ impl Ctx {
         match self.registry.session(to.to_bare().as_str(), to.resource().as_str()) {
             Some(s) => s.handle.cast(SessionMsg::Deliver(Arc::new(stanza))).is_ok(),
             None => false,
+        }
+    }
+
+    /// Delivers a copy of `stanza` to each connected session in `recipients` (full
+    /// JIDs), with that JID as its `to`: serialized once, written by each session with
+    /// its own address spliced in.
+    pub fn deliver_to_each(&self, stanza: &Element, recipients: &[String]) {
+        let shared = Arc::new(Unaddressed::new(stanza, ns::CLIENT));
+        for full in recipients {
+            // Room occupants' JIDs are the normalized ones their sessions stamped, which
+            // is how the registry keys them; anything else goes through the parser.
+            let handle = match full.split_once('/') {
+                Some((bare, resource)) => self.registry.handle(bare, resource),
+                None => None,
+            }
+            .or_else(|| {
+                let jid = FullJid::new(full).ok()?;
+                self.registry.handle(jid.to_bare().as_str(), jid.resource().as_str())
+            });
+            if let Some(handle) = handle {
+                let _ = handle.cast(SessionMsg::DeliverUnaddressed(Arc::clone(&shared)));
+            }
         }
     }
 

@@ -110,9 +110,12 @@ impl SessionState {
 
     /// Queues bytes for the client; `false` if they were not (the outbox is closed, or
     /// full: then the client is too slow and the outbox is closed here).
-    fn write(&mut self, serialize: impl FnOnce(&mut Vec<u8>)) -> bool {
+    /// Queues what `serialize` writes (it is given the outbox buffer and this session's
+    /// full JID, for stanzas addressed on the way out).
+    fn write(&mut self, serialize: impl FnOnce(&mut Vec<u8>, &str)) -> bool {
         let Some(outbox) = &self.outbox else { return false };
-        match outbox.push(serialize) {
+        let own_jid = self.jid.as_str();
+        match outbox.push(|out| serialize(out, own_jid)) {
             Ok(()) => true,
             Err(OutboxError::Full) => {
                 tracing::warn!(jid = %self.jid, "client does not read fast enough; disconnecting");
@@ -124,7 +127,7 @@ impl SessionState {
     }
 
     fn write_stanza(&mut self, el: &Element) -> bool {
-        self.write(|out| el.write_to(out, ns::CLIENT))
+        self.write(|out, _| el.write_to(out, ns::CLIENT))
     }
 
     /// Lets the writer flush what is queued and shut the socket down (dropping the
@@ -320,7 +323,7 @@ impl SessionState {
             }
             None => stream::CLOSE.to_vec(),
         };
-        self.write(|out| out.extend_from_slice(&bytes));
+        self.write(|out, _| out.extend_from_slice(&bytes));
         self.close_outbox();
     }
 }
@@ -376,6 +379,11 @@ impl Actor for SessionActor {
             }
             SessionMsg::Deliver(stanza) => {
                 if !state.write_stanza(&stanza) && state.outbox.is_none() {
+                    myself.stop(None);
+                }
+            }
+            SessionMsg::DeliverUnaddressed(stanza) => {
+                if !state.write(|out, own_jid| stanza.write_to(own_jid, out)) && state.outbox.is_none() {
                     myself.stop(None);
                 }
             }

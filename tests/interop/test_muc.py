@@ -72,6 +72,8 @@ async def test_announcements_owner_and_moderators_post(http, make_user, xmpp):
             got = await c.wait_for(is_groupchat(room, text, nick=nick),
                                    f"{nick}'s announcement at {c.boundjid.bare}")
             assert stanza_ids(got).get(room), got
+            # One serialization for all occupants, each copy addressed to its reader.
+            assert got["to"] == c.boundjid, (got["to"], c.boundjid)
 
 
 async def test_announcements_member_is_visitor_and_cannot_post(http, make_user, xmpp):

@@ -281,6 +281,10 @@ pub struct HistoryEntry {
 pub enum Outbound {
     /// Route this stanza; `to` and `from` are set.
     Stanza(Element),
+    /// Route one copy of `stanza` (which has `from` but no `to`) to each full JID in
+    /// `to`, with that JID as its `to`: a groupchat message reaching every occupant.
+    /// The shell serializes it once for all of them.
+    Broadcast { stanza: Element, to: Vec<String> },
     /// Archive this groupchat message (MAM). Emitted once per stored message, after its
     /// reflections, when the room is `logged`; messages carrying only transient payloads
     /// (chat states, markers, receipts) or a XEP-0334 no-store hint are not stored.

@@ -213,6 +213,12 @@ impl Element {
     /// declared on the same element; attributes named `xmlns`/`xmlns:*` are skipped
     /// (declarations are derived from namespaces). Empty elements are written `<a/>`.
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        self.write_open(out, parent_ns);
+        self.write_rest(out);
+    }
+
+    /// The start tag up to the end of its attributes (no `>`).
+    fn write_open(&self, out: &mut Vec<u8>, parent_ns: &str) {
         out.push(b'<');
         out.extend_from_slice(self.name.as_bytes());
         if self.ns != parent_ns {
@@ -221,6 +227,10 @@ impl Element {
             out.push(b'\'');
         }
         self.write_attrs(out);
+    }
+
+    /// What follows [`Element::write_open`]: `/>`, or `>`, the children and the end tag.
+    fn write_rest(&self, out: &mut Vec<u8>) {
         if self.children.is_empty() {
             out.extend_from_slice(b"/>");
             return;
@@ -291,6 +301,47 @@ impl Element {
 }
 
 /// Serializes with `parent_ns = ""`, so the root always carries its `xmlns`.
+/// A stanza serialized once for many recipients that differ only in its `to`
+/// attribute: each copy is the shared bytes with the recipient's address spliced into
+/// the start tag. Fan-out (a groupchat message reaching every occupant) writes this
+/// instead of deep-copying and serializing the element once per recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unaddressed {
+    bytes: Vec<u8>,
+    /// Where the start tag's attributes end, which is where `to` goes.
+    attrs_end: usize,
+}
+
+impl Unaddressed {
+    /// Serializes `el` (as [`Element::write_to`] would, as a child of `parent_ns`)
+    /// without any `to` attribute it has.
+    pub fn new(el: &Element, parent_ns: &str) -> Unaddressed {
+        let el = if el.attr("to").is_some() {
+            let mut without_to = el.clone();
+            without_to.remove_attr("to");
+            std::borrow::Cow::Owned(without_to)
+        } else {
+            std::borrow::Cow::Borrowed(el)
+        };
+        let mut bytes = Vec::new();
+        el.write_open(&mut bytes, parent_ns);
+        let attrs_end = bytes.len();
+        el.write_rest(&mut bytes);
+        Unaddressed { bytes, attrs_end }
+    }
+
+    /// Appends the copy addressed to `to`.
+    pub fn write_to(&self, to: &str, out: &mut Vec<u8>) {
+        let (open, rest) = self.bytes.split_at(self.attrs_end);
+        out.reserve(self.bytes.len() + to.len() + 6);
+        out.extend_from_slice(open);
+        out.extend_from_slice(b" to='");
+        escape_attr(to, out);
+        out.push(b'\'');
+        out.extend_from_slice(rest);
+    }
+}
+
 impl fmt::Display for Element {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&String::from_utf8_lossy(&self.to_bytes("")))

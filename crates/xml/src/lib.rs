@@ -23,7 +23,7 @@ mod text;
 #[cfg(test)]
 mod tests;
 
-pub use element::{Attr, Element, Node};
+pub use element::{Attr, Element, Node, Unaddressed};
 pub use error::XmlError;
 pub use escape::{escape_attr, escape_text};
 pub use parser::{Limits, StreamEvent, StreamHeader, StreamParser};

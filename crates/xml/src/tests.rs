@@ -967,3 +967,32 @@ fn release_consumed_frees_the_buffer_but_keeps_unparsed_bytes() {
     p.release_consumed();
     assert!(p.buffer_capacity() <= 512, "idle: {} bytes kept", p.buffer_capacity());
 }
+
+/// A fan-out copy is the element with the recipient's `to`, byte for byte, whatever the
+/// element holds (children in other namespaces, prefixed attributes, no children at all),
+/// and a `to` the element already had is replaced.
+#[test]
+fn unaddressed_copies_are_the_element_with_each_recipients_to() {
+    let docs = [
+        "<message from='room@muc.example.org/alice' type='groupchat' id='m1'><body>hi &amp; &lt;bye&gt;</body>\
+         <stanza-id xmlns='urn:xmpp:sid:0' id='s1' by='room@muc.example.org'/></message>",
+        "<presence from='a@b/c' xmlns:x='urn:x' x:flag='1'/>",
+        "<message from='a@b/c' to='old@b/c' type='chat'><body>x</body></message>",
+    ];
+    for doc in docs {
+        let el = Element::from_bytes(doc.as_bytes(), crate::NS_CLIENT).unwrap();
+        let shared = Unaddressed::new(&el, crate::NS_CLIENT);
+        for to in ["juliet@capulet.lit/balcony", "o'brien@example.org/<desk>"] {
+            let mut copy = el.clone();
+            copy.remove_attr("to");
+            copy.set_attr("to", to);
+            let mut expected = Vec::new();
+            copy.write_to(&mut expected, crate::NS_CLIENT);
+            let mut written = Vec::new();
+            shared.write_to(to, &mut written);
+            assert_eq!(String::from_utf8(written.clone()).unwrap(), String::from_utf8(expected).unwrap());
+            let parsed = Element::from_bytes(&written, crate::NS_CLIENT).unwrap();
+            assert_eq!(parsed.attr("to"), Some(to));
+        }
+    }
+}

@@ -134,14 +134,12 @@ impl Room {
                 Element::new("stanza-id", ns::SID).with_attr("id", stanza_id.as_str()).with_attr("by", room),
             );
         }
-        for (_, session) in self.receivers() {
-            let mut copy = msg.clone();
-            copy.set_attr("to", session.full.as_str());
-            out.push(Outbound::Stanza(copy));
-        }
+        let to = self.receivers().map(|(_, session)| session.full.clone()).collect();
         if !stored {
+            out.push(Outbound::Broadcast { stanza: msg, to });
             return;
         }
+        out.push(Outbound::Broadcast { stanza: msg.clone(), to });
         let entry = HistoryEntry {
             stanza_id,
             from_nick: nick,

@@ -53,6 +53,29 @@ fn groupchat_is_reflected_to_all_with_stanza_id_and_archived_once() {
     assert_eq!(room.history().count(), 1);
 }
 
+/// A groupchat message leaves the room as one broadcast naming every occupant session,
+/// not as a copy per recipient: the shell serializes it once.
+#[test]
+fn broadcast_groupchat_is_one_shared_stanza_for_all_recipients() {
+    let mut room = room3();
+    let out = room.handle(&xml(&groupchat(ALICE, "hello")), &StandardOracle, NOW, &mut || "sid-b".to_owned());
+    let broadcasts: Vec<(&Element, &Vec<String>)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Broadcast { stanza, to } => Some((stanza, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(broadcasts.len(), 1, "{out:?}");
+    let (stanza, recipients) = broadcasts[0];
+    let mut recipients: Vec<&str> = recipients.iter().map(String::as_str).collect();
+    recipients.sort_unstable();
+    assert_eq!(recipients, vec![ALICE, BOB, OWNER]);
+    assert_eq!(stanza.attr("to"), None, "each copy gets its recipient's address");
+    assert_eq!(from(stanza), occ("alice"));
+    assert!(stanzas(&out).is_empty(), "no per-recipient copies: {out:?}");
+}
+
 #[test]
 fn transient_and_unlogged_messages() {
     let mut room = room3();

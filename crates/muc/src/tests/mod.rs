@@ -26,8 +26,24 @@ pub(crate) fn xml(s: &str) -> Element {
     Element::from_bytes(s.as_bytes(), NS_CLIENT).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
 
+/// What the room emitted for `s`, with each broadcast spelled out as the per-recipient
+/// stanzas the shell delivers (tests look at who gets what; `broadcast_*` tests look at
+/// the broadcast itself through [`Room::handle`]).
 pub(crate) fn feed_full(room: &mut Room, s: &str, oracle: &dyn AccessOracle, now: &str) -> Vec<Outbound> {
-    room.handle(&xml(s), oracle, now, &mut || format!("sid-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)))
+    let out = room.handle(&xml(s), oracle, now, &mut || format!("sid-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+    out.into_iter()
+        .flat_map(|o| match o {
+            Outbound::Broadcast { stanza, to } => to
+                .into_iter()
+                .map(|to| {
+                    let mut copy = stanza.clone();
+                    copy.set_attr("to", to);
+                    Outbound::Stanza(copy)
+                })
+                .collect(),
+            other => vec![other],
+        })
+        .collect()
 }
 
 pub(crate) fn feed(room: &mut Room, s: &str) -> Vec<Outbound> {
