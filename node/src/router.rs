@@ -85,8 +85,8 @@ impl Ctx {
         let Some(to) = stanza.attr("to").and_then(|t| FullJid::new(t).ok()) else {
             return false;
         };
-        match self.registry.session(to.to_bare().as_str(), to.resource().as_str()) {
-            Some(s) => s.handle.cast(SessionMsg::Deliver(Arc::new(stanza))).is_ok(),
+        match self.registry.handle(to.to_bare().as_str(), to.resource().as_str()) {
+            Some(handle) => handle.cast(SessionMsg::Deliver(Arc::new(stanza))).is_ok(),
             None => false,
         }
     }
