@@ -12,5 +12,5 @@ pub mod registry;
 pub mod routing;
 
 pub use placement::{partition_of, NodeId, PartitionId, Placement, RendezvousPlacement, PARTITIONS};
-pub use registry::{Registry, SessionEntry, SessionMsg, SessionRef};
+pub use registry::{Registry, SessionEntry, SessionMailbox, SessionMsg, SessionRef};
 pub use routing::{classify, Destination};

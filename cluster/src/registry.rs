@@ -8,17 +8,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use ractor::ActorRef;
+use tokio::sync::mpsc;
 use waddle_xml::{Element, Unaddressed};
 
 use crate::placement::{partition_of, PARTITIONS};
 
-/// Messages a session actor accepts. Defined here because the registry (and so the
+/// Messages a session's task accepts. Defined here because the registry (and so the
 /// routing seam) hands out session references.
 #[derive(Debug)]
 pub enum SessionMsg {
-    /// A stanza parsed from the client's stream by the reader task.
-    FromClient(Element),
+    /// A stanza parsed from the client's stream by the reader task. Boxed: every
+    /// session's mailbox preallocates room for 32 messages, so the largest variant's
+    /// size is memory each idle session holds.
+    FromClient(Box<Element>),
     /// The reader task ended: `None` for a clean `</stream:stream>` or EOF, otherwise the
     /// stream error condition to send before closing.
     ClientClosed(Option<&'static str>),
@@ -31,11 +33,33 @@ pub enum SessionMsg {
     Replaced,
     /// Periodic keepalive check (XEP-0199 server-to-client ping).
     Tick,
-    /// The reader task of this session, so the actor can stop it when it ends.
-    ReaderStarted(tokio::task::JoinHandle<()>),
 }
 
-pub type SessionRef = ActorRef<SessionMsg>;
+/// The mailbox of a bound session's task, which handles its messages one at a time.
+///
+/// A session is a plain task, not an actor: a ractor actor's four channels and its own
+/// task were about 5 KiB of every idle session (ractor preallocates each channel's first
+/// block, the supervision one for 32 large events), and a session needs neither
+/// supervision nor remote addressing. The mailbox is unbounded as an actor's is; what
+/// reaches it is bounded upstream (the reader holds a permit per stanza in flight) and
+/// downstream (deliveries only queue bytes on the session's bounded outbox).
+#[derive(Clone, Debug)]
+pub struct SessionRef(mpsc::UnboundedSender<SessionMsg>);
+
+/// The receiving end of a [`SessionRef`], owned by the session's task.
+pub type SessionMailbox = mpsc::UnboundedReceiver<SessionMsg>;
+
+impl SessionRef {
+    pub fn channel() -> (SessionRef, SessionMailbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (SessionRef(tx), rx)
+    }
+
+    /// Queues `msg` for the session; gives it back if the session has ended.
+    pub fn cast(&self, msg: SessionMsg) -> Result<(), SessionMsg> {
+        self.0.send(msg).map_err(|e| e.0)
+    }
+}
 
 /// A bound session as the registry holds it; lookups hand out clones (cheap: the
 /// handle and the presence are reference-counted).
@@ -154,5 +178,46 @@ impl Registry {
             .iter()
             .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).values().map(Vec::len).sum::<usize>())
             .sum()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// The mailbox preallocates a block of 32 messages per session.
+    #[test]
+    fn session_messages_stay_small() {
+        assert!(std::mem::size_of::<SessionMsg>() <= 24, "{} bytes", std::mem::size_of::<SessionMsg>());
+    }
+
+    #[test]
+    fn a_message_to_an_ended_session_comes_back() {
+        let (session, mut mailbox) = SessionRef::channel();
+        session.cast(SessionMsg::Tick).unwrap();
+        assert!(matches!(mailbox.try_recv(), Ok(SessionMsg::Tick)));
+        drop(mailbox);
+        assert!(matches!(session.cast(SessionMsg::Replaced), Err(SessionMsg::Replaced)));
+    }
+
+    #[test]
+    fn binding_the_same_resource_hands_back_the_replaced_session() {
+        let registry = Registry::default();
+        let entry = |conn_id| SessionEntry {
+            resource: "phone".into(),
+            conn_id,
+            handle: SessionRef::channel().0,
+            priority: 0,
+            available: false,
+            presence: None,
+            roster_interested: false,
+        };
+        assert!(registry.bind("a@x", entry(1)).is_none());
+        assert_eq!(registry.bind("a@x", entry(2)).map(|old| old.conn_id), Some(1));
+        assert!(!registry.unbind("a@x", "phone", 1), "the replaced session must not unbind its successor");
+        assert!(registry.handle("a@x", "phone").is_some());
+        assert!(registry.unbind("a@x", "phone", 2));
+        assert_eq!(registry.session_count(), 0);
     }
 }

@@ -1,21 +1,23 @@
-//! A bound client session: one ractor actor per connection (the thin shell), plus a
-//! reader task (socket → parser → actor) and a writer task (actor → batched socket
-//! writes). Protocol decisions are delegated to the router, `im` and `waddle_c2s`.
+//! A bound client session: one task per connection handling its mailbox one message at
+//! a time (the thin shell), plus a reader task (socket → parser → mailbox) and a writer
+//! task (outbox → batched socket writes). Protocol decisions are delegated to the
+//! router, `im` and `waddle_c2s`.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use jid::FullJid;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncRead as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use waddle_c2s::rate::{Limited, SessionRateLimiter};
 use waddle_c2s::stanza::{self, error_reply, iq_payload, iq_result, StanzaKind};
 use waddle_c2s::{ns, stream};
-use waddle_cluster::{SessionEntry, SessionMsg, SessionRef};
+use waddle_cluster::{SessionEntry, SessionMailbox, SessionMsg, SessionRef};
 use waddle_xml::{Element, StreamEvent, StreamParser};
 
 use crate::ctx::Ctx;
@@ -27,18 +29,6 @@ use crate::router::Origin;
 /// Bytes read per poll, into a buffer on the poll's stack: a session waiting for input
 /// holds no read buffer at all (idle memory is what bounds how many sessions a node holds).
 const READ_CHUNK: usize = 8192;
-
-pub struct SessionActor;
-
-pub struct SessionArgs {
-    pub ctx: Arc<Ctx>,
-    pub jid: FullJid,
-    pub conn_id: u64,
-    pub outbox: OutboxHandle,
-    pub writer_task: JoinHandle<()>,
-    pub inflight: Arc<Semaphore>,
-    pub activity: Arc<Activity>,
-}
 
 /// Time of the last bytes received from the client, for keepalive decisions.
 pub struct Activity {
@@ -108,10 +98,10 @@ impl SessionState {
         still_bound
     }
 
-    /// Queues bytes for the client; `false` if they were not (the outbox is closed, or
-    /// full: then the client is too slow and the outbox is closed here).
-    /// Queues what `serialize` writes (it is given the outbox buffer and this session's
-    /// full JID, for stanzas addressed on the way out).
+    /// Queues what `serialize` writes for the client (it is given the outbox buffer and
+    /// this session's full JID, for stanzas addressed on the way out); `false` if it was
+    /// not queued (the outbox is closed, or full: then the client is too slow and the
+    /// outbox is closed here).
     fn write(&mut self, serialize: impl FnOnce(&mut Vec<u8>, &str)) -> bool {
         let Some(outbox) = &self.outbox else { return false };
         let own_jid = self.jid.as_str();
@@ -328,102 +318,80 @@ impl SessionState {
     }
 }
 
-impl Actor for SessionActor {
-    type Msg = SessionMsg;
-    type State = SessionState;
-    type Arguments = SessionArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<SessionMsg>,
-        args: SessionArgs,
-    ) -> Result<SessionState, ActorProcessingErr> {
-        let bare = args.jid.to_bare().as_str().to_owned();
-        let rate_limits = args.ctx.config.rate_limits.clone();
-        Ok(SessionState {
-            origin: Origin::session(args.jid.clone(), args.conn_id),
-            ctx: args.ctx,
-            jid: args.jid,
-            bare,
-            conn_id: args.conn_id,
-            outbox: Some(args.outbox),
-            writer_task: Some(args.writer_task),
-            reader_task: None,
-            inflight: args.inflight,
-            activity: args.activity,
-            available: false,
-            initial_presence_sent: false,
-            directed: HashSet::new(),
-            ping: None,
-            rate: rate_limits.enabled.then(|| SessionRateLimiter::new(rate_limits.limits())),
-        })
+impl SessionState {
+    /// Handles the mailbox until the session ends (or every handle to it is gone).
+    async fn serve(&mut self, mailbox: &mut SessionMailbox) {
+        while let Some(msg) = mailbox.recv().await {
+            if !self.handle(msg).await {
+                return;
+            }
+        }
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<SessionMsg>,
-        msg: SessionMsg,
-        state: &mut SessionState,
-    ) -> Result<(), ActorProcessingErr> {
+    /// Handles one message; `false` when the session is over.
+    async fn handle(&mut self, msg: SessionMsg) -> bool {
         match msg {
             SessionMsg::FromClient(el) => {
-                // Boxed: the routing future is several KiB, and awaiting it inline would
-                // make every idle session's actor future that big (see the idle RSS
-                // figures in docs/benchmarks.md). One allocation per client stanza.
-                let result = Box::pin(state.on_client(el)).await;
-                state.inflight.add_permits(1);
+                // Boxed: the routing future is over a KiB, and awaiting it inline would
+                // make every idle session's task that big (see the idle RSS figures in
+                // docs/benchmarks.md). One allocation per client stanza.
+                let result = Box::pin(self.on_client(*el)).await;
+                self.inflight.add_permits(1);
                 if let Err(condition) = result {
-                    state.close_with(Some(condition), None);
-                    myself.stop(None);
+                    self.close_with(Some(condition), None);
+                    return false;
                 }
+                true
             }
-            SessionMsg::Deliver(stanza) => {
-                if !state.write_stanza(&stanza) && state.outbox.is_none() {
-                    myself.stop(None);
-                }
-            }
+            SessionMsg::Deliver(stanza) => self.write_stanza(&stanza) || self.outbox.is_some(),
             SessionMsg::DeliverUnaddressed(stanza) => {
-                if !state.write(|out, own_jid| stanza.write_to(own_jid, out)) && state.outbox.is_none() {
-                    myself.stop(None);
-                }
+                self.write(|out, own_jid| stanza.write_to(own_jid, out)) || self.outbox.is_some()
             }
             SessionMsg::Replaced => {
-                state.close_with(Some("conflict"), Some("Replaced by a new session with the same resource"));
-                myself.stop(None);
+                self.close_with(Some("conflict"), Some("Replaced by a new session with the same resource"));
+                false
             }
             SessionMsg::ClientClosed(condition) => {
-                state.close_with(condition, None);
-                myself.stop(None);
+                self.close_with(condition, None);
+                false
             }
             SessionMsg::Tick => {
-                if !state.on_tick() {
-                    state.close_with(Some("connection-timeout"), Some("no answer to ping"));
-                    myself.stop(None);
+                if !self.on_tick() {
+                    self.close_with(Some("connection-timeout"), Some("no answer to ping"));
+                    return false;
                 }
+                true
             }
-            SessionMsg::ReaderStarted(handle) => state.reader_task = Some(handle),
         }
-        Ok(())
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<SessionMsg>,
-        state: &mut SessionState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.reader_task.take() {
+    /// What every ending runs, a panic included: stop reading, unbind and announce the
+    /// departure, let the writer flush the closing bytes.
+    async fn finish(&mut self) {
+        if let Some(t) = self.reader_task.take() {
             t.abort();
         }
         // Boxed for the same reason as the routing future in `handle`.
-        let still_bound = Box::pin(state.announce_departure()).await;
-        tracing::debug!(jid = %state.jid, still_bound, "session ended");
-        state.close_outbox();
-        if let Some(writer_task) = state.writer_task.take() {
+        let still_bound = Box::pin(self.announce_departure()).await;
+        tracing::debug!(jid = %self.jid, still_bound, "session ended");
+        self.close_outbox();
+        if let Some(writer_task) = self.writer_task.take() {
             // Give the writer a moment to flush the closing bytes.
             let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
         }
-        Ok(())
     }
+}
+
+/// The session's task: serves the mailbox, then cleans up however serving ended.
+async fn run(mut state: SessionState, mut mailbox: SessionMailbox) {
+    let served = AssertUnwindSafe(state.serve(&mut mailbox)).catch_unwind().await;
+    if served.is_err() {
+        tracing::error!(jid = %state.jid, "session handler panicked; closing the session");
+        state.close_with(Some("internal-server-error"), None);
+    }
+    // Nothing queued after the end is handled; senders see the mailbox closed.
+    mailbox.close();
+    state.finish().await;
 }
 
 /// How often every session checks its keepalive: half the ping timeout, so an unanswered
@@ -445,7 +413,7 @@ pub async fn tick_sessions(ctx: Arc<Ctx>) {
     }
 }
 
-/// Starts a bound session: writer task, actor, registry entry, reader task.
+/// Starts a bound session: writer task, registry entry, reader task, session task.
 pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJid) {
     let conn_id = ctx.next_conn_id();
     let (read_half, write_half) = tokio::io::split(io);
@@ -454,27 +422,12 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
     let inflight = Arc::new(Semaphore::new(ctx.config.c2s.max_inbound_inflight));
     let activity = Arc::new(Activity::new());
     activity.touch();
-    let args = SessionArgs {
-        ctx: Arc::clone(&ctx),
-        jid: jid.clone(),
-        conn_id,
-        outbox,
-        writer_task,
-        inflight: Arc::clone(&inflight),
-        activity: Arc::clone(&activity),
-    };
-    let (actor, _join) = match Actor::spawn(None, SessionActor, args).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start session actor");
-            return;
-        }
-    };
+    let (session, mailbox) = SessionRef::channel();
     let bare = jid.to_bare().as_str().to_owned();
     let entry = SessionEntry {
         resource: jid.resource().as_str().to_owned(),
         conn_id,
-        handle: actor.clone(),
+        handle: session.clone(),
         priority: 0,
         available: false,
         presence: None,
@@ -484,19 +437,33 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         let _ = old.handle.cast(SessionMsg::Replaced);
     }
     tracing::info!(jid = %jid, conn_id, "session bound");
-    let reader_task = tokio::spawn(reader(read_half, parser, actor.clone(), inflight, activity));
-    if let Err(ractor::MessagingErr::SendErr(SessionMsg::ReaderStarted(orphan))) =
-        actor.cast(SessionMsg::ReaderStarted(reader_task))
-    {
-        // The session already ended (replaced at once): nobody else will stop the reader.
-        orphan.abort();
-    }
+    // What the reader sends waits in the mailbox until the session task runs.
+    let reader_task = tokio::spawn(reader(read_half, parser, session, Arc::clone(&inflight), Arc::clone(&activity)));
+    let rate_limits = &ctx.config.rate_limits;
+    let state = SessionState {
+        origin: Origin::session(jid.clone(), conn_id),
+        rate: rate_limits.enabled.then(|| SessionRateLimiter::new(rate_limits.limits())),
+        ctx,
+        jid,
+        bare,
+        conn_id,
+        outbox: Some(outbox),
+        writer_task: Some(writer_task),
+        reader_task: Some(reader_task),
+        inflight,
+        activity,
+        available: false,
+        initial_presence_sent: false,
+        directed: HashSet::new(),
+        ping: None,
+    };
+    tokio::spawn(run(state, mailbox));
 }
 
 async fn reader(
     mut io: ReadHalf<ClientIo>,
     mut parser: StreamParser,
-    actor: SessionRef,
+    session: SessionRef,
     inflight: Arc<Semaphore>,
     activity: Arc<Activity>,
 ) {
@@ -509,23 +476,23 @@ async fn reader(
                         Ok(permit) => permit.forget(),
                         Err(_) => return,
                     }
-                    if actor.cast(SessionMsg::FromClient(el)).is_err() {
+                    if session.cast(SessionMsg::FromClient(Box::new(el))).is_err() {
                         return;
                     }
                 }
                 Ok(Some(StreamEvent::Close)) => {
-                    let _ = actor.cast(SessionMsg::ClientClosed(None));
+                    let _ = session.cast(SessionMsg::ClientClosed(None));
                     return;
                 }
                 Ok(Some(StreamEvent::Header(_))) => {
                     // No stream restart is allowed once a resource is bound.
-                    let _ = actor.cast(SessionMsg::ClientClosed(Some("invalid-xml")));
+                    let _ = session.cast(SessionMsg::ClientClosed(Some("invalid-xml")));
                     return;
                 }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "client stream error");
-                    let _ = actor.cast(SessionMsg::ClientClosed(Some(e.stream_condition())));
+                    let _ = session.cast(SessionMsg::ClientClosed(Some(e.stream_condition())));
                     return;
                 }
             }
@@ -534,13 +501,13 @@ async fn reader(
         parser.release_consumed();
         match std::future::poll_fn(|cx| poll_read_into(&mut io, &mut parser, cx)).await {
             Received::Closed => {
-                let _ = actor.cast(SessionMsg::ClientClosed(None));
+                let _ = session.cast(SessionMsg::ClientClosed(None));
                 return;
             }
             Received::Fed => activity.touch(),
             Received::Invalid(e) => {
                 tracing::debug!(error = %e, "client stream error");
-                let _ = actor.cast(SessionMsg::ClientClosed(Some(e.stream_condition())));
+                let _ = session.cast(SessionMsg::ClientClosed(Some(e.stream_condition())));
                 return;
             }
         }

@@ -26,6 +26,8 @@ load:
   --window K           closed loop: messages in flight per sender (default 1)
   --concurrency C      parallel connections while logging in (default 16)
   --room NAME          MUC room node (default a fresh name per run)
+  --hold S             idle: keep the sessions open S more seconds after measuring
+                       (for a profiler attached to the server; default 0)
 measurement:
   --server-pid PID     server process: CPU per delivery and RSS from /proc
   --label NAME         names the run in the report (default the scenario)
@@ -57,6 +59,7 @@ pub struct Args {
     pub window: usize,
     pub concurrency: usize,
     pub room: Option<String>,
+    pub hold: Duration,
     pub server_pid: Option<u32>,
     pub label: String,
 }
@@ -104,6 +107,7 @@ impl Args {
             window: 1,
             concurrency: 16,
             room: None,
+            hold: Duration::ZERO,
             server_pid: None,
             label: String::new(),
         };
@@ -141,6 +145,7 @@ impl Args {
                 "--window" => args.window = number::<usize>(&flag, &value)?.max(1),
                 "--concurrency" => args.concurrency = number::<usize>(&flag, &value)?.max(1),
                 "--room" => args.room = Some(value),
+                "--hold" => args.hold = Duration::from_secs_f64(number::<f64>(&flag, &value)?.max(0.0)),
                 "--server-pid" => args.server_pid = Some(number(&flag, &value)?),
                 "--label" => args.label = value,
                 _ => return Err(invalid(format!("unknown option {flag}"))),
@@ -200,12 +205,23 @@ mod tests {
         assert_eq!(a.target(2), "127.0.0.1:5222");
         assert_eq!((a.tls, a.auth, a.rate), (TlsMode::None, Auth::Token, 100.0));
         assert_eq!(a.username(7), "bench7");
+        assert_eq!(a.hold, Duration::ZERO);
+        let a = parse("idle --hold 2.5").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.hold, Duration::from_millis(2500));
     }
 
     #[test]
     fn bad_input_is_refused() {
-        for bad in ["", "fly", "chat --users", "chat --users x", "chat --users 1", "chat --tls maybe", "chat --nope 1"]
-        {
+        for bad in [
+            "",
+            "fly",
+            "chat --users",
+            "chat --users x",
+            "chat --users 1",
+            "chat --tls maybe",
+            "chat --nope 1",
+            "idle --hold x",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
     }

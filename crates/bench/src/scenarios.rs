@@ -203,6 +203,7 @@ impl Bench {
         report.expected = self.args.users as u64;
         report.idle_rss_kib_per_session = Some((after - before) / sessions.len().max(1) as f64);
         report.notes.push(format!("server RSS {before:.0} KiB before, {after:.0} KiB with the sessions"));
+        tokio::time::sleep(self.args.hold).await;
         for s in sessions {
             s.stream.close().await;
         }
