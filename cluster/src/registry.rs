@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc;
 use waddle_xml::{Element, Unaddressed};
 
+use crate::mailbox;
 use crate::placement::{partition_of, PARTITIONS};
 
 /// Messages a session's task accepts. Defined here because the registry (and so the
@@ -40,24 +40,25 @@ pub enum SessionMsg {
 /// A session is a plain task, not an actor: a ractor actor's four channels and its own
 /// task were about 5 KiB of every idle session (ractor preallocates each channel's first
 /// block, the supervision one for 32 large events), and a session needs neither
-/// supervision nor remote addressing. The mailbox is unbounded as an actor's is; what
-/// reaches it is bounded upstream (the reader holds a permit per stanza in flight) and
-/// downstream (deliveries only queue bytes on the session's bounded outbox).
+/// supervision nor remote addressing. The mailbox ([`crate::mailbox`]) is unbounded as
+/// an actor's is; what reaches it is bounded upstream (the reader holds a permit per
+/// stanza in flight) and downstream (deliveries only queue bytes on the session's
+/// bounded outbox).
 #[derive(Clone, Debug)]
-pub struct SessionRef(mpsc::UnboundedSender<SessionMsg>);
+pub struct SessionRef(mailbox::Sender<SessionMsg>);
 
 /// The receiving end of a [`SessionRef`], owned by the session's task.
-pub type SessionMailbox = mpsc::UnboundedReceiver<SessionMsg>;
+pub type SessionMailbox = mailbox::Receiver<SessionMsg>;
 
 impl SessionRef {
     pub fn channel() -> (SessionRef, SessionMailbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mailbox::mailbox();
         (SessionRef(tx), rx)
     }
 
     /// Queues `msg` for the session; gives it back if the session has ended.
     pub fn cast(&self, msg: SessionMsg) -> Result<(), SessionMsg> {
-        self.0.send(msg).map_err(|e| e.0)
+        self.0.send(msg)
     }
 }
 
@@ -196,7 +197,7 @@ mod tests {
     fn a_message_to_an_ended_session_comes_back() {
         let (session, mut mailbox) = SessionRef::channel();
         session.cast(SessionMsg::Tick).unwrap();
-        assert!(matches!(mailbox.try_recv(), Ok(SessionMsg::Tick)));
+        assert!(matches!(mailbox.try_recv(), Some(SessionMsg::Tick)));
         drop(mailbox);
         assert!(matches!(session.cast(SessionMsg::Replaced), Err(SessionMsg::Replaced)));
     }
