@@ -17,13 +17,9 @@ use crate::placement::{partition_of, PARTITIONS};
 /// routing seam) hands out session references.
 #[derive(Debug)]
 pub enum SessionMsg {
-    /// A stanza parsed from the client's stream by the reader task. Boxed: every
-    /// session's mailbox preallocates room for 32 messages, so the largest variant's
-    /// size is memory each idle session holds.
-    FromClient(Box<Element>),
-    /// The reader task ended: `None` for a clean `</stream:stream>` or EOF, otherwise the
-    /// stream error condition to send before closing.
-    ClientClosed(Option<&'static str>),
+    /// Close the client's stream: cleanly with `None`, otherwise with this stream error
+    /// condition (the node shutting down, the account deleted).
+    Close(Option<&'static str>),
     /// A stanza to write to the client. Shared so fan-out does not deep-copy it.
     Deliver(Arc<Element>),
     /// A stanza serialized once for many recipients, written with this session's full
@@ -41,9 +37,8 @@ pub enum SessionMsg {
 /// task were about 5 KiB of every idle session (ractor preallocates each channel's first
 /// block, the supervision one for 32 large events), and a session needs neither
 /// supervision nor remote addressing. The mailbox ([`crate::mailbox`]) is unbounded as
-/// an actor's is; what reaches it is bounded upstream (the reader holds a permit per
-/// stanza in flight) and downstream (deliveries only queue bytes on the session's
-/// bounded outbox).
+/// an actor's is: what reaches it is stanzas and signals for the client, and handling
+/// one only queues bytes on the session's bounded outbox.
 #[derive(Clone, Debug)]
 pub struct SessionRef(mailbox::Sender<SessionMsg>);
 
@@ -187,7 +182,7 @@ impl Registry {
 mod tests {
     use super::*;
 
-    /// The mailbox preallocates a block of 32 messages per session.
+    /// A queued message costs this much (the mailbox holds one per delivery in flight).
     #[test]
     fn session_messages_stay_small() {
         assert!(std::mem::size_of::<SessionMsg>() <= 24, "{} bytes", std::mem::size_of::<SessionMsg>());

@@ -74,8 +74,6 @@ pub struct C2sConfig {
     pub ping_timeout_secs: u64,
     /// Stanzas queued towards one client before it is disconnected as too slow.
     pub max_outbound_queue: usize,
-    /// Stanzas read from one client and not yet processed before reading pauses.
-    pub max_inbound_inflight: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -194,7 +192,6 @@ impl Default for C2sConfig {
             ping_interval_secs: 120,
             ping_timeout_secs: 30,
             max_outbound_queue: 4096,
-            max_inbound_inflight: 256,
         }
     }
 }
@@ -303,8 +300,8 @@ impl Config {
         if self.c2s.ping_interval_secs == 0 || self.c2s.ping_timeout_secs == 0 {
             return invalid("c2s.ping_interval_secs", "ping interval and timeout must be positive");
         }
-        if self.c2s.max_outbound_queue == 0 || self.c2s.max_inbound_inflight == 0 {
-            return invalid("c2s.max_outbound_queue", "queue limits must be positive");
+        if self.c2s.max_outbound_queue == 0 {
+            return invalid("c2s.max_outbound_queue", "must be positive");
         }
         if !(1..=1_000_000).contains(&self.auth.scram_iterations) || self.auth.scram_iterations < 4096 {
             return invalid("auth.scram_iterations", "must be between 4096 and 1000000");

@@ -154,7 +154,7 @@ async fn run(config: Config) -> Result<()> {
     ready.store(false, std::sync::atomic::Ordering::SeqCst);
     let sessions = ctx.registry.all_sessions();
     for s in &sessions {
-        let _ = s.handle.cast(waddle_cluster::SessionMsg::ClientClosed(Some("system-shutdown")));
+        let _ = s.handle.cast(waddle_cluster::SessionMsg::Close(Some("system-shutdown")));
     }
     let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while ctx.registry.session_count() > 0 && tokio::time::Instant::now() < drain_deadline {

@@ -210,7 +210,7 @@ async fn registration_set(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elem
     ctx.deliver_to_full(iq_result(iq));
     tracing::info!(user = %username, "account removed by its owner");
     for s in ctx.registry.sessions(bare.as_str()) {
-        let _ = s.handle.cast(SessionMsg::ClientClosed(Some("not-authorized")));
+        let _ = s.handle.cast(SessionMsg::Close(Some("not-authorized")));
     }
     None
 }

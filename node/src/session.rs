@@ -1,7 +1,7 @@
-//! A bound client session: one task per connection handling its mailbox one message at
-//! a time (the thin shell), plus a reader task (socket → parser → mailbox) and a writer
-//! task (outbox → batched socket writes). Protocol decisions are delegated to the
-//! router, `im` and `waddle_c2s`.
+//! A bound client session: one task per connection (the thin shell) that reads and
+//! parses the client's stream and handles its mailbox, one stanza or message at a time,
+//! plus a writer task (outbox → batched socket writes). Protocol decisions are delegated
+//! to the router, `im` and `waddle_c2s`.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt as _;
 use jid::FullJid;
 use tokio::io::{AsyncRead as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use waddle_c2s::rate::{Limited, SessionRateLimiter};
 use waddle_c2s::stanza::{self, error_reply, iq_payload, iq_result, StanzaKind};
@@ -63,9 +62,7 @@ pub struct SessionState {
     /// `None` once closed: nothing more is written to the client.
     outbox: Option<OutboxHandle>,
     writer_task: Option<JoinHandle<()>>,
-    reader_task: Option<JoinHandle<()>>,
-    inflight: Arc<Semaphore>,
-    activity: Arc<Activity>,
+    activity: Activity,
     available: bool,
     initial_presence_sent: bool,
     /// JIDs that received directed presence and must get our unavailable (RFC 6121 §4.6).
@@ -319,11 +316,61 @@ impl SessionState {
 }
 
 impl SessionState {
-    /// Handles the mailbox until the session ends (or every handle to it is gone).
-    async fn serve(&mut self, mailbox: &mut SessionMailbox) {
-        while let Some(msg) = mailbox.recv().await {
-            if !self.handle(msg).await {
-                return;
+    /// Reads the client's stream and handles the mailbox until the session ends (or
+    /// every handle to it is gone). Stanzas are handled one at a time, in order, and the
+    /// socket is only read once everything parsed so far is handled: a client cannot
+    /// queue more work than one read holds (back-pressure without a queue).
+    async fn serve(&mut self, mailbox: &mut SessionMailbox, io: &mut ReadHalf<ClientIo>, parser: &mut StreamParser) {
+        loop {
+            match parser.next_event() {
+                Ok(Some(StreamEvent::Stanza(el))) => {
+                    if !self.handle_stanza(el).await {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Some(StreamEvent::Close)) => return self.close_with(None, None),
+                // No stream restart is allowed once a resource is bound.
+                Ok(Some(StreamEvent::Header(_))) => return self.close_with(Some("invalid-xml"), None),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "client stream error");
+                    return self.close_with(Some(e.stream_condition()), None);
+                }
+            }
+            // Nothing is buffered across this wait but what the parser still holds.
+            parser.release_consumed();
+            tokio::select! {
+                biased;
+                msg = mailbox.recv() => {
+                    let Some(msg) = msg else { return };
+                    if !self.handle(msg).await {
+                        return;
+                    }
+                }
+                // Cancel-safe: a read that is not ready has taken nothing.
+                received = std::future::poll_fn(|cx| poll_read_into(io, parser, cx)) => match received {
+                    Received::Closed => return self.close_with(None, None),
+                    Received::Fed => self.activity.touch(),
+                    Received::Invalid(e) => {
+                        tracing::debug!(error = %e, "client stream error");
+                        return self.close_with(Some(e.stream_condition()), None);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles one stanza from the client; `false` when the session is over.
+    async fn handle_stanza(&mut self, el: Element) -> bool {
+        // Boxed: the routing future is over a KiB, and awaiting it inline would make
+        // every idle session's task that big (see the idle RSS figures in
+        // docs/benchmarks.md). One allocation per client stanza.
+        match Box::pin(self.on_client(el)).await {
+            Ok(()) => true,
+            Err(condition) => {
+                self.close_with(Some(condition), None);
+                false
             }
         }
     }
@@ -331,18 +378,6 @@ impl SessionState {
     /// Handles one message; `false` when the session is over.
     async fn handle(&mut self, msg: SessionMsg) -> bool {
         match msg {
-            SessionMsg::FromClient(el) => {
-                // Boxed: the routing future is over a KiB, and awaiting it inline would
-                // make every idle session's task that big (see the idle RSS figures in
-                // docs/benchmarks.md). One allocation per client stanza.
-                let result = Box::pin(self.on_client(*el)).await;
-                self.inflight.add_permits(1);
-                if let Err(condition) = result {
-                    self.close_with(Some(condition), None);
-                    return false;
-                }
-                true
-            }
             SessionMsg::Deliver(stanza) => self.write_stanza(&stanza) || self.outbox.is_some(),
             SessionMsg::DeliverUnaddressed(stanza) => {
                 self.write(|out, own_jid| stanza.write_to(own_jid, out)) || self.outbox.is_some()
@@ -351,7 +386,7 @@ impl SessionState {
                 self.close_with(Some("conflict"), Some("Replaced by a new session with the same resource"));
                 false
             }
-            SessionMsg::ClientClosed(condition) => {
+            SessionMsg::Close(condition) => {
                 self.close_with(condition, None);
                 false
             }
@@ -365,12 +400,9 @@ impl SessionState {
         }
     }
 
-    /// What every ending runs, a panic included: stop reading, unbind and announce the
-    /// departure, let the writer flush the closing bytes.
+    /// What every ending runs, a panic included: unbind and announce the departure, let
+    /// the writer flush the closing bytes.
     async fn finish(&mut self) {
-        if let Some(t) = self.reader_task.take() {
-            t.abort();
-        }
         // Boxed for the same reason as the routing future in `handle`.
         let still_bound = Box::pin(self.announce_departure()).await;
         tracing::debug!(jid = %self.jid, still_bound, "session ended");
@@ -382,15 +414,22 @@ impl SessionState {
     }
 }
 
-/// The session's task: serves the mailbox, then cleans up however serving ended.
-async fn run(mut state: SessionState, mut mailbox: SessionMailbox) {
-    let served = AssertUnwindSafe(state.serve(&mut mailbox)).catch_unwind().await;
+/// The session's task: serves the client and the mailbox, then cleans up however
+/// serving ended.
+async fn run(
+    mut state: SessionState,
+    mut mailbox: SessionMailbox,
+    mut io: ReadHalf<ClientIo>,
+    mut parser: StreamParser,
+) {
+    let served = AssertUnwindSafe(state.serve(&mut mailbox, &mut io, &mut parser)).catch_unwind().await;
     if served.is_err() {
         tracing::error!(jid = %state.jid, "session handler panicked; closing the session");
         state.close_with(Some("internal-server-error"), None);
     }
     // Nothing queued after the end is handled; senders see the mailbox closed.
     mailbox.close();
+    drop((io, parser));
     state.finish().await;
 }
 
@@ -413,21 +452,20 @@ pub async fn tick_sessions(ctx: Arc<Ctx>) {
     }
 }
 
-/// Starts a bound session: writer task, registry entry, reader task, session task.
+/// Starts a bound session: writer task, registry entry, session task.
 pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJid) {
     let conn_id = ctx.next_conn_id();
     let (read_half, write_half) = tokio::io::split(io);
     let (outbox, writer_end) = OutboxHandle::new(ctx.config.c2s.max_outbound_queue);
     let writer_task = tokio::spawn(writer(write_half, writer_end));
-    let inflight = Arc::new(Semaphore::new(ctx.config.c2s.max_inbound_inflight));
-    let activity = Arc::new(Activity::new());
+    let activity = Activity::new();
     activity.touch();
     let (session, mailbox) = SessionRef::channel();
     let bare = jid.to_bare().as_str().to_owned();
     let entry = SessionEntry {
         resource: jid.resource().as_str().to_owned(),
         conn_id,
-        handle: session.clone(),
+        handle: session,
         priority: 0,
         available: false,
         presence: None,
@@ -437,8 +475,6 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         let _ = old.handle.cast(SessionMsg::Replaced);
     }
     tracing::info!(jid = %jid, conn_id, "session bound");
-    // What the reader sends waits in the mailbox until the session task runs.
-    let reader_task = tokio::spawn(reader(read_half, parser, session, Arc::clone(&inflight), Arc::clone(&activity)));
     let rate_limits = &ctx.config.rate_limits;
     let state = SessionState {
         origin: Origin::session(jid.clone(), conn_id),
@@ -449,69 +485,13 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         conn_id,
         outbox: Some(outbox),
         writer_task: Some(writer_task),
-        reader_task: Some(reader_task),
-        inflight,
         activity,
         available: false,
         initial_presence_sent: false,
         directed: HashSet::new(),
         ping: None,
     };
-    tokio::spawn(run(state, mailbox));
-}
-
-async fn reader(
-    mut io: ReadHalf<ClientIo>,
-    mut parser: StreamParser,
-    session: SessionRef,
-    inflight: Arc<Semaphore>,
-    activity: Arc<Activity>,
-) {
-    loop {
-        loop {
-            match parser.next_event() {
-                Ok(Some(StreamEvent::Stanza(el))) => {
-                    // Back-pressure: stop reading while too many stanzas await processing.
-                    match inflight.acquire().await {
-                        Ok(permit) => permit.forget(),
-                        Err(_) => return,
-                    }
-                    if session.cast(SessionMsg::FromClient(Box::new(el))).is_err() {
-                        return;
-                    }
-                }
-                Ok(Some(StreamEvent::Close)) => {
-                    let _ = session.cast(SessionMsg::ClientClosed(None));
-                    return;
-                }
-                Ok(Some(StreamEvent::Header(_))) => {
-                    // No stream restart is allowed once a resource is bound.
-                    let _ = session.cast(SessionMsg::ClientClosed(Some("invalid-xml")));
-                    return;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "client stream error");
-                    let _ = session.cast(SessionMsg::ClientClosed(Some(e.stream_condition())));
-                    return;
-                }
-            }
-        }
-        // Nothing is buffered across this await but what the parser still holds.
-        parser.release_consumed();
-        match std::future::poll_fn(|cx| poll_read_into(&mut io, &mut parser, cx)).await {
-            Received::Closed => {
-                let _ = session.cast(SessionMsg::ClientClosed(None));
-                return;
-            }
-            Received::Fed => activity.touch(),
-            Received::Invalid(e) => {
-                tracing::debug!(error = %e, "client stream error");
-                let _ = session.cast(SessionMsg::ClientClosed(Some(e.stream_condition())));
-                return;
-            }
-        }
-    }
+    tokio::spawn(run(state, mailbox, read_half, parser));
 }
 
 /// What one read from the client gave.
