@@ -544,3 +544,22 @@ async fn writer(mut io: WriteHalf<ClientIo>, outbox: Arc<Outbox>) {
     }
     let _ = io.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    /// The size of the future an `async fn` taking one argument returns.
+    fn future_size<A, F: Future>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every connected session holds its task's future for as long as it is connected,
+    /// so its size is memory per idle session (it was 2.4 KiB when `run` took its state
+    /// unboxed, and about 9 KiB when the routing future was awaited inline).
+    #[test]
+    fn a_session_task_stays_small() {
+        let size = future_size(super::run);
+        assert!(size <= 512, "{size} bytes");
+    }
+}
