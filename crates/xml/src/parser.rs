@@ -191,6 +191,20 @@ struct Core {
 }
 
 impl Core {
+    /// Frees the stanza-building stacks' spare capacity while no stanza is being built
+    /// (they regrow with the next stanza).
+    fn release_idle(&mut self) {
+        if self.elems.is_empty() {
+            self.elems = Vec::new();
+        }
+        if self.scratch.is_empty() {
+            self.scratch = Vec::new();
+        }
+        self.frames.shrink_to_fit();
+        self.qnames.shrink_to_fit();
+        self.bindings.shrink_to_fit();
+    }
+
     fn new(limits: Limits, base: u64) -> Core {
         Core {
             limits,
@@ -920,25 +934,31 @@ impl StreamParser {
         result
     }
 
-    /// Drop consumed bytes from the front of the buffer.
-    /// Drops the bytes already parsed and gives back the buffer space they took: a
-    /// connection waiting for input keeps the unparsed bytes plus at most 512. Call it
-    /// before waiting for more input.
+    /// Drops the bytes already parsed and gives back the memory a connection waiting
+    /// for input does not need: an empty buffer is freed (a partly filled one keeps at
+    /// most 512 spare bytes), and so are the stanza-building stacks when no stanza is
+    /// half parsed. Call it before waiting for more input; the next read allocates
+    /// afresh, once per read rather than per stanza.
     pub fn release_consumed(&mut self) {
         self.compact();
-        if self.buf.capacity() > self.buf.len() + KEEP_WHEN_IDLE {
-            if self.buf.is_empty() {
-                self.buf = Vec::new();
-            } else {
-                self.buf.shrink_to(self.buf.len());
-            }
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        } else if self.buf.capacity() > self.buf.len() + KEEP_WHEN_IDLE {
+            self.buf.shrink_to(self.buf.len());
         }
+        self.core.release_idle();
     }
 
     /// Bytes of buffer the parser holds (tests of the idle-memory contract).
     #[cfg(test)]
     pub(crate) fn buffer_capacity(&self) -> usize {
         self.buf.capacity()
+    }
+
+    /// Spare capacity of the stanza-building stacks, in elements (same tests).
+    #[cfg(test)]
+    pub(crate) fn idle_stack_capacity(&self) -> usize {
+        self.core.elems.capacity() + self.core.scratch.capacity()
     }
 
     fn compact(&mut self) {
