@@ -1,5 +1,5 @@
 //! The shell around `waddle_c2s::Negotiator` for one client connection: socket reads,
-//! TLS upgrade, credential checks against storage, then hand-over to a session actor.
+//! TLS upgrade, credential checks against storage, then hand-over to the session task.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

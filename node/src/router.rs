@@ -159,8 +159,11 @@ impl Ctx {
             StanzaKind::Message => {
                 self.archive_if_chat(origin, to, &mut stanza).await;
                 let msg_type = MessageType::parse(stanza.attr("type"));
-                let exists = self.account_exists(to).await;
-                let decision = waddle_im::deliver_to_bare(msg_type, exists, &self.session_views(to.as_str()));
+                let sessions = self.session_views(to.as_str());
+                // A bound session proves the account: the storage round trip is only
+                // needed for an account with nobody online.
+                let exists = !sessions.is_empty() || self.account_exists(to).await;
+                let decision = waddle_im::deliver_to_bare(msg_type, exists, &sessions);
                 self.apply_message_delivery(to, decision, stanza).await;
             }
             StanzaKind::Presence => im::presence_to_account(self, origin, to, stanza).await,
@@ -182,7 +185,7 @@ impl Ctx {
         if kind == StanzaKind::Message {
             self.archive_if_chat(origin, &bare, &mut stanza).await;
         }
-        let session = self.registry.session(bare.as_str(), to.resource().as_str());
+        let session = self.registry.handle(bare.as_str(), to.resource().as_str());
         match (kind, session) {
             (StanzaKind::Presence, _) if im::is_subscription(&stanza) => {
                 // Subscription states belong to the account, not a resource (RFC 6121 §3).
@@ -191,8 +194,8 @@ impl Ctx {
             (StanzaKind::Presence, _) if stanza.attr("type") == Some("probe") => {
                 im::presence_to_account(self, origin, &bare, stanza).await;
             }
-            (_, Some(s)) => {
-                let _ = s.handle.cast(SessionMsg::Deliver(Arc::new(stanza)));
+            (_, Some(session)) => {
+                let _ = session.cast(SessionMsg::Deliver(Arc::new(stanza)));
             }
             (StanzaKind::Message, None) => {
                 let msg_type = MessageType::parse(stanza.attr("type"));
