@@ -11,6 +11,7 @@ mod metrics;
 mod muc;
 mod outbox;
 mod router;
+mod running;
 mod server;
 mod session;
 mod tls;

@@ -4,11 +4,11 @@
 //! plain XEP-0045 rules. Reflected groupchat messages are archived (XEP-0313) after
 //! fan-out, off the delivery path.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::{watch, Mutex as AsyncMutex};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
+use tokio::sync::watch;
 use waddle_api::Permissions;
 use waddle_authz::ObjectRef;
 use waddle_c2s::ns;
@@ -20,6 +20,7 @@ use waddle_xml::Element;
 
 use crate::ctx::Ctx;
 use crate::router::Origin;
+use crate::running::Running;
 
 pub const NS_MAM: &str = "urn:xmpp:mam:2";
 
@@ -55,7 +56,7 @@ pub enum RoomMsg {
 
 pub struct MucService {
     pub domain: String,
-    rooms: AsyncMutex<HashMap<String, ActorRef<RoomMsg>>>,
+    rooms: Running<ActorRef<RoomMsg>>,
     /// Running rooms that are public and unlocked, by JID, with their listed names. The
     /// room actors keep it current; the service's disco#items reads it (together with the
     /// stored listing of persistent rooms that are not running).
@@ -67,7 +68,7 @@ const MAX_LISTED_ROOMS: u32 = 1000;
 
 impl MucService {
     pub fn new(domain: String) -> MucService {
-        MucService { domain, rooms: AsyncMutex::new(HashMap::new()), listed: std::sync::Mutex::new(BTreeMap::new()) }
+        MucService { domain, rooms: Running::new(), listed: std::sync::Mutex::new(BTreeMap::new()) }
     }
 
     fn set_listing(&self, room: &str, listing: Option<&str>) {
@@ -82,12 +83,13 @@ impl MucService {
         format!("{channel_id}@{}", self.domain)
     }
 
-    async fn forget(&self, room: &str) {
-        self.rooms.lock().await.remove(room);
+    /// Forgets `room`'s actor if it is still `actor` (not a successor started since).
+    fn forget(&self, room: &str, actor: ActorId) {
+        self.rooms.remove_if(room, |running| running.get_id() == actor);
     }
 
-    pub async fn running(&self, room: &str) -> Option<ActorRef<RoomMsg>> {
-        self.rooms.lock().await.get(room).cloned()
+    pub fn running(&self, room: &str) -> Option<ActorRef<RoomMsg>> {
+        self.rooms.get(room)
     }
 }
 
@@ -107,7 +109,7 @@ pub async fn route(ctx: &Arc<Ctx>, origin: &Origin, stanza: Element, room_node: 
             Ok(actor) => match actor.cast(RoomMsg::Stanza(stanza)) {
                 Ok(()) => return,
                 Err(ractor::MessagingErr::SendErr(RoomMsg::Stanza(back))) => {
-                    ctx.muc.forget(&room_jid).await;
+                    ctx.muc.forget(&room_jid, actor.get_id());
                     stanza = back;
                 }
                 Err(e) => {
@@ -127,23 +129,17 @@ pub async fn route(ctx: &Arc<Ctx>, origin: &Origin, stanza: Element, room_node: 
 /// The running actor of `room_jid`, loading a persisted room or creating an ad-hoc one
 /// on a join presence.
 async fn room_for(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<ActorRef<RoomMsg>, &'static str> {
-    let mut rooms = ctx.muc.rooms.lock().await;
-    if let Some(actor) = rooms.get(room_jid) {
-        return Ok(actor.clone());
+    if let Some(actor) = ctx.muc.running(room_jid) {
+        return Ok(actor);
     }
     // Boxed: starting a room awaits the database and the actor spawn, a future of a few
     // KiB that every routed stanza's future would otherwise carry.
-    Box::pin(start_room(ctx, room_jid, stanza, &mut rooms)).await
+    Box::pin(ctx.muc.rooms.get_or_start(room_jid, || start_room(ctx, room_jid, stanza))).await
 }
 
-/// Loads or creates `room_jid`, spawns its actor and records it in `rooms` (the caller
-/// holds the lock, so one room never gets two actors).
-async fn start_room(
-    ctx: &Arc<Ctx>,
-    room_jid: &str,
-    stanza: &Element,
-    rooms: &mut HashMap<String, ActorRef<RoomMsg>>,
-) -> Result<ActorRef<RoomMsg>, &'static str> {
+/// Loads or creates `room_jid` and spawns its actor ([`Running::get_or_start`] makes
+/// sure one room never gets two actors).
+async fn start_room(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<ActorRef<RoomMsg>, &'static str> {
     let node = room_jid.split('@').next().unwrap_or_default().to_owned();
     let channel = ctx.store.channel(&node).await.map_err(|_| "internal-server-error")?;
     let snapshot = ctx.store.room_get(room_jid).await.map_err(|_| "internal-server-error")?;
@@ -184,9 +180,7 @@ async fn start_room(
             room.set_history(history.iter().filter_map(history_entry).collect());
         }
     }
-    let actor = spawn_room(ctx, room, binding).await?;
-    rooms.insert(room_jid.to_owned(), actor.clone());
-    Ok(actor)
+    spawn_room(ctx, room, binding).await
 }
 
 fn location_of(binding: Option<&ChannelBinding>) -> ArchiveLocation {
@@ -245,7 +239,7 @@ pub async fn create_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord) -> Res
 pub async fn destroy_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord, reason: &str) {
     let room_jid = ctx.muc.room_jid(&channel.id);
     // Load it if it is not running, so that occupants (none then) and storage are handled alike.
-    if let Some(actor) = ctx.muc.running(&room_jid).await {
+    if let Some(actor) = ctx.muc.running(&room_jid) {
         let _ = actor.cast(RoomMsg::Destroy(reason.to_owned()));
     }
     if let Err(e) = ctx.store.room_retire(&room_jid).await {
@@ -629,9 +623,9 @@ impl Actor for RoomActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<RoomMsg>, state: &mut RoomState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, myself: ActorRef<RoomMsg>, state: &mut RoomState) -> Result<(), ActorProcessingErr> {
         state.ctx.muc.set_listing(state.room.jid(), None);
-        state.ctx.muc.forget(state.room.jid()).await;
+        state.ctx.muc.forget(state.room.jid(), myself.get_id());
         Ok(())
     }
 }
@@ -661,7 +655,7 @@ impl waddle_api::RoomControl for NodeRooms {
         let channel = channel.clone();
         Box::pin(async move {
             let Some(ctx) = self.ctx.upgrade() else { return };
-            if let Some(actor) = ctx.muc.running(&self.room_jid(&channel)).await {
+            if let Some(actor) = ctx.muc.running(&self.room_jid(&channel)) {
                 let _ = actor.cast(RoomMsg::ChannelUpdated(channel));
             }
         })
@@ -692,7 +686,7 @@ impl waddle_api::RoomControl for NodeRooms {
         Box::pin(async move {
             let Some(ctx) = self.ctx.upgrade() else { return };
             for room in rooms {
-                if let Some(actor) = ctx.muc.running(&room).await {
+                if let Some(actor) = ctx.muc.running(&room) {
                     let _ = actor.cast(RoomMsg::PolicyChanged);
                 }
             }

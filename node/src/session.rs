@@ -415,7 +415,7 @@ impl SessionState {
 }
 
 /// Everything a session's task owns.
-struct Running {
+struct SessionTask {
     state: SessionState,
     mailbox: SessionMailbox,
     io: ReadHalf<ClientIo>,
@@ -426,8 +426,8 @@ struct Running {
 /// serving ended. Takes its state boxed: an `async fn` keeps its arguments and the
 /// locals they move into in separate slots, so unboxed they made every session's task
 /// twice their size (2.4 KiB).
-async fn run(mut session: Box<Running>) {
-    let Running { state, mailbox, io, parser } = &mut *session;
+async fn run(mut session: Box<SessionTask>) {
+    let SessionTask { state, mailbox, io, parser } = &mut *session;
     let served = AssertUnwindSafe(state.serve(mailbox, io, parser)).catch_unwind().await;
     if served.is_err() {
         tracing::error!(jid = %state.jid, "session handler panicked; closing the session");
@@ -496,7 +496,7 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         directed: HashSet::new(),
         ping: None,
     };
-    tokio::spawn(run(Box::new(Running { state, mailbox, io: read_half, parser })));
+    tokio::spawn(run(Box::new(SessionTask { state, mailbox, io: read_half, parser })));
 }
 
 /// What one read from the client gave.
