@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,26 +29,27 @@ use crate::router::Origin;
 const READ_CHUNK: usize = 8192;
 
 /// Time of the last bytes received from the client, for keepalive decisions.
-pub struct Activity {
+struct Activity {
     epoch: Instant,
-    last_rx_ms: AtomicU64,
+    last_rx_ms: u64,
 }
 
 impl Activity {
-    pub fn new() -> Activity {
-        Activity { epoch: Instant::now(), last_rx_ms: AtomicU64::new(0) }
+    /// Starts the clock, counting the connection itself as activity.
+    fn new() -> Activity {
+        Activity { epoch: Instant::now(), last_rx_ms: 0 }
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn touch(&self) {
-        self.last_rx_ms.store(self.now_ms(), Ordering::Relaxed);
+    fn touch(&mut self) {
+        self.last_rx_ms = self.now_ms();
     }
 
     fn last_rx_ms(&self) -> u64 {
-        self.last_rx_ms.load(Ordering::Relaxed)
+        self.last_rx_ms
     }
 }
 
@@ -340,11 +340,12 @@ impl SessionState {
             }
             // Nothing is buffered across this wait but what the parser still holds.
             parser.release_consumed();
+            // Unbiased: when both are ready the choice is random, so a flood of
+            // deliveries cannot starve the client's own stanzas, nor the other way round.
             tokio::select! {
-                biased;
                 msg = mailbox.recv() => {
                     let Some(msg) = msg else { return };
-                    if !self.handle(msg).await {
+                    if !self.handle(msg) {
                         return;
                     }
                 }
@@ -376,7 +377,7 @@ impl SessionState {
     }
 
     /// Handles one message; `false` when the session is over.
-    async fn handle(&mut self, msg: SessionMsg) -> bool {
+    fn handle(&mut self, msg: SessionMsg) -> bool {
         match msg {
             SessionMsg::Deliver(stanza) => self.write_stanza(&stanza) || self.outbox.is_some(),
             SessionMsg::DeliverUnaddressed(stanza) => {
@@ -403,7 +404,7 @@ impl SessionState {
     /// What every ending runs, a panic included: unbind and announce the departure, let
     /// the writer flush the closing bytes.
     async fn finish(&mut self) {
-        // Boxed for the same reason as the routing future in `handle`.
+        // Boxed for the same reason as the routing future in `handle_stanza`.
         let still_bound = Box::pin(self.announce_departure()).await;
         tracing::debug!(jid = %self.jid, still_bound, "session ended");
         self.close_outbox();
@@ -464,7 +465,6 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
     let (outbox, writer_end) = OutboxHandle::new(ctx.config.c2s.max_outbound_queue);
     let writer_task = tokio::spawn(writer(write_half, writer_end));
     let activity = Activity::new();
-    activity.touch();
     let (session, mailbox) = SessionRef::channel();
     let bare = jid.to_bare().as_str().to_owned();
     let entry = SessionEntry {
