@@ -1,11 +1,16 @@
-//! A session's mailbox: many senders (the router, rooms, the node's ticker, the
-//! session's reader), one receiver (the session's task).
+//! A session's mailbox: many senders (the router, rooms, the node's ticker), one
+//! receiver (the session's task), and a bound on what may wait in it.
 //!
 //! A queue under a mutex plus a wake-up, rather than a tokio channel, because every
 //! bound session holds one for as long as it is connected: a tokio channel preallocates
 //! its first block of 32 slots and pads its halves to cache lines (about 1.3 KiB per
 //! session here), while this one is a small header and a queue that is empty, with no
 //! allocation, whenever the session is idle and has not just been busy.
+//!
+//! A mailbox that would hold more than its limit overflows instead: it closes, drops
+//! what it held, and tells the receiver, which ends the session. What waits here is
+//! what the session has not got round to handling, so a session stuck behind a slow
+//! operation while a busy room keeps sending is ended rather than grown without bound.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,8 +29,11 @@ struct Shared<T> {
 
 struct Queue<T> {
     items: VecDeque<T>,
-    /// The receiver is gone or closed the mailbox: nothing more is accepted.
+    /// The receiver is gone or closed the mailbox, or it overflowed: nothing more is
+    /// accepted.
     closed: bool,
+    overflowed: bool,
+    limit: usize,
 }
 
 impl<T> Shared<T> {
@@ -41,10 +49,10 @@ pub struct Sender<T>(Arc<Shared<T>>);
 /// The receiving half.
 pub struct Receiver<T>(Arc<Shared<T>>);
 
-/// A new, open mailbox.
-pub fn mailbox<T>() -> (Sender<T>, Receiver<T>) {
+/// A new, open mailbox that overflows beyond `limit` waiting items.
+pub fn mailbox<T>(limit: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(Queue { items: VecDeque::new(), closed: false }),
+        queue: Mutex::new(Queue { items: VecDeque::new(), closed: false, overflowed: false, limit }),
         ready: Notify::new(),
         senders: AtomicUsize::new(1),
     });
@@ -52,14 +60,26 @@ pub fn mailbox<T>() -> (Sender<T>, Receiver<T>) {
 }
 
 impl<T> Sender<T> {
-    /// Queues `item`; gives it back if the mailbox is closed.
+    /// Queues `item`; gives it back if the mailbox is closed, or overflows with it.
     pub fn send(&self, item: T) -> Result<(), T> {
-        {
+        let dropped = {
             let mut queue = self.0.lock();
             if queue.closed {
                 return Err(item);
             }
-            queue.items.push_back(item);
+            if queue.items.len() < queue.limit {
+                queue.items.push_back(item);
+                None
+            } else {
+                queue.closed = true;
+                queue.overflowed = true;
+                Some((std::mem::take(&mut queue.items), item))
+            }
+        };
+        if let Some((dropped, item)) = dropped {
+            drop(dropped);
+            self.0.ready.notify_one();
+            return Err(item);
         }
         // Stores a permit if the receiver is not waiting yet, so no wake-up is lost.
         self.0.ready.notify_one();
@@ -90,8 +110,8 @@ impl<T> std::fmt::Debug for Sender<T> {
 }
 
 impl<T> Receiver<T> {
-    /// The next item, in the order sent; `None` once the mailbox is closed, or empty
-    /// with every sender gone.
+    /// The next item, in the order sent; `None` once the mailbox is closed (see
+    /// [`Receiver::overflowed`]), or empty with every sender gone.
     pub async fn recv(&mut self) -> Option<T> {
         loop {
             {
@@ -108,6 +128,11 @@ impl<T> Receiver<T> {
             }
             self.0.ready.notified().await;
         }
+    }
+
+    /// Whether the mailbox closed because it overflowed.
+    pub fn overflowed(&self) -> bool {
+        self.0.lock().overflowed
     }
 
     /// The next item if one is queued.
@@ -141,7 +166,7 @@ mod tests {
 
     #[tokio::test]
     async fn items_arrive_in_order_and_wake_a_waiting_receiver() {
-        let (tx, mut rx) = mailbox();
+        let (tx, mut rx) = mailbox(usize::MAX);
         let waiting = tokio::spawn(async move {
             let mut got = Vec::new();
             while let Some(i) = rx.recv().await {
@@ -164,7 +189,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_receiver_ends_when_the_last_sender_goes() {
-        let (tx, mut rx) = mailbox::<u8>();
+        let (tx, mut rx) = mailbox::<u8>(usize::MAX);
         let clone = tx.clone();
         drop(tx);
         tx_send_then_drop(clone);
@@ -179,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_closed_mailbox_gives_items_back_and_drops_what_was_queued() {
-        let (tx, mut rx) = mailbox();
+        let (tx, mut rx) = mailbox(usize::MAX);
         let queued = Arc::new(());
         tx.send(Arc::clone(&queued)).unwrap();
         rx.close();
@@ -190,9 +215,25 @@ mod tests {
         assert!(tx.send(Arc::new(())).is_err(), "a dropped receiver closes the mailbox");
     }
 
+    #[tokio::test]
+    async fn a_mailbox_beyond_its_limit_overflows_and_says_so() {
+        let (tx, mut rx) = mailbox(3);
+        let held = Arc::new(());
+        for _ in 0..3 {
+            tx.send(Arc::clone(&held)).unwrap();
+        }
+        assert!(!rx.overflowed());
+        assert!(tx.send(Arc::clone(&held)).is_err(), "the fourth overflows");
+        assert_eq!(Arc::strong_count(&held), 1, "what it held is dropped");
+        assert!(tx.send(Arc::new(())).is_err(), "and it stays closed");
+        let end = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+        assert!(end.is_none());
+        assert!(rx.overflowed());
+    }
+
     #[test]
     fn a_drained_queue_gives_a_burst_s_buffer_back() {
-        let (tx, mut rx) = mailbox();
+        let (tx, mut rx) = mailbox(usize::MAX);
         for i in 0..1000 {
             tx.send(i).unwrap();
         }

@@ -36,9 +36,8 @@ pub enum SessionMsg {
 /// A session is a plain task, not an actor: a ractor actor's four channels and its own
 /// task were about 5 KiB of every idle session (ractor preallocates each channel's first
 /// block, the supervision one for 32 large events), and a session needs neither
-/// supervision nor remote addressing. The mailbox ([`crate::mailbox`]) is unbounded as
-/// an actor's is: what reaches it is stanzas and signals for the client, and handling
-/// one only queues bytes on the session's bounded outbox.
+/// supervision nor remote addressing. The mailbox ([`crate::mailbox`]) is bounded: a
+/// session that falls that far behind overflows it and is ended.
 #[derive(Clone, Debug)]
 pub struct SessionRef(mailbox::Sender<SessionMsg>);
 
@@ -46,8 +45,9 @@ pub struct SessionRef(mailbox::Sender<SessionMsg>);
 pub type SessionMailbox = mailbox::Receiver<SessionMsg>;
 
 impl SessionRef {
-    pub fn channel() -> (SessionRef, SessionMailbox) {
-        let (tx, rx) = mailbox::mailbox();
+    /// A session's handle and mailbox; more than `limit` waiting messages overflow it.
+    pub fn channel(limit: usize) -> (SessionRef, SessionMailbox) {
+        let (tx, rx) = mailbox::mailbox(limit);
         (SessionRef(tx), rx)
     }
 
@@ -121,11 +121,6 @@ impl Registry {
         removed
     }
 
-    pub fn session(&self, bare: &str, resource: &str) -> Option<SessionEntry> {
-        let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
-        shard.get(bare)?.iter().find(|s| s.resource == resource).cloned()
-    }
-
     /// The handle of this session, if bound (no copy of the rest of its entry).
     pub fn handle(&self, bare: &str, resource: &str) -> Option<SessionRef> {
         let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
@@ -190,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_message_to_an_ended_session_comes_back() {
-        let (session, mut mailbox) = SessionRef::channel();
+        let (session, mut mailbox) = SessionRef::channel(8);
         session.cast(SessionMsg::Tick).unwrap();
         assert!(matches!(mailbox.try_recv(), Some(SessionMsg::Tick)));
         drop(mailbox);
@@ -203,7 +198,7 @@ mod tests {
         let entry = |conn_id| SessionEntry {
             resource: "phone".into(),
             conn_id,
-            handle: SessionRef::channel().0,
+            handle: SessionRef::channel(8).0,
             priority: 0,
             available: false,
             presence: None,

@@ -72,7 +72,9 @@ pub struct C2sConfig {
     pub ping_interval_secs: u64,
     /// Seconds a ping may stay unanswered before the connection is closed.
     pub ping_timeout_secs: u64,
-    /// Stanzas queued towards one client before it is disconnected as too slow.
+    /// Stanzas queued towards one client before it is disconnected as too slow: the
+    /// limit applies to those waiting in its session's mailbox and, separately, to those
+    /// waiting to be written to its socket.
     pub max_outbound_queue: usize,
 }
 

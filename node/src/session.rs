@@ -344,7 +344,13 @@ impl SessionState {
             // deliveries cannot starve the client's own stanzas, nor the other way round.
             tokio::select! {
                 msg = mailbox.recv() => {
-                    let Some(msg) = msg else { return };
+                    let Some(msg) = msg else {
+                        if mailbox.overflowed() {
+                            tracing::warn!(jid = %self.jid, "session fell too far behind its mailbox; disconnecting");
+                            self.close_with(Some("resource-constraint"), Some("too many stanzas waiting"));
+                        }
+                        return;
+                    };
                     if !self.handle(msg) {
                         return;
                     }
@@ -465,7 +471,9 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
     let (outbox, writer_end) = OutboxHandle::new(ctx.config.c2s.max_outbound_queue);
     let writer_task = tokio::spawn(writer(write_half, writer_end));
     let activity = Activity::new();
-    let (session, mailbox) = SessionRef::channel();
+    // Deliveries wait here until handled, then in the outbox until written: the same
+    // limit applies to both.
+    let (session, mailbox) = SessionRef::channel(ctx.config.c2s.max_outbound_queue);
     let bare = jid.to_bare().as_str().to_owned();
     let entry = SessionEntry {
         resource: jid.resource().as_str().to_owned(),
