@@ -305,9 +305,11 @@ impl Writer {
                     tracing::warn!(file, error = %e, rows = group.len(), "mam: batch failed, retrying row by row");
                     for ins in group {
                         let alone = async { ops::insert_batch(&conn, &[&ins.msg]).await };
-                        let outcome = Sql::in_tx(&conn, Tx::Write, alone)
-                            .await
-                            .and_then(|mut outcomes| outcomes.pop().unwrap_or(Err(MamError::Closed)));
+                        let outcome = Sql::in_tx(&conn, Tx::Write, alone).await.and_then(|mut outcomes| {
+                            outcomes
+                                .pop()
+                                .unwrap_or_else(|| Err(MamError::Database("the insert gave no outcome".into())))
+                        });
                         match &outcome {
                             Ok(()) => self.counters.committed(1),
                             Err(e) => tracing::error!(file, error = %e, "mam: archive write failed"),
