@@ -157,12 +157,14 @@ impl Ctx {
     async fn to_account(&self, origin: &Origin, kind: StanzaKind, to: &BareJid, mut stanza: Element) {
         match kind {
             StanzaKind::Message => {
-                self.archive_if_chat(origin, to, &mut stanza).await;
                 let msg_type = MessageType::parse(stanza.attr("type"));
                 let sessions = self.session_views(to.as_str());
                 // A bound session proves the account: the storage round trip is only
                 // needed for an account with nobody online.
                 let exists = !sessions.is_empty() || self.account_exists(to).await;
+                if exists {
+                    self.archive_if_chat(origin, to, &mut stanza).await;
+                }
                 let decision = waddle_im::deliver_to_bare(msg_type, exists, &sessions);
                 self.apply_message_delivery(to, decision, stanza).await;
             }
@@ -182,10 +184,18 @@ impl Ctx {
 
     async fn to_session(&self, origin: &Origin, kind: StanzaKind, to: &FullJid, mut stanza: Element) {
         let bare = to.to_bare();
-        if kind == StanzaKind::Message {
-            self.archive_if_chat(origin, &bare, &mut stanza).await;
-        }
         let session = self.registry.handle(bare.as_str(), to.resource().as_str());
+        // Whether the account exists, where a message needs to know: a bound session
+        // proves it, otherwise storage is asked (never archive for a missing account,
+        // or whoever registers the name later would find the message in their archive).
+        let mut account_exists = None;
+        if kind == StanzaKind::Message {
+            let exists = session.is_some() || self.account_exists(&bare).await;
+            if exists {
+                self.archive_if_chat(origin, &bare, &mut stanza).await;
+            }
+            account_exists = Some(exists);
+        }
         match (kind, session) {
             (StanzaKind::Presence, _) if im::is_subscription(&stanza) => {
                 // Subscription states belong to the account, not a resource (RFC 6121 §3).
@@ -199,7 +209,10 @@ impl Ctx {
             }
             (StanzaKind::Message, None) => {
                 let msg_type = MessageType::parse(stanza.attr("type"));
-                let exists = self.account_exists(&bare).await;
+                let exists = match account_exists {
+                    Some(known) => known,
+                    None => self.account_exists(&bare).await,
+                };
                 let decision = waddle_im::deliver_to_missing_full(msg_type, exists, &self.session_views(bare.as_str()));
                 self.apply_message_delivery(&bare, decision, stanza).await;
             }

@@ -322,3 +322,24 @@ async def test_chat_archived_for_both_parties(make_user, xmpp):
     for st in a.received:
         if st.xml.find(q(NS_MAM, "result")) is not None:
             assert st.xml.get("from") in (None, alice.jid), st
+
+
+async def test_chat_to_a_missing_account_is_not_archived_for_it(http, make_user, xmpp):
+    """A message to a local name nobody holds bounces and leaves nothing in that name's
+    archive: whoever registers the name later starts with an empty archive."""
+    alice = make_user("alice")
+    a = await _connect(xmpp, alice)
+    ghost = unique("ghost")
+    ghost_jid = f"{ghost}@{DOMAIN}"
+    texts = [unique("to-bare-"), unique("to-full-")]
+    for to, text in zip((ghost_jid, f"{ghost_jid}/phone"), texts):
+        a.send_message(mto=to, mbody=text, mtype="chat")
+        err = await a.wait_for(is_error_from("message", ghost_jid, text), f"bounce of {text}")
+        assert stanza_error(err)[1] == "service-unavailable", err
+
+    password = "Pw" + unique("")
+    status, body = http("POST", "/v1/accounts", json={"username": ghost, "password": password})
+    assert status == 201, (status, body)
+    g = await xmpp(ghost, password, "r", plugins=MUC_PLUGINS)
+    page = await mam_query(g, None)
+    assert page.error == (None, None) and page.count == 0 and page.ids == [], page.iq
