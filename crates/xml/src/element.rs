@@ -300,7 +300,6 @@ impl Element {
     }
 }
 
-/// Serializes with `parent_ns = ""`, so the root always carries its `xmlns`.
 /// A stanza serialized once for many recipients that differ only in its `to`
 /// attribute: each copy is the shared bytes with the recipient's address spliced into
 /// the start tag. Fan-out (a groupchat message reaching every occupant) writes this
@@ -342,6 +341,7 @@ impl Unaddressed {
     }
 }
 
+/// Serializes with `parent_ns = ""`, so the root always carries its `xmlns`.
 impl fmt::Display for Element {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&String::from_utf8_lossy(&self.to_bytes("")))
