@@ -101,27 +101,24 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Moves everything `from` has to send into `to`, and lets `to` process it.
+    fn send<A, B>(from: &mut rustls::ConnectionCommon<A>, to: &mut rustls::ConnectionCommon<B>) {
+        let mut wire = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut wire).unwrap();
+        }
+        let mut slice = wire.as_slice();
+        while !slice.is_empty() {
+            to.read_tls(&mut slice).unwrap();
+            to.process_new_packets().unwrap();
+        }
+    }
+
     /// Runs a handshake between `client` and `server` in memory.
     fn handshake(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
         for _ in 0..10 {
-            let mut wire = Vec::new();
-            while client.wants_write() {
-                client.write_tls(&mut wire).unwrap();
-            }
-            let mut slice = wire.as_slice();
-            while !slice.is_empty() {
-                server.read_tls(&mut slice).unwrap();
-                server.process_new_packets().unwrap();
-            }
-            let mut wire = Vec::new();
-            while server.wants_write() {
-                server.write_tls(&mut wire).unwrap();
-            }
-            let mut slice = wire.as_slice();
-            while !slice.is_empty() {
-                client.read_tls(&mut slice).unwrap();
-                client.process_new_packets().unwrap();
-            }
+            send(client, server);
+            send(server, client);
             if !client.is_handshaking() && !server.is_handshaking() {
                 return;
             }

@@ -651,6 +651,15 @@ async fn version_2_archives_are_carried_over() {
     assert_eq!(archive.metadata(rooms, ROOM).await.unwrap().end.map(|e| e.stanza_id).as_deref(), Some("r1"));
 }
 
+/// A raw connection to the users' archive file once `from` has sent `to` one message
+/// with stanza id `id` through the archive (which is closed again).
+async fn users_file_holding_one_chat(dir: &TempDir, from: &str, to: &str, id: &str) -> libsql::Connection {
+    let archive = open(dir).await;
+    archive.append_chat(from, to, id, T0, "<message/>".into(), None).await.unwrap();
+    drop(archive);
+    raw_connection(dir, USERS_FILE).await
+}
+
 /// Every insert looks its stanza id up, and retractions and cursors look an archive's
 /// entry up by stanza id: the plans must go through the stanza id index and the
 /// entries' primary key, never scan an archive (that made inserts cost as much as the
@@ -658,10 +667,7 @@ async fn version_2_archives_are_carried_over() {
 #[tokio::test]
 async fn stanza_id_lookups_use_the_indexes() {
     let dir = temp_dir();
-    let archive = open(&dir).await;
-    archive.append_chat("a@b", "c@d", "x1", T0, "<message/>".into(), None).await.unwrap();
-    drop(archive);
-    let conn = raw_connection(&dir, USERS_FILE).await;
+    let conn = users_file_holding_one_chat(&dir, "a@b", "c@d", "x1").await;
     let plan_of = |sql: String, params: Vec<&'static str>| {
         let conn = conn.clone();
         async move {
@@ -702,10 +708,7 @@ fn chat(stanza_id: &str, stamp: i64, from: &str, to: &str) -> ops::NewMessage {
 #[tokio::test]
 async fn a_batch_spanning_several_statements_keeps_order_and_refuses_alone() {
     let dir = temp_dir();
-    let archive = open(&dir).await;
-    archive.append_chat("a@x", "b@x", "stored", T0, "<message/>".into(), None).await.unwrap();
-    drop(archive);
-    let conn = raw_connection(&dir, USERS_FILE).await;
+    let conn = users_file_holding_one_chat(&dir, "a@x", "b@x", "stored").await;
     let mut batch: Vec<ops::NewMessage> =
         (0..150).map(|i| chat(&format!("s{i:03}"), T0 + 10 + i, "a@x", &format!("p{}@x", i % 7))).collect();
     batch.insert(40, chat("stored", T0 + 1, "b@x", "c@x"));
