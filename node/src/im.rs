@@ -457,7 +457,7 @@ pub async fn broadcast(ctx: &Ctx, origin: &Origin, presence: &Element, directed:
             p.set_attr("to", row.contact.as_str());
             sent.insert(row.contact.clone());
             // Boxed: the session's stanza future holds this one inline, so an inline
-            // routing future would double its size for every stanza (see `session::handle`).
+            // routing future would double its size for every stanza (see `session::handle_stanza`).
             Box::pin(ctx.route(origin, p)).await;
         }
     }

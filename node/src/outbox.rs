@@ -101,8 +101,8 @@ impl Outbox {
 }
 
 /// The session's end of an outbox. Dropping it closes the outbox, so the writer task
-/// finishes (and the socket is shut) however the session ends: closed on purpose, a
-/// handler panic, or an actor that never started.
+/// finishes (and the socket is shut) however the session ends: closed on purpose or a
+/// handler panic.
 pub struct OutboxHandle(Arc<Outbox>);
 
 impl OutboxHandle {

@@ -185,16 +185,13 @@ impl Ctx {
     async fn to_session(&self, origin: &Origin, kind: StanzaKind, to: &FullJid, mut stanza: Element) {
         let bare = to.to_bare();
         let session = self.registry.handle(bare.as_str(), to.resource().as_str());
-        // Whether the account exists, where a message needs to know: a bound session
+        // Only a message needs to know whether the account exists: a bound session
         // proves it, otherwise storage is asked (never archive for a missing account,
         // or whoever registers the name later would find the message in their archive).
-        let mut account_exists = None;
-        if kind == StanzaKind::Message {
-            let exists = session.is_some() || self.account_exists(&bare).await;
-            if exists {
-                self.archive_if_chat(origin, &bare, &mut stanza).await;
-            }
-            account_exists = Some(exists);
+        let message_to_existing_account =
+            kind == StanzaKind::Message && (session.is_some() || self.account_exists(&bare).await);
+        if message_to_existing_account {
+            self.archive_if_chat(origin, &bare, &mut stanza).await;
         }
         match (kind, session) {
             (StanzaKind::Presence, _) if im::is_subscription(&stanza) => {
@@ -209,11 +206,11 @@ impl Ctx {
             }
             (StanzaKind::Message, None) => {
                 let msg_type = MessageType::parse(stanza.attr("type"));
-                let exists = match account_exists {
-                    Some(known) => known,
-                    None => self.account_exists(&bare).await,
-                };
-                let decision = waddle_im::deliver_to_missing_full(msg_type, exists, &self.session_views(bare.as_str()));
+                let decision = waddle_im::deliver_to_missing_full(
+                    msg_type,
+                    message_to_existing_account,
+                    &self.session_views(bare.as_str()),
+                );
                 self.apply_message_delivery(&bare, decision, stanza).await;
             }
             (StanzaKind::Iq, None) => self.bounce(&stanza, "service-unavailable"),
