@@ -28,6 +28,7 @@
 
 pub mod db;
 mod error;
+mod inline;
 mod model;
 mod schema;
 mod store;

@@ -84,14 +84,17 @@ impl Store {
     pub async fn account(&self, username: &str) -> Result<Option<AccountRecord>, StorageError> {
         let username = username.to_owned();
         self.worker
-            .call(move |conn| async move {
-                Sql::query_opt(
-                    &conn,
-                    &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE username = ?1"),
-                    [username],
-                    account_from_row,
-                )
-                .await
+            .read(move |conn| {
+                let username = username.clone();
+                async move {
+                    Sql::query_opt(
+                        &conn,
+                        &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE username = ?1"),
+                        [username],
+                        account_from_row,
+                    )
+                    .await
+                }
             })
             .await
     }
@@ -99,7 +102,12 @@ impl Store {
     /// Whether an account named `username` exists.
     pub async fn account_exists(&self, username: &str) -> Result<bool, StorageError> {
         let username = username.to_owned();
-        self.worker.call(move |conn| async move { exists(&conn, &username).await }).await
+        self.worker
+            .read(move |conn| {
+                let username = username.clone();
+                async move { exists(&conn, &username).await }
+            })
+            .await
     }
 
     /// Deletes the account and everything it owns (roster, offline messages, tokens,
@@ -165,7 +173,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<TokenRecord>, StorageError> {
         self.worker
-            .call(move |conn| async move {
+            .read(move |conn| async move {
                 Sql::query_opt(
                     &conn,
                     "SELECT username, expires_at FROM tokens \

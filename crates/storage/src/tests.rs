@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::db::Tx;
 use crate::test_util::TempDir;
 use crate::*;
 
@@ -607,4 +608,86 @@ async fn shared_db_helper_errors_map_into_storage_errors() {
     let store = memory().await;
     let none = store.worker.call(|conn| async move { Sql::query_i64(&conn, "SELECT 1 WHERE 0", ()).await }).await;
     assert!(matches!(none, Err(StorageError::Database(m)) if m == "no row returned by: SELECT 1 WHERE 0"));
+}
+
+#[tokio::test]
+async fn lookups_on_a_file_are_answered_inline_and_see_every_committed_write() {
+    let dir = temp_dir();
+    let store = Store::open(&dir.join("waddle.db")).await.unwrap();
+    store.create_account(account("alice")).await.unwrap();
+    store.insert_token(TokenKind::Xmpp, H1, "alice", 100).await.unwrap();
+    assert_eq!(store.account("alice").await.unwrap(), Some(account("alice")));
+    assert!(store.account_exists("alice").await.unwrap());
+    assert_eq!(
+        store.lookup_token(TokenKind::Xmpp, H1, 99).await.unwrap(),
+        Some(TokenRecord { username: "alice".into(), expires_at: 100 })
+    );
+    // A write that has returned is visible to the very next inline read.
+    store.delete_account("alice").await.unwrap();
+    assert!(!store.account_exists("alice").await.unwrap());
+    assert_eq!(store.lookup_token(TokenKind::Xmpp, H1, 99).await.unwrap(), None);
+    assert_eq!(store.worker.inline_reads(), 5);
+}
+
+#[tokio::test]
+async fn an_open_write_transaction_does_not_hold_up_inline_reads() {
+    let dir = temp_dir();
+    let store = Store::open(&dir.join("waddle.db")).await.unwrap();
+    store.create_account(account("alice")).await.unwrap();
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = store.worker.clone();
+    let writer = tokio::spawn(async move {
+        worker
+            .call(move |conn| async move {
+                Sql::in_tx(&conn, Tx::Write, async {
+                    conn.execute("UPDATE accounts SET created_at = 7 WHERE username = 'alice'", ()).await?;
+                    let _ = locked_tx.send(());
+                    let _ = release_rx.await;
+                    Ok(())
+                })
+                .await
+            })
+            .await
+    });
+    locked_rx.await.unwrap();
+    // The storage thread is parked inside its write transaction: only an inline read
+    // can answer, and it sees the last committed state.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), store.account("alice")).await;
+    assert_eq!(read.expect("the read waited for the writer").unwrap().map(|a| a.created_at), Some(1_700_000_000));
+    release_tx.send(()).unwrap();
+    writer.await.unwrap().unwrap();
+    assert_eq!(store.account("alice").await.unwrap().map(|a| a.created_at), Some(7));
+}
+
+#[tokio::test]
+async fn a_read_failing_inline_is_retried_on_the_storage_thread() {
+    let dir = temp_dir();
+    let store = Store::open(&dir.join("waddle.db")).await.unwrap();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&attempts);
+    let outcome = store
+        .worker
+        .read(move |conn| {
+            let first = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    return Err(StorageError::Database("database is locked".into()));
+                }
+                Sql::query_i64(&conn, "SELECT 41 + 1", ()).await
+            }
+        })
+        .await;
+    assert_eq!(outcome.unwrap(), 42);
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(store.worker.inline_reads(), 0);
+}
+
+#[tokio::test]
+async fn in_memory_databases_read_on_the_storage_thread() {
+    let store = memory().await;
+    store.create_account(account("alice")).await.unwrap();
+    assert!(store.account_exists("alice").await.unwrap());
+    assert_eq!(store.account("alice").await.unwrap(), Some(account("alice")));
+    assert_eq!(store.worker.inline_reads(), 0);
 }

@@ -5,16 +5,22 @@
 //! sent over a bounded channel, one at a time, each driven to completion on a private
 //! current-thread runtime. Callers await the answer on a oneshot channel. Serializing all
 //! work on one connection also means no two jobs ever contend for SQLite locks.
+//!
+//! The exception is [`Worker::read`]: point lookups on the login and routing paths run
+//! on the caller's thread (see [`crate::inline`] for why that cannot block), falling back
+//! to the storage thread.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use libsql::{Connection, Database};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::inline::InlineReads;
 use crate::{schema, Sql, StorageError};
 
 /// A job's future: it runs on the storage thread only, so it need not be `Send`.
@@ -33,6 +39,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(crate) struct Worker {
     jobs: mpsc::Sender<Job>,
+    inline: Arc<InlineReads>,
 }
 
 impl Worker {
@@ -41,13 +48,35 @@ impl Worker {
     pub(crate) async fn start(path: &Path) -> Result<Worker, StorageError> {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let path = path.to_path_buf();
+        let thread_path = path.to_path_buf();
         std::thread::Builder::new()
             .name("waddle-storage".into())
-            .spawn(move || run(path, queue, ready_tx))
+            .spawn(move || run(thread_path, queue, ready_tx))
             .map_err(|e| StorageError::Database(format!("cannot start the storage thread: {e}")))?;
         ready_rx.await.map_err(|_| StorageError::Closed)??;
-        Ok(Worker { jobs })
+        let inline = Arc::new(InlineReads::new(path).await?);
+        Ok(Worker { jobs, inline })
+    }
+
+    /// Runs the read-only `f` on the caller's thread when it can (see
+    /// [`crate::inline`]), on the storage thread otherwise. `f` must not write: its
+    /// inline connection is `query_only`.
+    pub(crate) async fn read<T, F, Fut>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: Fn(Connection) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
+    {
+        if let Some(outcome) = self.inline.run(&f).await {
+            return outcome;
+        }
+        self.call(f).await
+    }
+
+    /// Reads [`Worker::read`] answered on the caller's thread.
+    #[cfg(test)]
+    pub(crate) fn inline_reads(&self) -> u64 {
+        self.inline.served()
     }
 
     /// Runs `f` with the connection on the storage thread and returns its result.
