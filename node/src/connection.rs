@@ -23,7 +23,7 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: 
     let _ = tcp.set_nodelay(true);
     let deadline = Instant::now() + Duration::from_secs(ctx.config.c2s.negotiation_timeout_secs);
     let io = if direct_tls {
-        match tokio::time::timeout_at(deadline, ctx.tls.accept(tcp)).await {
+        match tokio::time::timeout_at(deadline, crate::tls_stream::accept(Arc::clone(&ctx.tls), tcp)).await {
             Ok(Ok(tls)) => ClientIo::Tls(Box::new(tls)),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -79,7 +79,10 @@ async fn negotiate(
                 Action::StartTls => {
                     flush(&mut io, &mut out).await.ok()?;
                     let ClientIo::Plain(tcp) = io else { return None };
-                    let tls = tokio::time::timeout_at(deadline, ctx.tls.accept(tcp)).await.ok()?.ok()?;
+                    let tls = tokio::time::timeout_at(deadline, crate::tls_stream::accept(Arc::clone(&ctx.tls), tcp))
+                        .await
+                        .ok()?
+                        .ok()?;
                     io = ClientIo::Tls(Box::new(tls));
                     // Plaintext pipelined after <starttls/> must not leak into the TLS stream.
                     parser.reset_discarding();

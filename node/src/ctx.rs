@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
-use tokio_rustls::TlsAcceptor;
 use waddle_cluster::{partition_of, Registry};
 use waddle_sasl::FailureLimiter;
 use waddle_storage::Store;
@@ -25,7 +24,7 @@ pub struct Ctx {
     pub registry: Registry,
     /// Service domains hosted here (components such as the MUC service).
     pub services: Vec<String>,
-    pub tls: TlsAcceptor,
+    pub tls: Arc<rustls::ServerConfig>,
     pub auth_limiter: Arc<Mutex<FailureLimiter>>,
     pub metrics: Metrics,
     pub muc: crate::muc::MucService,
@@ -44,7 +43,7 @@ impl Ctx {
     pub fn new(
         config: Config,
         store: Store,
-        tls: TlsAcceptor,
+        tls: Arc<rustls::ServerConfig>,
         archive: waddle_mam::Archive,
         permissions: Arc<waddle_api::Permissions>,
     ) -> Arc<Ctx> {

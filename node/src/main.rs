@@ -15,6 +15,7 @@ mod running;
 mod server;
 mod session;
 mod tls;
+mod tls_stream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -79,7 +80,7 @@ async fn run(config: Config) -> Result<()> {
     let store = waddle_storage::Store::open(&db_path)
         .await
         .with_context(|| format!("opening database {}", db_path.display()))?;
-    let tls = tls::acceptor(&config)?;
+    let tls = tls::server_config_for(&config)?;
     let archive_dir = config.server.data_dir.join("archive");
     let archive = waddle_mam::Archive::open(&archive_dir)
         .await

@@ -70,6 +70,11 @@ impl Outbox {
         self.ready.notify_one();
     }
 
+    /// Whether [`Outbox::close`] was called (bytes queued before it may still be there).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Waits for queued bytes and swaps them into `into` (which must be empty; its
     /// capacity is handed back for the next stanzas). `false` once the outbox is closed
     /// and everything queued has been taken.

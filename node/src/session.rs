@@ -539,11 +539,13 @@ fn poll_read_into(
 
 /// Writes whatever the outbox holds, one write per wake-up: under load many stanzas
 /// share a syscall (and a TLS record). The buffer is given back after each write, so an
-/// idle session keeps none.
+/// idle session keeps none. Once the outbox is closed the last bytes are not flushed on
+/// their own: the shutdown sends them together with TLS' close_notify.
 async fn writer(mut io: WriteHalf<ClientIo>, outbox: Arc<Outbox>) {
     let mut chunk = Vec::new();
     while outbox.take(&mut chunk).await {
-        if io.write_all(&chunk).await.is_err() || io.flush().await.is_err() {
+        let last = outbox.is_closed();
+        if io.write_all(&chunk).await.is_err() || (!last && io.flush().await.is_err()) {
             // Nobody will read what is queued: refuse more instead of buffering it.
             outbox.close();
             return;

@@ -7,11 +7,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 
-pub fn acceptor(config: &Config) -> Result<TlsAcceptor> {
+pub fn server_config_for(config: &Config) -> Result<Arc<rustls::ServerConfig>> {
     // Install one process-wide provider explicitly: two providers linked in (ring and
     // aws-lc-rs via other crates) would otherwise make rustls refuse to pick.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -30,7 +29,7 @@ pub fn acceptor(config: &Config) -> Result<TlsAcceptor> {
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("tls.key_path: cannot read a private key from {}", key_path.display()))?;
     let server_config = server_config(certs, key)?;
-    Ok(TlsAcceptor::from(Arc::new(server_config)))
+    Ok(Arc::new(server_config))
 }
 
 /// The SHA-256 cipher suites, which the server prefers (see [`server_config`]).
@@ -50,7 +49,10 @@ const SHA256_SUITES: &[rustls::CipherSuite] = &[
 /// (profiled on logins: the SHA-384 key schedule was 7 % of the server's CPU).
 /// One TLS 1.3 session ticket per handshake instead of two: an XMPP client holds one
 /// connection and resumes it with one ticket; each ticket costs a record write.
-fn server_config(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<rustls::ServerConfig> {
+pub(crate) fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites.sort_by_key(|suite| !SHA256_SUITES.contains(&suite.suite()));
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
