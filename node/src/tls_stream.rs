@@ -27,7 +27,8 @@ pub struct TlsStream<IO> {
 
 /// Runs the server side of a TLS handshake over `io`.
 ///
-/// On failure the alert rustls prepared (if any) is sent before the error is returned.
+/// On failure the alert rustls prepared (if any) goes out first if the socket takes it
+/// at once; the error is returned either way.
 pub async fn accept<IO>(config: Arc<ServerConfig>, io: IO) -> io::Result<TlsStream<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,

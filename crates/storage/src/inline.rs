@@ -3,7 +3,7 @@
 //! Sending a job to the storage thread costs two cross-thread wake-ups and two context
 //! switches; for a lookup by primary key that is several times the query itself (token
 //! logins: about 50 of some 220 us of server CPU per login went to one token lookup, the
-//! query a tenth of it). The lookups on the login and routing paths therefore run where
+//! query a fifth of it). The lookups on the login and routing paths therefore run where
 //! they are called, on a connection of their own, and finish without yielding.
 //!
 //! This is safe to do on an async worker only because it cannot wait:
