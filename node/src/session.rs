@@ -524,8 +524,9 @@ fn poll_read_into(
     parser: &mut StreamParser,
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<Received> {
-    let mut chunk = [0u8; READ_CHUNK];
-    let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+    // Not zeroed: the socket (or TLS) fills it, and only what was filled is read.
+    let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut buf = tokio::io::ReadBuf::uninit(&mut chunk);
     match std::pin::Pin::new(io).poll_read(cx, &mut buf) {
         std::task::Poll::Pending => std::task::Poll::Pending,
         std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(Received::Closed),

@@ -10,7 +10,7 @@
 //! Writes are buffered by rustls (up to its buffer limit) and reach the socket on
 //! `poll_flush` or when the buffer is full, so a caller writes, then flushes.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -91,10 +91,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            match this.conn.reader().read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    // 0 bytes: the peer sent close_notify, a clean end of stream.
-                    buf.advance(n);
+            // Copied out of rustls' buffer rather than read into `buf`, which would have
+            // to be zeroed first (the session reads into an uninitialized stack buffer).
+            let mut reader = this.conn.reader();
+            match reader.fill_buf() {
+                Ok(plaintext) => {
+                    // Empty: the peer sent close_notify, a clean end of stream.
+                    let n = plaintext.len().min(buf.remaining());
+                    buf.put_slice(&plaintext[..n]);
+                    reader.consume(n);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

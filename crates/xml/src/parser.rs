@@ -700,7 +700,14 @@ impl Core {
         if prefix == "xml" {
             return Ok(NS_XML);
         }
-        match self.bindings.iter().rev().find(|b| b.prefix == prefix) {
+        // Most names are unprefixed: find the default namespace without a string compare
+        // per binding (profiled: 2 % of the server's CPU in 1:1 chat).
+        let binding = if prefix.is_empty() {
+            self.bindings.iter().rev().find(|b| b.prefix.is_empty())
+        } else {
+            self.bindings.iter().rev().find(|b| b.prefix == prefix)
+        };
+        match binding {
             Some(b) => Ok(&b.uri),
             None if prefix.is_empty() => Ok(""),
             None => Err(XmlError::BadNamespacePrefix(prefix.to_owned())),
