@@ -1,6 +1,11 @@
 //! `waddle`: a clustered XMPP server. This binary wires configuration, storage, TLS,
 //! the XMPP listeners and the HTTP API together; protocol logic lives in the crates.
 
+/// glibc's allocator consolidates its free lists whenever a request of 1 KiB or more
+/// meets freed small chunks, which a boxed stanza future does on every client stanza.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod config;
 mod connection;
 mod ctx;
