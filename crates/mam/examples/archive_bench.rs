@@ -5,6 +5,10 @@
 
 use std::time::Instant;
 
+/// The allocator the server runs with (see `node/src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use waddle_mam::{Archive, ArchiveLocation, ArchivedRow};
 
 fn cpu_seconds() -> f64 {
