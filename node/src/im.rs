@@ -417,7 +417,8 @@ async fn answer_probe(ctx: &Ctx, prober: &Origin, user: &BareJid) {
         if let (true, Some(p)) = (s.available, s.presence.as_deref()) {
             let mut copy = p.clone();
             copy.set_attr("to", to.as_str());
-            any |= deliver_to_jid(ctx, &prober.jid, copy);
+            any = true;
+            ctx.emit(copy).await;
         }
     }
     if !any && prober_bare != *user {
@@ -425,15 +426,7 @@ async fn answer_probe(ctx: &Ctx, prober: &Origin, user: &BareJid) {
             .with_attr("from", user.as_str())
             .with_attr("to", to.as_str())
             .with_attr("type", "unavailable");
-        deliver_to_jid(ctx, &prober.jid, unavailable);
-    }
-}
-
-fn deliver_to_jid(ctx: &Ctx, to: &Jid, stanza: Element) -> bool {
-    if to.is_full() {
-        ctx.deliver_to_full(stanza)
-    } else {
-        ctx.deliver_to_available(to.as_str(), stanza) > 0
+        ctx.emit(unavailable).await;
     }
 }
 
@@ -461,12 +454,18 @@ pub async fn broadcast(ctx: &Ctx, origin: &Origin, presence: &Element, directed:
             Box::pin(ctx.route(origin, p)).await;
         }
     }
-    let own_resource = origin.full().map(|f| f.resource().as_str().to_owned());
+    // RFC 6121 §4.2.2, §4.4.2, §4.5.2: every available resource of the user gets it,
+    // the one that sent it included (clients wait for their own presence to see
+    // themselves online); the sender is no longer marked available once it has sent
+    // unavailable, so it is named here. A session that replaced the sender under the
+    // same resource is not the sender and gets nothing from it.
+    let own_resource = origin.full().map(|f| f.resource().as_str());
     for s in ctx.registry.sessions(bare.as_str()) {
-        if s.available && Some(&s.resource) != own_resource.as_ref() {
+        let is_sender = Some(s.resource.as_str()) == own_resource;
+        if (is_sender && origin.conn_id == Some(s.conn_id)) || (!is_sender && s.available) {
             let mut p = presence.clone();
             p.set_attr("to", format!("{bare}/{}", s.resource));
-            ctx.deliver_to_full(p);
+            ctx.emit(p).await;
         }
     }
     if presence.attr("type") == Some("unavailable") {
@@ -501,13 +500,13 @@ pub async fn after_initial_presence(ctx: &Ctx, origin: &Origin, deliver_offline:
             if let Some(p) = s.presence.as_deref() {
                 let mut copy = p.clone();
                 copy.set_attr("to", full.as_str());
-                ctx.deliver_to_full(copy);
+                ctx.emit(copy).await;
             }
         }
     }
     for row in rows.iter().filter(|r| r.pending_in) {
         let p = subscription_presence(&row.contact, full.as_str(), SubscriptionAction::Subscribe);
-        ctx.deliver_to_full(p);
+        ctx.emit(p).await;
     }
     if deliver_offline {
         deliver_offline_messages(ctx, &username, &full).await;
@@ -526,7 +525,7 @@ async fn deliver_offline_messages(ctx: &Ctx, username: &str, full: &jid::FullJid
         match parse_stored_stanza(&xml) {
             Some(mut msg) => {
                 msg.set_attr("to", full.as_str());
-                ctx.deliver_to_full(msg);
+                ctx.emit(msg).await;
             }
             None => tracing::error!("dropping an unparsable offline message"),
         }
@@ -549,10 +548,10 @@ pub async fn store_offline(ctx: &Ctx, to: &BareJid, mut stanza: Element) {
     let xml = String::from_utf8_lossy(&stanza.to_bytes(ns::CLIENT)).into_owned();
     match ctx.store.offline_push(&username, &xml, ctx.config.limits.offline_max_per_user).await {
         Ok(true) => {}
-        Ok(false) => ctx.bounce(&stanza, "service-unavailable"),
+        Ok(false) => ctx.bounce(&stanza, "service-unavailable").await,
         Err(e) => {
             tracing::error!(error = %e, "offline write failed");
-            ctx.bounce(&stanza, "internal-server-error");
+            ctx.bounce(&stanza, "internal-server-error").await;
         }
     }
 }

@@ -18,13 +18,13 @@ pub const NS_SID: &str = "urn:xmpp:sid:0";
 pub async fn answer_query(ctx: &Arc<Ctx>, location: ArchiveLocation, archive: &str, archive_jid: &str, iq: Element) {
     let Some(requester) = iq.attr("from").map(str::to_owned) else { return };
     if iq.attr("type") == Some("get") {
-        ctx.deliver_to_full(waddle_mam::query::form_response(&iq));
+        ctx.emit(waddle_mam::query::form_response(&iq)).await;
         return;
     }
     let query = match waddle_mam::query::parse_query(&iq) {
         Ok(q) => q,
         Err(e) => {
-            reply_error(ctx, &iq, &e);
+            reply_error(ctx, &iq, &e).await;
             return;
         }
     };
@@ -32,17 +32,17 @@ pub async fn answer_query(ctx: &Arc<Ctx>, location: ArchiveLocation, archive: &s
         Ok(page) => {
             for row in &page.rows {
                 let msg = waddle_mam::query::result_message(&requester, archive_jid, query.query_id.as_deref(), row);
-                ctx.deliver_to_full(msg);
+                ctx.emit(msg).await;
             }
-            ctx.deliver_to_full(waddle_mam::query::fin(&iq, &page));
+            ctx.emit(waddle_mam::query::fin(&iq, &page)).await;
         }
-        Err(e) => reply_error(ctx, &iq, &e),
+        Err(e) => reply_error(ctx, &iq, &e).await,
     }
 }
 
-fn reply_error(ctx: &Ctx, iq: &Element, e: &MamError) {
+async fn reply_error(ctx: &Ctx, iq: &Element, e: &MamError) {
     if let Some(err) = error_reply(iq, e.condition(), Some(&e.to_string())) {
-        ctx.deliver_to_full(err);
+        ctx.emit(err).await;
     }
 }
 

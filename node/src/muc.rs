@@ -118,12 +118,12 @@ pub async fn route(ctx: &Arc<Ctx>, origin: &Origin, stanza: Element, room_node: 
                 }
             },
             Err(condition) => {
-                ctx.bounce(&stanza, condition);
+                ctx.bounce(&stanza, condition).await;
                 return;
             }
         }
     }
-    ctx.bounce(&stanza, "service-unavailable");
+    ctx.bounce(&stanza, "service-unavailable").await;
 }
 
 /// The running actor of `room_jid`, loading a persisted room or creating an ad-hoc one
@@ -251,7 +251,7 @@ pub async fn destroy_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord, reaso
 async fn service_stanza(ctx: &Arc<Ctx>, stanza: &Element) {
     if stanza.name() != "iq" || stanza.attr("type") != Some("get") {
         if stanza.name() == "iq" && stanza.attr("type") == Some("set") {
-            ctx.bounce(stanza, "service-unavailable");
+            ctx.bounce(stanza, "service-unavailable").await;
         }
         return;
     }
@@ -288,7 +288,7 @@ async fn service_stanza(ctx: &Arc<Ctx>, stanza: &Element) {
             None => return,
         },
     };
-    ctx.deliver_to_full(reply);
+    ctx.emit(reply).await;
 }
 
 struct RoomActor;
@@ -455,7 +455,7 @@ impl RoomState {
         for out in outs {
             match out {
                 Outbound::Stanza(el) => {
-                    self.ctx.deliver_to_full(el);
+                    self.ctx.emit(el).await;
                 }
                 Outbound::Broadcast { stanza, to } => self.ctx.deliver_to_each(&stanza, &to),
                 Outbound::Archive(entry) => self.archive(entry, stamp_micros).await,
@@ -545,12 +545,12 @@ impl RoomState {
 
     /// XEP-0313 query on the room archive: answered from a separate task so a long
     /// query never stalls the room.
-    fn mam_query(&self, iq: Element) {
+    async fn mam_query(&self, iq: Element) {
         let from = iq.attr("from").unwrap_or_default().to_owned();
         let bare = from.split('/').next().unwrap_or_default().to_owned();
         if !self.may_query_archive(&bare) {
             if let Some(err) = error_reply(&iq, "forbidden", None) {
-                self.ctx.deliver_to_full(err);
+                self.ctx.emit(err).await;
             }
             return;
         }
@@ -593,7 +593,7 @@ impl Actor for RoomActor {
                     && el.attr("to").is_some_and(|t| !t.contains('/'))
                     && iq_payload(&el).is_some_and(|p| p.ns() == NS_MAM);
                 if is_mam {
-                    state.mam_query(el);
+                    state.mam_query(el).await;
                     return Ok(());
                 }
                 let mut next_id = new_stanza_id;

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
+
 use jid::{BareJid, FullJid, Jid};
 use waddle_c2s::ns;
 use waddle_c2s::stanza::{self, error_reply, StanzaKind};
@@ -46,7 +48,7 @@ impl Ctx {
             None => None,
             Some(Ok(jid)) => Some(jid),
             Some(Err(_)) => {
-                self.bounce(&stanza, "jid-malformed");
+                self.bounce(&stanza, "jid-malformed").await;
                 return;
             }
         };
@@ -60,34 +62,43 @@ impl Ctx {
             Destination::Session(full) => self.to_session(origin, kind, &full, stanza).await,
             Destination::Service { domain, jid } if domain == self.muc.domain => match self.arc() {
                 Some(ctx) => crate::muc::route(&ctx, origin, stanza, jid.node().map(|n| n.as_str().to_owned())).await,
-                None => self.bounce(&stanza, "service-unavailable"),
+                None => self.bounce(&stanza, "service-unavailable").await,
             },
-            Destination::Service { .. } => self.bounce(&stanza, "service-unavailable"),
+            Destination::Service { .. } => self.bounce(&stanza, "service-unavailable").await,
             Destination::Remote(_) => {
                 // No server-to-server federation: say so instead of silently dropping.
                 if kind != StanzaKind::Presence {
-                    self.bounce(&stanza, "remote-server-not-found");
+                    self.bounce(&stanza, "remote-server-not-found").await;
                 }
             }
         }
     }
 
-    /// Sends the error reply to `original` back to its sender (if it is a connected
-    /// session; errors to accounts are dropped per RFC 6121).
-    pub fn bounce(&self, original: &Element, condition: &str) {
-        if let Some(reply) = error_reply(original, condition, None) {
-            self.deliver_to_full(reply);
-        }
+    /// Routes a stanza the server originates on its own (IQ replies, errors, archive
+    /// results, stanzas a room emits) exactly as a client's stanza to the same address
+    /// would go: a full JID reaches that session (or the RFC 6121 rules for a missing
+    /// resource), a bare JID reaches the account's resources or offline storage. The
+    /// origin is the stanza's `from` (the server when there is none), never a session,
+    /// so nothing routed here is archived as a user's chat.
+    ///
+    /// Returns a boxed future: the seam leads back here (replies are emitted from inside
+    /// routing), so the cycle needs one named, `Send` type, and each caller's future
+    /// would otherwise hold a whole routing future inline.
+    pub fn emit(&self, stanza: Element) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let from = stanza.attr("from").and_then(|f| Jid::new(f).ok()).or_else(|| Jid::new(&self.domain).ok());
+            // The configured domain is a valid JID (checked at start), so this never drops.
+            let Some(jid) = from else { return };
+            let origin = Origin { jid, conn_id: None };
+            self.route(&origin, stanza).await;
+        })
     }
 
-    /// Delivers a stanza to the session named by its `to` full JID, if connected.
-    pub fn deliver_to_full(&self, stanza: Element) -> bool {
-        let Some(to) = stanza.attr("to").and_then(|t| FullJid::new(t).ok()) else {
-            return false;
-        };
-        match self.registry.handle(to.to_bare().as_str(), to.resource().as_str()) {
-            Some(handle) => handle.cast(SessionMsg::Deliver(Arc::new(stanza))).is_ok(),
-            None => false,
+    /// Sends the error reply to `original` back to its sender through [`Ctx::emit`]
+    /// (nothing for an error: errors are never answered with errors).
+    pub async fn bounce(&self, original: &Element, condition: &str) {
+        if let Some(reply) = error_reply(original, condition, None) {
+            self.emit(reply).await;
         }
     }
 
@@ -176,7 +187,7 @@ impl Ctx {
                 } else if self.account_exists(to).await {
                     server::iq_on_behalf_of(self, origin, to, stanza).await;
                 } else {
-                    self.bounce(&stanza, "service-unavailable");
+                    self.bounce(&stanza, "service-unavailable").await;
                 }
             }
         }
@@ -213,7 +224,7 @@ impl Ctx {
                 );
                 self.apply_message_delivery(&bare, decision, stanza).await;
             }
-            (StanzaKind::Iq, None) => self.bounce(&stanza, "service-unavailable"),
+            (StanzaKind::Iq, None) => self.bounce(&stanza, "service-unavailable").await,
             // Presence to a resource that is gone is silently dropped (RFC 6121 §4.6.3).
             (StanzaKind::Presence, None) => {}
         }
@@ -230,7 +241,7 @@ impl Ctx {
         match decision {
             MessageDelivery::Resources(resources) => self.deliver_to_resources(to.as_str(), &resources, stanza),
             MessageDelivery::StoreOffline => Box::pin(im::store_offline(self, to, stanza)).await,
-            MessageDelivery::ErrorServiceUnavailable => self.bounce(&stanza, "service-unavailable"),
+            MessageDelivery::ErrorServiceUnavailable => self.bounce(&stanza, "service-unavailable").await,
             MessageDelivery::Drop => {}
         }
     }

@@ -17,7 +17,7 @@ pub async fn handle(ctx: &Ctx, origin: &Origin, kind: StanzaKind, stanza: Elemen
         return;
     }
     if let Some(reply) = server_iq(ctx, origin, &stanza).await {
-        ctx.deliver_to_full(reply);
+        ctx.emit(reply).await;
     }
 }
 
@@ -40,7 +40,7 @@ async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> 
     };
     let to_own_account = iq.attr("to").and_then(|t| jid::Jid::new(t).ok()).is_some_and(|j| j.node().is_some());
     match (iq_type, payload.ns(), payload.name()) {
-        ("get", ns::DISCO_INFO, "query") if to_own_account => Some(account_info(iq, payload)),
+        ("get", ns::DISCO_INFO, "query") if to_own_account => Some(account_info(ctx, iq, payload)),
         ("get", ns::DISCO_INFO, "query") => Some(server_info(ctx, iq, payload)),
         ("get", ns::DISCO_ITEMS, "query") => {
             let mut items = Element::new("query", ns::DISCO_ITEMS).with_attr_opt("node", payload.attr("node"));
@@ -80,7 +80,7 @@ async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> 
 /// IQs to another local account's bare JID.
 pub async fn iq_on_behalf_of(ctx: &Ctx, origin: &Origin, account: &BareJid, iq: Element) {
     let reply = match (iq.attr("type"), iq_payload(&iq).map(|p| (p.ns(), p.name()))) {
-        (Some("get"), Some((ns::DISCO_INFO, "query"))) => iq_payload(&iq).map(|p| account_info(&iq, p)),
+        (Some("get"), Some((ns::DISCO_INFO, "query"))) => iq_payload(&iq).map(|p| account_info(ctx, &iq, p)),
         (Some("get"), Some((ns::VCARD, "vCard"))) => Some(vcard_get(ctx, &iq, account).await),
         (Some("get"), Some((ns::PING, "ping"))) => Some(iq_result(&iq)),
         (Some("get" | "set"), _) => error(&iq, "service-unavailable"),
@@ -88,7 +88,7 @@ pub async fn iq_on_behalf_of(ctx: &Ctx, origin: &Origin, account: &BareJid, iq: 
     };
     let _ = origin;
     if let Some(reply) = reply {
-        ctx.deliver_to_full(reply);
+        ctx.emit(reply).await;
     }
 }
 
@@ -135,13 +135,18 @@ fn server_info(ctx: &Ctx, iq: &Element, query: &Element) -> Element {
     iq_result_with(iq, result)
 }
 
-fn account_info(iq: &Element, query: &Element) -> Element {
-    let result = Element::new("query", ns::DISCO_INFO)
+/// disco#info of an account's bare JID: the account identity, and the user archive
+/// (XEP-0313 §6: a server that archives for the user advertises it on the bare JID).
+fn account_info(ctx: &Ctx, iq: &Element, query: &Element) -> Element {
+    let mut result = Element::new("query", ns::DISCO_INFO)
         .with_attr_opt("node", query.attr("node"))
         .with_child(
             Element::new("identity", ns::DISCO_INFO).with_attr("category", "account").with_attr("type", "registered"),
         )
         .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO));
+    if ctx.config.archive.enabled && query.attr("node").is_none() {
+        result.append_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", crate::muc::NS_MAM));
+    }
     iq_result_with(iq, result)
 }
 
@@ -207,7 +212,7 @@ async fn registration_set(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elem
         tracing::error!(error = %e, "account removal failed");
         return error(iq, "internal-server-error");
     }
-    ctx.deliver_to_full(iq_result(iq));
+    ctx.emit(iq_result(iq)).await;
     tracing::info!(user = %username, "account removed by its owner");
     for s in ctx.registry.sessions(bare.as_str()) {
         let _ = s.handle.cast(SessionMsg::Close(Some("not-authorized")));

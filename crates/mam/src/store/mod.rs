@@ -265,7 +265,12 @@ impl Archive {
     /// direction; `flip` reverses the page's order. Any id named by the query that the
     /// archive does not hold gives [`MamError::ItemNotFound`]. The first read of a
     /// location creates its (empty) file.
+    ///
+    /// Reads its own writes: the query waits until every write queued before it is
+    /// committed (the hot path only queues), so a message already delivered or
+    /// reflected, whose stanza id a client holds, is in the page.
     pub async fn query(&self, location: ArchiveLocation, archive: &str, q: &MamQuery) -> Result<Page, MamError> {
+        self.flush().await?;
         let users = location == ArchiveLocation::Users;
         let (archive, q) = (archive.to_owned(), q.clone());
         self.reader
@@ -311,7 +316,9 @@ impl Archive {
     }
 
     /// The oldest and newest non-retracted messages of `archive` (XEP-0313 metadata).
+    /// Reads its own writes, as [`Archive::query`].
     pub async fn metadata(&self, location: ArchiveLocation, archive: &str) -> Result<ArchiveMetadata, MamError> {
+        self.flush().await?;
         let archive = archive.to_owned();
         self.reader.call(location.file_name()?, move |conn| async move { ops::metadata(&conn, &archive).await }).await
     }

@@ -752,3 +752,22 @@ async fn a_batch_spanning_several_statements_keeps_order_and_refuses_alone() {
     let c = archive.query(ArchiveLocation::Users, "c@x", &q()).await.unwrap();
     assert_eq!(ids(&c), ["stored"], "the stored id, new to c@x and d@x");
 }
+
+/// A query right after the hot path queued a message (without waiting for its commit)
+/// returns it: what a client was delivered, with its stanza id, is in the archive.
+#[tokio::test]
+async fn a_query_reads_what_was_only_queued_before_it() {
+    let dir = temp_dir();
+    let archive = open(&dir).await;
+    for round in 0..20 {
+        let id = format!("q{round:02}");
+        let stamp = T0 + round;
+        let payload = format!("<message type='chat'><body>{id}</body></message>");
+        archive.append_chat_queued("romeo@m.lit", "juliet@c.lit", &id, stamp, payload, None).await.unwrap();
+        let page = archive.query(ArchiveLocation::Users, "juliet@c.lit", &q()).await.unwrap();
+        assert_eq!(page.rows.last().map(|r| r.stanza_id.as_str()), Some(id.as_str()), "round {round}");
+        archive.append_queued(waddle(), room_row(&format!("r{round:02}"), stamp, "a@x", "a", "hi")).await.unwrap();
+        let meta = archive.metadata(waddle(), ROOM).await.unwrap();
+        assert_eq!(meta.end.map(|e| e.stanza_id), Some(format!("r{round:02}")), "round {round}");
+    }
+}
