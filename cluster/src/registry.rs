@@ -29,6 +29,9 @@ pub enum SessionMsg {
     Replaced,
     /// Periodic keepalive check (XEP-0199 server-to-client ping).
     Tick,
+    /// A new connection that resumes this session (XEP-0198), from the node's
+    /// connection shell. Opaque here: the registry routes it and never looks inside.
+    Attach(Box<dyn std::any::Any + Send>),
 }
 
 /// The mailbox of a bound session's task, which handles its messages one at a time.

@@ -76,6 +76,17 @@ pub struct C2sConfig {
     /// limit applies to those waiting in its session's mailbox and, separately, to those
     /// waiting to be written to its socket.
     pub max_outbound_queue: usize,
+    /// Offer XEP-0198 Stream Management.
+    pub stream_management: bool,
+    /// Longest a resumable session waits for its client to come back (a client may ask
+    /// for less with `max`).
+    pub sm_resume_timeout_secs: u64,
+    /// Stanzas allowed to wait unacknowledged; one more closes the stream.
+    pub sm_max_unacked: usize,
+    /// The server asks for an acknowledgement after this many stanzas (0: not by count).
+    pub sm_ack_every_stanzas: u32,
+    /// ... and when anything has waited unacknowledged this long (0: not by time).
+    pub sm_ack_every_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -194,6 +205,11 @@ impl Default for C2sConfig {
             ping_interval_secs: 120,
             ping_timeout_secs: 30,
             max_outbound_queue: 4096,
+            stream_management: true,
+            sm_resume_timeout_secs: 300,
+            sm_max_unacked: 5000,
+            sm_ack_every_stanzas: 10,
+            sm_ack_every_secs: 30,
         }
     }
 }
@@ -304,6 +320,12 @@ impl Config {
         }
         if self.c2s.max_outbound_queue == 0 {
             return invalid("c2s.max_outbound_queue", "must be positive");
+        }
+        if self.c2s.sm_resume_timeout_secs == 0 {
+            return invalid("c2s.sm_resume_timeout_secs", "must be positive");
+        }
+        if self.c2s.sm_max_unacked == 0 {
+            return invalid("c2s.sm_max_unacked", "must be positive");
         }
         if !(1..=1_000_000).contains(&self.auth.scram_iterations) || self.auth.scram_iterations < 4096 {
             return invalid("auth.scram_iterations", "must be between 4096 and 1000000");

@@ -54,6 +54,7 @@ async fn negotiate(
             require_tls: ctx.config.c2s.require_tls,
             starttls_available: !direct_tls,
             in_band_registration: ctx.config.auth.in_band_registration,
+            stream_management: ctx.config.c2s.stream_management,
             max_auth_attempts: 3,
         },
         direct_tls,
@@ -114,6 +115,20 @@ async fn negotiate(
                     let jid = FullJid::new(&format!("{username}@{}/{resource}", ctx.domain)).ok()?;
                     pending.extend(negotiator.bound(jid.as_str()));
                     bound = Some(jid);
+                }
+                Action::Resume { username, previd, h } => {
+                    flush(&mut io, &mut out).await.ok()?;
+                    match crate::resume::hand_over(ctx, &username, &previd, h, io, parser).await {
+                        // The session owns the connection now.
+                        Ok(()) => return None,
+                        Err((back, back_parser)) => {
+                            io = back;
+                            parser = back_parser;
+                            negotiator.resume_failed().into_iter().for_each(|a| pending.push_back(a));
+                            // Bytes the session never saw stay parsed in order: nothing
+                            // is read past the <resume/> before this answer.
+                        }
+                    }
                 }
                 Action::AuthFailed { username } => {
                     tracing::info!(%peer, user = username.as_deref().unwrap_or("-"), "authentication failed");

@@ -15,6 +15,7 @@ mod mam;
 mod metrics;
 mod muc;
 mod outbox;
+mod resume;
 mod router;
 mod running;
 mod server;

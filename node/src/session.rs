@@ -12,7 +12,9 @@ use futures_util::FutureExt as _;
 use jid::FullJid;
 use tokio::io::{AsyncRead as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
+use waddle_c2s::csi::{self, HeldStanzas, Urgency};
 use waddle_c2s::rate::{Limited, SessionRateLimiter};
+use waddle_c2s::sm::{self, AckPolicy, SmError, StreamManagement};
 use waddle_c2s::stanza::{self, error_reply, iq_payload, iq_result, StanzaKind};
 use waddle_c2s::{ns, stream};
 use waddle_cluster::{SessionEntry, SessionMailbox, SessionMsg, SessionRef};
@@ -22,11 +24,39 @@ use crate::ctx::Ctx;
 use crate::im;
 use crate::io::ClientIo;
 use crate::outbox::{Outbox, OutboxError, OutboxHandle};
+use crate::resume::{Attach, Sent};
 use crate::router::Origin;
 
 /// Bytes read per poll, into a buffer on the poll's stack: a session waiting for input
 /// holds no read buffer at all (idle memory is what bounds how many sessions a node holds).
 const READ_CHUNK: usize = 8192;
+
+/// Stanzas an inactive client's session holds back at most (XEP-0352); one more
+/// delivers everything held.
+const CSI_MAX_HELD: usize = 256;
+
+/// How serving a connection ended.
+enum End {
+    /// The stream is over: closed by the client, or by the server with a stream error
+    /// already written, or the session was ended (replaced, closed, overflowed).
+    Closed,
+    /// The connection was lost without a close: a resumable session waits for its client.
+    LinkLost,
+    /// The client stopped answering pings: as `LinkLost`, but a session that cannot be
+    /// resumed says why before it closes.
+    Unresponsive,
+    /// A new connection takes this session over (XEP-0198 resumption).
+    Attach(Box<Attach>),
+}
+
+/// Stream Management on a session (XEP-0198).
+struct Sm {
+    state: StreamManagement<Sent>,
+    /// The resumption id and how long the session waits for its client, if resumable.
+    resume: Option<(String, u64)>,
+    /// When the server last asked for an acknowledgement (ms on the activity clock).
+    last_request_ms: u64,
+}
 
 /// Time of the last bytes received from the client, for keepalive decisions.
 struct Activity {
@@ -70,6 +100,12 @@ pub struct SessionState {
     /// Outstanding server ping: id and when it was sent (ms on the activity clock).
     ping: Option<(String, u64)>,
     rate: Option<SessionRateLimiter>,
+    /// XEP-0198, once the client enabled it.
+    sm: Option<Box<Sm>>,
+    /// XEP-0352: the stanzas held back while the client is inactive (`None`: active).
+    held: Option<Box<HeldStanzas<Arc<Element>>>>,
+    /// The connection is gone and the session waits to be resumed.
+    detached: bool,
 }
 
 impl SessionState {
@@ -113,8 +149,69 @@ impl SessionState {
         }
     }
 
-    fn write_stanza(&mut self, el: &Element) -> bool {
+    /// Writes an element that is not a stanza (a nonza: SM and CSI answers).
+    fn write_nonza(&mut self, el: &Element) -> bool {
         self.write(|out, _| el.write_to(out, ns::CLIENT))
+    }
+
+    /// Sends a stanza the session itself answers its client with (errors, results,
+    /// pings): counted and kept like any other under SM.
+    fn reply(&mut self, el: Element) -> bool {
+        self.send(Sent::Stanza(Arc::new(el)))
+    }
+
+    /// Sends one stanza to the client: held back while the client is inactive if it can
+    /// wait (XEP-0352), otherwise written after everything held; under SM counted and
+    /// kept until acknowledged. `false` when the session must end.
+    fn send(&mut self, stanza: Sent) -> bool {
+        if let (Some(held), Sent::Stanza(el)) = (self.held.as_deref_mut(), &stanza) {
+            if let Urgency::Hold(key) = csi::urgency(el) {
+                if held.hold(key, Arc::clone(el)).is_ok() {
+                    return true;
+                }
+            }
+        }
+        if !self.flush_held() {
+            return false;
+        }
+        self.transmit(stanza)
+    }
+
+    /// Writes everything held back for an inactive client, oldest first.
+    fn flush_held(&mut self) -> bool {
+        let Some(mut held) = self.held.take() else { return true };
+        let mut alive = true;
+        for el in held.flush() {
+            alive = alive && self.transmit(Sent::Stanza(el));
+        }
+        self.held = Some(held);
+        alive
+    }
+
+    fn transmit(&mut self, stanza: Sent) -> bool {
+        let written = match &stanza {
+            Sent::Stanza(el) => self.write(|out, _| el.write_to(out, ns::CLIENT)),
+            Sent::Shared(shared) => self.write(|out, own_jid| shared.write_to(own_jid, out)),
+        };
+        let Some(sm) = self.sm.as_deref_mut() else {
+            return written || self.outbox.is_some();
+        };
+        // Kept whether or not it was written: a stanza a lost connection did not carry
+        // goes out again on resumption.
+        match sm.state.sent(stanza) {
+            Ok(request) => {
+                if request && written {
+                    sm.last_request_ms = self.activity.now_ms();
+                    self.write_nonza(&sm::request());
+                }
+                written || self.outbox.is_some() || self.detached
+            }
+            Err(e) => {
+                tracing::warn!(jid = %self.jid, error = %e, "client does not acknowledge; disconnecting");
+                self.close_with(Some("resource-constraint"), Some("too many unacknowledged stanzas"));
+                false
+            }
+        }
     }
 
     /// Lets the writer flush what is queued and shut the socket down (dropping the
@@ -123,10 +220,78 @@ impl SessionState {
         self.outbox = None;
     }
 
+    /// Whether a lost connection leaves this session waiting for its client.
+    fn resumable(&self) -> bool {
+        self.sm.as_ref().is_some_and(|sm| sm.resume.is_some())
+    }
+
+    /// A nonza of Stream Management (XEP-0198) or Client State Indication (XEP-0352).
+    fn on_nonza(&mut self, el: &Element) -> Result<(), &'static str> {
+        match (el.ns(), el.name()) {
+            (sm::NS, "enable") => self.enable_sm(el),
+            (sm::NS, "r") if self.sm.is_some() => {
+                let h = self.sm.as_ref().map_or(0, |sm| sm.state.handled_count());
+                self.write_nonza(&sm::answer(h));
+            }
+            (sm::NS, "a") if self.sm.is_some() => {
+                let Some(h) = sm::parse_h(el) else { return Err("bad-format") };
+                if let Some(sm) = self.sm.as_deref_mut() {
+                    if let Err(SmError::HandledCountTooHigh { h, sent }) = sm.state.ack(h) {
+                        let bytes = sm::handled_count_too_high(h, sent);
+                        crate::metrics::inc(&self.ctx.metrics.stream_errors);
+                        self.write(|out, _| out.extend_from_slice(&bytes));
+                        self.close_outbox();
+                    }
+                }
+            }
+            (sm::NS, "resume") => {
+                self.write_nonza(&sm::failed("unexpected-request", None));
+            }
+            (csi::NS, "inactive") => {
+                if self.held.is_none() {
+                    self.held = Some(Box::new(HeldStanzas::new(CSI_MAX_HELD)));
+                }
+            }
+            (csi::NS, "active") => {
+                self.flush_held();
+                self.held = None;
+            }
+            _ => return Err("unsupported-stanza-type"),
+        }
+        Ok(())
+    }
+
+    fn enable_sm(&mut self, el: &Element) {
+        let c2s = &self.ctx.config.c2s;
+        if !c2s.stream_management {
+            self.write_nonza(&sm::failed("feature-not-implemented", None));
+            return;
+        }
+        if self.sm.is_some() {
+            self.write_nonza(&sm::failed("unexpected-request", None));
+            return;
+        }
+        let resume = matches!(el.attr("resume"), Some("true" | "1")).then(|| {
+            let id = crate::resume::resumption_id(&sm::new_resume_token(), &self.jid);
+            (id, sm::resume_timeout(el.attr("max"), c2s.sm_resume_timeout_secs))
+        });
+        let policy = AckPolicy { every_stanzas: c2s.sm_ack_every_stanzas, max_unacked: c2s.sm_max_unacked };
+        let enabled = sm::enabled(resume.as_ref().map(|(id, secs)| (id.as_str(), *secs)));
+        self.sm = Some(Box::new(Sm {
+            state: StreamManagement::new(policy),
+            resume,
+            last_request_ms: self.activity.now_ms(),
+        }));
+        self.write_nonza(&enabled);
+    }
+
     async fn on_client(&mut self, mut el: Element) -> Result<(), &'static str> {
         let Some(kind) = stanza::kind(&el) else {
-            return Err("unsupported-stanza-type");
+            return self.on_nonza(&el);
         };
+        if let Some(sm) = self.sm.as_deref_mut() {
+            sm.state.handled();
+        }
         // RFC 6120 §8.1.2.1: the server stamps the sender's full JID.
         el.set_attr("from", self.jid.as_str());
         let ctx = Arc::clone(&self.ctx);
@@ -145,7 +310,7 @@ impl SessionState {
             };
             crate::metrics::inc(counter);
             if let Some(err) = error_reply(&el, "policy-violation", Some(text)) {
-                self.write_stanza(&err);
+                self.reply(err);
             }
             return Ok(());
         }
@@ -195,12 +360,12 @@ impl SessionState {
             }
             Some("set") if to_server && iq_payload(&iq).is_some_and(|p| p.is("session", ns::SESSION)) => {
                 // RFC 3921 session establishment: a no-op kept for older clients.
-                self.write_stanza(&iq_result(&iq));
+                self.reply(iq_result(&iq));
             }
             Some("get" | "set" | "result" | "error") => self.ctx.route(&self.origin, iq).await,
             _ => {
                 if let Some(err) = error_reply(&iq, "bad-request", Some("iq type must be get, set, result or error")) {
-                    self.write_stanza(&err);
+                    self.reply(err);
                 }
             }
         }
@@ -230,7 +395,7 @@ impl SessionState {
             (false, Some("error")) => {}
             _ => {
                 if let Some(err) = error_reply(&presence, "bad-request", Some("unexpected presence type")) {
-                    self.write_stanza(&err);
+                    self.reply(err);
                 }
             }
         }
@@ -242,7 +407,7 @@ impl SessionState {
             Ok(p) => p,
             Err(_) => {
                 if let Some(err) = error_reply(&presence, "bad-request", Some("priority must be -128..127")) {
-                    self.write_stanza(&err);
+                    self.reply(err);
                 }
                 return;
             }
@@ -280,6 +445,17 @@ impl SessionState {
         let now = self.activity.now_ms();
         let last_rx = self.activity.last_rx_ms();
         let c2s = &self.ctx.config.c2s;
+        let ack_every_ms = c2s.sm_ack_every_secs * 1000;
+        if let Some(sm) = self.sm.as_deref_mut() {
+            if ack_every_ms > 0
+                && now.saturating_sub(sm.last_request_ms) >= ack_every_ms
+                && sm.state.request_if_waiting()
+            {
+                sm.last_request_ms = now;
+                self.write_nonza(&sm::request());
+            }
+        }
+        let c2s = &self.ctx.config.c2s;
         if let Some((_, sent_at)) = &self.ping {
             if last_rx >= *sent_at {
                 self.ping = None;
@@ -296,8 +472,8 @@ impl SessionState {
                 .with_attr("from", self.ctx.domain.as_str())
                 .with_attr("to", self.jid.as_str())
                 .with_child(Element::new("ping", ns::PING));
-            self.write_stanza(&ping);
             self.ping = Some((id, now));
+            self.reply(ping);
         }
         true
     }
@@ -316,26 +492,38 @@ impl SessionState {
 }
 
 impl SessionState {
-    /// Reads the client's stream and handles the mailbox until the session ends (or
-    /// every handle to it is gone). Stanzas are handled one at a time, in order, and the
-    /// socket is only read once everything parsed so far is handled: a client cannot
-    /// queue more work than one read holds (back-pressure without a queue).
-    async fn serve(&mut self, mailbox: &mut SessionMailbox, io: &mut ReadHalf<ClientIo>, parser: &mut StreamParser) {
+    /// Reads the client's stream and handles the mailbox until the connection ends (or
+    /// every handle to the session is gone). Stanzas are handled one at a time, in
+    /// order, and the socket is only read once everything parsed so far is handled: a
+    /// client cannot queue more work than one read holds (back-pressure without a queue).
+    async fn serve(
+        &mut self,
+        mailbox: &mut SessionMailbox,
+        io: &mut ReadHalf<ClientIo>,
+        parser: &mut StreamParser,
+    ) -> End {
         loop {
             match parser.next_event() {
                 Ok(Some(StreamEvent::Stanza(el))) => {
                     if !self.handle_stanza(el).await {
-                        return;
+                        return End::Closed;
                     }
                     continue;
                 }
-                Ok(Some(StreamEvent::Close)) => return self.close_with(None, None),
+                Ok(Some(StreamEvent::Close)) => {
+                    self.close_with(None, None);
+                    return End::Closed;
+                }
                 // No stream restart is allowed once a resource is bound.
-                Ok(Some(StreamEvent::Header(_))) => return self.close_with(Some("invalid-xml"), None),
+                Ok(Some(StreamEvent::Header(_))) => {
+                    self.close_with(Some("invalid-xml"), None);
+                    return End::Closed;
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "client stream error");
-                    return self.close_with(Some(e.stream_condition()), None);
+                    self.close_with(Some(e.stream_condition()), None);
+                    return End::Closed;
                 }
             }
             // Nothing is buffered across this wait but what the parser still holds.
@@ -349,19 +537,20 @@ impl SessionState {
                             tracing::warn!(jid = %self.jid, "session fell too far behind its mailbox; disconnecting");
                             self.close_with(Some("resource-constraint"), Some("too many stanzas waiting"));
                         }
-                        return;
+                        return End::Closed;
                     };
-                    if !self.handle(msg) {
-                        return;
+                    if let Some(end) = self.handle(msg) {
+                        return end;
                     }
                 }
                 // Cancel-safe: a read that is not ready has taken nothing.
                 received = std::future::poll_fn(|cx| poll_read_into(io, parser, cx)) => match received {
-                    Received::Closed => return self.close_with(None, None),
+                    Received::Closed => return End::LinkLost,
                     Received::Fed => self.activity.touch(),
                     Received::Invalid(e) => {
                         tracing::debug!(error = %e, "client stream error");
-                        return self.close_with(Some(e.stream_condition()), None);
+                        self.close_with(Some(e.stream_condition()), None);
+                        return End::Closed;
                     }
                 },
             }
@@ -374,7 +563,7 @@ impl SessionState {
         // every idle session's task that big (see the idle RSS figures in
         // docs/benchmarks.md). One allocation per client stanza.
         match Box::pin(self.on_client(el)).await {
-            Ok(()) => true,
+            Ok(()) => self.outbox.is_some(),
             Err(condition) => {
                 self.close_with(Some(condition), None);
                 false
@@ -382,33 +571,122 @@ impl SessionState {
         }
     }
 
-    /// Handles one message; `false` when the session is over.
-    fn handle(&mut self, msg: SessionMsg) -> bool {
+    /// Handles one message; `Some` when serving this connection is over.
+    fn handle(&mut self, msg: SessionMsg) -> Option<End> {
         match msg {
-            SessionMsg::Deliver(stanza) => self.write_stanza(&stanza) || self.outbox.is_some(),
-            SessionMsg::DeliverUnaddressed(stanza) => {
-                self.write(|out, own_jid| stanza.write_to(own_jid, out)) || self.outbox.is_some()
-            }
+            SessionMsg::Deliver(stanza) => (!self.send(Sent::Stanza(stanza))).then_some(End::Closed),
+            SessionMsg::DeliverUnaddressed(stanza) => (!self.send(Sent::Shared(stanza))).then_some(End::Closed),
             SessionMsg::Replaced => {
                 self.close_with(Some("conflict"), Some("Replaced by a new session with the same resource"));
-                false
+                Some(End::Closed)
             }
             SessionMsg::Close(condition) => {
                 self.close_with(condition, None);
-                false
+                Some(End::Closed)
             }
-            SessionMsg::Tick => {
-                if !self.on_tick() {
-                    self.close_with(Some("connection-timeout"), Some("no answer to ping"));
-                    return false;
+            SessionMsg::Tick => (!self.detached && !self.on_tick()).then_some(End::Unresponsive),
+            SessionMsg::Attach(attach) => self.accept_attach(attach).map(End::Attach),
+        }
+    }
+
+    /// A connection that asks to resume this session: taken if it names this
+    /// session's resumption id, otherwise given back to its shell.
+    fn accept_attach(&mut self, attach: Box<dyn std::any::Any + Send>) -> Option<Box<Attach>> {
+        let attach = attach.downcast::<Attach>().ok()?;
+        let ours = self.sm.as_ref().and_then(|sm| sm.resume.as_ref()).is_some_and(|(id, _)| *id == attach.previd);
+        if ours {
+            return Some(attach);
+        }
+        let Attach { io, parser, reply, .. } = *attach;
+        let _ = reply.send(Err((io, parser)));
+        None
+    }
+
+    /// Waits, with no connection, for the client to resume: deliveries are kept as
+    /// unacknowledged stanzas (bounded) to be sent on resumption. `None` when the
+    /// session ends instead (timeout, replaced, closed, too much waiting).
+    async fn wait_detached(&mut self, mailbox: &mut SessionMailbox) -> Option<Box<Attach>> {
+        let secs = self.sm.as_ref().and_then(|sm| sm.resume.as_ref()).map_or(0, |(_, secs)| *secs);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        tracing::debug!(jid = %self.jid, secs, "connection lost; waiting for the client to resume");
+        loop {
+            tokio::select! {
+                msg = mailbox.recv() => match self.handle(msg?) {
+                    None => {}
+                    Some(End::Attach(attach)) => return Some(attach),
+                    Some(_) => return None,
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(jid = %self.jid, "resumption timed out");
+                    return None;
                 }
-                true
             }
         }
     }
 
+    /// Lets go of the lost connection: the session stays bound and keeps what it sends.
+    fn detach(&mut self) {
+        self.close_outbox();
+        if let Some(writer) = self.writer_task.take() {
+            writer.abort();
+        }
+        self.detached = true;
+        self.ping = None;
+    }
+
+    /// Takes over a resuming connection (XEP-0198 §5): acknowledges what the client
+    /// says it handled, answers `<resumed/>` and sends every stanza still
+    /// unacknowledged, in order. `None` when the client's count is impossible (the
+    /// stream is closed with the error that says so).
+    fn attach(&mut self, attach: Attach) -> Option<(ReadHalf<ClientIo>, StreamParser)> {
+        let Attach { io, parser, previd, h, reply } = attach;
+        let _ = reply.send(Ok(()));
+        self.close_outbox();
+        if let Some(writer) = self.writer_task.take() {
+            writer.abort();
+        }
+        let (read_half, write_half) = tokio::io::split(io);
+        let (outbox, writer_end) = OutboxHandle::new(self.ctx.config.c2s.max_outbound_queue);
+        self.writer_task = Some(tokio::spawn(writer(write_half, writer_end)));
+        self.outbox = Some(outbox);
+        self.detached = false;
+        self.ping = None;
+        self.activity.touch();
+        // What an inactive client was spared goes out with the rest; the new stream
+        // starts active.
+        self.flush_held();
+        self.held = None;
+        let sm = self.sm.as_deref_mut()?;
+        if let Err(SmError::HandledCountTooHigh { h, sent }) = sm.state.ack(h) {
+            let bytes = sm::handled_count_too_high(h, sent);
+            self.write(|out, _| out.extend_from_slice(&bytes));
+            self.close_outbox();
+            return None;
+        }
+        sm.state.resumed();
+        let resumed = sm::resumed(&previd, sm.state.handled_count());
+        let again: Vec<Sent> = sm
+            .state
+            .unacked()
+            .map(|s| match s {
+                Sent::Stanza(el) => Sent::Stanza(Arc::clone(el)),
+                Sent::Shared(shared) => Sent::Shared(Arc::clone(shared)),
+            })
+            .collect();
+        self.write_nonza(&resumed);
+        for sent in &again {
+            match sent {
+                Sent::Stanza(el) => self.write(|out, _| el.write_to(out, ns::CLIENT)),
+                Sent::Shared(shared) => self.write(|out, own_jid| shared.write_to(own_jid, out)),
+            };
+        }
+        tracing::info!(jid = %self.jid, resent = again.len(), "session resumed");
+        Some((read_half, parser))
+    }
+
     /// What every ending runs, a panic included: unbind and announce the departure, let
-    /// the writer flush the closing bytes.
+    /// the writer flush the closing bytes, and send what the client never acknowledged
+    /// where undelivered stanzas go.
     async fn finish(&mut self) {
         // Boxed for the same reason as the routing future in `handle_stanza`.
         let still_bound = Box::pin(self.announce_departure()).await;
@@ -417,6 +695,12 @@ impl SessionState {
         if let Some(writer_task) = self.writer_task.take() {
             // Give the writer a moment to flush the closing bytes.
             let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+        }
+        if let Some(mut sm) = self.sm.take() {
+            let unacked = sm.state.take_unacked();
+            if !unacked.is_empty() {
+                Box::pin(crate::resume::reroute_unacked(&self.ctx, &self.bare, unacked)).await;
+            }
         }
     }
 }
@@ -429,16 +713,46 @@ struct SessionTask {
     parser: StreamParser,
 }
 
-/// The session's task: serves the client and the mailbox, then cleans up however
-/// serving ended. Takes its state boxed: an `async fn` keeps its arguments and the
-/// locals they move into in separate slots, so unboxed they made every session's task
-/// twice their size (2.4 KiB).
+/// The session's task: serves the client and the mailbox, waits for a lost client to
+/// resume if it may, then cleans up however the session ended. Takes its state boxed:
+/// an `async fn` keeps its arguments and the locals they move into in separate slots,
+/// so unboxed they made every session's task twice their size (2.4 KiB).
 async fn run(mut session: Box<SessionTask>) {
     let SessionTask { state, mailbox, io, parser } = &mut *session;
-    let served = AssertUnwindSafe(state.serve(mailbox, io, parser)).catch_unwind().await;
-    if served.is_err() {
-        tracing::error!(jid = %state.jid, "session handler panicked; closing the session");
-        state.close_with(Some("internal-server-error"), None);
+    loop {
+        let served = AssertUnwindSafe(state.serve(mailbox, io, parser)).catch_unwind().await;
+        let Ok(end) = served else {
+            tracing::error!(jid = %state.jid, "session handler panicked; closing the session");
+            state.close_with(Some("internal-server-error"), None);
+            break;
+        };
+        let attach = match end {
+            End::Closed => break,
+            End::Attach(attach) => attach,
+            End::LinkLost | End::Unresponsive if state.resumable() => {
+                state.detach();
+                // Boxed: rare, and it would otherwise widen every session's task.
+                match Box::pin(state.wait_detached(mailbox)).await {
+                    Some(attach) => attach,
+                    None => break,
+                }
+            }
+            End::LinkLost => {
+                state.close_with(None, None);
+                break;
+            }
+            End::Unresponsive => {
+                state.close_with(Some("connection-timeout"), Some("no answer to ping"));
+                break;
+            }
+        };
+        match state.attach(*attach) {
+            Some((read_half, resumed_parser)) => {
+                *io = read_half;
+                *parser = resumed_parser;
+            }
+            None => break,
+        }
     }
     // Nothing queued after the end is handled; senders see the mailbox closed.
     mailbox.close();
@@ -503,6 +817,9 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         initial_presence_sent: false,
         directed: HashSet::new(),
         ping: None,
+        sm: None,
+        held: None,
+        detached: false,
     };
     tokio::spawn(run(Box::new(SessionTask { state, mailbox, io: read_half, parser })));
 }

@@ -9,9 +9,11 @@
 //! Must never: open sockets, touch storage, spawn tasks, or read the clock (callers pass
 //! whatever time-dependent facts it needs).
 
+pub mod csi;
 pub mod negotiation;
 pub mod ns;
 pub mod rate;
+pub mod sm;
 pub mod stanza;
 pub mod stream;
 

@@ -23,6 +23,9 @@ pub struct NegotiationConfig {
     /// Whether STARTTLS can be offered on this listener (false on direct TLS).
     pub starttls_available: bool,
     pub in_band_registration: bool,
+    /// Offer XEP-0198 Stream Management (enabled on the session after bind, or a
+    /// session resumed instead of binding).
+    pub stream_management: bool,
     /// Failed authentications tolerated on one stream before it is closed.
     pub max_auth_attempts: u32,
 }
@@ -56,6 +59,14 @@ pub enum Action {
     Bind {
         username: String,
         resource: String,
+    },
+    /// XEP-0198: hand the stream to the detached session `previd` names, if it exists,
+    /// belongs to `username` and accepts; then call [`Negotiator::resume_accepted`],
+    /// else [`Negotiator::resume_failed`]. `h` is the client's count of our stanzas.
+    Resume {
+        username: String,
+        previd: String,
+        h: u32,
     },
     /// An authentication attempt failed (for rate limiting and metrics).
     AuthFailed {
@@ -93,6 +104,7 @@ enum State {
     PlainAwaitVerdict(String),
     AwaitRegisterResult(Element),
     AwaitBindResult(Element),
+    AwaitResumeResult,
     Established,
     Closed,
 }
@@ -189,12 +201,17 @@ impl Negotiator {
 
     fn features(&self) -> Vec<Element> {
         if let Some(_user) = &self.authenticated {
-            return vec![
+            let mut features = vec![
                 Element::new("bind", ns::BIND),
                 Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
                 Element::new("ver", ns::ROSTER_VER),
                 Element::new("sub", ns::PRE_APPROVAL),
+                Element::new("csi", crate::csi::NS),
             ];
+            if self.config.stream_management {
+                features.push(Element::new("sm", crate::sm::NS));
+            }
+            return features;
         }
         let mut features = Vec::new();
         if !self.secure && self.config.starttls_available {
@@ -506,8 +523,40 @@ impl Negotiator {
                 return vec![Action::Bind { username, resource }];
             }
         }
+        if self.config.stream_management && el.ns() == crate::sm::NS {
+            self.state = State::AwaitNegotiation;
+            return match el.name() {
+                "resume" => match (el.attr("previd"), crate::sm::parse_h(&el)) {
+                    (Some(previd), Some(h)) if !previd.is_empty() => {
+                        self.state = State::AwaitResumeResult;
+                        vec![Action::Resume { username, previd: previd.to_owned(), h }]
+                    }
+                    _ => vec![Action::Send(crate::sm::failed("bad-request", None).to_bytes(ns::CLIENT))],
+                },
+                // XEP-0198 §3: enabling before binding is refused, the stream goes on.
+                _ => vec![Action::Send(crate::sm::failed("unexpected-request", None).to_bytes(ns::CLIENT))],
+            };
+        }
         // RFC 6120 §7.1: nothing but binding is allowed before a resource is bound.
         self.fail_stream("not-authorized", Some("bind a resource first"))
+    }
+
+    /// Answer to [`Action::Resume`]: the session took the stream over (it sends
+    /// `<resumed/>` itself, as only it knows its count); negotiation is over.
+    pub fn resume_accepted(&mut self) {
+        if matches!(self.state, State::AwaitResumeResult) {
+            self.state = State::Established;
+        }
+    }
+
+    /// Answer to [`Action::Resume`]: no such session (unknown, expired, another
+    /// user's): `<failed><item-not-found/></failed>`, and the client may bind instead.
+    pub fn resume_failed(&mut self) -> Vec<Action> {
+        if !matches!(self.state, State::AwaitResumeResult) {
+            return Vec::new();
+        }
+        self.state = State::AwaitNegotiation;
+        vec![Action::Send(crate::sm::failed("item-not-found", None).to_bytes(ns::CLIENT))]
     }
 
     /// Answer to [`Action::Bind`] with the bound full JID.
@@ -552,7 +601,7 @@ fn decode_sasl_payload(el: &Element) -> Result<Vec<u8>, ()> {
     }
 }
 
-fn random_token(len: usize) -> String {
+pub(crate) fn random_token(len: usize) -> String {
     rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 

@@ -11,6 +11,7 @@ fn config(require_tls: bool) -> NegotiationConfig {
         require_tls,
         starttls_available: true,
         in_band_registration: true,
+        stream_management: true,
         max_auth_attempts: 3,
     }
 }
@@ -247,6 +248,49 @@ fn bind_with_client_resource_and_generated_resource() {
     let out = n.on_event(stanza("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"));
     let Some(Action::Bind { resource, .. }) = out.first() else { panic!("{out:?}") };
     assert!(resource.starts_with("waddle-") && resource.len() > 10);
+}
+
+#[test]
+fn stream_management_and_csi_are_offered_after_authentication() {
+    let (mut n, _) = secure_negotiator();
+    n.on_event(stanza(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        B64.encode(b"\0alice\0pw")
+    )));
+    n.plain_verdict(AuthOutcome::Success);
+    let f = features(&Peer::new().read(&n.on_event(header_event())));
+    assert!(f.has_child("sm", crate::sm::NS), "{f}");
+    assert!(f.has_child("csi", crate::csi::NS), "{f}");
+}
+
+#[test]
+fn resume_goes_to_the_shell_and_a_refusal_lets_the_client_bind() {
+    let (mut n, mut peer) = authenticated();
+    let out = n.on_event(stanza("<resume xmlns='urn:xmpp:sm:3' previd='abc' h='7'/>"));
+    assert_eq!(out, vec![Action::Resume { username: "alice".into(), previd: "abc".into(), h: 7 }]);
+    let replies = stanzas(peer.read(&n.resume_failed()));
+    assert!(replies[0].is("failed", crate::sm::NS) && replies[0].has_child("item-not-found", ns::STANZA_ERRORS));
+    assert!(!n.is_established());
+    let out = n.on_event(stanza("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"));
+    assert!(matches!(out.first(), Some(Action::Bind { .. })), "{out:?}");
+
+    let (mut n, _) = authenticated();
+    n.on_event(stanza("<resume xmlns='urn:xmpp:sm:3' previd='abc' h='0'/>"));
+    n.resume_accepted();
+    assert!(n.is_established());
+}
+
+#[test]
+fn malformed_resume_and_early_enable_fail_without_closing() {
+    let (mut n, mut peer) = authenticated();
+    for bad in ["<resume xmlns='urn:xmpp:sm:3' previd='abc'/>", "<resume xmlns='urn:xmpp:sm:3' h='1'/>"] {
+        let replies = stanzas(peer.read(&n.on_event(stanza(bad))));
+        assert!(replies[0].has_child("bad-request", ns::STANZA_ERRORS), "{bad}: {replies:?}");
+    }
+    let replies = stanzas(peer.read(&n.on_event(stanza("<enable xmlns='urn:xmpp:sm:3'/>"))));
+    assert!(replies[0].has_child("unexpected-request", ns::STANZA_ERRORS));
+    let out = n.on_event(stanza("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"));
+    assert!(matches!(out.first(), Some(Action::Bind { .. })), "{out:?}");
 }
 
 #[test]
