@@ -58,7 +58,7 @@ fn domain_of(jid: &str) -> &str {
 /// without a `to`: each copy gets its recipient's full JID when it is written.
 fn wrap(kind: &str, user_bare: &str, original: &Element) -> Element {
     let mut carbon = Element::new("message", ns::CLIENT).with_attr("from", user_bare);
-    // XEP-0280 §6, §7: the wrapper keeps the original's type.
+    // XEP-0280 §7, §8: the wrapper keeps the original's type.
     if let Some(msg_type) = original.attr("type") {
         carbon.set_attr("type", msg_type);
     }
@@ -69,7 +69,7 @@ fn wrap(kind: &str, user_bare: &str, original: &Element) -> Element {
 
 /// `<enable/>` or `<disable/>` (XEP-0280 §4, §5) from a session: the flag lives in the
 /// session's registry entry, so it ends with the session and a new one starts without.
-/// Repeating either is not an error (§9.1).
+/// Repeating either is not an error (§10.1).
 pub fn set_enabled(ctx: &Ctx, origin: &Origin, iq: &Element, enabled: bool) -> Element {
     let (Some(full), Some(conn_id)) = (origin.full(), origin.conn_id) else {
         return error_reply(iq, "not-allowed", None).unwrap_or_else(|| iq_result(iq));
@@ -84,7 +84,7 @@ pub fn set_enabled(ctx: &Ctx, origin: &Origin, iq: &Element, enabled: bool) -> E
 
 impl Ctx {
     /// `sent` copies of a message a local session sent to `to`, for the user's other
-    /// carbons-enabled resources (XEP-0280 §7). Called before the message is routed, so
+    /// carbons-enabled resources (XEP-0280 §8). Called before the message is routed, so
     /// a copy never arrives after an error the routing bounces for it.
     pub fn send_sent_carbons(&self, origin: &Origin, to: Option<&Jid>, msg: &Element) {
         if origin.conn_id.is_none() {
@@ -107,7 +107,7 @@ impl Ctx {
 
     /// `received` copies of a message delivered to `delivered_to` (resources of the
     /// local account `user`), for the account's carbons-enabled resources that did not
-    /// get it (XEP-0280 §6). Call after delivering the original, and only when a session
+    /// get it (XEP-0280 §7). Call after delivering the original, and only when a session
     /// of `user` has carbons enabled (the routing path already knows).
     pub fn send_received_carbons<D: AsRef<str>>(
         &self,
@@ -128,35 +128,38 @@ impl Ctx {
         self.deliver_carbons(&wrap("received", user.as_str(), msg), user.as_str(), &targets);
     }
 
-    /// `received` copies of an error the server bounces to a local session, when the
-    /// message it answers was eligible: the user's other resources got a `sent` copy of
-    /// that message, so they learn it failed. Returns whether `reply` was delivered.
-    pub fn deliver_bounce_with_carbons(&self, original: &Element, reply: Element) -> bool {
-        let recipient = reply.attr("to").and_then(|to| to.split_once('/'));
-        let enabled = match recipient {
-            Some((bare, _)) if original.name() == "message" => self.registry.carbons_resources(bare),
-            _ => Vec::new(),
-        };
-        let carbon = match recipient {
-            Some((bare, resource)) if !enabled.is_empty() => {
-                let targets = carbons::received_copies(&enabled, &[resource], None);
-                let mut error = facts(&reply, &self.muc.domain);
-                error.answers_eligible = carbons::eligible(&facts(original, &self.muc.domain), Direction::Sent);
-                let eligible = carbons::eligible(&error, Direction::Received { from_full_jid: false });
-                (eligible && !targets.is_empty()).then(|| (wrap("received", bare, &reply), bare.to_owned(), targets))
+    /// Delivers `reply`, an error the server bounces for `original`, with `received`
+    /// copies for the recipient's other carbons-enabled resources when `original` was a
+    /// message eligible for carbons: those resources got a `sent` copy of it, so they
+    /// learn that it failed.
+    pub fn deliver_bounce_with_carbons(&self, original: &Element, reply: Element) {
+        let copies = match reply.attr("to").and_then(|to| to.split_once('/')) {
+            Some((bare, resource)) if original.name() == "message" => {
+                let enabled = self.registry.carbons_resources(bare);
+                let targets: Vec<String> = carbons::received_copies(&enabled, &[resource], None)
+                    .into_iter()
+                    .map(|r| format!("{bare}/{r}"))
+                    .collect();
+                let eligible = !targets.is_empty() && {
+                    let mut error = facts(&reply, &self.muc.domain);
+                    error.answers_eligible = carbons::eligible(&facts(original, &self.muc.domain), Direction::Sent);
+                    // An error's eligibility rests on `answers_eligible`, whatever its sender.
+                    carbons::eligible(&error, Direction::Received { from_full_jid: false })
+                };
+                eligible.then(|| (wrap("received", bare, &reply), targets))
             }
             _ => None,
         };
-        let delivered = self.deliver_to_full(reply);
-        if let (true, Some((carbon, bare, targets))) = (delivered, carbon) {
-            self.deliver_carbons(&carbon, &bare, &targets);
+        if self.deliver_to_full(reply) {
+            if let Some((carbon, targets)) = copies {
+                self.deliver_to_each(&carbon, &targets);
+            }
         }
-        delivered
     }
 
     /// Delivers `carbon` to each of `resources` of `bare`: serialized once, each session
     /// writes it with its own full JID as `to`. A copy that cannot be delivered is
-    /// dropped, never bounced (XEP-0280 §9.3).
+    /// dropped, never bounced (XEP-0280 §10.3).
     fn deliver_carbons(&self, carbon: &Element, bare: &str, resources: &[&str]) {
         let recipients: Vec<String> = resources.iter().map(|r| format!("{bare}/{r}")).collect();
         self.deliver_to_each(carbon, &recipients);
@@ -242,7 +245,7 @@ mod tests {
         assert_eq!(domain_of("example.org"), "example.org");
     }
 
-    /// The wrapper of XEP-0280 §6/§7, with the original in `jabber:client` inside
+    /// The wrapper of XEP-0280 §7/§8, with the original in `jabber:client` inside
     /// `forwarded` (and not in the namespace of its parent).
     #[test]
     fn a_carbon_wraps_the_original_unchanged() {

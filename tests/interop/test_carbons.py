@@ -151,7 +151,7 @@ async def test_received_and_sent_carbons_reach_only_carbons_resources(xmpp, make
     await a1.assert_none(is_any_carbon(body), "a carbon of its own message on the sender", wait=0,
                          since=m1)
 
-    # A3 (no carbons itself) sends: A1 and A2 both get a 'sent' carbon (XEP-0280 §7).
+    # A3 (no carbons itself) sends: A1 and A2 both get a 'sent' carbon (XEP-0280 §8).
     body = unique("from-a3-")
     m1, m2 = a1.mark(), a2.mark()
     a3.send_message(mto=bob.boundjid.full, mbody=body, mtype="chat")
@@ -199,7 +199,7 @@ async def test_private_and_no_copy_messages_are_not_copied(xmpp, make_account):
     for body in (private_in, nocopy_in):
         got = await a1.wait_for(is_message_with_body(body, "chat"), f"{body} on A1", since=m1)
         if body == private_in:
-            # XEP-0280 1.0 no longer strips <private/> on delivery (§8, interoperability note).
+            # XEP-0280 1.0 no longer strips <private/> on delivery (§9, interoperability note).
             assert got.xml.find(q(NS_CARBONS, "private")) is not None, got
     for body in (private_out, both_out):
         await bob.wait_for(is_message_with_body(body, "chat"), f"{body} at bob", since=mb)
@@ -254,7 +254,7 @@ async def test_disable_stops_copies_and_enable_to_own_bare_jid(xmpp, make_accoun
     a1, a2, bob = s.a1, s.a2, s.bob
     res = await a2.plugin["xep_0280"].disable(timeout=10)
     assert res["type"] == "result", res
-    # Disabling twice is not an error (XEP-0280 §9.1).
+    # Disabling twice is not an error (XEP-0280 §10.1).
     res = await a2.plugin["xep_0280"].disable(timeout=10)
     assert res["type"] == "result", res
 

@@ -13,7 +13,7 @@ pub struct MessageFacts {
     pub msg_type: MessageType,
     /// It has a `<body/>`.
     pub has_body: bool,
-    /// It has `<private xmlns='urn:xmpp:carbons:2'/>` (XEP-0280 §8).
+    /// It has `<private xmlns='urn:xmpp:carbons:2'/>` (XEP-0280 §9).
     pub private: bool,
     /// It has the XEP-0334 hint `<no-copy xmlns='urn:xmpp:hints'/>`.
     pub no_copy: bool,
@@ -51,7 +51,7 @@ pub enum Direction {
 /// Whether a message is eligible for carbons delivery (XEP-0280 §6.1), in this order:
 ///
 /// 1. Never a message that already is a carbon copy (no copies of copies), nor one with
-///    `<private/>` (§8) or the XEP-0334 `<no-copy/>` hint (whose meaning is exactly this).
+///    `<private/>` (§9) or the XEP-0334 `<no-copy/>` hint (whose meaning is exactly this).
 /// 2. Never `groupchat` (§6.1: "SHOULD NOT be carbon-copied"; the room reflects it to
 ///    every joined resource).
 /// 3. `error`: only when it answers a message that was itself eligible.
@@ -81,7 +81,7 @@ pub fn eligible(facts: &MessageFacts, direction: Direction) -> bool {
 }
 
 /// The resources that get a `sent` copy of an eligible message the user's resource
-/// `sender` sent: every other carbons-enabled resource (XEP-0280 §7: whether the sender
+/// `sender` sent: every other carbons-enabled resource (XEP-0280 §8: whether the sender
 /// enabled carbons does not matter).
 ///
 /// None when the message is addressed to the user's own account: its delivery there
@@ -95,7 +95,7 @@ pub fn sent_copies<'a, R: AsRef<str>>(carbons_enabled: &'a [R], sender: &str, to
 }
 
 /// The resources that get a `received` copy of an eligible message delivered to the
-/// user's resources `delivered_to` (XEP-0280 §6): every carbons-enabled resource that
+/// user's resources `delivered_to` (XEP-0280 §7): every carbons-enabled resource that
 /// did not get the original (it "MUST NOT" get both), and not `own_sender`, the
 /// resource that sent it when the user wrote to their own account.
 pub fn received_copies<'a, R: AsRef<str>, D: AsRef<str>>(
