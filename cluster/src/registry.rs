@@ -1,11 +1,13 @@
 //! Session registry: which sessions are bound for each bare JID, with the soft state
-//! routing needs (priority, availability, last presence, roster interest).
+//! routing needs (priority, availability, last presence, roster interest, XEP-0280
+//! carbons).
 //!
 //! Sharded by the same partition function as placement, so that in a cluster a shard is
 //! the unit that moves between nodes. Locks are per shard and never held across an
 //! `.await` (only plain `std` locks are used, and only inside non-async methods).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use waddle_xml::{Element, Unaddressed};
@@ -74,12 +76,20 @@ pub struct SessionEntry {
     pub presence: Option<Arc<Element>>,
     /// Whether the session requested the roster (RFC 6121 §2.1.6: only those get pushes).
     pub roster_interested: bool,
+    /// Whether the session enabled XEP-0280 carbons. Per session, so a new session of
+    /// the same resource starts without them. Change it with [`Registry::set_carbons`]
+    /// or [`Registry::update`] (both keep the registry's count of such sessions).
+    pub carbons: bool,
 }
 
 type Shard = RwLock<HashMap<String, Vec<SessionEntry>>>;
 
 pub struct Registry {
     shards: Vec<Shard>,
+    /// How many bound sessions have carbons enabled, changed under the shard lock that
+    /// changes a session's flag: while it is zero (a node whose clients never enable
+    /// carbons), the carbons lookups of the message path return without taking a lock.
+    carbons_sessions: AtomicUsize,
 }
 
 impl Default for Registry {
@@ -90,7 +100,7 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Registry {
-        Registry { shards: (0..PARTITIONS).map(|_| RwLock::default()).collect() }
+        Registry { shards: (0..PARTITIONS).map(|_| RwLock::default()).collect(), carbons_sessions: AtomicUsize::new(0) }
     }
 
     fn shard(&self, bare: &str) -> &Shard {
@@ -104,6 +114,7 @@ impl Registry {
         let mut shard = self.shard(bare).write().unwrap_or_else(|e| e.into_inner());
         let sessions = shard.entry(bare.to_owned()).or_default();
         let replaced = sessions.iter().position(|s| s.resource == entry.resource).map(|i| sessions.swap_remove(i));
+        self.count_carbons(replaced.as_ref().is_some_and(|r| r.carbons), entry.carbons);
         sessions.push(entry);
         replaced
     }
@@ -115,13 +126,15 @@ impl Registry {
         let Some(sessions) = shard.get_mut(bare) else {
             return false;
         };
-        let before = sessions.len();
-        sessions.retain(|s| !(s.resource == resource && s.conn_id == conn_id));
-        let removed = sessions.len() != before;
+        let Some(i) = sessions.iter().position(|s| s.resource == resource && s.conn_id == conn_id) else {
+            return false;
+        };
+        let removed = sessions.swap_remove(i);
+        self.count_carbons(removed.carbons, false);
         if sessions.is_empty() {
             shard.remove(bare);
         }
-        removed
+        true
     }
 
     /// The handle of this session, if bound (no copy of the rest of its entry).
@@ -140,10 +153,61 @@ impl Registry {
         let mut shard = self.shard(bare).write().unwrap_or_else(|e| e.into_inner());
         match shard.get_mut(bare).and_then(|v| v.iter_mut().find(|s| s.resource == resource && s.conn_id == conn_id)) {
             Some(entry) => {
+                let had_carbons = entry.carbons;
                 f(entry);
+                self.count_carbons(had_carbons, entry.carbons);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Enables or disables XEP-0280 carbons for this exact session; `false` if it is no
+    /// longer bound.
+    pub fn set_carbons(&self, bare: &str, resource: &str, conn_id: u64, enabled: bool) -> bool {
+        self.update(bare, resource, conn_id, |e| e.carbons = enabled)
+    }
+
+    /// The handle of this session and whether another session of `bare` has carbons
+    /// enabled: one lookup for the delivery of a message to a full JID, which must send
+    /// `received` carbons to those other sessions.
+    pub fn handle_and_carbons(&self, bare: &str, resource: &str) -> Option<(SessionRef, bool)> {
+        let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
+        let sessions = shard.get(bare)?;
+        let handle = sessions.iter().find(|s| s.resource == resource)?.handle.clone();
+        let others = self.any_carbons() && sessions.iter().any(|s| s.carbons && s.resource != resource);
+        Some((handle, others))
+    }
+
+    /// The resources of `bare`'s sessions that have carbons enabled, in no particular
+    /// order. Empty, without allocating, when there are none.
+    pub fn carbons_resources(&self, bare: &str) -> Vec<String> {
+        if !self.any_carbons() {
+            return Vec::new();
+        }
+        let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
+        shard
+            .get(bare)
+            .map(|v| v.iter().filter(|s| s.carbons).map(|s| s.resource.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether any session may have carbons enabled (false: none has).
+    pub fn any_carbons(&self) -> bool {
+        self.carbons_sessions.load(Ordering::Relaxed) > 0
+    }
+
+    /// Keeps the count of carbons-enabled sessions; called under the shard's write lock
+    /// with a session's flag before and after a change.
+    fn count_carbons(&self, before: bool, after: bool) {
+        match (before, after) {
+            (false, true) => {
+                self.carbons_sessions.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.carbons_sessions.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 
@@ -206,12 +270,85 @@ mod tests {
             available: false,
             presence: None,
             roster_interested: false,
+            carbons: false,
         };
         assert!(registry.bind("a@x", entry(1)).is_none());
         assert_eq!(registry.bind("a@x", entry(2)).map(|old| old.conn_id), Some(1));
         assert!(!registry.unbind("a@x", "phone", 1), "the replaced session must not unbind its successor");
         assert!(registry.handle("a@x", "phone").is_some());
         assert!(registry.unbind("a@x", "phone", 2));
+        assert_eq!(registry.session_count(), 0);
+    }
+
+    fn entry(resource: &str, conn_id: u64) -> SessionEntry {
+        SessionEntry {
+            resource: resource.into(),
+            conn_id,
+            handle: SessionRef::channel(8).0,
+            priority: 0,
+            available: true,
+            presence: None,
+            roster_interested: false,
+            carbons: false,
+        }
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn carbons_are_per_session_and_listed_per_account() {
+        let registry = Registry::default();
+        for (i, r) in ["a1", "a2", "a3"].into_iter().enumerate() {
+            registry.bind("alice@x", entry(r, i as u64 + 1));
+        }
+        registry.bind("bob@x", entry("b1", 10));
+        assert!(!registry.any_carbons());
+        assert!(registry.carbons_resources("alice@x").is_empty());
+        assert!(registry.set_carbons("alice@x", "a1", 1, true));
+        assert!(registry.set_carbons("alice@x", "a2", 2, true));
+        assert!(!registry.set_carbons("alice@x", "a3", 99, true), "another connection's session");
+        assert_eq!(sorted(registry.carbons_resources("alice@x")), ["a1", "a2"]);
+        assert!(registry.carbons_resources("bob@x").is_empty());
+        assert!(registry.carbons_resources("carol@x").is_empty());
+
+        let (_, others) = registry.handle_and_carbons("alice@x", "a1").unwrap();
+        assert!(others, "a2 has carbons");
+        let (_, others) = registry.handle_and_carbons("alice@x", "a3").unwrap();
+        assert!(others);
+        let (_, others) = registry.handle_and_carbons("bob@x", "b1").unwrap();
+        assert!(!others);
+        assert!(registry.handle_and_carbons("alice@x", "a4").is_none());
+
+        assert!(registry.set_carbons("alice@x", "a2", 2, false));
+        let (_, others) = registry.handle_and_carbons("alice@x", "a1").unwrap();
+        assert!(!others, "only a1 itself has carbons now");
+        assert_eq!(registry.carbons_resources("alice@x"), ["a1"]);
+    }
+
+    #[test]
+    fn the_carbons_count_follows_enable_disable_replace_and_unbind() {
+        let registry = Registry::default();
+        let count = |r: &Registry| r.carbons_sessions.load(Ordering::Relaxed);
+        registry.bind("alice@x", entry("a1", 1));
+        registry.bind("alice@x", entry("a2", 2));
+        registry.set_carbons("alice@x", "a1", 1, true);
+        registry.set_carbons("alice@x", "a1", 1, true);
+        assert_eq!(count(&registry), 1, "enabling twice counts once");
+        registry.update("alice@x", "a2", 2, |e| e.carbons = true);
+        assert_eq!(count(&registry), 2);
+        // A new session of a1 replaces the old one and starts without carbons.
+        let replaced = registry.bind("alice@x", entry("a1", 3));
+        assert!(replaced.is_some_and(|r| r.carbons));
+        assert_eq!(count(&registry), 1);
+        assert_eq!(registry.carbons_resources("alice@x"), ["a2"]);
+        assert!(!registry.unbind("alice@x", "a1", 1), "the replaced session is gone already");
+        assert!(registry.unbind("alice@x", "a2", 2));
+        assert_eq!(count(&registry), 0);
+        assert!(!registry.any_carbons());
+        assert!(registry.unbind("alice@x", "a1", 3));
         assert_eq!(registry.session_count(), 0);
     }
 }

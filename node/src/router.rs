@@ -52,6 +52,9 @@ impl Ctx {
                 return;
             }
         };
+        if kind == StanzaKind::Message {
+            self.send_sent_carbons(origin, to.as_ref(), &stanza);
+        }
         match classify(to.as_ref(), &self.domain, &self.services) {
             // Boxed, like the other rarely taken branches with deep futures (the server's
             // own IQ handlers, offline storage, starting a room): each routed stanza's
@@ -95,10 +98,15 @@ impl Ctx {
     }
 
     /// Sends the error reply to `original` back to its sender through [`Ctx::emit`]
-    /// (nothing for an error: errors are never answered with errors).
+    /// (nothing for an error: errors are never answered with errors), with carbons of
+    /// it when the original was a message eligible for them.
     pub async fn bounce(&self, original: &Element, condition: &str) {
         if let Some(reply) = error_reply(original, condition, None) {
+            let carbons = self.bounce_carbons(original, &reply);
             self.emit(reply).await;
+            if let Some((carbon, targets)) = carbons {
+                self.deliver_to_each(&carbon, &targets);
+            }
         }
     }
 
@@ -126,7 +134,10 @@ impl Ctx {
 
     /// Delivers one shared stanza to several sessions of `bare`.
     pub fn deliver_to_resources(&self, bare: &str, resources: &[String], stanza: Element) {
-        let stanza = Arc::new(stanza);
+        self.deliver_shared_to_resources(bare, resources, Arc::new(stanza));
+    }
+
+    fn deliver_shared_to_resources(&self, bare: &str, resources: &[String], stanza: Arc<Element>) {
         for s in self.registry.sessions(bare) {
             if resources.contains(&s.resource) {
                 let _ = s.handle.cast(SessionMsg::Deliver(Arc::clone(&stanza)));
@@ -146,12 +157,20 @@ impl Ctx {
         n
     }
 
-    fn session_views(&self, bare: &str) -> Vec<SessionView> {
-        self.registry
+    /// What the delivery rules need of `bare`'s sessions, and whether any of them has
+    /// carbons enabled (read in the same registry lookup).
+    fn session_views(&self, bare: &str) -> (Vec<SessionView>, bool) {
+        let mut carbons = false;
+        let views = self
+            .registry
             .sessions(bare)
             .into_iter()
-            .map(|s| SessionView { resource: s.resource, priority: s.priority, available: s.available })
-            .collect()
+            .map(|s| {
+                carbons |= s.carbons;
+                SessionView { resource: s.resource, priority: s.priority, available: s.available }
+            })
+            .collect();
+        (views, carbons)
     }
 
     async fn account_exists(&self, bare: &BareJid) -> bool {
@@ -169,7 +188,7 @@ impl Ctx {
         match kind {
             StanzaKind::Message => {
                 let msg_type = MessageType::parse(stanza.attr("type"));
-                let sessions = self.session_views(to.as_str());
+                let (sessions, carbons) = self.session_views(to.as_str());
                 // A bound session proves the account: the storage round trip is only
                 // needed for an account with nobody online.
                 let exists = !sessions.is_empty() || self.account_exists(to).await;
@@ -177,7 +196,7 @@ impl Ctx {
                     self.archive_if_chat(origin, to, &mut stanza).await;
                 }
                 let decision = waddle_im::deliver_to_bare(msg_type, exists, &sessions);
-                self.apply_message_delivery(to, decision, stanza).await;
+                self.apply_message_delivery(origin, to, decision, stanza, carbons).await;
             }
             StanzaKind::Presence => im::presence_to_account(self, origin, to, stanza).await,
             StanzaKind::Iq => {
@@ -195,7 +214,11 @@ impl Ctx {
 
     async fn to_session(&self, origin: &Origin, kind: StanzaKind, to: &FullJid, mut stanza: Element) {
         let bare = to.to_bare();
-        let session = self.registry.handle(bare.as_str(), to.resource().as_str());
+        // Whether the account's other sessions want carbons comes with the lookup.
+        let (session, carbons) = match self.registry.handle_and_carbons(bare.as_str(), to.resource().as_str()) {
+            Some((session, carbons)) => (Some(session), carbons),
+            None => (None, false),
+        };
         // Only a message needs to know whether the account exists: a bound session
         // proves it, otherwise storage is asked (never archive for a missing account,
         // or whoever registers the name later would find the message in their archive).
@@ -212,17 +235,19 @@ impl Ctx {
             (StanzaKind::Presence, _) if stanza.attr("type") == Some("probe") => {
                 im::presence_to_account(self, origin, &bare, stanza).await;
             }
+            (StanzaKind::Message, Some(session)) if carbons => {
+                let stanza = Arc::new(stanza);
+                let _ = session.cast(SessionMsg::Deliver(Arc::clone(&stanza)));
+                self.send_received_carbons(origin, &bare, &[to.resource().as_str()], &stanza);
+            }
             (_, Some(session)) => {
                 let _ = session.cast(SessionMsg::Deliver(Arc::new(stanza)));
             }
             (StanzaKind::Message, None) => {
                 let msg_type = MessageType::parse(stanza.attr("type"));
-                let decision = waddle_im::deliver_to_missing_full(
-                    msg_type,
-                    message_to_existing_account,
-                    &self.session_views(bare.as_str()),
-                );
-                self.apply_message_delivery(&bare, decision, stanza).await;
+                let (sessions, carbons) = self.session_views(bare.as_str());
+                let decision = waddle_im::deliver_to_missing_full(msg_type, message_to_existing_account, &sessions);
+                self.apply_message_delivery(origin, &bare, decision, stanza, carbons).await;
             }
             (StanzaKind::Iq, None) => self.bounce(&stanza, "service-unavailable").await,
             // Presence to a resource that is gone is silently dropped (RFC 6121 §4.6.3).
@@ -237,8 +262,24 @@ impl Ctx {
         }
     }
 
-    async fn apply_message_delivery(&self, to: &BareJid, decision: MessageDelivery, stanza: Element) {
+    /// Carries out the delivery decision for a message to the local account `to`;
+    /// `carbons` says whether a session of `to` has carbons enabled. Only a delivered
+    /// message is copied: one stored offline reaches the account's next available
+    /// resource later, and a copy now would give a resource both.
+    async fn apply_message_delivery(
+        &self,
+        origin: &Origin,
+        to: &BareJid,
+        decision: MessageDelivery,
+        stanza: Element,
+        carbons: bool,
+    ) {
         match decision {
+            MessageDelivery::Resources(resources) if carbons => {
+                let stanza = Arc::new(stanza);
+                self.deliver_shared_to_resources(to.as_str(), &resources, Arc::clone(&stanza));
+                self.send_received_carbons(origin, to, &resources, &stanza);
+            }
             MessageDelivery::Resources(resources) => self.deliver_to_resources(to.as_str(), &resources, stanza),
             MessageDelivery::StoreOffline => Box::pin(im::store_offline(self, to, stanza)).await,
             MessageDelivery::ErrorServiceUnavailable => self.bounce(&stanza, "service-unavailable").await,

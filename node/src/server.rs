@@ -1,5 +1,6 @@
 //! Stanzas addressed to the server itself, and IQs the server answers on behalf of an
-//! account (RFC 6121 §8.5.1): service discovery, ping, roster, vCard, registration.
+//! account (RFC 6121 §8.5.1): service discovery, ping, roster, vCard, registration,
+//! XEP-0280 carbons.
 
 use jid::BareJid;
 use waddle_c2s::ns;
@@ -56,6 +57,8 @@ async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> 
             Some(iq_result_with(iq, items))
         }
         ("get", ns::PING, "ping") => Some(iq_result(iq)),
+        ("set", crate::carbons::NS_CARBONS, "enable") => Some(crate::carbons::set_enabled(ctx, origin, iq, true)),
+        ("set", crate::carbons::NS_CARBONS, "disable") => Some(crate::carbons::set_enabled(ctx, origin, iq, false)),
         ("get", ns::ROSTER, "query") => Some(im::roster_get(ctx, origin, iq, payload).await),
         ("set", ns::ROSTER, "query") => Some(im::roster_set(ctx, origin, iq, payload).await),
         ("get", ns::VCARD, "vCard") => Some(vcard_get(ctx, iq, &origin.bare()).await),
@@ -123,6 +126,7 @@ fn server_info(ctx: &Ctx, iq: &Element, query: &Element) -> Element {
         ns::DELAY,
         crate::muc::NS_MAM,
         crate::mam::NS_SID,
+        crate::carbons::NS_CARBONS,
         "urn:xmpp:features:rosterver",
         "urn:xmpp:features:pre-approval",
     ];

@@ -797,6 +797,7 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         available: false,
         presence: None,
         roster_interested: false,
+        carbons: false,
     };
     if let Some(old) = ctx.registry.bind(&bare, entry) {
         let _ = old.handle.cast(SessionMsg::Replaced);

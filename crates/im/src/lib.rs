@@ -14,6 +14,8 @@
 //! * **Presence priority** parsing (RFC 6121 §4.7.2.3, [`parse_priority`]).
 //! * **Message delivery** to local users (RFC 6121 §8.5, [`deliver_to_bare`]
 //!   and [`deliver_to_missing_full`]).
+//! * **Message Carbons** (XEP-0280, [`carbons`]): which messages are copied to a
+//!   user's other resources and which resources get the copies.
 //!
 //! It never performs I/O (no storage, no routing, no clock) and never touches
 //! XML: every input and output is a plain enum, boolean or string. The caller
@@ -30,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod carbons;
 mod delivery;
 mod presence;
 mod roster;
