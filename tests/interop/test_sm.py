@@ -287,3 +287,28 @@ async def test_slixmpp_resumes_and_loses_nothing(make_user, xmpp, server):
     a.send_message(mto=b.boundjid.full, mbody=f"{tag}after", mtype="chat")
     await b.wait_for(is_message_with_body(f"{tag}after", "chat"), "a message after resumption")
     assert DOMAIN in a.boundjid.full
+
+
+async def test_misuse_gets_failed_or_a_stream_error(make_user, raw):
+    alice = make_user("alice")
+    a = SmClient(raw())
+    a.raw.login(alice.username, alice.password, "sm")
+    # <r/> before enabling is not a stanza the server knows.
+    b = SmClient(raw())
+    b.raw.login(alice.username, alice.password, "other")
+    b.raw.send(f"<r xmlns='{NS_SM}'/>")
+    err = b.read_until(_is(NS_STREAM, "error"), "stream error")
+    assert err.find(q(NS_STREAMS_ERR, "unsupported-stanza-type")) is not None, ET.tostring(err)
+
+    _enable(a, resume=False)
+    # Enabling twice, or resuming inside a bound stream, is refused; the stream goes on.
+    for nonza in (f"<enable xmlns='{NS_SM}'/>", f"<resume xmlns='{NS_SM}' previd='x' h='0'/>"):
+        a.raw.send(nonza)
+        failed = a.read_until(_is(NS_SM, "failed"), "<failed/>")
+        assert failed.find(q(NS_STANZAS_ERR, "unexpected-request")) is not None, ET.tostring(failed)
+    a.raw.send(f"<r xmlns='{NS_SM}'/>")
+    assert a.read_until(_is(NS_SM, "a"), "<a/>").get("h") == "0"
+    # An unparsable count ends the stream.
+    a.raw.send(f"<a xmlns='{NS_SM}' h='many'/>")
+    err = a.read_until(_is(NS_STREAM, "error"), "stream error")
+    assert err.find(q(NS_STREAMS_ERR, "bad-format")) is not None, ET.tostring(err)
