@@ -14,5 +14,6 @@ pub mod ns;
 pub mod rate;
 pub mod stanza;
 pub mod stream;
+pub mod websocket;
 
 pub use negotiation::{Action, AuthOutcome, NegotiationConfig, Negotiator, RegisterOutcome};
