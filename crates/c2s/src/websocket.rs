@@ -141,7 +141,7 @@ impl OutboundFramer {
     }
 
     /// Appends the frames completed by `bytes` to `frames`, in order.
-    pub fn push(&mut self, bytes: &[u8], frames: &mut Vec<String>) -> Result<(), OutboundError> {
+    pub fn push(&mut self, bytes: &[u8], frames: &mut impl Extend<String>) -> Result<(), OutboundError> {
         if self.partial.is_empty() {
             let used = frame_all(bytes, frames)?;
             self.partial.extend_from_slice(&bytes[used..]);
@@ -159,7 +159,7 @@ impl OutboundFramer {
 }
 
 /// Frames every complete top-level unit of `bytes`; how many bytes were used.
-fn frame_all(bytes: &[u8], frames: &mut Vec<String>) -> Result<usize, OutboundError> {
+fn frame_all(bytes: &[u8], frames: &mut impl Extend<String>) -> Result<usize, OutboundError> {
     let mut pos = 0;
     loop {
         while pos < bytes.len() && is_ws(bytes[pos]) {
@@ -182,7 +182,7 @@ fn frame_all(bytes: &[u8], frames: &mut Vec<String>) -> Result<usize, OutboundEr
             Some(b'/') => match find(rest, b">") {
                 // The only end tag at stream level is the stream's own.
                 Some(i) => {
-                    frames.push(CLOSE_FRAME.to_owned());
+                    frames.extend([CLOSE_FRAME.to_owned()]);
                     pos += i + 1;
                 }
                 None => return Ok(pos),
@@ -193,14 +193,14 @@ fn frame_all(bytes: &[u8], frames: &mut Vec<String>) -> Result<usize, OutboundEr
                 };
                 let tag = &rest[..tag_end];
                 if tag_name(tag) == b"stream:stream" && !tag.ends_with(b"/>") {
-                    frames.push(open_frame(tag)?);
+                    frames.extend([open_frame(tag)?]);
                     pos += tag_end;
                     continue;
                 }
                 let Some(len) = element_len(rest).map_err(|()| OutboundError::Markup)? else {
                     return Ok(pos);
                 };
-                frames.push(element_frame(&rest[..len], tag_end)?);
+                frames.extend([element_frame(&rest[..len], tag_end)?]);
                 pos += len;
             }
         }
