@@ -53,12 +53,16 @@ fn accept(ctx: Arc<Ctx>, peer: SocketAddr, upgrade: Result<WebSocketUpgrade, Web
             "offer the WebSocket subprotocol 'xmpp' (Sec-WebSocket-Protocol: xmpp, RFC 7395 §3.1)",
         );
     }
-    // A frame holds one element, so no frame may exceed what one stanza may.
+    // A frame holds one element, so no frame may exceed what one stanza may: WsIo
+    // refuses longer ones with <policy-violation/>. tungstenite's own cap is set above
+    // that: it refuses a message over its cap before reading it, and a connection
+    // closed with unread input is reset, which loses the stream error on its way to
+    // the client. Only frames beyond twice the limit are cut off that way.
     let limit = ctx.config.c2s.max_stanza_bytes;
     let secure = ctx.config.websocket_is_secure();
     upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
+        .max_message_size(limit.saturating_mul(2))
+        .max_frame_size(limit.saturating_mul(2))
         .on_failed_upgrade(move |e| tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
             let io = ClientIo::WebSocket(Box::new(WsIo::new(socket, limit)));
@@ -97,15 +101,6 @@ impl WsIo {
         WsIo { socket, unread: Bytes::new(), framer: OutboundFramer::new(), unsent: VecDeque::new(), max_frame }
     }
 
-    fn read_error(&self, e: axum::Error) -> io::Error {
-        match e.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
-            Ok(tungstenite::Error::Capacity(_)) => frame_io_error(FrameError::TooLarge { limit: self.max_frame }),
-            Ok(tungstenite::Error::Utf8(_)) => frame_io_error(FrameError::NotOneElement),
-            Ok(e) => io::Error::other(e),
-            Err(e) => io::Error::other(e),
-        }
-    }
-
     /// Hands the frames waiting for the socket to it, in order.
     fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.unsent.is_empty() {
@@ -131,9 +126,14 @@ impl AsyncRead for WsIo {
             let message = match ready!(Pin::new(&mut this.socket).poll_next(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(message)) => message,
-                Some(Err(e)) => return Poll::Ready(Err(this.read_error(e))),
+                // tungstenite has closed the WebSocket with its own status code (a
+                // protocol error, invalid UTF-8, a message over its cap).
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
             };
             match message {
+                Message::Text(text) if text.len() > this.max_frame => {
+                    return Poll::Ready(Err(frame_io_error(FrameError::TooLarge { limit: this.max_frame })))
+                }
                 Message::Text(text) => match translate_inbound(text.as_str()) {
                     Ok(Inbound::PassThrough) => this.unread = Bytes::from(text),
                     Ok(Inbound::Replace(bytes)) => this.unread = Bytes::from(bytes),
