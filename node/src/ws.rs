@@ -23,6 +23,11 @@ use waddle_c2s::websocket::{translate_inbound, FrameError, Inbound, OutboundFram
 use crate::ctx::Ctx;
 use crate::io::ClientIo;
 
+/// tungstenite's read buffer, allocated up front for every connection. With its default
+/// (128 KiB) 300 idle WebSocket sessions cost 117.5 KiB of RSS each, with 4 KiB 5.6 KiB
+/// (measured on a debug build). Larger messages get room when they arrive.
+const READ_BUFFER: usize = 4096;
+
 /// `GET /xmpp-websocket`.
 pub fn route(ctx: Arc<Ctx>) -> axum::routing::MethodRouter {
     axum::routing::get(
@@ -63,6 +68,7 @@ fn accept(ctx: Arc<Ctx>, peer: SocketAddr, upgrade: Result<WebSocketUpgrade, Web
     upgrade
         .max_message_size(limit.saturating_mul(2))
         .max_frame_size(limit.saturating_mul(2))
+        .read_buffer_size(READ_BUFFER)
         .on_failed_upgrade(move |e| tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
             let io = ClientIo::WebSocket(Box::new(WsIo::new(socket, limit)));
