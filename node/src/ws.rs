@@ -127,6 +127,11 @@ impl AsyncRead for WsIo {
                 let n = this.unread.len().min(buf.remaining());
                 buf.put_slice(&this.unread[..n]);
                 this.unread.advance(n);
+                if this.unread.is_empty() {
+                    // An emptied `Bytes` still holds the frame's buffer; an idle
+                    // session should not.
+                    this.unread = Bytes::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             let message = match ready!(Pin::new(&mut this.socket).poll_next(cx)) {
@@ -181,5 +186,20 @@ impl AsyncWrite for WsIo {
         let this = self.get_mut();
         ready!(this.poll_send_unsent(cx))?;
         Pin::new(&mut this.socket).poll_close(cx).map_err(io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused frame must survive the trip through `io::Error` (the reader's only
+    /// channel) or the client is dropped without the stream error.
+    #[test]
+    fn framing_errors_are_told_apart_from_socket_errors() {
+        let refused = frame_io_error(FrameError::TooLarge { limit: 9 });
+        assert_eq!(frame_error(&refused), Some(&FrameError::TooLarge { limit: 9 }));
+        assert_eq!(frame_error(&io::Error::other("reset")), None);
+        assert_eq!(frame_error(&io::Error::from(io::ErrorKind::UnexpectedEof)), None);
     }
 }
