@@ -15,6 +15,8 @@ import asyncio
 import base64
 import json
 import shutil
+import socket
+import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +32,7 @@ from xmpp_helpers import (
     NS_STREAM,
     NS_STREAMS_ERR,
     TIMEOUT,
+    fresh_source_ip,
     http_request,
     insecure_ssl_context,
     is_message_with_body,
@@ -176,9 +179,17 @@ async def test_xmpp_client_over_websocket_chats_with_a_tcp_client(
 # --------------------------------------------------------------------------
 
 
-def ws_connect(url: str, subprotocols: Optional[list[str]] = ("xmpp",)) -> ClientConnection:
+def ws_connect(url: str, subprotocols: Optional[list[str]] = ("xmpp",),
+               source_ip: Optional[str] = None) -> ClientConnection:
+    """A WebSocket to ``url`` offering ``subprotocols``, optionally from a chosen
+    loopback source address (see ``fresh_source_ip``)."""
     ssl = insecure_ssl_context() if url.startswith("wss:") else None
-    return connect(url, subprotocols=list(subprotocols) if subprotocols else None,
+    sock = None
+    if source_ip is not None:
+        parsed = urllib.parse.urlsplit(url)
+        sock = socket.create_connection((parsed.hostname, parsed.port), timeout=TIMEOUT,
+                                        source_address=(source_ip, 0))
+    return connect(url, subprotocols=list(subprotocols) if subprotocols else None, sock=sock,
                    open_timeout=TIMEOUT, close_timeout=TIMEOUT, max_size=None, ssl=ssl)
 
 
@@ -300,9 +311,7 @@ def login(ws: ClientConnection, username: str, secret: str, resource: str = "raw
     """PLAIN login and bind over a raw WebSocket; the bound full JID."""
     _, features = open_stream(ws)
     assert "PLAIN" in mechanisms(features), ET.tostring(features)
-    payload = base64.b64encode(f"\0{username}\0{secret}".encode()).decode()
-    ws.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
-    success = recv(ws)
+    success = plain_auth(ws, username, secret)
     assert success.tag == q(NS_SASL, "success"), ET.tostring(success)
     _, features = open_stream(ws)
     assert features.find(q(NS_BIND, "bind")) is not None, ET.tostring(features)
@@ -311,6 +320,35 @@ def login(ws: ClientConnection, username: str, secret: str, resource: str = "raw
     bound = recv(ws)
     assert bound.tag == "{jabber:client}iq" and bound.get("type") == "result", ET.tostring(bound)
     return bound.find(f"{q(NS_BIND, 'bind')}/{q(NS_BIND, 'jid')}").text
+
+
+def plain_auth(ws: ClientConnection, username: str, secret: str) -> ET.Element:
+    payload = base64.b64encode(f"\0{username}\0{secret}".encode()).decode()
+    ws.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+    return recv(ws)
+
+
+def test_failed_websocket_logins_are_limited_per_client_address(server, make_account):
+    username, password = make_account("lim")
+    source = fresh_source_ip()
+    # The suite's auth.max_auth_failures is 5: five failures from one address, for
+    # accounts that do not exist (so that no account is blocked) ...
+    for _ in range(5):
+        with ws_connect(server.websocket_url, source_ip=source) as ws:
+            open_stream(ws)
+            failure = plain_auth(ws, unique("nobody"), "wrong password")
+            assert failure.find(q(NS_SASL, "not-authorized")) is not None, ET.tostring(failure)
+    # ... block that address, even with the right password ...
+    with ws_connect(server.websocket_url, source_ip=source) as ws:
+        open_stream(ws)
+        failure = plain_auth(ws, username, password)
+        assert failure.tag == q(NS_SASL, "failure"), ET.tostring(failure)
+        assert "too many failed attempts" in (failure.findtext(q(NS_SASL, "text")) or ""), \
+            ET.tostring(failure)
+        expect_stream_error(ws, "policy-violation")
+    # ... and only that address.
+    with ws_connect(server.websocket_url) as ws:
+        assert login(ws, username, password, "ok") == f"{username}@{DOMAIN}/ok"
 
 
 def test_the_websocket_url_of_an_xmpp_token_is_the_endpoint(server, http, make_user):
