@@ -38,7 +38,7 @@ pub enum FrameError {
     TooLarge { limit: usize },
     #[error("<{0}/> must be in the namespace urn:ietf:params:xml:ns:xmpp-framing (RFC 7395 §3.3.2)")]
     FramingNamespace(&'static str),
-    #[error("the <open/> frame is not well-formed XML")]
+    #[error("the <open/> or <close/> frame is not well-formed XML")]
     BadOpen,
 }
 
@@ -76,16 +76,18 @@ pub fn translate_inbound(frame: &str) -> Result<Inbound, FrameError> {
     if element_len(element) != Ok(Some(element.len())) {
         return Err(FrameError::NotOneElement);
     }
-    let (open, close) = match tag_name(element) {
-        b"open" => (true, false),
-        b"close" => (false, true),
+    let name = match tag_name(element) {
+        b"open" => "open",
+        b"close" => "close",
         _ => return Ok(Inbound::PassThrough),
     };
+    // Only these two frames are parsed here (twice per stream), to read their
+    // namespace and attributes properly.
     let el = Element::from_bytes(element, "").map_err(|_| FrameError::BadOpen)?;
     if el.ns() != NS_FRAMING {
-        return Err(FrameError::FramingNamespace(if open { "open" } else { "close" }));
+        return Err(FrameError::FramingNamespace(name));
     }
-    if close {
+    if name == "close" {
         return Ok(Inbound::Replace(b"</stream:stream>".to_vec()));
     }
     Ok(Inbound::Replace(stream_header_for(&el)))
