@@ -16,6 +16,7 @@ import base64
 import json
 import shutil
 import socket
+import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -28,14 +29,20 @@ from websockets.sync.client import ClientConnection, connect
 from xmpp_helpers import (
     DOMAIN,
     NS_BIND,
+    NS_MUC,
+    NS_MUC_USER,
     NS_SASL,
     NS_STREAM,
     NS_STREAMS_ERR,
     TIMEOUT,
+    add_member,
+    connect_muc,
+    create_waddle,
     fresh_source_ip,
     http_request,
     insecure_ssl_context,
     is_message_with_body,
+    join_room,
     q,
     unique,
 )
@@ -349,6 +356,55 @@ def test_failed_websocket_logins_are_limited_per_client_address(server, make_acc
     # ... and only that address.
     with ws_connect(server.websocket_url) as ws:
         assert login(ws, username, password, "ok") == f"{username}@{DOMAIN}/ok"
+
+
+def read_until(ws: ClientConnection, pred, what: str) -> ET.Element:
+    """The first frame matching ``pred`` within TIMEOUT (others are skipped)."""
+    deadline = time.monotonic() + TIMEOUT
+    seen = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no {what} within {TIMEOUT}s; frames: {seen[-8:]}")
+        try:
+            frame = ws.recv(timeout=remaining)
+        except TimeoutError:
+            continue
+        seen.append(frame)
+        el = ET.fromstring(frame)
+        if pred(el):
+            return el
+
+
+async def test_room_messages_reach_a_websocket_occupant(server, http, make_user, xmpp):
+    # Fan-out writes one shared serialization per room message with each occupant's
+    # address spliced in; over WebSocket that copy must still be one namespaced frame.
+    alice, bob = make_user("alice"), make_user("bob")
+    waddle = create_waddle(http, alice)
+    add_member(http, waddle, alice, bob)
+    room = waddle.room("general")
+    b = await connect_muc(xmpp, bob)
+    ws = await asyncio.to_thread(ws_connect, server.websocket_url)
+    try:
+        web_jid = await asyncio.to_thread(login, ws, alice.username, alice.password, "web")
+        ws.send(f"<presence xmlns='jabber:client' to='{room}/alice'>"
+                f"<x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>")
+
+        def self_presence(el: ET.Element) -> bool:
+            statuses = {s.get("code") for s in el.iter(q(NS_MUC_USER, "status"))}
+            return el.tag == "{jabber:client}presence" and el.get("from") == f"{room}/alice" \
+                and "110" in statuses
+        await asyncio.to_thread(read_until, ws, self_presence, "the room's self-presence")
+        await join_room(b, room, "bob", maxstanzas=0)
+        body = unique("to-the-room-")
+        b.send_message(mto=room, mbody=body, mtype="groupchat")
+        message = await asyncio.to_thread(
+            read_until, ws, lambda el: el.tag == "{jabber:client}message"
+            and el.findtext("{jabber:client}body") == body, "the room message")
+        assert message.get("from") == f"{room}/bob", message.attrib
+        assert message.get("to") == web_jid and message.get("type") == "groupchat", message.attrib
+    finally:
+        ws.close()
 
 
 def test_the_websocket_url_of_an_xmpp_token_is_the_endpoint(server, http, make_user):
