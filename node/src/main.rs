@@ -162,6 +162,14 @@ async fn run(config: Config) -> Result<()> {
             }
         });
     }
+    let public = bind.parse::<std::net::IpAddr>().map(|ip| !ip.is_loopback()).unwrap_or(true);
+    if ctx.config.http.websocket_secure && !ctx.config.http.tls && public {
+        tracing::warn!(
+            bind = %bind,
+            "http.websocket_secure: plain ws:// logins (PLAIN included) are accepted on a public address; \
+             this is only safe behind a TLS-terminating proxy"
+        );
+    }
     tokio::spawn(accept_loop(Arc::clone(&ctx), starttls, false));
     tokio::spawn(accept_loop(Arc::clone(&ctx), direct, true));
     tokio::spawn(purge_tokens(Arc::clone(&ctx)));
