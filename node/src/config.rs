@@ -93,7 +93,16 @@ pub struct C2sConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub port: u16,
-    /// Advertised in `POST /auth/xmpp-token`; empty = derived from domain and port.
+    /// Serve the HTTP listener (API and XMPP over WebSocket) over TLS with the node's
+    /// certificate: `https://` and `wss://`.
+    pub tls: bool,
+    /// Treat plain `ws://` XMPP connections as secure, so that they may authenticate
+    /// (PLAIN included) although `c2s.require_tls` is on: for a TLS-terminating proxy in
+    /// front of the node, or loopback during development (Prosody's
+    /// `consider_websocket_secure`). Off, plain `ws://` obeys `c2s.require_tls`.
+    pub websocket_secure: bool,
+    /// Advertised in `POST /auth/xmpp-token`; empty = derived from the public XMPP host,
+    /// `http.port` and `http.tls` (`ws://` or `wss://`).
     pub websocket_url: String,
     /// Advertised XMPP host in `POST /auth/xmpp-token`; empty = the domain.
     pub public_xmpp_host: String,
@@ -216,7 +225,13 @@ impl Default for C2sConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { port: 5280, websocket_url: String::new(), public_xmpp_host: String::new() }
+        HttpConfig {
+            port: 5280,
+            tls: false,
+            websocket_secure: false,
+            websocket_url: String::new(),
+            public_xmpp_host: String::new(),
+        }
     }
 }
 
@@ -259,6 +274,9 @@ pub enum ConfigError {
     #[error("config field `{field}`: {message}")]
     Invalid { field: &'static str, message: String },
 }
+
+/// The HTTP path of XMPP over WebSocket (RFC 7395).
+pub const WEBSOCKET_PATH: &str = "/xmpp-websocket";
 
 /// Variables that start with `WADDLE_` but are not config fields.
 const NON_FIELD_VARS: &[&str] = &["WADDLE_CONFIG", "WADDLE_BIN"];
@@ -345,18 +363,30 @@ impl Config {
                 "counts and windows must be positive (use enabled = false to turn limits off)",
             );
         }
+        let url = &self.http.websocket_url;
+        if !(url.is_empty() || url.starts_with("ws://") || url.starts_with("wss://")) {
+            return invalid("http.websocket_url", "must be empty (derived) or a ws:// or wss:// URL");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format", "must be \"text\" or \"json\"");
         }
         Ok(())
     }
 
+    /// Where clients reach XMPP over WebSocket: the configured URL, or this node's
+    /// listener with the scheme it actually serves.
     pub fn websocket_url(&self) -> String {
         if self.http.websocket_url.is_empty() {
-            format!("wss://{}:{}/xmpp-websocket", self.server.domain, self.http.port)
+            let scheme = if self.http.tls { "wss" } else { "ws" };
+            format!("{scheme}://{}:{}{}", self.public_xmpp_host(), self.http.port, WEBSOCKET_PATH)
         } else {
             self.http.websocket_url.clone()
         }
+    }
+
+    /// Whether XMPP over WebSocket counts as encrypted for authentication.
+    pub fn websocket_is_secure(&self) -> bool {
+        self.http.tls || self.http.websocket_secure
     }
 
     pub fn public_xmpp_host(&self) -> String {
@@ -516,10 +546,39 @@ mod tests {
     }
 
     #[test]
+    fn websocket_url_follows_the_scheme_served() {
+        let plain = Config::load(None, &env(&[("WADDLE_HTTP_PORT", "6280")])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plain.websocket_url(), "ws://localhost:6280/xmpp-websocket");
+        assert!(!plain.websocket_is_secure());
+        let tls =
+            Config::load(None, &env(&[("WADDLE_HTTP_TLS", "true"), ("WADDLE_HTTP_PUBLIC_XMPP_HOST", "chat.example")]))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tls.websocket_url(), "wss://chat.example:5280/xmpp-websocket");
+        assert!(tls.websocket_is_secure());
+        let proxied = Config::load(
+            None,
+            &env(&[("WADDLE_HTTP_WEBSOCKET_SECURE", "true"), ("WADDLE_HTTP_WEBSOCKET_URL", "wss://x.example/ws")]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(proxied.websocket_url(), "wss://x.example/ws");
+        assert!(proxied.websocket_is_secure());
+        let err = Config::load(None, &env(&[("WADDLE_HTTP_WEBSOCKET_URL", "https://x.example/ws")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("http.websocket_url"), "{err}");
+    }
+
+    #[test]
     fn shipped_configs_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("config");
         for name in ["waddle.toml", "production.toml"] {
             Config::load(Some(&root.join(name)), &env(&[])).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+        // Plain ws:// may authenticate on the development node only.
+        let dev = Config::load(Some(&root.join("waddle.toml")), &env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert!(dev.http.websocket_secure && !dev.http.tls);
+        let prod = Config::load(Some(&root.join("production.toml")), &env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!prod.http.websocket_secure && prod.http.tls);
     }
 }

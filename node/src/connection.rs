@@ -34,16 +34,36 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: 
     } else {
         ClientIo::Plain(tcp)
     };
-    if let Some((io, parser, jid)) = negotiate(&ctx, io, peer, direct_tls, deadline).await {
+    let transport = Transport { secure: direct_tls, starttls_available: !direct_tls };
+    if let Some((io, parser, jid)) = negotiate(&ctx, io, peer, transport, deadline).await {
         session::start(ctx, io, parser, jid).await;
     }
+}
+
+/// An upgraded XMPP-over-WebSocket connection: the same negotiation (with the same
+/// deadline) and session as TCP. `secure` says whether it counts as encrypted (`wss://`,
+/// or `http.websocket_secure`); STARTTLS does not exist over WebSocket (RFC 7395 §3.7).
+pub async fn serve_websocket(ctx: Arc<Ctx>, io: ClientIo, peer: SocketAddr, secure: bool) {
+    let deadline = Instant::now() + Duration::from_secs(ctx.config.c2s.negotiation_timeout_secs);
+    let transport = Transport { secure, starttls_available: false };
+    if let Some((io, parser, jid)) = negotiate(&ctx, io, peer, transport, deadline).await {
+        session::start(ctx, io, parser, jid).await;
+    }
+}
+
+/// What the connection offers before negotiation starts.
+#[derive(Clone, Copy)]
+struct Transport {
+    /// Encrypted already (direct TLS, wss://, or a WebSocket declared secure).
+    secure: bool,
+    starttls_available: bool,
 }
 
 async fn negotiate(
     ctx: &Ctx,
     mut io: ClientIo,
     peer: SocketAddr,
-    direct_tls: bool,
+    transport: Transport,
     deadline: Instant,
 ) -> Option<(ClientIo, StreamParser, FullJid)> {
     let peer_ip = peer.ip().to_string();
@@ -52,12 +72,12 @@ async fn negotiate(
         NegotiationConfig {
             domain: ctx.domain.clone(),
             require_tls: ctx.config.c2s.require_tls,
-            starttls_available: !direct_tls,
+            starttls_available: transport.starttls_available,
             in_band_registration: ctx.config.auth.in_band_registration,
             stream_management: ctx.config.c2s.stream_management,
             max_auth_attempts: 3,
         },
-        direct_tls,
+        transport.secure,
     );
     let mut buf = vec![0u8; 4096];
     let mut pending: VecDeque<Action> = VecDeque::new();
@@ -154,7 +174,13 @@ async fn negotiate(
                 pending.extend(negotiator.on_parse_error("connection-timeout"));
                 continue;
             }
-            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(0)) => return None,
+            Ok(Err(e)) => match crate::ws::frame_error(&e) {
+                Some(refused) => {
+                    pending.extend(negotiator.on_transport_error(refused.stream_condition(), &refused.to_string()))
+                }
+                None => return None,
+            },
             Ok(Ok(n)) => {
                 if let Err(e) = parser.feed(&buf[..n]) {
                     pending.extend(negotiator.on_parse_error(e.stream_condition()));

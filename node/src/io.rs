@@ -1,16 +1,19 @@
-//! A client socket that is plain TCP until STARTTLS and TLS afterwards.
+//! A client socket: plain TCP until STARTTLS and TLS afterwards, or a WebSocket (RFC
+//! 7395) read and written as the same byte stream.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::tls_stream::TlsStream;
+use crate::ws::WsIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 pub enum ClientIo {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    WebSocket(Box<WsIo>),
 }
 
 impl AsyncRead for ClientIo {
@@ -18,6 +21,7 @@ impl AsyncRead for ClientIo {
         match self.get_mut() {
             ClientIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientIo::WebSocket(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -27,6 +31,7 @@ impl AsyncWrite for ClientIo {
         match self.get_mut() {
             ClientIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientIo::WebSocket(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -34,6 +39,7 @@ impl AsyncWrite for ClientIo {
         match self.get_mut() {
             ClientIo::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientIo::WebSocket(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -41,6 +47,7 @@ impl AsyncWrite for ClientIo {
         match self.get_mut() {
             ClientIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientIo::WebSocket(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -52,6 +59,7 @@ impl AsyncWrite for ClientIo {
         match self.get_mut() {
             ClientIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ClientIo::WebSocket(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -59,6 +67,7 @@ impl AsyncWrite for ClientIo {
         match self {
             ClientIo::Plain(s) => s.is_write_vectored(),
             ClientIo::Tls(s) => s.is_write_vectored(),
+            ClientIo::WebSocket(s) => s.is_write_vectored(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod carbons;
 mod config;
 mod connection;
 mod ctx;
+mod http_tls;
 mod im;
 mod io;
 mod mam;
@@ -23,6 +24,7 @@ mod server;
 mod session;
 mod tls;
 mod tls_stream;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -139,12 +142,36 @@ async fn run(config: Config) -> Result<()> {
                     }
                 }),
             )
+            .route(config::WEBSOCKET_PATH, ws::route(Arc::clone(&ctx)))
             .into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(http, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    if ctx.config.http.tls {
+        let handshake_timeout = Duration::from_secs(ctx.config.c2s.negotiation_timeout_secs);
+        let listener = http_tls::TlsListener::spawn(http, Arc::clone(&ctx.tls), handshake_timeout)
+            .context("http.tls: the HTTP listener")?
+            // A tap that does nothing: axum derives `ConnectInfo<SocketAddr>` for a
+            // `TapIo` listener (and for `TcpListener`), so the API's per-address limits
+            // and the XMPP login limiter see the real peer.
+            .tap_io(|_| {});
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    } else {
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
+    let public = bind.parse::<std::net::IpAddr>().map(|ip| !ip.is_loopback()).unwrap_or(true);
+    if ctx.config.http.websocket_secure && !ctx.config.http.tls && public {
+        tracing::warn!(
+            bind = %bind,
+            "http.websocket_secure: plain ws:// logins (PLAIN included) are accepted on a public address; \
+             this is only safe behind a TLS-terminating proxy"
+        );
+    }
     tokio::spawn(accept_loop(Arc::clone(&ctx), starttls, false));
     tokio::spawn(accept_loop(Arc::clone(&ctx), direct, true));
     tokio::spawn(purge_tokens(Arc::clone(&ctx)));
@@ -155,6 +182,8 @@ async fn run(config: Config) -> Result<()> {
         starttls = ctx.config.c2s.starttls_port,
         direct_tls = ctx.config.c2s.direct_tls_port,
         http = ctx.config.http.port,
+        http_tls = ctx.config.http.tls,
+        websocket = %ctx.config.websocket_url(),
         "waddle node ready"
     );
 

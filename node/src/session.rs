@@ -552,6 +552,11 @@ impl SessionState {
                         self.close_with(Some(e.stream_condition()), None);
                         return End::Closed;
                     }
+                    Received::BadFrame(e) => {
+                        tracing::debug!(error = %e, "client WebSocket frame refused");
+                        self.close_with(Some(e.stream_condition()), Some(&e.to_string()));
+                        return End::Closed;
+                    }
                 },
             }
         }
@@ -833,6 +838,8 @@ enum Received {
     Fed,
     /// The bytes were not acceptable XML (or exceeded a limit).
     Invalid(waddle_xml::XmlError),
+    /// A WebSocket frame that cannot be part of an XMPP stream.
+    BadFrame(waddle_c2s::websocket::FrameError),
 }
 
 /// Reads what the socket has into a stack buffer and feeds it to the parser, all within
@@ -847,7 +854,10 @@ fn poll_read_into(
     let mut buf = tokio::io::ReadBuf::uninit(&mut chunk);
     match std::pin::Pin::new(io).poll_read(cx, &mut buf) {
         std::task::Poll::Pending => std::task::Poll::Pending,
-        std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(Received::Closed),
+        std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(match crate::ws::frame_error(&e) {
+            Some(refused) => Received::BadFrame(refused.clone()),
+            None => Received::Closed,
+        }),
         std::task::Poll::Ready(Ok(())) if buf.filled().is_empty() => std::task::Poll::Ready(Received::Closed),
         std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(match parser.feed(buf.filled()) {
             Ok(()) => Received::Fed,

@@ -47,6 +47,7 @@ from xmpp_helpers import (
     api_session,
     connect_client,
     http_request,
+    insecure_ssl_context,
     unique,
 )
 
@@ -102,7 +103,8 @@ def _resolve_binary() -> Path:
 
 def _health_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        context = insecure_ssl_context() if url.startswith("https:") else None
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -136,7 +138,8 @@ class WaddleProcess:
         self.log_path = self.tmp_root / "server.log"
         p1, p2, p3 = _free_ports(3)
         self.info = ServerInfo(starttls_port=p1, direct_tls_port=p2, http_port=p3,
-                               log_path=str(self.log_path), data_dir=str(data_dir), name=name)
+                               log_path=str(self.log_path), data_dir=str(data_dir), name=name,
+                               http_tls=self.extra_env.get("WADDLE_HTTP_TLS") == "true")
         self.log_fh = None
         self.starts = 0
 
@@ -281,6 +284,21 @@ def ping_server() -> Iterator[ServerInfo]:
     ping after PING_INTERVAL_SECS of client silence, give up
     PING_TIMEOUT_SECS after an unanswered ping."""
     yield from _waddle_server("ping_server", PING_SERVER_ENV)
+
+
+@pytest.fixture(scope="module")
+def wss_server() -> Iterator[ServerInfo]:
+    """A server per test module whose HTTP listener speaks TLS (``http.tls``:
+    https:// and wss://) and which does not treat plain WebSocket as secure."""
+    yield from _waddle_server("wss_server", {"WADDLE_HTTP_TLS": "true",
+                                             "WADDLE_HTTP_WEBSOCKET_SECURE": "false"})
+
+
+@pytest.fixture(scope="module")
+def plain_ws_server() -> Iterator[ServerInfo]:
+    """A server per test module where plain ws:// is not declared secure
+    (``http.websocket_secure = false``), so it obeys ``c2s.require_tls``."""
+    yield from _waddle_server("plain_ws_server", {"WADDLE_HTTP_WEBSOCKET_SECURE": "false"})
 
 
 @pytest.fixture

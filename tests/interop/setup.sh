@@ -72,3 +72,6 @@ if [ "$want" != "$have" ] \
 else
     log "virtualenv up to date"
 fi
+
+# The JavaScript clients (XMPP over WebSocket with @xmpp/client).
+bash "$HERE/js/setup.sh"

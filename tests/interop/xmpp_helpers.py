@@ -130,10 +130,18 @@ class ServerInfo:
     name: str = "server"  # fixture that started it
     host: str = HOST
     domain: str = DOMAIN
+    http_tls: bool = False  # the HTTP listener speaks TLS (http.tls)
 
     @property
     def http_base(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        scheme = "https" if self.http_tls else "http"
+        return f"{scheme}://{self.host}:{self.http_port}"
+
+    @property
+    def websocket_url(self) -> str:
+        """XMPP over WebSocket on this server, by address (no name lookup)."""
+        scheme = "wss" if self.http_tls else "ws"
+        return f"{scheme}://{self.host}:{self.http_port}/xmpp-websocket"
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
@@ -174,9 +182,13 @@ def http_request(
         hdrs["Authorization"] = f"Bearer {bearer}"
     if headers:
         hdrs.update(headers)
-    conn = http.client.HTTPConnection(
-        parsed.hostname, parsed.port, timeout=timeout,
-        source_address=(source_ip, 0) if source_ip else None)
+    source = (source_ip, 0) if source_ip else None
+    if parsed.scheme == "https":
+        conn = http.client.HTTPSConnection(parsed.hostname, parsed.port, timeout=timeout,
+                                           source_address=source, context=insecure_ssl_context())
+    else:
+        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout,
+                                          source_address=source)
     try:
         conn.request(method, path, body=body, headers=hdrs)
         resp = conn.getresponse()

@@ -16,5 +16,6 @@ pub mod rate;
 pub mod sm;
 pub mod stanza;
 pub mod stream;
+pub mod websocket;
 
 pub use negotiation::{Action, AuthOutcome, NegotiationConfig, Negotiator, RegisterOutcome};

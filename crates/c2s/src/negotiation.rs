@@ -155,6 +155,12 @@ impl Negotiator {
         self.fail_stream(condition, None)
     }
 
+    /// The transport refused what the client sent (a WebSocket frame that is not XMPP):
+    /// send this stream error, with `text` saying why, and close.
+    pub fn on_transport_error(&mut self, condition: &str, text: &str) -> Vec<Action> {
+        self.fail_stream(condition, Some(text))
+    }
+
     pub fn on_event(&mut self, event: StreamEvent) -> Vec<Action> {
         match event {
             StreamEvent::Header(h) => self.on_header(&h),
