@@ -147,29 +147,40 @@ impl Bench {
             let targets = self.args.targets.clone();
             tasks.spawn(async move {
                 let mut lat = Latencies::default();
-                let (mut ok, mut failed) = (0u64, 0u64);
+                let (mut ok, mut failed, mut first_error) = (0u64, 0u64, None);
                 while Instant::now() < deadline {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let c = &creds[i % creds.len()];
+                    // A resource per attempt: with --users below --concurrency two logins
+                    // of one account are in flight at once, and with the same resource the
+                    // later bind would end the earlier session (a conflict that --sm, which
+                    // reads after bind, would see as a failed login).
+                    let resource = format!("bench{i}");
                     let t0 = Instant::now();
-                    match connector.login(&targets[i % targets.len()], c, "bench").await {
+                    match connector.login(&targets[i % targets.len()], c, &resource).await {
                         Ok(session) => {
                             lat.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
                             ok += 1;
                             session.stream.close().await;
                         }
-                        Err(_) => failed += 1,
+                        Err(e) => {
+                            failed += 1;
+                            first_error.get_or_insert_with(|| format!("{e:#}"));
+                        }
                     }
                 }
-                (lat, ok, failed)
+                (lat, ok, failed, first_error)
             });
         }
         let mut lat = Latencies::default();
         while let Some(joined) = tasks.join_next().await {
-            let (l, ok, failed) = joined?;
+            let (l, ok, failed, first_error) = joined?;
             lat.merge(l);
             report.sent += ok;
             report.errors += failed;
+            if let Some(e) = first_error.filter(|_| report.notes.is_empty()) {
+                report.notes.push(format!("first failed login: {e}"));
+            }
         }
         report.cpu = cpu.stop();
         report.duration_s = report.cpu.wall.as_secs_f64();
