@@ -427,8 +427,8 @@ impl Live {
 
     /// With stream management: every session asks for a last acknowledgement, then waits
     /// (at most [`DRAIN`]) until the server has acknowledged everything every session
-    /// sent. A session left short counts as a protocol error. Returns the totals and the
-    /// first error seen.
+    /// sent and answered every `<r/>`. A session left short counts as a protocol error.
+    /// Returns the totals and the first error seen.
     async fn final_acks(&self) -> (SmStats, Option<String>) {
         for (w, sm) in self.writers.iter().zip(&self.sm) {
             if let Err(e) = w.lock().await.request_ack().await {
@@ -436,18 +436,25 @@ impl Live {
             }
         }
         let until = Instant::now() + DRAIN;
-        while !self.sm.iter().all(|s| s.all_acked()) && Instant::now() < until {
+        while !self.sm.iter().all(|s| s.settled()) && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut stats = SmStats::default();
         let mut first_error = None;
         for sm in &self.sm {
+            let s = sm.stats();
             if !sm.all_acked() {
-                let s = sm.stats();
                 sm.error(format!(
                     "{} of {} stanzas still unacknowledged {} s after the last <r/>",
                     s.unacked(),
                     s.sent,
+                    DRAIN.as_secs()
+                ));
+            } else if !sm.settled() {
+                sm.error(format!(
+                    "{} <a/> for {} <r/> {} s after the last <r/>",
+                    s.acks_received,
+                    s.requests_sent,
                     DRAIN.as_secs()
                 ));
             }

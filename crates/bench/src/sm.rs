@@ -131,6 +131,13 @@ impl SmShared {
         self.acked.load(Ordering::Acquire) >= self.sent.load(Ordering::Acquire)
     }
 
+    /// Everything sent has been acknowledged and as many `<a/>` have arrived as `<r/>`
+    /// were sent (a server may also send `<a/>` unasked, so this cannot tell which
+    /// request an answer was for; it does wait for the answer to the last one).
+    pub fn settled(&self) -> bool {
+        self.all_acked() && self.acks_received.load(Ordering::Acquire) >= self.requests_sent.load(Ordering::Acquire)
+    }
+
     pub fn first_error(&self) -> Option<String> {
         self.first_error.lock().ok().and_then(|e| e.clone())
     }
@@ -171,7 +178,7 @@ impl SmOut {
     /// An `<r/>` was sent (after a stanza or on its own).
     pub fn request_sent(&mut self) {
         self.since_request = 0;
-        self.shared.requests_sent.fetch_add(1, Ordering::Relaxed);
+        self.shared.requests_sent.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -210,7 +217,7 @@ impl SmIn {
                 Inbound::Answer(self.handled)
             }
             "a" => {
-                self.shared.acks_received.fetch_add(1, Ordering::Relaxed);
+                self.shared.acks_received.fetch_add(1, Ordering::AcqRel);
                 let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
                     return Inbound::ProtocolError(format!("<a/> without a valid h: h={:?}", el.attr("h")));
                 };
@@ -351,6 +358,27 @@ mod tests {
         let stats = sm.inbound.shared().stats();
         assert_eq!((stats.sent, stats.acked, stats.requests_sent, stats.acks_received), (3, 3, 1, 5));
         assert_eq!(stats.unacked(), 0);
+    }
+
+    #[test]
+    fn settled_waits_for_the_answer_to_the_last_request() {
+        let mut sm = Sm::enabled(SmConfig { request_every: 2, resume: false });
+        let shared = Arc::clone(sm.inbound.shared());
+        assert!(shared.settled(), "nothing sent, nothing asked");
+        sm.outbound.stanza();
+        assert!(sm.outbound.stanza());
+        assert!(!shared.settled());
+        // An answer that leaves a stanza unacknowledged does not settle the session.
+        assert_eq!(sm.inbound.classify(&el("<a xmlns='urn:xmpp:sm:3' h='1'/>")), Inbound::Acked);
+        assert!(!shared.settled(), "one stanza still unacknowledged");
+        sm.outbound.request_sent();
+        assert_eq!(sm.inbound.classify(&el("<a xmlns='urn:xmpp:sm:3' h='2'/>")), Inbound::Acked);
+        assert!(shared.settled());
+        // Everything is acknowledged, but a new request has had no answer yet.
+        sm.outbound.request_sent();
+        assert!(shared.all_acked() && !shared.settled());
+        assert_eq!(sm.inbound.classify(&el("<a xmlns='urn:xmpp:sm:3' h='2'/>")), Inbound::Acked);
+        assert!(shared.settled());
     }
 
     #[test]
