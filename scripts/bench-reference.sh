@@ -19,7 +19,7 @@
 #   MAM=on|off|both      message archiving on all three (default on; see below)
 #   SM=off|on            XEP-0198 stream management (default off): SM=on loads ejabberd's
 #                        mod_stream_mgmt and runs every session-holding scenario (login,
-#                        chat, muc, idle) with waddle-bench --sm; the JSON lines get sm=on.
+#                        chat, muc, idle) with waddle-bench --sm; the JSON lines get ref_sm.
 #                        Prosody 0.12 has no stream management in core (mod_smacks is a
 #                        community module), so SM=on refuses SERVERS with prosody. Put
 #                        SM=on and SM=off runs in different BENCH_DIRs: `compare` does not
@@ -660,7 +660,7 @@ run_scenario() { # SERVER MAM SCENARIO
         if waddle_has_mam_switch; then extra=(waddle_mam_switch=yes); else extra=(waddle_mam_switch=no); fi
     fi
     if [ "$server" = ejabberd ]; then extra=(ejabberd_db="$EJABBERD_DB" ejabberd_erl_options="$EJ_ERL_OPTIONS"); fi
-    extra+=(sm="$SM")
+    extra+=(ref_sm="$SM")
     if python3 "$REF/refbench.py" tag server="$server" mam="$mam" ref_scenario="$scenario" \
         auth="$auth" tls="$TLS_MODE" exit_code="$rc" "${extra[@]}" <"$out" >>"$RESULTS"; then
         :
