@@ -17,6 +17,13 @@
 # Knobs (environment):
 #   BENCH_DIR=/tmp/waddle-bench-ref  work dir: configs, data, logs, results.jsonl
 #   MAM=on|off|both      message archiving on all three (default on; see below)
+#   SM=off|on            XEP-0198 stream management (default off): SM=on loads ejabberd's
+#                        mod_stream_mgmt and runs every session-holding scenario (login,
+#                        chat, muc, idle) with waddle-bench --sm; the JSON lines get ref_sm.
+#                        Prosody 0.12 has no stream management in core (mod_smacks is a
+#                        community module), so SM=on refuses SERVERS with prosody. Put
+#                        SM=on and SM=off runs in different BENCH_DIRs: `compare` does not
+#                        tell them apart
 #   SERVERS="waddle ejabberd prosody"   which servers, in this order
 #   SCENARIOS="login chat-closed chat-open muc idle"
 #   QUICK=1              smoke pass: few users, 5 s per scenario
@@ -79,8 +86,8 @@
 #   logins use --auth scram-sha-256 everywhere (set AUTH_PROSODY=scram-sha-1 together with
 #   removing password_hash from the template to measure Prosody's documented default).
 # - Module sets trimmed to what waddle implements: roster, presence, offline storage,
-#   disco, ping, version, vCard, IBR, MUC, MAM. No carbons, stream management, PEP/pubsub,
-#   CSI, blocking, s2s.
+#   disco, ping, version, vCard, IBR, MUC, MAM. No carbons, PEP/pubsub, CSI, blocking,
+#   s2s; stream management only with SM=on (ejabberd's mod_stream_mgmt with its defaults).
 # - MAM: waddle archives 1:1 chat for both parties and every room. MAM=on (the default)
 #   turns on ejabberd mod_mam (`default: always`, rooms `mam: true`) and Prosody mod_mam
 #   (`default_archive_policy`) + mod_muc_mam (`muc_log_all_rooms`); MAM=off runs them
@@ -141,6 +148,7 @@ WORK="${BENCH_DIR:-/tmp/waddle-bench-ref}"
 CMD="${1:-run}"
 
 MAM="${MAM:-on}"
+SM="${SM:-off}"
 SERVERS="${SERVERS:-waddle ejabberd prosody}"
 SERVERS="${SERVERS//,/ }"
 SCENARIOS="${SCENARIOS:-login chat-closed chat-open muc idle}"
@@ -162,6 +170,11 @@ PROVISION="${PROVISION:-ibr}"
 EJABBERD_DB="${EJABBERD_DB:-mnesia}"
 case $MAM in on | off | both) ;; *) echo "MAM must be on, off or both" >&2; exit 2 ;; esac
 case $EJABBERD_DB in mnesia | sqlite) ;; *) echo "EJABBERD_DB must be mnesia or sqlite" >&2; exit 2 ;; esac
+case $SM in on | off) ;; *) echo "SM must be on or off" >&2; exit 2 ;; esac
+if [ "$SM" = on ] && [[ " $SERVERS " == *" prosody "* ]]; then
+    echo "SM=on: Prosody 0.12 has no stream management in core; leave prosody out of SERVERS" >&2
+    exit 2
+fi
 
 W_PORT="${BENCH_WADDLE_PORT:-5222}"
 W_TLS_PORT="${BENCH_WADDLE_TLS_PORT:-5223}"
@@ -217,15 +230,19 @@ install_packages() {
                  apt-get install -y --no-install-recommends erlang-p1-sqlite3 >>"$WORK/apt-sqlite.log" 2>&1; } \
             || die "apt-get install erlang-p1-sqlite3 failed, see $WORK/apt-sqlite.log"
     fi
-    if command -v ejabberdctl >/dev/null && command -v prosody >/dev/null && command -v prosodyctl >/dev/null \
-        && command -v openssl >/dev/null; then
-        return
+    # Only what $SERVERS needs.
+    local -a pkgs=()
+    command -v openssl >/dev/null || pkgs+=(openssl)
+    if [[ " $SERVERS " == *" ejabberd "* ]] && ! command -v ejabberdctl >/dev/null; then pkgs+=(ejabberd); fi
+    if [[ " $SERVERS " == *" prosody "* ]] && ! { command -v prosody >/dev/null && command -v prosodyctl >/dev/null; }; then
+        pkgs+=(prosody)
     fi
-    log "installing ejabberd and prosody from Debian packages"
+    [ "${#pkgs[@]}" -gt 0 ] || return 0
+    log "installing ${pkgs[*]} from Debian packages"
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y --no-install-recommends ejabberd prosody openssl >"$WORK/apt.log" 2>&1; then
+    if ! apt-get install -y --no-install-recommends "${pkgs[@]}" >"$WORK/apt.log" 2>&1; then
         apt-get update >>"$WORK/apt.log" 2>&1 || true
-        apt-get install -y --no-install-recommends ejabberd prosody openssl >>"$WORK/apt.log" 2>&1 \
+        apt-get install -y --no-install-recommends "${pkgs[@]}" >>"$WORK/apt.log" 2>&1 \
             || die "apt-get install failed, see $WORK/apt.log"
     fi
 }
@@ -286,13 +303,16 @@ make_cert() {
 }
 
 # render TEMPLATE OUT MARK VARIANT: token substitution; keeps the lines ending in
-# "MARK@mam-VARIANT" and drops those for the other variant; same for "MARK@db-...".
+# "MARK@mam-VARIANT" and drops those for the other variant; same for "MARK@db-..." and
+# "MARK@sm-..." (after EJABBERD_DB and SM).
 render() {
-    local template="$1" out="$2" mark="$3" variant="$4" drop db_drop
+    local template="$1" out="$2" mark="$3" variant="$4" drop db_drop sm_drop
     if [ "$variant" = on ]; then drop=off; else drop=on; fi
     if [ "$EJABBERD_DB" = sqlite ]; then db_drop=mnesia; else db_drop=sqlite; fi
+    if [ "$SM" = on ]; then sm_drop=off; else sm_drop=on; fi
     sed -e "/${mark}@mam-${drop}\$/d" \
         -e "/${mark}@db-${db_drop}\$/d" \
+        -e "/${mark}@sm-${sm_drop}\$/d" \
         -e "s|@EJABBERD_DIR@|$EJ_DIR|g" \
         -e "s|@HOST@|$DOMAIN|g" \
         -e "s|@EJABBERD_PORT@|$EJ_PORT|g" \
@@ -425,7 +445,7 @@ ERL_MAX_PORTS=65536
 EJABBERD_BYPASS_WARNINGS=true
 EOF
     chown -R ejabberd:ejabberd "$EJ_DIR"
-    log "starting ejabberd (node $EJ_NODE, MAM=$variant, db $EJABBERD_DB) on $HOST:$EJ_PORT"
+    log "starting ejabberd (node $EJ_NODE, MAM=$variant, db $EJABBERD_DB, SM=$SM) on $HOST:$EJ_PORT"
     ejctl start >"$EJ_DIR/log/start.out" 2>&1 || die "ejabberdctl start failed: $(cat "$EJ_DIR/log/start.out")"
     EJ_RUNNING=1
     wait_for_port ejabberd "$EJ_PORT" "" "$EJ_DIR/log/"
@@ -624,6 +644,7 @@ run_scenario() { # SERVER MAM SCENARIO
         *) die "unknown scenario $scenario" ;;
     esac
     args+=(--duration "$duration")
+    if [ "$SM" = on ]; then args+=(--sm); fi
     local out="$WORK/runs/$server-mam$mam-$scenario.out"
     settle "$pid"
     log "$server (MAM=$mam): $scenario: waddle-bench $sub ${args[*]}"
@@ -639,6 +660,7 @@ run_scenario() { # SERVER MAM SCENARIO
         if waddle_has_mam_switch; then extra=(waddle_mam_switch=yes); else extra=(waddle_mam_switch=no); fi
     fi
     if [ "$server" = ejabberd ]; then extra=(ejabberd_db="$EJABBERD_DB" ejabberd_erl_options="$EJ_ERL_OPTIONS"); fi
+    extra+=(ref_sm="$SM")
     if python3 "$REF/refbench.py" tag server="$server" mam="$mam" ref_scenario="$scenario" \
         auth="$auth" tls="$TLS_MODE" exit_code="$rc" "${extra[@]}" <"$out" >>"$RESULTS"; then
         :

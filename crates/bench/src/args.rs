@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::conn::{Auth, TlsMode};
+use crate::sm::SmConfig;
 
 pub const USAGE: &str = "\
 usage: waddle-bench <register|login|chat|muc|idle> [options]
@@ -28,6 +29,13 @@ load:
   --room NAME          MUC room node (default a fresh name per run)
   --hold S             idle: keep the sessions open S more seconds after measuring
                        (for a profiler attached to the server; default 0)
+stream management (XEP-0198; login, chat, muc, idle):
+  --sm                 enable it on every session after bind; the run fails if the
+                       server does not advertise it (exit code 3) or answers <failed/>.
+                       Every server <r/> is answered at once; after the load each
+                       session asks for a last ack and waits (5 s) for all to be acked
+  --sm-request-every N send <r/> after every N stanzas (default 5; 0: only the last)
+  --sm-resume          ask for a resumable session and require it (never resumed)
 measurement:
   --server-pid PID     server process: CPU per delivery and RSS from /proc
   --label NAME         names the run in the report (default the scenario)
@@ -62,6 +70,8 @@ pub struct Args {
     pub hold: Duration,
     pub server_pid: Option<u32>,
     pub label: String,
+    /// XEP-0198 on every session (`--sm`).
+    pub sm: Option<SmConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +120,18 @@ impl Args {
             hold: Duration::ZERO,
             server_pid: None,
             label: String::new(),
+            sm: None,
         };
+        let (mut sm, mut sm_resume, mut sm_request_every) = (false, false, None::<u32>);
         while let Some(flag) = argv.next() {
+            match flag.as_str() {
+                "--sm" => sm = true,
+                "--sm-resume" => sm_resume = true,
+                _ => {}
+            }
+            if matches!(flag.as_str(), "--sm" | "--sm-resume") {
+                continue;
+            }
             let value = argv.next().ok_or_else(|| invalid(format!("{flag} needs a value")))?;
             match flag.as_str() {
                 "--host" => host = value,
@@ -148,6 +168,7 @@ impl Args {
                 "--hold" => args.hold = Duration::from_secs_f64(number::<f64>(&flag, &value)?.max(0.0)),
                 "--server-pid" => args.server_pid = Some(number(&flag, &value)?),
                 "--label" => args.label = value,
+                "--sm-request-every" => sm_request_every = Some(number(&flag, &value)?),
                 _ => return Err(invalid(format!("unknown option {flag}"))),
             }
         }
@@ -161,8 +182,19 @@ impl Args {
         if args.muc_domain.is_empty() {
             args.muc_domain = format!("muc.{}", args.domain);
         }
+        if sm {
+            if scenario == Scenario::Register {
+                return Err(invalid("--sm: register holds no session"));
+            }
+            args.sm = Some(SmConfig { request_every: sm_request_every.unwrap_or(5), resume: sm_resume });
+        } else if sm_resume || sm_request_every.is_some() {
+            return Err(invalid("--sm-resume and --sm-request-every need --sm"));
+        }
         if args.label.is_empty() {
             args.label = format!("{scenario:?}").to_lowercase();
+            if sm {
+                args.label.push_str("-sm");
+            }
         }
         let min_users = if matches!(scenario, Scenario::Chat) { 2 } else { 1 };
         if args.users < min_users {
@@ -208,6 +240,17 @@ mod tests {
         assert_eq!(a.hold, Duration::ZERO);
         let a = parse("idle --hold 2.5").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.hold, Duration::from_millis(2500));
+        assert_eq!(a.sm, None);
+    }
+
+    #[test]
+    fn stream_management_flags() {
+        let a = parse("chat --sm --users 4").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.sm, Some(SmConfig { request_every: 5, resume: false }));
+        assert_eq!((a.users, a.label.as_str()), (4, "chat-sm"));
+        let a = parse("muc --sm-request-every 0 --sm --sm-resume --label x").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.sm, Some(SmConfig { request_every: 0, resume: true }));
+        assert_eq!(a.label, "x");
     }
 
     #[test]
@@ -221,6 +264,11 @@ mod tests {
             "chat --tls maybe",
             "chat --nope 1",
             "idle --hold x",
+            "register --sm",
+            "chat --sm-resume",
+            "chat --sm-request-every 3",
+            "chat --sm --sm-request-every",
+            "chat --sm --sm-request-every -1",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -8,8 +8,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio::sync::Mutex;
 use waddle_sasl::{SaltedPassword, ScramClient, ScramHash};
 use waddle_xml::{Element, Limits, StreamEvent, StreamParser, NS_CLIENT};
+
+use crate::sm::{self, Inbound, Sm, SmConfig, SmIn, SmNotOffered, SmOut, SmShared, NS_SM};
 
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
@@ -41,6 +44,8 @@ pub struct XmppStream<I = Box<dyn Io>> {
     io: I,
     parser: StreamParser,
     buf: Vec<u8>,
+    /// Stream management, once the server has answered `<enabled/>`.
+    sm: Option<Sm>,
 }
 
 fn parser() -> StreamParser {
@@ -51,13 +56,26 @@ fn parser() -> StreamParser {
 
 impl<I: Io> XmppStream<I> {
     fn new(io: I) -> XmppStream<I> {
-        XmppStream { io, parser: parser(), buf: vec![0; 16 << 10] }
+        XmppStream { io, parser: parser(), buf: vec![0; 16 << 10], sm: None }
     }
 
+    /// Writes bytes as they are: stream headers, negotiation, nonzas.
     pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         self.io.write_all(bytes).await?;
         self.io.flush().await?;
         Ok(())
+    }
+
+    /// Writes one stanza (`message`, `presence`, `iq`): counted for stream management,
+    /// with an `<r/>` in the same write when one is due.
+    pub async fn send_stanza(&mut self, stanza: &[u8]) -> anyhow::Result<()> {
+        if self.sm.as_mut().is_some_and(|sm| sm.outbound.stanza()) {
+            let mut bytes = Vec::with_capacity(stanza.len() + sm::REQUEST.len());
+            bytes.extend_from_slice(stanza);
+            bytes.extend_from_slice(sm::REQUEST);
+            return self.send(&bytes).await;
+        }
+        self.send(stanza).await
     }
 
     /// The next stream event, reading as needed.
@@ -74,16 +92,64 @@ impl<I: Io> XmppStream<I> {
         }
     }
 
-    /// The next top-level element; a stream error or close is an error.
+    /// The next top-level element; a stream error or close is an error. Once stream
+    /// management is enabled, its nonzas are handled here (a `<r/>` is answered at once)
+    /// and not returned; a protocol error ends the session.
     pub async fn next_stanza(&mut self) -> anyhow::Result<Element> {
-        match self.next_event().await? {
-            StreamEvent::Stanza(el) if el.is("error", NS_STREAM) => {
-                let condition = el.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
-                bail!("stream error: {condition}")
+        loop {
+            let el = match self.next_event().await? {
+                StreamEvent::Stanza(el) if el.is("error", NS_STREAM) => {
+                    let condition = el.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
+                    bail!("stream error: {condition}")
+                }
+                StreamEvent::Stanza(el) => el,
+                StreamEvent::Header(_) => bail!("unexpected stream header"),
+                StreamEvent::Close => bail!("server closed the stream"),
+            };
+            let Some(sm) = self.sm.as_mut() else { return Ok(el) };
+            match sm.inbound.classify(&el) {
+                Inbound::Stanza => return Ok(el),
+                Inbound::Answer(h) => {
+                    let mut answer = Vec::with_capacity(48);
+                    sm::write_answer(&mut answer, h);
+                    self.send(&answer).await?;
+                }
+                Inbound::Acked => {}
+                Inbound::ProtocolError(e) => bail!("stream management: {e}"),
             }
-            StreamEvent::Stanza(el) => Ok(el),
-            StreamEvent::Header(_) => bail!("unexpected stream header"),
-            StreamEvent::Close => bail!("server closed the stream"),
+        }
+    }
+
+    /// Enables stream management on a bound session (`features`: the post-authentication
+    /// stream features). Fails when the server does not advertise it or answers
+    /// `<failed/>`.
+    async fn enable_sm(&mut self, features: &Element, config: SmConfig) -> anyhow::Result<()> {
+        if !features.has_child("sm", NS_SM) {
+            return Err(SmNotOffered.into());
+        }
+        let enable = if config.resume {
+            format!("<enable xmlns='{NS_SM}' resume='true'/>")
+        } else {
+            format!("<enable xmlns='{NS_SM}'/>")
+        };
+        self.send(enable.as_bytes()).await?;
+        loop {
+            // Anything before <enabled/> predates the server's count: not counted.
+            let el = self.next_stanza().await?;
+            if el.is("failed", NS_SM) {
+                let condition = el.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
+                bail!("the server refused <enable/> with <failed/> ({condition})");
+            }
+            if el.is("enabled", NS_SM) {
+                if config.resume {
+                    let granted = matches!(el.attr("resume"), Some("true" | "1"));
+                    if !granted || el.attr("id").is_none_or(str::is_empty) {
+                        bail!("asked for a resumable session; the server enabled stream management without resumption");
+                    }
+                }
+                self.sm = Some(Sm::enabled(config));
+                return Ok(());
+            }
         }
     }
 
@@ -116,17 +182,76 @@ impl<I: Io> XmppStream<I> {
         }
     }
 
-    /// Closes the stream politely and drops the connection.
+    /// Closes the stream politely and drops the connection (with stream management, a
+    /// last `<a/>` first, so the server holds nothing unacknowledged for us).
     pub async fn close(mut self) {
+        if let Some(sm) = &self.sm {
+            let mut answer = Vec::with_capacity(48);
+            sm::write_answer(&mut answer, sm.inbound.handled());
+            let _ = self.send(&answer).await;
+        }
         let _ = self.send(b"</stream:stream>").await;
         let _ = self.io.shutdown().await;
     }
 }
 
 impl XmppStream {
-    pub fn into_split(self) -> (StanzaReader, tokio::io::WriteHalf<Box<dyn Io>>) {
+    /// Splits a negotiated stream into a reader (its own task) and a writer that the
+    /// reader shares, to answer the server's `<r/>` at once.
+    pub fn into_split(self) -> (StanzaReader, SharedWriter) {
         let (r, w) = tokio::io::split(self.io);
-        (StanzaReader { io: r, parser: self.parser, buf: self.buf }, w)
+        let (sm_in, sm_out) = match self.sm {
+            Some(Sm { inbound, outbound }) => (Some(inbound), Some(outbound)),
+            None => (None, None),
+        };
+        let writer = Arc::new(Mutex::new(Writer { io: w, sm: sm_out }));
+        let reader = StanzaReader {
+            io: r,
+            parser: self.parser,
+            buf: self.buf,
+            sm: sm_in,
+            writer: Arc::clone(&writer),
+            scratch: Vec::new(),
+        };
+        (reader, writer)
+    }
+}
+
+/// The write half of a negotiated stream, shared by its writer task and its reader.
+pub type SharedWriter = Arc<Mutex<Writer>>;
+
+pub struct Writer {
+    io: tokio::io::WriteHalf<Box<dyn Io>>,
+    sm: Option<SmOut>,
+}
+
+impl Writer {
+    /// Writes one stanza held in `buf`, counted for stream management; when an `<r/>` is
+    /// due it is appended to `buf` and leaves in the same write.
+    pub async fn send_stanza(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        if self.sm.as_mut().is_some_and(SmOut::stanza) {
+            buf.extend_from_slice(sm::REQUEST);
+        }
+        self.send(buf).await
+    }
+
+    /// Writes bytes as they are (nonzas, the stream's end).
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// Asks the server for an acknowledgement now (no-op without stream management).
+    pub async fn request_ack(&mut self) -> std::io::Result<()> {
+        let Some(sm) = self.sm.as_mut() else { return Ok(()) };
+        sm.request_sent();
+        self.send(sm::REQUEST).await
+    }
+
+    /// Ends the stream and shuts the connection down.
+    pub async fn close(&mut self) {
+        let _ = self.send(b"</stream:stream>").await;
+        let _ = self.io.shutdown().await;
     }
 }
 
@@ -135,14 +260,35 @@ pub struct StanzaReader {
     io: tokio::io::ReadHalf<Box<dyn Io>>,
     parser: StreamParser,
     buf: Vec<u8>,
+    sm: Option<SmIn>,
+    writer: SharedWriter,
+    /// The answer being written (reused).
+    scratch: Vec<u8>,
 }
 
 impl StanzaReader {
-    /// The next stanza; `Ok(None)` when the stream ends.
+    /// The next stanza; `Ok(None)` when the stream ends. Stream management nonzas are
+    /// consumed here and never returned: `<r/>` is answered at once, `<a/>` is checked
+    /// against what was sent, and a protocol error is recorded in the session's counters
+    /// (see [`SmShared::error`]) without ending the session.
     pub async fn next(&mut self) -> anyhow::Result<Option<Element>> {
         loop {
-            match self.parser.next_event()? {
-                Some(StreamEvent::Stanza(el)) => return Ok(Some(el)),
+            let event = self.parser.next_event()?;
+            match event {
+                Some(StreamEvent::Stanza(el)) => {
+                    let Some(sm) = self.sm.as_mut() else { return Ok(Some(el)) };
+                    match sm.classify(&el) {
+                        Inbound::Stanza => return Ok(Some(el)),
+                        Inbound::Answer(h) => {
+                            self.scratch.clear();
+                            sm::write_answer(&mut self.scratch, h);
+                            self.writer.lock().await.send(&self.scratch).await?;
+                        }
+                        Inbound::Acked => {}
+                        Inbound::ProtocolError(e) => sm.shared().error(e),
+                    }
+                    continue;
+                }
                 Some(StreamEvent::Close) => return Ok(None),
                 Some(StreamEvent::Header(_)) => bail!("unexpected stream header"),
                 None => {}
@@ -153,6 +299,20 @@ impl StanzaReader {
             }
             self.parser.feed(&self.buf[..n])?;
         }
+    }
+
+    /// With stream management, a last unsolicited `<a/>` before the stream is closed, so
+    /// that the server holds nothing unacknowledged for this session.
+    pub async fn final_ack(&mut self) {
+        let Some(sm) = &self.sm else { return };
+        self.scratch.clear();
+        sm::write_answer(&mut self.scratch, sm.handled());
+        let _ = self.writer.lock().await.send(&self.scratch).await;
+    }
+
+    /// The session's stream management counters, if enabled.
+    pub fn sm_shared(&self) -> Option<Arc<SmShared>> {
+        self.sm.as_ref().map(|sm| Arc::clone(sm.shared()))
     }
 }
 
@@ -201,6 +361,8 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
 pub struct Connector {
     pub domain: String,
     pub tls: TlsMode,
+    /// Enable XEP-0198 on every session after bind.
+    pub sm: Option<SmConfig>,
     tls_config: Arc<rustls::ClientConfig>,
 }
 
@@ -223,14 +385,14 @@ pub struct Session {
 }
 
 impl Connector {
-    pub fn new(domain: &str, tls: TlsMode) -> anyhow::Result<Connector> {
+    pub fn new(domain: &str, tls: TlsMode, sm: Option<SmConfig>) -> anyhow::Result<Connector> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
             .with_no_client_auth();
-        Ok(Connector { domain: domain.to_owned(), tls, tls_config: Arc::new(config) })
+        Ok(Connector { domain: domain.to_owned(), tls, sm, tls_config: Arc::new(config) })
     }
 
     async fn wrap_tls(&self, tcp: TcpStream) -> anyhow::Result<Box<dyn Io>> {
@@ -265,7 +427,7 @@ impl Connector {
         Ok((stream, features))
     }
 
-    /// Connects, authenticates and binds `resource`.
+    /// Connects, authenticates, binds `resource` and enables stream management if asked.
     pub async fn login(&self, addr: &str, creds: &Credentials, resource: &str) -> anyhow::Result<Session> {
         let (mut stream, features) = self.connect(addr).await?;
         let salted = authenticate(&mut stream, &features, creds).await?;
@@ -288,6 +450,9 @@ impl Connector {
             if answer.attr("type") != Some("result") {
                 bail!("session establishment failed");
             }
+        }
+        if let Some(config) = self.sm {
+            stream.enable_sm(&features, config).await?;
         }
         Ok(Session { stream, full_jid, salted })
     }
@@ -364,4 +529,151 @@ async fn authenticate(
         bail!("unexpected SASL answer <{}>", answer.name());
     }
     Ok(client.salted_password().cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    const HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+    /// A client stream past its header over an in-memory pipe, and the server's end.
+    fn pair() -> (XmppStream, DuplexStream) {
+        let (client, server) = tokio::io::duplex(64 << 10);
+        let mut stream = XmppStream::new(Box::new(client) as Box<dyn Io>);
+        stream.parser.feed(HEADER).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(stream.parser.next_event(), Ok(Some(StreamEvent::Header(_)))));
+        (stream, server)
+    }
+
+    /// Reads exactly what the client should have written next.
+    async fn expect(server: &mut DuplexStream, want: &str) {
+        let mut got = vec![0; want.len()];
+        tokio::time::timeout(Duration::from_secs(5), server.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {want}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(String::from_utf8_lossy(&got), want);
+    }
+
+    async fn next(reader: &mut StanzaReader) -> Element {
+        tokio::time::timeout(Duration::from_secs(5), reader.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("stream ended"))
+    }
+
+    #[tokio::test]
+    async fn reader_consumes_answers_and_checks_nonzas() {
+        let (mut stream, mut server) = pair();
+        stream.sm = Some(Sm::enabled(SmConfig { request_every: 2, resume: false }));
+        let (mut reader, writer) = stream.into_split();
+        let shared = reader.sm_shared().unwrap_or_else(|| panic!("SM not enabled"));
+
+        // Two stanzas sent: the second carries a request in the same write.
+        for _ in 0..2 {
+            let mut buf = b"<message to='x'/>".to_vec();
+            writer.lock().await.send_stanza(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        expect(&mut server, "<message to='x'/><message to='x'/><r xmlns='urn:xmpp:sm:3'/>").await;
+
+        server
+            .write_all(
+                b"<message><body>a</body></message><r xmlns='urn:xmpp:sm:3'/><presence/>\
+                  <a xmlns='urn:xmpp:sm:3' h='2'/><iq type='get' id='q'/>",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Only the stanzas come out; the request was answered with h=1 (the message
+        // before it) at once, before the presence after it was handed over.
+        assert_eq!(next(&mut reader).await.name(), "message");
+        assert_eq!(next(&mut reader).await.name(), "presence");
+        expect(&mut server, "<a xmlns='urn:xmpp:sm:3' h='1'/>").await;
+        assert_eq!(next(&mut reader).await.name(), "iq");
+        let stats = shared.stats();
+        assert_eq!((stats.sent, stats.acked, stats.requests_sent, stats.requests_answered), (2, 2, 1, 1));
+        assert_eq!(stats.errors, 0);
+
+        // An ack beyond what was sent is recorded as a protocol error; reading goes on.
+        server.write_all(b"<a xmlns='urn:xmpp:sm:3' h='3'/><message/>").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(next(&mut reader).await.name(), "message");
+        assert_eq!(shared.stats().errors, 1);
+        assert!(shared.first_error().is_some_and(|e| e.contains("h=3")));
+
+        // The last ack covers all four stanzas received.
+        reader.final_ack().await;
+        expect(&mut server, "<a xmlns='urn:xmpp:sm:3' h='4'/>").await;
+    }
+
+    #[tokio::test]
+    async fn without_sm_nonzas_are_not_consumed() {
+        let (stream, mut server) = pair();
+        let (mut reader, writer) = stream.into_split();
+        assert!(reader.sm_shared().is_none());
+        let mut buf = b"<presence/>".to_vec();
+        writer.lock().await.send_stanza(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+        expect(&mut server, "<presence/>").await;
+        server.write_all(b"<r xmlns='urn:xmpp:sm:3'/>").await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(next(&mut reader).await.is("r", NS_SM));
+    }
+
+    fn features(xml: &str) -> Element {
+        Element::from_bytes(xml.as_bytes(), NS_CLIENT).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const CONFIG: SmConfig = SmConfig { request_every: 5, resume: false };
+
+    #[tokio::test]
+    async fn enable_requires_the_feature_and_enabled() {
+        let offered =
+            features("<features xmlns='http://etherx.jabber.org/streams'><sm xmlns='urn:xmpp:sm:3'/></features>");
+
+        let (mut stream, _server) = pair();
+        let none = features("<features xmlns='http://etherx.jabber.org/streams'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></features>");
+        let err = stream.enable_sm(&none, CONFIG).await.err().unwrap_or_else(|| panic!("enabled without the feature"));
+        assert!(err.downcast_ref::<SmNotOffered>().is_some(), "{err:#}");
+
+        let (mut stream, mut server) = pair();
+        server
+            .write_all(b"<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = stream.enable_sm(&offered, CONFIG).await.err().unwrap_or_else(|| panic!("<failed/> accepted"));
+        assert!(format!("{err:#}").contains("unexpected-request"), "{err:#}");
+        assert!(stream.sm.is_none());
+        expect(&mut server, "<enable xmlns='urn:xmpp:sm:3'/>").await;
+
+        // A resumable session was asked for and not granted.
+        let (mut stream, mut server) = pair();
+        server.write_all(b"<enabled xmlns='urn:xmpp:sm:3'/>").await.unwrap_or_else(|e| panic!("{e}"));
+        let resume = SmConfig { resume: true, ..CONFIG };
+        assert!(stream.enable_sm(&offered, resume).await.is_err());
+        expect(&mut server, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+
+        // Enabled; a stanza that arrived before <enabled/> is not counted, and a request
+        // met while waiting for an IQ answer is answered at once.
+        let (mut stream, mut server) = pair();
+        server
+            .write_all(b"<presence/><enabled xmlns='urn:xmpp:sm:3' id='x' resume='true'/>")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        stream.enable_sm(&offered, resume).await.unwrap_or_else(|e| panic!("{e:#}"));
+        expect(&mut server, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+        server
+            .write_all(b"<message/><r xmlns='urn:xmpp:sm:3'/><iq type='result' id='q'/>")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let answer = stream.iq_answer("q").await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(answer.attr("type"), Some("result"));
+        expect(&mut server, "<a xmlns='urn:xmpp:sm:3' h='1'/>").await;
+        // Pre-split, a bad ack ends the session.
+        server.write_all(b"<a xmlns='urn:xmpp:sm:3' h='1'/>").await.unwrap_or_else(|e| panic!("{e}"));
+        let bad = tokio::time::timeout(Duration::from_secs(5), stream.next_stanza()).await;
+        assert!(bad.is_ok_and(|r| r.is_err()), "an ack of a stanza never sent was accepted");
+    }
 }

@@ -10,6 +10,7 @@ mod conn;
 mod http;
 mod measure;
 mod scenarios;
+mod sm;
 
 use anyhow::Context as _;
 
@@ -29,7 +30,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    let report = runtime.block_on(async {
+    let result = runtime.block_on(async {
         let bench = Bench::new(args.clone())?;
         match args.scenario {
             Scenario::Register => bench.register().await,
@@ -38,7 +39,16 @@ fn main() -> anyhow::Result<()> {
             Scenario::Muc => bench.muc().await,
             Scenario::Idle => bench.idle().await,
         }
-    })?;
+    });
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("waddle-bench: {e:#}");
+            // 3: --sm against a server that does not offer it (bench-smoke.sh skips its
+            // --sm runs on that code, and on no other).
+            std::process::exit(if e.downcast_ref::<sm::SmNotOffered>().is_some() { 3 } else { 1 });
+        }
+    };
     print!("{}", report.human());
     println!("{}", report.json());
     Ok(())

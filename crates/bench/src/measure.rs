@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::sm::SmStats;
+
 /// Clock ticks per second of /proc/PID/stat times (`getconf CLK_TCK`, asked once; 100
 /// on every Linux we know of).
 fn clock_ticks() -> f64 {
@@ -156,6 +158,8 @@ pub struct Report {
     /// Logins per second (login scenario).
     pub logins_per_s: Option<f64>,
     pub idle_rss_kib_per_session: Option<f64>,
+    /// Stream management totals (`--sm`); `None` when it was off.
+    pub sm: Option<SmStats>,
     pub notes: Vec<String>,
 }
 
@@ -211,6 +215,24 @@ impl Report {
         if let Some(kib) = self.idle_rss_kib_per_session {
             out.push_str(&format!("{:<28} {kib:.1}\n", "server RSS KiB per session"));
         }
+        match &self.sm {
+            None => out.push_str(&row("stream management", "off".to_owned())),
+            Some(sm) => out.push_str(&row(
+                "stream management",
+                format!(
+                    "on, {} sessions: {} stanzas sent, {} acked by the server, {} unacked; {} <r/> sent, {} <a/> \
+                     received, {} server <r/> answered; {} protocol errors",
+                    sm.sessions,
+                    sm.sent,
+                    sm.acked,
+                    sm.unacked(),
+                    sm.requests_sent,
+                    sm.acks_received,
+                    sm.requests_answered,
+                    sm.errors
+                ),
+            )),
+        }
         for note in &self.notes {
             out.push_str(&format!("{:<28} {note}\n", "note"));
         }
@@ -235,6 +257,15 @@ impl Report {
             "gen_cpu_pct": self.generator_cpu_pct(),
             "logins_per_s": self.logins_per_s,
             "idle_rss_kib_per_session": self.idle_rss_kib_per_session,
+            "sm": self.sm.is_some(),
+            "sm_sessions": self.sm.map(|s| s.sessions),
+            "sm_sent": self.sm.map(|s| s.sent),
+            "sm_acked": self.sm.map(|s| s.acked),
+            "sm_unacked": self.sm.map(|s| s.unacked()),
+            "sm_requests_sent": self.sm.map(|s| s.requests_sent),
+            "sm_acks_received": self.sm.map(|s| s.acks_received),
+            "sm_requests_answered": self.sm.map(|s| s.requests_answered),
+            "sm_errors": self.sm.map(|s| s.errors),
             "notes": self.notes,
         })
     }
@@ -288,5 +319,16 @@ mod tests {
         assert_eq!(r.server_cpu_per_unit(), Some(10.0));
         assert_eq!(r.generator_cpu_pct(), Some(50.0));
         assert_eq!(r.json()["undelivered"], 2);
+        assert_eq!(r.json()["sm"], false);
+        assert!(r.json()["sm_acked"].is_null());
+        let sm = SmStats { sessions: 2, sent: 10, acked: 9, errors: 1, ..SmStats::default() };
+        let r = Report { sm: Some(sm), ..r };
+        let j = r.json();
+        assert_eq!(
+            (j["sm"].clone(), j["sm_acked"].clone(), j["sm_unacked"].clone()),
+            (true.into(), 9.into(), 1.into())
+        );
+        assert_eq!(j["sm_errors"], 1);
+        assert!(r.human().contains("9 acked by the server, 1 unacked"), "{}", r.human());
     }
 }

@@ -5,15 +5,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
-use tokio::io::{AsyncWriteExt as _, WriteHalf};
+use anyhow::{anyhow, bail, Context as _};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use waddle_xml::{Element, NS_CLIENT};
 
 use crate::args::Args;
-use crate::conn::{Auth, Connector, Credentials, Io, Session, StanzaReader};
+use crate::conn::{Auth, Connector, Credentials, Session, SharedWriter, StanzaReader};
 use crate::measure::{rss_kib, CpuWindow, Latencies, Report};
+use crate::sm::{SmShared, SmStats};
 
 const NS_REGISTER: &str = "jabber:iq:register";
 const NS_MUC: &str = "http://jabber.org/protocol/muc";
@@ -34,7 +34,7 @@ pub struct Bench {
 
 impl Bench {
     pub fn new(args: Args) -> anyhow::Result<Bench> {
-        let connector = Connector::new(&args.domain, args.tls)?;
+        let connector = Connector::new(&args.domain, args.tls, args.sm)?;
         Ok(Bench { args, connector, epoch: Instant::now() })
     }
 
@@ -75,7 +75,8 @@ impl Bench {
             tasks.spawn(async move {
                 let _permit = gate.acquire_owned().await?;
                 let session = connector.login(&addr, &c, "bench").await;
-                session.map(|s| (i, s)).map_err(|e| anyhow!("login of {}: {e:#}", c.username))
+                // Context, not a new error: main tells SmNotOffered apart by its type.
+                session.map(|s| (i, s)).with_context(|| format!("login of {}", c.username))
             });
         }
         let mut sessions: Vec<Option<Session>> = (0..creds.len()).map(|_| None).collect();
@@ -146,29 +147,40 @@ impl Bench {
             let targets = self.args.targets.clone();
             tasks.spawn(async move {
                 let mut lat = Latencies::default();
-                let (mut ok, mut failed) = (0u64, 0u64);
+                let (mut ok, mut failed, mut first_error) = (0u64, 0u64, None);
                 while Instant::now() < deadline {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let c = &creds[i % creds.len()];
+                    // A resource per attempt: with --users below --concurrency two logins
+                    // of one account are in flight at once, and with the same resource the
+                    // later bind would end the earlier session (a conflict that --sm, which
+                    // reads after bind, would see as a failed login).
+                    let resource = format!("bench{i}");
                     let t0 = Instant::now();
-                    match connector.login(&targets[i % targets.len()], c, "bench").await {
+                    match connector.login(&targets[i % targets.len()], c, &resource).await {
                         Ok(session) => {
                             lat.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
                             ok += 1;
                             session.stream.close().await;
                         }
-                        Err(_) => failed += 1,
+                        Err(e) => {
+                            failed += 1;
+                            first_error.get_or_insert_with(|| format!("{e:#}"));
+                        }
                     }
                 }
-                (lat, ok, failed)
+                (lat, ok, failed, first_error)
             });
         }
         let mut lat = Latencies::default();
         while let Some(joined) = tasks.join_next().await {
-            let (l, ok, failed) = joined?;
+            let (l, ok, failed, first_error) = joined?;
             lat.merge(l);
             report.sent += ok;
             report.errors += failed;
+            if let Some(e) = first_error.filter(|_| report.notes.is_empty()) {
+                report.notes.push(format!("first failed login: {e}"));
+            }
         }
         report.cpu = cpu.stop();
         report.duration_s = report.cpu.wall.as_secs_f64();
@@ -176,6 +188,10 @@ impl Bench {
         report.expected = report.sent;
         report.latency = lat.percentiles();
         report.logins_per_s = Some(report.sent as f64 / report.duration_s);
+        if self.args.sm.is_some() {
+            // Every measured login enabled it (a login whose <enable/> failed is an error).
+            report.sm = Some(SmStats { sessions: report.sent, ..SmStats::default() });
+        }
         Ok(report)
     }
 
@@ -191,19 +207,31 @@ impl Bench {
         let cpu = CpuWindow::start(self.args.server_pid);
         let mut sessions = self.login_all(&creds).await?;
         for s in &mut sessions {
-            s.stream.send(b"<presence/>").await?;
+            s.stream.send_stanza(b"<presence/>").await?;
         }
+        let n = sessions.len();
+        // With stream management the sessions are read (a server <r/> must be answered),
+        // each by a task of its own; without it nothing reads them, as before.
+        let (live, sessions) =
+            if self.args.sm.is_some() { (Some(Live::start(sessions, None)), Vec::new()) } else { (None, sessions) };
         // Let the server settle (presence handling, buffers returned) before reading.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss_kib(pid).ok_or_else(|| anyhow!("cannot read /proc/{pid}/status"))?;
         report.cpu = cpu.stop();
         report.duration_s = report.cpu.wall.as_secs_f64();
-        report.sent = sessions.len() as u64;
+        report.sent = n as u64;
         report.delivered = report.sent;
         report.expected = self.args.users as u64;
-        report.idle_rss_kib_per_session = Some((after - before) / sessions.len().max(1) as f64);
+        report.idle_rss_kib_per_session = Some((after - before) / n.max(1) as f64);
         report.notes.push(format!("server RSS {before:.0} KiB before, {after:.0} KiB with the sessions"));
+        if let Some(live) = &live {
+            self.record_sm(&mut report, live.final_acks().await);
+        }
         tokio::time::sleep(self.args.hold).await;
+        if let Some(live) = live {
+            let (_, errors) = live.stop().await?;
+            report.errors += errors;
+        }
         for s in sessions {
             s.stream.close().await;
         }
@@ -216,7 +244,7 @@ impl Bench {
         let creds = self.credentials().await?;
         let mut sessions = self.login_all(&creds).await?;
         for s in &mut sessions {
-            s.stream.send(b"<presence/>").await?;
+            s.stream.send_stanza(b"<presence/>").await?;
         }
         let jids: Arc<Vec<String>> = Arc::new(sessions.iter().map(|s| s.full_jid.clone()).collect());
         self.run_load("chat", sessions, Destination::Chat(jids), 1).await
@@ -273,22 +301,17 @@ impl Bench {
         let permits: Arc<Vec<Semaphore>> = Arc::new((0..n).map(|_| Semaphore::new(window)).collect());
         let delivered = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(AtomicU64::new(0));
-        let (stop_tx, stop_rx) = watch::channel(false);
         let echo_releases = matches!(dest, Destination::Room(_));
-        let mut readers = JoinSet::new();
-        let mut writers = Vec::with_capacity(n);
-        for (i, session) in sessions.into_iter().enumerate() {
-            let (reader, writer) = session.stream.into_split();
-            let ctx = ReaderCtx {
-                me: i,
+        let live = Live::start(
+            sessions,
+            Some(ReaderCtx {
+                me: 0,
                 permits: Arc::clone(&permits),
                 delivered: Arc::clone(&delivered),
                 epoch: self.epoch,
                 echo_releases,
-            };
-            readers.spawn(read_loop(reader, ctx, stop_rx.clone()));
-            writers.push(writer);
-        }
+            }),
+        );
         // Let presence echoes and join floods pass before measuring.
         tokio::time::sleep(Duration::from_millis(500)).await;
         delivered.store(0, Ordering::Relaxed);
@@ -298,7 +321,7 @@ impl Bench {
         let deadline = start + self.args.duration;
         let mut tasks = JoinSet::new();
         let per_sender_rate = if self.args.rate > 0.0 { Some(self.args.rate / n as f64) } else { None };
-        for (i, writer) in writers.into_iter().enumerate() {
+        for (i, writer) in live.writers.iter().enumerate() {
             let w = WriterCtx {
                 me: i,
                 n,
@@ -310,17 +333,12 @@ impl Bench {
                 deadline,
                 rate: per_sender_rate,
             };
-            tasks.spawn(write_loop(writer, w));
+            tasks.spawn(write_messages(Arc::clone(writer), w));
         }
         let mut write_errors = 0u64;
-        let mut writers = Vec::with_capacity(n);
         while let Some(r) = tasks.join_next().await {
-            match r? {
-                (w, Ok(())) => writers.push(w),
-                (w, Err(_)) => {
-                    write_errors += 1;
-                    writers.push(w);
-                }
+            if r?.is_err() {
+                write_errors += 1;
             }
         }
         let total_sent = sent.load(Ordering::Relaxed);
@@ -336,18 +354,12 @@ impl Bench {
                 .notes
                 .push(format!("server busy {:.1} s after the load; that CPU is included", settled.as_secs_f64()));
         }
-        let _ = stop_tx.send(true);
-        let mut lat = Latencies::default();
-        while let Some(r) = readers.join_next().await {
-            let (l, errors) = r?;
-            lat.merge(l);
-            report.errors += errors;
+        // After the measured window: the last <r/> and its <a/> cost nothing measured.
+        if self.args.sm.is_some() {
+            self.record_sm(&mut report, live.final_acks().await);
         }
-        for mut w in writers {
-            let _ = w.write_all(b"</stream:stream>").await;
-            let _ = w.shutdown().await;
-        }
-        report.errors += write_errors;
+        let (mut lat, errors) = live.stop().await?;
+        report.errors += errors + write_errors;
         report.duration_s = report.cpu.wall.as_secs_f64();
         report.sent = total_sent;
         report.delivered = delivered.load(Ordering::Relaxed);
@@ -359,6 +371,114 @@ impl Bench {
             report.notes.push(format!("closed loop, window {window} per sender"));
         }
         Ok(report)
+    }
+
+    /// Puts a run's stream management totals in the report; protocol errors (and
+    /// sessions whose last request went unanswered) count as errors too.
+    fn record_sm(&self, report: &mut Report, (stats, first_error): (SmStats, Option<String>)) {
+        report.errors += stats.errors;
+        if let Some(e) = first_error {
+            report.notes.push(format!("stream management: {e}"));
+        }
+        if let Some(config) = self.args.sm {
+            let every = match config.request_every {
+                0 => "only at the end".to_owned(),
+                n => format!("every {n} stanzas"),
+            };
+            report.notes.push(format!(
+                "stream management: client <r/> {every}{}",
+                if config.resume { ", resumable sessions" } else { "" }
+            ));
+        }
+        report.sm = Some(stats);
+    }
+}
+
+/// Sessions being read, each by a task of its own, with their shared writers.
+struct Live {
+    readers: JoinSet<(Latencies, u64)>,
+    writers: Vec<SharedWriter>,
+    sm: Vec<Arc<SmShared>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Live {
+    /// Splits the sessions and starts their readers; `ctx` (with `me` set per session)
+    /// for the load's readers, `None` for readers that only keep the session answered.
+    fn start(sessions: Vec<Session>, ctx: Option<ReaderCtx>) -> Live {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut live =
+            Live { readers: JoinSet::new(), writers: Vec::with_capacity(sessions.len()), sm: Vec::new(), stop };
+        for (i, session) in sessions.into_iter().enumerate() {
+            let (reader, writer) = session.stream.into_split();
+            live.sm.extend(reader.sm_shared());
+            let ctx = ctx.as_ref().map(|c| ReaderCtx {
+                me: i,
+                permits: Arc::clone(&c.permits),
+                delivered: Arc::clone(&c.delivered),
+                epoch: c.epoch,
+                echo_releases: c.echo_releases,
+            });
+            live.readers.spawn(read_loop(reader, ctx, stop_rx.clone()));
+            live.writers.push(writer);
+        }
+        live
+    }
+
+    /// With stream management: every session asks for a last acknowledgement, then waits
+    /// (at most [`DRAIN`]) until the server has acknowledged everything every session
+    /// sent and answered every `<r/>`. A session left short counts as a protocol error.
+    /// Returns the totals and the first error seen.
+    async fn final_acks(&self) -> (SmStats, Option<String>) {
+        for (w, sm) in self.writers.iter().zip(&self.sm) {
+            if let Err(e) = w.lock().await.request_ack().await {
+                sm.error(format!("last <r/> not sent: {e}"));
+            }
+        }
+        let until = Instant::now() + DRAIN;
+        while !self.sm.iter().all(|s| s.settled()) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut stats = SmStats::default();
+        let mut first_error = None;
+        for sm in &self.sm {
+            let s = sm.stats();
+            if !sm.all_acked() {
+                sm.error(format!(
+                    "{} of {} stanzas still unacknowledged {} s after the last <r/>",
+                    s.unacked(),
+                    s.sent,
+                    DRAIN.as_secs()
+                ));
+            } else if !sm.settled() {
+                sm.error(format!(
+                    "{} <a/> for {} <r/> {} s after the last <r/>",
+                    s.acks_received,
+                    s.requests_sent,
+                    DRAIN.as_secs()
+                ));
+            }
+            stats.add(sm.stats());
+            first_error = first_error.or_else(|| sm.first_error());
+        }
+        (stats, first_error)
+    }
+
+    /// Stops the readers (each sends a last `<a/>` with stream management) and closes
+    /// every stream. Returns the merged latencies and the readers' errors.
+    async fn stop(mut self) -> anyhow::Result<(Latencies, u64)> {
+        let _ = self.stop.send(true);
+        let mut lat = Latencies::default();
+        let mut errors = 0;
+        while let Some(r) = self.readers.join_next().await {
+            let (l, e) = r?;
+            lat.merge(l);
+            errors += e;
+        }
+        for w in &self.writers {
+            w.lock().await.close().await;
+        }
+        Ok((lat, errors))
     }
 }
 
@@ -392,7 +512,13 @@ fn parse_body(el: &Element) -> Option<(usize, u64)> {
     Some((sender, sent_at))
 }
 
-async fn read_loop(mut reader: StanzaReader, ctx: ReaderCtx, mut stop: watch::Receiver<bool>) -> (Latencies, u64) {
+/// Reads one session until told to stop. With `ctx`, counts the load's deliveries and
+/// their latency; without, only keeps the session answered (stream management).
+async fn read_loop(
+    mut reader: StanzaReader,
+    ctx: Option<ReaderCtx>,
+    mut stop: watch::Receiver<bool>,
+) -> (Latencies, u64) {
     let mut lat = Latencies::default();
     let mut errors = 0u64;
     loop {
@@ -408,6 +534,7 @@ async fn read_loop(mut reader: StanzaReader, ctx: ReaderCtx, mut stop: watch::Re
                 break;
             }
         };
+        let Some(ctx) = &ctx else { continue };
         if el.name() != "message" {
             continue;
         }
@@ -427,6 +554,7 @@ async fn read_loop(mut reader: StanzaReader, ctx: ReaderCtx, mut stop: watch::Re
             p.add_permits(1);
         }
     }
+    reader.final_ack().await;
     (lat, errors)
 }
 
@@ -443,12 +571,7 @@ struct WriterCtx {
     rate: Option<f64>,
 }
 
-async fn write_loop(mut writer: WriteHalf<Box<dyn Io>>, w: WriterCtx) -> (WriteHalf<Box<dyn Io>>, anyhow::Result<()>) {
-    let result = write_messages(&mut writer, &w).await;
-    (writer, result)
-}
-
-async fn write_messages(writer: &mut WriteHalf<Box<dyn Io>>, w: &WriterCtx) -> anyhow::Result<()> {
+async fn write_messages(writer: SharedWriter, w: WriterCtx) -> anyhow::Result<()> {
     use rand::{Rng as _, SeedableRng as _};
     let mut rng = rand::rngs::StdRng::seed_from_u64(w.me as u64 + 1);
     let mut buf = Vec::with_capacity(256);
@@ -492,8 +615,7 @@ async fn write_messages(writer: &mut WriteHalf<Box<dyn Io>>, w: &WriterCtx) -> a
             }
             Destination::Room(room) => write_message(&mut buf, room, "groupchat", w.me, seq, t),
         }
-        writer.write_all(&buf).await?;
-        writer.flush().await?;
+        writer.lock().await.send_stanza(&mut buf).await?;
         w.sent.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
@@ -529,7 +651,7 @@ async fn register_one(connector: &Connector, addr: &str, user: &str, password: &
 async fn join_room(s: &mut Session, room: &str, nick: &str, may_create: bool) -> anyhow::Result<()> {
     let occupant = format!("{room}/{nick}");
     let join = format!("<presence to='{occupant}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>");
-    s.stream.send(join.as_bytes()).await?;
+    s.stream.send_stanza(join.as_bytes()).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let el = tokio::time::timeout_at(deadline.into(), s.stream.next_stanza())
@@ -562,7 +684,7 @@ async fn join_room(s: &mut Session, room: &str, nick: &str, may_create: bool) ->
                 "<iq type='set' id='instant' to='{room}'><query xmlns='{NS_MUC_OWNER}'>\
                  <x xmlns='jabber:x:data' type='submit'/></query></iq>"
             );
-            s.stream.send(form.as_bytes()).await?;
+            s.stream.send_stanza(form.as_bytes()).await?;
             let answer = s.stream.iq_answer("instant").await?;
             if answer.attr("type") != Some("result") {
                 bail!("instant room refused for {room}");
