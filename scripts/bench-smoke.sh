@@ -6,10 +6,7 @@
 #
 # The same runs with XEP-0198 stream management on every session (--sm) also assert
 # that the server acknowledged everything each session sent (sm_unacked 0, sm_acked > 0,
-# no SM protocol errors). They run only if the server advertises SM: a one-session probe
-# (`waddle-bench idle --sm`, which exits 3 when it is not offered) decides, and the
-# script says loudly that it skipped them. BENCH_SMOKE_SM_REQUIRED=1 (or the default
-# below, once waddle has SM) skips the probe, so a server without SM fails the smoke.
+# no SM protocol errors).
 #
 #   scripts/bench-smoke.sh [path/to/waddle] [path/to/waddle-bench]
 set -euo pipefail
@@ -19,8 +16,6 @@ BENCH=${2:-target/debug/waddle-bench}
 DIR=$(mktemp -d /tmp/waddle-bench-smoke.XXXXXX)
 # Ports of their own, on loopback, so a dev node on the defaults does not interfere.
 C2S=25322 DIRECT=25323 HTTP=25380
-# 0: --sm runs only if the server offers SM; 1: they always run (waddle with SM: flip it).
-SM_REQUIRED=${BENCH_SMOKE_SM_REQUIRED:-0}
 
 WADDLE_SERVER_DATA_DIR="$DIR" WADDLE_C2S_STARTTLS_PORT=$C2S WADDLE_C2S_DIRECT_TLS_PORT=$DIRECT \
 WADDLE_HTTP_PORT=$HTTP WADDLE_LOG_LEVEL=warn WADDLE_RATE_LIMITS_ENABLED=false \
@@ -70,25 +65,9 @@ run chat --users 20 --duration 3 --rate 500 --label chat-open
 run muc --users 20 --duration 3 --label muc
 run idle --users 20 --label idle
 
-sm=run
-if [ "$SM_REQUIRED" != 1 ]; then
-    rc=0
-    "$BENCH" idle --sm --users 1 --port $C2S --server-pid $PID --user-prefix smoke >"$DIR/sm-probe.out" 2>&1 || rc=$?
-    case $rc in
-        0) ;;
-        3) sm=skip ;;
-        *) cat "$DIR/sm-probe.out"; echo "bench smoke FAILED: the stream management probe exited $rc" >&2; exit 1 ;;
-    esac
-fi
-if [ "$sm" = run ]; then
-    run login --users 10 --duration 2 --sm --label login-sm
-    run chat --users 20 --duration 3 --window 4 --sm --label chat-closed-sm
-    run chat --users 20 --duration 3 --rate 500 --sm --sm-request-every 1 --label chat-open-sm
-    run muc --users 20 --duration 3 --sm --label muc-sm
-    run idle --users 20 --sm --label idle-sm
-    echo "bench smoke: all runs delivered everything, with and without stream management"
-else
-    echo "bench smoke: all runs delivered everything"
-    echo "bench smoke: SKIPPED the --sm runs: the server does not advertise XEP-0198 (set" \
-        "BENCH_SMOKE_SM_REQUIRED=1 to make that a failure)"
-fi
+run login --users 10 --duration 2 --sm --label login-sm
+run chat --users 20 --duration 3 --window 4 --sm --label chat-closed-sm
+run chat --users 20 --duration 3 --rate 500 --sm --sm-request-every 1 --label chat-open-sm
+run muc --users 20 --duration 3 --sm --label muc-sm
+run idle --users 20 --sm --label idle-sm
+echo "bench smoke: all runs delivered everything, with and without stream management"
