@@ -566,8 +566,10 @@ impl SessionState {
     async fn handle_stanza(&mut self, el: Element) -> bool {
         // Boxed: the routing future is over a KiB, and awaiting it inline would make
         // every idle session's task that big (see the idle RSS figures in
-        // docs/benchmarks.md). One allocation per client stanza.
-        match Box::pin(self.on_client(el)).await {
+        // docs/benchmarks.md). One allocation per client stanza; none for a nonza
+        // (SM acknowledgements come every few stanzas under load, and route nowhere).
+        let handled = if stanza::kind(&el).is_none() { self.on_nonza(&el) } else { Box::pin(self.on_client(el)).await };
+        match handled {
             Ok(()) => self.outbox.is_some(),
             Err(condition) => {
                 self.close_with(Some(condition), None);
