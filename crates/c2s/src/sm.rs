@@ -82,11 +82,15 @@ impl<T> StreamManagement<T> {
     }
 
     /// Records a stanza sent to the client. `Ok(true)` when an `<r/>` should follow it.
+    /// `Err(QueueFull)` when it is one more than the bound allows: the stanza is still
+    /// kept (it went out and is not acknowledged; where it goes next is the caller's
+    /// ending of the session), but the session must end.
     pub fn sent(&mut self, stanza: T) -> Result<bool, SmError> {
-        if self.unacked.len() >= self.policy.max_unacked {
+        let full = self.unacked.len() >= self.policy.max_unacked;
+        self.unacked.push_back(stanza);
+        if full {
             return Err(SmError::QueueFull(self.policy.max_unacked));
         }
-        self.unacked.push_back(stanza);
         self.since_request = self.since_request.saturating_add(1);
         let due = self.policy.every_stanzas > 0 && self.since_request >= self.policy.every_stanzas;
         Ok(due && self.request())
@@ -264,11 +268,15 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_is_bounded() {
+    fn the_queue_is_bounded_and_keeps_the_stanza_that_overflowed_it() {
         let mut s = sm(0, 2);
         s.sent(1).unwrap();
         s.sent(2).unwrap();
         assert_eq!(s.sent(3), Err(SmError::QueueFull(2)));
+        assert_eq!(s.take_unacked().into_iter().collect::<Vec<_>>(), [1, 2, 3], "nothing sent is forgotten");
+        let mut s = sm(0, 2);
+        s.sent(1).unwrap();
+        s.sent(2).unwrap();
         s.ack(1).unwrap();
         s.sent(3).unwrap();
     }
