@@ -83,19 +83,11 @@ pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare
     if !ctx.config.archive.enabled || !archivable(msg) {
         return ChatVerdict::Deliver;
     }
-    let retracts = msg.get_child("retract", NS_RETRACT).and_then(|r| r.attr("id")).map(str::to_owned);
-    if let Some(target) = &retracts {
-        match retraction_target(ctx, from_bare, target).await {
-            Target::OwnMessage => {
-                // Awaited before delivery (retractions are rare): the peer's archive no
-                // longer shows the message when the retraction reaches them. The single
-                // stored copy is tombstoned, which hides it from both archives.
-                if let Err(e) = ctx.archive.retract(ArchiveLocation::Users, from_bare, target).await {
-                    tracing::error!(error = %e, "chat archive retraction failed");
-                }
-            }
-            Target::SomeoneElses => return ChatVerdict::NotAuthor,
-            Target::Unknown => {}
+    if let Some(target) = msg.get_child("retract", NS_RETRACT).and_then(|r| r.attr("id")) {
+        // Boxed: a rare branch whose archive round trips would otherwise grow every
+        // routed message's future (see docs/ARCHITECTURE.md).
+        if Box::pin(apply_retraction(ctx, from_bare, target)).await == ChatVerdict::NotAuthor {
+            return ChatVerdict::NotAuthor;
         }
     }
     let stanza_id = crate::muc::new_stanza_id();
@@ -117,6 +109,22 @@ pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare
         tracing::error!(error = %e, "chat archive write failed");
     }
     ChatVerdict::Deliver
+}
+
+/// Tombstones `target` if `sender` wrote it. Awaited before delivery (retractions are
+/// rare), so the peer's archive no longer shows the message when the retraction reaches
+/// them; the single stored copy is tombstoned, which hides it from both archives.
+async fn apply_retraction(ctx: &Ctx, sender: &str, target: &str) -> ChatVerdict {
+    match retraction_target(ctx, sender, target).await {
+        Target::OwnMessage => {
+            if let Err(e) = ctx.archive.retract(ArchiveLocation::Users, sender, target).await {
+                tracing::error!(error = %e, "chat archive retraction failed");
+            }
+            ChatVerdict::Deliver
+        }
+        Target::SomeoneElses => ChatVerdict::NotAuthor,
+        Target::Unknown => ChatVerdict::Deliver,
+    }
 }
 
 /// What a 1:1 retraction names, as seen from its sender's archive.
