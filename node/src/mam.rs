@@ -174,7 +174,8 @@ mod tests {
 
     #[test]
     fn only_the_stamped_sender_is_the_author() {
-        let msg = "<message from='alice@example.test/phone' to='bob@example.test' type='chat'><body>hi</body></message>";
+        let msg =
+            "<message from='alice@example.test/phone' to='bob@example.test' type='chat'><body>hi</body></message>";
         assert_eq!(classify_target(msg, "alice@example.test"), Target::OwnMessage);
         assert_eq!(classify_target(msg, "Alice@Example.test"), Target::OwnMessage, "JIDs compare normalized");
         assert_eq!(classify_target(msg, "bob@example.test"), Target::SomeoneElses);

@@ -390,7 +390,8 @@ impl AccessOracle for ChannelOracle<'_> {
     /// (`waddle_api::identity::validate_username`), so they are their own key and the
     /// key names the one account to ask about.
     fn nick_reserved_for(&self, nick_key: &str) -> Option<String> {
-        if nick_key.is_empty() || nick_key.len() > 64 || nick_key.contains(['@', '/', ' ']) {
+        let username_like = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_');
+        if nick_key.is_empty() || nick_key.len() > 64 || !nick_key.bytes().all(username_like) {
             return None;
         }
         let waddle = ObjectRef { kind: "waddle".into(), id: self.binding.waddle_id.clone() };

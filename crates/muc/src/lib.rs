@@ -1,6 +1,7 @@
 //! XEP-0045 Multi-User Chat room semantics, free of I/O.
 //!
-//! This crate owns what a MUC room *means*: who may enter (nicknames, passwords,
+//! This crate owns what a MUC room *means*: who may enter (nicknames, compared as
+//! [`nick`] says, and nicknames the [`AccessOracle`] reserves; passwords,
 //! members-only, bans, locking of newly created rooms, occupant limits), the order and
 //! content of the presences, history and subject a joiner receives, groupchat reflection
 //! with XEP-0359 stanza ids, private messages, mediated invitations, subject changes,

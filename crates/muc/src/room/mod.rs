@@ -840,9 +840,10 @@ impl Room {
     ) -> Result<String, &'static str> {
         let key = nick::key(requested);
         let skeleton = nick::skeleton(requested);
-        let holder = self.occupants.get(requested).or_else(|| {
-            self.occupants.values().find(|o| o.nick_key == key || o.nick_skeleton == skeleton)
-        });
+        let holder = self
+            .occupants
+            .get(requested)
+            .or_else(|| self.occupants.values().find(|o| o.nick_key == key || o.nick_skeleton == skeleton));
         let mut claimed = requested.to_owned();
         if let Some(holder) = holder {
             match current {
