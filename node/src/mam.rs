@@ -56,12 +56,39 @@ fn archivable(msg: &Element) -> bool {
             }))
 }
 
+/// What the router does with a 1:1 message after [`archive_chat`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatVerdict {
+    /// Deliver it (archived or not).
+    Deliver,
+    /// A XEP-0424 retraction of a message its sender did not write: bounce `forbidden`,
+    /// deliver nothing, archive nothing.
+    NotAuthor,
+}
+
+const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
+
 /// Archives a 1:1 message between two local accounts (one stored copy indexed in both
 /// archives) and stamps the recipient's copy with a stanza id. Called on the routing
 /// path before delivery; the write itself is batched off that path.
-pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare: &str) {
+///
+/// A retraction (`<retract xmlns='urn:xmpp:message-retract:1' id='…'/>` naming a stanza
+/// id of the sender's archive) is checked first: only the author of the archived
+/// message may retract it (XEP-0424; MongooseIM matches retractions on the same sender
+/// too). Someone else's message gives [`ChatVerdict::NotAuthor`] and changes nothing.
+/// An id the sender's archive does not hold (an origin id, an unarchived message) is
+/// delivered as before and tombstones nothing. XEP-0308 corrections are stored as
+/// messages of their own; the archive never applies them, so there is nothing to check.
+pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare: &str) -> ChatVerdict {
     if !ctx.config.archive.enabled || !archivable(msg) {
-        return;
+        return ChatVerdict::Deliver;
+    }
+    if let Some(target) = msg.get_child("retract", NS_RETRACT).and_then(|r| r.attr("id")) {
+        // Boxed: a rare branch whose archive round trips would otherwise grow every
+        // routed message's future (see docs/ARCHITECTURE.md).
+        if Box::pin(apply_retraction(ctx, from_bare, target)).await == ChatVerdict::NotAuthor {
+            return ChatVerdict::NotAuthor;
+        }
     }
     let stanza_id = crate::muc::new_stanza_id();
     // Only we may assert stanza ids by our users' JIDs (XEP-0359 §4).
@@ -76,20 +103,89 @@ pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare
     msg.append_child(Element::new("stanza-id", NS_SID).with_attr("id", stanza_id.as_str()).with_attr("by", to_bare));
     let micros = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
     let body = msg.get_child("body", ns::CLIENT).map(Element::text);
-    let retracts = msg.get_child("retract", "urn:xmpp:message-retract:1").and_then(|r| r.attr("id")).map(str::to_owned);
     // Awaiting the queue (not the commit) is the archive's back-pressure: a sender that
     // outpaces the archive waits here, and its session stops reading from the socket.
     if let Err(e) = ctx.archive.append_chat_queued(from_bare, to_bare, &stanza_id, micros, payload, body).await {
         tracing::error!(error = %e, "chat archive write failed");
     }
-    if let Some(target) = retracts {
-        let archive = ctx.archive.clone();
-        let (from_bare, to_bare) = (from_bare.to_owned(), to_bare.to_owned());
-        // Queued after the insert above, so it sees it.
-        tokio::spawn(async move {
-            for owner in [&from_bare, &to_bare] {
-                let _ = archive.retract(ArchiveLocation::Users, owner, &target).await;
+    ChatVerdict::Deliver
+}
+
+/// Tombstones `target` if `sender` wrote it. Awaited before delivery (retractions are
+/// rare), so the peer's archive no longer shows the message when the retraction reaches
+/// them; the single stored copy is tombstoned, which hides it from both archives.
+async fn apply_retraction(ctx: &Ctx, sender: &str, target: &str) -> ChatVerdict {
+    match retraction_target(ctx, sender, target).await {
+        Target::OwnMessage => {
+            if let Err(e) = ctx.archive.retract(ArchiveLocation::Users, sender, target).await {
+                tracing::error!(error = %e, "chat archive retraction failed");
             }
-        });
+            ChatVerdict::Deliver
+        }
+        Target::SomeoneElses => ChatVerdict::NotAuthor,
+        Target::Unknown => ChatVerdict::Deliver,
+    }
+}
+
+/// What a 1:1 retraction names, as seen from its sender's archive.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// A live message the sender wrote.
+    OwnMessage,
+    /// A live message the sender received.
+    SomeoneElses,
+    /// Not in the sender's archive, or already retracted.
+    Unknown,
+}
+
+/// Looks `target` up in `sender`'s archive (the read waits for every queued write, so
+/// a message just sent is there). An archive failure is `Unknown`: nothing is
+/// tombstoned then, and the retraction still reaches the peer.
+async fn retraction_target(ctx: &Ctx, sender: &str, target: &str) -> Target {
+    let q = waddle_mam::MamQuery { ids: vec![target.to_owned()], max: 1, ..waddle_mam::MamQuery::default() };
+    match ctx.archive.query(ArchiveLocation::Users, sender, &q).await {
+        Ok(page) => page.rows.first().map_or(Target::Unknown, |row| classify_target(&row.payload, sender)),
+        Err(MamError::ItemNotFound(_)) => Target::Unknown,
+        Err(e) => {
+            tracing::error!(error = %e, "chat archive lookup for a retraction failed");
+            Target::Unknown
+        }
+    }
+}
+
+/// The author of an archived 1:1 message is the bare JID of its stored `from`, which
+/// the server stamped on the way in (RFC 6120 §8.1.2.1). A payload without a readable
+/// `from` counts as someone else's: never tombstone what cannot be attributed.
+fn classify_target(payload: &str, sender: &str) -> Target {
+    let author = Element::from_bytes(payload.as_bytes(), ns::CLIENT)
+        .ok()
+        .and_then(|m| m.attr("from").and_then(|f| jid::Jid::new(f).ok()))
+        .map(|j| j.to_bare());
+    let sender = jid::BareJid::new(sender).ok();
+    match (author, sender) {
+        (Some(a), Some(s)) if a == s => Target::OwnMessage,
+        _ => Target::SomeoneElses,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{classify_target, Target};
+
+    #[test]
+    fn only_the_stamped_sender_is_the_author() {
+        let msg =
+            "<message from='alice@example.test/phone' to='bob@example.test' type='chat'><body>hi</body></message>";
+        assert_eq!(classify_target(msg, "alice@example.test"), Target::OwnMessage);
+        assert_eq!(classify_target(msg, "Alice@Example.test"), Target::OwnMessage, "JIDs compare normalized");
+        assert_eq!(classify_target(msg, "bob@example.test"), Target::SomeoneElses);
+        assert_eq!(classify_target(msg, "alice@example.test.evil"), Target::SomeoneElses);
+    }
+
+    #[test]
+    fn an_unattributable_payload_is_never_the_senders() {
+        assert_eq!(classify_target("<message to='bob@example.test'/>", "bob@example.test"), Target::SomeoneElses);
+        assert_eq!(classify_target("", "bob@example.test"), Target::SomeoneElses, "a tombstone");
+        assert_eq!(classify_target("<message from='@@'/>", "bob@example.test"), Target::SomeoneElses);
     }
 }

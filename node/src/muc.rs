@@ -383,6 +383,20 @@ impl AccessOracle for ChannelOracle<'_> {
             moderator: p.check(&channel, "moderate", user),
         })
     }
+
+    /// A waddle member's username is their registered nickname in every channel room of
+    /// the waddle (XEP-0045 §7.2.9): the nickname whose RFC 8266 comparison key (or
+    /// look-alike skeleton) equals the username. Usernames are lowercase ASCII
+    /// (`waddle_api::identity::validate_username`), so they are their own key and the
+    /// key names the one account to ask about.
+    fn nick_reserved_for(&self, nick_key: &str) -> Option<String> {
+        let username_like = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_');
+        if nick_key.is_empty() || nick_key.len() > 64 || !nick_key.bytes().all(username_like) {
+            return None;
+        }
+        let waddle = ObjectRef { kind: "waddle".into(), id: self.binding.waddle_id.clone() };
+        self.permissions.check(&waddle, "view", nick_key).then(|| format!("{nick_key}@{}", self.domain))
+    }
 }
 
 struct StandardOracle;

@@ -192,8 +192,8 @@ impl Ctx {
                 // A bound session proves the account: the storage round trip is only
                 // needed for an account with nobody online.
                 let exists = !sessions.is_empty() || self.account_exists(to).await;
-                if exists {
-                    self.archive_if_chat(origin, to, &mut stanza).await;
+                if exists && !self.archive_if_chat(origin, to, &mut stanza).await {
+                    return;
                 }
                 let decision = waddle_im::deliver_to_bare(msg_type, exists, &sessions);
                 self.apply_message_delivery(origin, to, decision, stanza, carbons).await;
@@ -224,8 +224,8 @@ impl Ctx {
         // or whoever registers the name later would find the message in their archive).
         let message_to_existing_account =
             kind == StanzaKind::Message && (session.is_some() || self.account_exists(&bare).await);
-        if message_to_existing_account {
-            self.archive_if_chat(origin, &bare, &mut stanza).await;
+        if message_to_existing_account && !self.archive_if_chat(origin, &bare, &mut stanza).await {
+            return;
         }
         match (kind, session) {
             (StanzaKind::Presence, _) if im::is_subscription(&stanza) => {
@@ -256,9 +256,19 @@ impl Ctx {
     }
 
     /// 1:1 messages sent by a local session are archived for both parties (XEP-0313).
-    async fn archive_if_chat(&self, origin: &Origin, to: &BareJid, stanza: &mut Element) {
-        if origin.conn_id.is_some() && origin.bare() != *to {
-            crate::mam::archive_chat(self, stanza, origin.bare().as_str(), to.as_str()).await;
+    /// `false` when the message is refused (a retraction of someone else's message,
+    /// see [`crate::mam::archive_chat`]): it has been bounced with `forbidden` and must
+    /// not be delivered.
+    async fn archive_if_chat(&self, origin: &Origin, to: &BareJid, stanza: &mut Element) -> bool {
+        if origin.conn_id.is_none() || origin.bare() == *to {
+            return true;
+        }
+        match crate::mam::archive_chat(self, stanza, origin.bare().as_str(), to.as_str()).await {
+            crate::mam::ChatVerdict::Deliver => true,
+            crate::mam::ChatVerdict::NotAuthor => {
+                self.bounce(stanza, "forbidden").await;
+                false
+            }
         }
     }
 

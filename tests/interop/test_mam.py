@@ -343,3 +343,45 @@ async def test_chat_to_a_missing_account_is_not_archived_for_it(http, make_user,
     g = await xmpp(ghost, password, "r", plugins=MUC_PLUGINS)
     page = await mam_query(g, None)
     assert page.error == (None, None) and page.count == 0 and page.ids == [], page.iq
+
+
+async def test_chat_retraction_only_by_the_author(make_user, xmpp):
+    """XEP-0424 in 1:1: bob cannot retract alice's message (forbidden, not delivered,
+    both archives still hold it); alice can, and it leaves both archives."""
+    alice, bob = make_user("alice"), make_user("bob")
+    a = await _connect(xmpp, alice)
+    b = await _connect(xmpp, bob)
+    for c in (a, b):
+        c.send_presence()
+        await c.sync()
+
+    text = unique("retract-me-")
+    b_mark = b.mark()
+    a.send_message(mto=bob.jid, mbody=text, mtype="chat")
+    got = await b.wait_for(is_message_with_body(text, "chat"), "alice's message", since=b_mark)
+    target = stanza_ids(got).get(bob.jid)
+    assert target, got
+
+    # bob retracts alice's message: refused, alice never sees it, nothing changes.
+    a_mark, b_mark = a.mark(), b.mark()
+    attempt = unique("bob-retracts-")
+    _send_xml(b, alice.jid, "chat", f"<retract xmlns='{NS_RETRACT}' id='{target}'/>", body=attempt)
+    err = await b.wait_for(is_error_from("message", alice.jid, attempt), "bob's refused retraction",
+                           since=b_mark)
+    assert stanza_error(err)[1] == "forbidden", err
+    await a.assert_none(is_message_with_body(attempt), "bob's retraction", since=a_mark)
+    for client, peer in ((a, bob.jid), (b, alice.jid)):
+        page = await mam_query(client, None, with_jid=peer)
+        assert page.ids == [target] and page.bodies == [text], (client.boundjid, page.iq)
+
+    # alice retracts her own message: delivered, and gone from both archives.
+    b_mark = b.mark()
+    fallback = unique("alice-retracts-")
+    _send_xml(a, bob.jid, "chat", f"<retract xmlns='{NS_RETRACT}' id='{target}'/>", body=fallback)
+    retraction = await b.wait_for(is_message_with_body(fallback, "chat"), "alice's retraction",
+                                  since=b_mark)
+    assert retraction.xml.find(q(NS_RETRACT, "retract")).get("id") == target, retraction
+    for client, peer in ((a, bob.jid), (b, alice.jid)):
+        page = await mam_wait(client, None, lambda p: target not in p.ids and p.bodies == [fallback],
+                              "the original gone, the retraction archived", with_jid=peer)
+        assert page.count == 1, page.iq

@@ -292,3 +292,48 @@ async def test_direct_invitation_reaches_the_invitee(make_user, xmpp):
     x = got.xml.find("{jabber:x:conference}x")
     assert x.get("jid") == room and x.get("reason") == "join us", got
     assert got.xml.get("from", "").startswith(alice.jid + "/"), got
+
+
+# ---------------------------------------------------------------------------
+# nicknames: RFC 8266 comparison and reserved member nicknames
+# ---------------------------------------------------------------------------
+
+
+async def test_nicknames_equal_after_case_and_width_folding_collide(http, make_user, xmpp):
+    owner, bob, carol = make_user("owner"), make_user("bob"), make_user("carol")
+    w = create_waddle(http, owner)
+    add_member(http, w, owner, bob)
+    add_member(http, w, owner, carol)
+    room = w.room("general")
+    o, b, c = await _connect(xmpp, owner), await _connect(xmpp, bob), await _connect(xmpp, carol)
+    await join_room(o, room, "Alice", maxstanzas=0)
+    for client, nick in ((b, "alice"), (c, "\uff41\uff4c\uff49\uff43\uff45"), (c, "ALICE"),
+                         (b, "\u0430lice")):
+        err = await join_room_error(client, room, nick)
+        assert stanza_error(err)[1] == "conflict", (nick, err)
+    # A different nickname still gets in.
+    await join_room(b, room, "Alicia", maxstanzas=0)
+
+
+async def test_a_members_username_is_reserved_in_channel_rooms(http, make_user, xmpp):
+    """bob, a member, cannot take the owner's username as his nickname while the owner
+    is away (XEP-0045 §7.2.9 registered nicknames); the owner then joins with it."""
+    alice, bob = make_user("alice"), make_user("bob")
+    w = create_waddle(http, alice)
+    add_member(http, w, alice, bob)
+    room = w.room("general")
+    b = await _connect(xmpp, bob)
+    for nick in (alice.username, alice.username.upper()):
+        err = await join_room_error(b, room, nick)
+        assert stanza_error(err)[1] == "conflict", (nick, err)
+    await join_room(b, room, "bob", maxstanzas=0)
+    # Nor by a nickname change.
+    b_mark = b.mark()
+    b.send_presence(pto=f"{room}/{alice.username}")
+    err = await b.wait_for(lambda st: stanza_kind(st) == "presence" and st.xml.get("type") == "error",
+                           "the refused nickname change", since=b_mark)
+    assert stanza_error(err)[1] == "conflict", err
+
+    a = await _connect(xmpp, alice)
+    joined = await join_room(a, room, alice.username, maxstanzas=0)
+    assert _role(joined.presence)[0] == "owner", joined.presence

@@ -1,6 +1,7 @@
 //! XEP-0045 Multi-User Chat room semantics, free of I/O.
 //!
-//! This crate owns what a MUC room *means*: who may enter (nicknames, passwords,
+//! This crate owns what a MUC room *means*: who may enter (nicknames, compared as
+//! [`nick`] says, and nicknames the [`AccessOracle`] reserves; passwords,
 //! members-only, bans, locking of newly created rooms, occupant limits), the order and
 //! content of the presences, history and subject a joiner receives, groupchat reflection
 //! with XEP-0359 stanza ids, private messages, mediated invitations, subject changes,
@@ -20,6 +21,7 @@
 //! of truth; ad-hoc rooms use [`Policy::Standard`]).
 
 mod form;
+pub mod nick;
 pub mod ns;
 mod room;
 mod stamp;
@@ -242,6 +244,16 @@ pub struct ChannelSettings {
 /// Computed by the shell per stanza (from an in-memory checker, cheap and synchronous).
 pub trait AccessOracle {
     fn access(&self, user_bare_jid: &str) -> Policy;
+
+    /// The user (bare JID) for whom a nickname is reserved, if any: XEP-0045 §7.2.9 and
+    /// §9.5 registered nicknames, which nobody else may enter or change to (`conflict`).
+    /// `nick_key` is the [`nick::key`] of the requested nickname, or its
+    /// [`nick::skeleton`] (the room asks for both). Waddle channels reserve each waddle
+    /// member's username; ad-hoc rooms reserve nothing (the default).
+    fn nick_reserved_for(&self, nick_key: &str) -> Option<String> {
+        let _ = nick_key;
+        None
+    }
 }
 
 /// Any `Fn(&str) -> Policy` is an oracle.

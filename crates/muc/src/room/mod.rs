@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use waddle_c2s::stanza;
 use waddle_xml::{Element, Node};
 
-use crate::ns;
 use crate::stamp;
+use crate::{nick, ns};
 use crate::{
     AccessOracle, Affiliation, ChannelAccess, HistoryEntry, MucError, Outbound, Policy, Role, RoomConfig, Whois,
 };
@@ -84,6 +84,9 @@ struct SnapshotAffiliation {
 #[derive(Clone, Debug)]
 struct Occupant {
     nick: String,
+    /// [`nick::key`] and [`nick::skeleton`] of `nick`, which decide collisions.
+    nick_key: String,
+    nick_skeleton: String,
     bare: String,
     affiliation: Affiliation,
     role: Role,
@@ -102,6 +105,12 @@ struct Session {
 }
 
 impl Occupant {
+    fn set_nick(&mut self, nick: &str) {
+        nick.clone_into(&mut self.nick);
+        self.nick_key = nick::key(nick);
+        self.nick_skeleton = nick::skeleton(nick);
+    }
+
     fn real(&self) -> &str {
         self.sessions.last().map_or(self.bare.as_str(), |s| s.full.as_str())
     }
@@ -733,7 +742,7 @@ impl Room {
         };
         match self.sessions.get(&sender.full).cloned() {
             Some(current) if current == nick => self.presence_update(st, sender, nick, now, out),
-            Some(current) => self.change_nick(st, sender, &current, nick, out),
+            Some(current) => self.change_nick(st, sender, &current, nick, oracle, out),
             None => self.join(st, sender, nick, oracle, now, out),
         }
     }
@@ -773,11 +782,15 @@ impl Room {
                 return;
             }
         }
+        let nick = match self.claim_nick(nick, &sender.bare, None, oracle) {
+            Ok(nick) => nick,
+            Err(text) => {
+                push_error(out, st, "conflict", Some(text));
+                return;
+            }
+        };
+        let nick = nick.as_str();
         let existing = self.occupants.get(nick);
-        if existing.is_some_and(|o| o.bare != sender.bare) {
-            push_error(out, st, "conflict", Some("That nickname is already in use"));
-            return;
-        }
         let max = usize::try_from(self.config.max_users).unwrap_or(usize::MAX);
         if existing.is_none() && max > 0 && self.occupants.len() >= max && !aff.at_least(Affiliation::Admin) {
             push_error(out, st, "service-unavailable", Some("This room is full"));
@@ -794,6 +807,8 @@ impl Room {
             None => {
                 let occ = Occupant {
                     nick: nick.to_owned(),
+                    nick_key: nick::key(nick),
+                    nick_skeleton: nick::skeleton(nick),
                     bare: sender.bare.clone(),
                     affiliation: aff,
                     role,
@@ -806,6 +821,48 @@ impl Room {
         self.sessions.insert(sender.full.clone(), nick.to_owned());
         let created = self.locked;
         self.send_join_state(st, nick, &sender.full, created, now, out);
+    }
+
+    /// The nickname `bare` gets for requesting `requested`, or why not (`conflict`).
+    ///
+    /// Two occupants never hold nicknames that [`nick::collide`] (equal under the RFC 8266
+    /// comparison, or look-alikes by the homoglyph table). A colliding nickname of the
+    /// requester's own occupant is fine: for a nickname change (`current`) it is a change
+    /// of spelling; for a join it makes the new session share that occupant, under the
+    /// occupant's spelling (status 210 tells the client). A nickname the oracle reserves
+    /// for someone else is refused (XEP-0045 §7.2.9), even while they are away.
+    fn claim_nick(
+        &self,
+        requested: &str,
+        bare: &str,
+        current: Option<&str>,
+        oracle: &dyn AccessOracle,
+    ) -> Result<String, &'static str> {
+        let key = nick::key(requested);
+        let skeleton = nick::skeleton(requested);
+        let holder = self
+            .occupants
+            .get(requested)
+            .or_else(|| self.occupants.values().find(|o| o.nick_key == key || o.nick_skeleton == skeleton));
+        let mut claimed = requested.to_owned();
+        if let Some(holder) = holder {
+            match current {
+                Some(current) if current == holder.nick => {}
+                None if holder.bare == bare => holder.nick.clone_into(&mut claimed),
+                _ => return Err("That nickname is already in use"),
+            }
+        }
+        let reserved = oracle.nick_reserved_for(&key).or_else(|| {
+            if skeleton == key {
+                None
+            } else {
+                oracle.nick_reserved_for(&skeleton)
+            }
+        });
+        if reserved.is_some_and(|owner| normalize_bare(&owner) != bare) {
+            return Err("That nickname is reserved for another member");
+        }
+        Ok(claimed)
     }
 
     /// What a (re)joining session receives, in XEP-0045 §7.2 order: the other occupants'
@@ -936,9 +993,17 @@ impl Room {
 
     /// Nickname change (XEP-0045 §7.6): unavailable from the old nickname with status 303
     /// and the new nickname, then available from the new one.
-    fn change_nick(&mut self, st: &Element, sender: &Sender, old: &str, new: &str, out: &mut Vec<Outbound>) {
-        if self.occupants.contains_key(new) {
-            push_error(out, st, "conflict", Some("That nickname is already in use"));
+    fn change_nick(
+        &mut self,
+        st: &Element,
+        sender: &Sender,
+        old: &str,
+        new: &str,
+        oracle: &dyn AccessOracle,
+        out: &mut Vec<Outbound>,
+    ) {
+        if let Err(text) = self.claim_nick(new, &sender.bare, Some(old), oracle) {
+            push_error(out, st, "conflict", Some(text));
             return;
         }
         let Some(occ) = self.occupants.get(old) else { return };
@@ -958,7 +1023,7 @@ impl Room {
             )));
         }
         let Some(mut occ) = self.occupants.remove(old) else { return };
-        occ.nick = new.to_owned();
+        occ.set_nick(new);
         for s in &mut occ.sessions {
             s.presence = presence_payload(st);
         }

@@ -3,6 +3,7 @@
 mod admin;
 mod join;
 mod messages;
+mod nicks;
 mod owner;
 
 use std::collections::HashMap;
@@ -195,5 +196,14 @@ impl AccessOracle for ChannelOracle {
             affiliation: Affiliation::None,
             moderator: false,
         }))
+    }
+
+    /// As the node's channel oracle: each member's username (the JID's localpart) is
+    /// reserved for them.
+    fn nick_reserved_for(&self, nick_key: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(bare, access)| access.can_view && bare.split('@').next() == Some(nick_key))
+            .map(|(bare, _)| bare.clone())
     }
 }
