@@ -311,7 +311,9 @@ impl SessionState {
                 Limited::Stanza => (&metrics.rate_limited_stanza, "too many stanzas; slow down"),
             };
             crate::metrics::inc(counter);
-            if let Some(err) = error_reply(&el, "policy-violation", Some(text)) {
+            // RFC 6120 §8.2.3: an IQ response is never answered with another one.
+            let iq_response = kind == StanzaKind::Iq && el.attr("type") == Some("result");
+            if let Some(err) = error_reply(&el, "policy-violation", Some(text)).filter(|_| !iq_response) {
                 self.reply(err);
             }
             return Ok(());
