@@ -1,6 +1,7 @@
 """Per-session rate limits against the ways around them (case variants and
-resources of one destination, stanza types without a limit of their own), and
-XEP-0359 stanza ids a client forges in the server's name."""
+resources of one destination, stanza types without a limit of their own),
+XEP-0359 stanza ids a client forges in the server's name, and the characters a
+resourcepart may hold."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 
 from xmpp_helpers import (
     DOMAIN,
+    NS_BIND,
     NS_CLIENT,
+    NS_SASL,
     NS_SID,
     NS_STANZAS_ERR,
     is_groupchat,
@@ -225,3 +228,38 @@ async def test_forged_stanza_ids_are_stripped_in_groupchat(http, make_user, xmpp
     ids = stanza_ids(msg)
     assert set(ids) == {room, "elsewhere.example"}, ids
     assert ids[room] != "forged", ids
+
+
+# ---------------------------------------------------------------------------
+# resourceparts (RFC 7622 §3.4: PRECIS OpaqueString)
+# ---------------------------------------------------------------------------
+
+
+def _bind_raw(rs, user: str, password: str, resource: str) -> ET.Element:
+    """Logs in and asks to bind ``resource``; the server's answer to the bind."""
+    rs.open_stream()
+    rs.starttls()
+    assert rs.auth_plain(user, password).tag == q(NS_SASL, "success")
+    rs.open_stream()
+    rs.send(f"<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>"
+            f"<resource>{resource}</resource></bind></iq>")
+    return rs.read_until(lambda e: e.tag == q(NS_CLIENT, "iq") and e.get("id") == "bind1")
+
+
+def test_resource_with_a_control_character_is_refused(raw, make_account):
+    user, pw = make_account("resctl")
+    res = _bind_raw(raw(), user, pw, "phone&#x7f;")
+    assert res.get("type") == "error", ET.tostring(res)
+    err = res.find(q(NS_CLIENT, "error"))
+    assert err is not None and err.find(q(NS_STANZAS_ERR, "bad-request")) is not None, ET.tostring(res)
+
+
+@pytest.mark.xfail(strict=True, reason="the jid crate (0.12.3, the newest) checks resourceparts with "
+                   "stringprep, which refuses code points unassigned in Unicode 3.2 such as emoji; "
+                   "RFC 7622's OpaqueString allows them (see the hardening issue, item 10)")
+def test_resource_with_an_emoji_binds(raw, make_account):
+    user, pw = make_account("resemoji")
+    res = _bind_raw(raw(), user, pw, "phone\N{MOBILE PHONE}")
+    assert res.get("type") == "result", ET.tostring(res)
+    jid = res.find(f"{q(NS_BIND, 'bind')}/{q(NS_BIND, 'jid')}")
+    assert jid is not None and jid.text == f"{user}@{DOMAIN}/phone\N{MOBILE PHONE}", ET.tostring(res)
