@@ -24,12 +24,12 @@ pub fn kind(el: &Element) -> Option<StanzaKind> {
     }
 }
 
-/// Removes every XEP-0359 `<stanza-id/>` whose `by` is an address under a domain for
-/// which `ours` holds (the server itself, its users, its rooms) from a message a client sent:
-/// clients trust a stanza id by their server, their own account or a room as that
-/// entity's archive id, so only the server may put one there (XEP-0359 §5). The `by`
-/// is compared normalized, as a client resolving it would. Returns whether any was
-/// removed; a message without stanza ids is not touched.
+/// Removes from a message a client sent every XEP-0359 `<stanza-id/>` whose `by` is
+/// an address under a domain for which `ours` holds (the server itself, its users, its
+/// rooms): clients take a stanza id by their server, their own account or a room as
+/// that entity's archive id, so only the server may put one there (XEP-0359 §5). The
+/// `by` is compared normalized, as a client resolving it would. Returns whether any
+/// was removed; a message without stanza ids is not touched.
 pub fn strip_stanza_ids_by(msg: &mut Element, ours: impl Fn(&str) -> bool) -> bool {
     let forged = |c: &Element| {
         c.is("stanza-id", ns::SID)
