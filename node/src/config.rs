@@ -152,6 +152,9 @@ pub struct RateLimitsConfig {
     /// IQ requests (get/set).
     pub iq: u32,
     pub iq_window_secs: u64,
+    /// Every stanza, of any type and to any address (the general budget).
+    pub stanzas: u32,
+    pub stanzas_window_secs: u64,
 }
 
 impl Default for RateLimitsConfig {
@@ -166,6 +169,8 @@ impl Default for RateLimitsConfig {
             joins_window_secs: 60,
             iq: 20,
             iq_window_secs: 10,
+            stanzas: 300,
+            stanzas_window_secs: 10,
         }
     }
 }
@@ -178,6 +183,7 @@ impl RateLimitsConfig {
             presence: Rate::new(self.presence, self.presence_window_secs),
             joins: Rate::new(self.joins, self.joins_window_secs),
             iq: Rate::new(self.iq, self.iq_window_secs),
+            stanzas: Rate::new(self.stanzas, self.stanzas_window_secs),
         }
     }
 }
@@ -355,8 +361,15 @@ impl Config {
             return invalid("auth.max_auth_failures", "must be at least 1");
         }
         let r = &self.rate_limits;
-        if [r.messages, r.presence, r.joins, r.iq].contains(&0)
-            || [r.messages_window_secs, r.presence_window_secs, r.joins_window_secs, r.iq_window_secs].contains(&0)
+        if [r.messages, r.presence, r.joins, r.iq, r.stanzas].contains(&0)
+            || [
+                r.messages_window_secs,
+                r.presence_window_secs,
+                r.joins_window_secs,
+                r.iq_window_secs,
+                r.stanzas_window_secs,
+            ]
+            .contains(&0)
         {
             return invalid(
                 "rate_limits",

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub rate_limited_presence: AtomicU64,
     pub rate_limited_join: AtomicU64,
     pub rate_limited_iq: AtomicU64,
+    pub rate_limited_stanza: AtomicU64,
     pub auth_failures: AtomicU64,
     pub stream_errors: AtomicU64,
 }
@@ -46,6 +47,7 @@ impl Metrics {
             ("presence", &self.rate_limited_presence),
             ("join", &self.rate_limited_join),
             ("iq", &self.rate_limited_iq),
+            ("stanza", &self.rate_limited_stanza),
         ] {
             let _ = writeln!(out, "xmpp_rate_limited_total{{limit=\"{kind}\"}} {}", get(c));
         }

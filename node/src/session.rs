@@ -3,6 +3,7 @@
 //! plus a writer task (outbox → batched socket writes). Protocol decisions are delegated
 //! to the router, `im` and `waddle_c2s`.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use jid::FullJid;
 use tokio::io::{AsyncRead as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
 use waddle_c2s::csi::{self, HeldStanzas, Urgency};
-use waddle_c2s::rate::{Limited, SessionRateLimiter};
+use waddle_c2s::rate::{self, Limited, SessionRateLimiter};
 use waddle_c2s::sm::{self, AckPolicy, SmError, StreamManagement};
 use waddle_c2s::stanza::{self, error_reply, iq_payload, iq_result, StanzaKind};
 use waddle_c2s::{ns, stream};
@@ -307,15 +308,23 @@ impl SessionState {
                 Limited::Presence => (&metrics.rate_limited_presence, "too many presence updates; slow down"),
                 Limited::Join => (&metrics.rate_limited_join, "too many room joins; slow down"),
                 Limited::Iq => (&metrics.rate_limited_iq, "too many requests; slow down"),
+                Limited::Stanza => (&metrics.rate_limited_stanza, "too many stanzas; slow down"),
             };
             crate::metrics::inc(counter);
-            if let Some(err) = error_reply(&el, "policy-violation", Some(text)) {
+            // RFC 6120 §8.2.3: an IQ response is never answered with another one.
+            let iq_response = kind == StanzaKind::Iq && el.attr("type") == Some("result");
+            if let Some(err) = error_reply(&el, "policy-violation", Some(text)).filter(|_| !iq_response) {
                 self.reply(err);
             }
             return Ok(());
         }
         match kind {
             StanzaKind::Message => {
+                // XEP-0359 §5: only the server asserts stanza ids by itself, its users
+                // and its rooms; whatever the client wrote there is removed before
+                // anyone (a room, the archive, a recipient) sees the message.
+                let ctx = &self.ctx;
+                stanza::strip_stanza_ids_by(&mut el, |d| d == ctx.domain || ctx.services.iter().any(|s| s == d));
                 if el.attr("to").is_none() {
                     // RFC 6120 §10.3.1: a message without 'to' is for the sender's bare JID.
                     el.set_attr("to", self.bare.as_str());
@@ -328,23 +337,29 @@ impl SessionState {
         Ok(())
     }
 
-    /// The limit `el` exceeds, if any (the seed's per-session table).
+    /// The limit `el` exceeds, if any: the general budget, which every stanza counts
+    /// against, then the seed's per-session table.
     fn rate_limit(&mut self, kind: StanzaKind, el: &Element) -> Option<Limited> {
         let limiter = self.rate.as_mut()?;
-        let to_bare =
-            |el: &Element| el.attr("to").map(|to| to.split('/').next().unwrap_or(to).to_owned()).unwrap_or_default();
+        let now = Instant::now();
+        if !limiter.allow(Limited::Stanza, "", now) {
+            return Some(Limited::Stanza);
+        }
         let (limit, destination) = match kind {
-            StanzaKind::Message => (Limited::Message, to_bare(el)),
-            StanzaKind::Iq if matches!(el.attr("type"), Some("get" | "set")) => (Limited::Iq, String::new()),
+            // A message without 'to' is for the sender's own bare JID (see on_client).
+            StanzaKind::Message => {
+                (Limited::Message, rate::destination_key(el.attr("to").unwrap_or(self.bare.as_str())))
+            }
+            StanzaKind::Iq if matches!(el.attr("type"), Some("get" | "set")) => (Limited::Iq, Cow::Borrowed("")),
             StanzaKind::Iq => return None,
             StanzaKind::Presence => match el.attr("type") {
-                // Leaving and subscription management are never throttled.
-                None if el.has_child("x", waddle_c2s::ns::MUC) => (Limited::Join, String::new()),
-                None => (Limited::Presence, String::new()),
+                // Leaving and subscription management count against the general budget only.
+                None if el.has_child("x", waddle_c2s::ns::MUC) => (Limited::Join, Cow::Borrowed("")),
+                None => (Limited::Presence, Cow::Borrowed("")),
                 Some(_) => return None,
             },
         };
-        (!limiter.allow(limit, &destination, Instant::now())).then_some(limit)
+        (!limiter.allow(limit, &destination, now)).then_some(limit)
     }
 
     async fn on_iq(&mut self, iq: Element) {

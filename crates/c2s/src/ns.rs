@@ -20,3 +20,4 @@ pub const DELAY: &str = "urn:xmpp:delay";
 pub const VCARD: &str = "vcard-temp";
 pub const MSG_OFFLINE: &str = "msgoffline";
 pub const MUC: &str = "http://jabber.org/protocol/muc";
+pub const SID: &str = "urn:xmpp:sid:0";

@@ -24,6 +24,32 @@ pub fn kind(el: &Element) -> Option<StanzaKind> {
     }
 }
 
+/// Removes from a message a client sent every XEP-0359 `<stanza-id/>` whose `by` is
+/// an address under a domain for which `ours` holds (the server itself, its users, its
+/// rooms): clients take a stanza id by their server, their own account or a room as
+/// that entity's archive id, so only the server may put one there (XEP-0359 §5). The
+/// `by` is compared normalized, as a client resolving it would. Returns whether any
+/// was removed; a message without stanza ids is not touched.
+pub fn strip_stanza_ids_by(msg: &mut Element, ours: impl Fn(&str) -> bool) -> bool {
+    let forged = |c: &Element| {
+        c.is("stanza-id", ns::SID)
+            && c.attr("by").is_some_and(|by| {
+                let bare = crate::rate::destination_key(by);
+                let domain = bare.rsplit_once('@').map_or(&*bare, |(_, domain)| domain);
+                let domain = domain.strip_suffix('.').unwrap_or(domain);
+                ours(domain)
+            })
+    };
+    if !msg.children().any(forged) {
+        return false;
+    }
+    msg.nodes_mut().retain(|n| match n {
+        waddle_xml::Node::Element(e) => !forged(e),
+        waddle_xml::Node::Text(_) => true,
+    });
+    true
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorType {
     Auth,
@@ -174,5 +200,29 @@ mod tests {
         assert_eq!(kind(&iq()), Some(StanzaKind::Iq));
         assert_eq!(kind(&Element::new("message", "jabber:server")), None);
         assert_eq!(kind(&Element::new("foo", ns::CLIENT)), None);
+    }
+
+    #[test]
+    fn stanza_ids_by_the_server_its_users_and_rooms_are_stripped() {
+        let sid = |by: &str| Element::new("stanza-id", ns::SID).with_attr("id", "forged").with_attr("by", by);
+        let mut msg = Element::new("message", ns::CLIENT)
+            .with_child(Element::new("body", ns::CLIENT))
+            .with_child(sid("localhost"))
+            .with_child(sid("LocalHost."))
+            .with_child(sid("alice@localhost"))
+            .with_child(sid("Bob@LOCALHOST/phone"))
+            .with_child(sid("room@muc.localhost"))
+            .with_child(sid("elsewhere.example"))
+            .with_child(sid("carol@elsewhere.example"))
+            .with_child(Element::new("origin-id", ns::SID).with_attr("id", "mine"));
+        assert!(strip_stanza_ids_by(&mut msg, |d| ["localhost", "muc.localhost"].contains(&d)));
+        let left: Vec<_> = msg.children().filter(|c| c.is("stanza-id", ns::SID)).filter_map(|c| c.attr("by")).collect();
+        assert_eq!(left, ["elsewhere.example", "carol@elsewhere.example"]);
+        assert!(msg.has_child("origin-id", ns::SID), "the client's own origin id stays");
+        assert!(msg.has_child("body", ns::CLIENT));
+        assert!(
+            !strip_stanza_ids_by(&mut msg, |d| ["localhost", "muc.localhost"].contains(&d)),
+            "nothing more to strip"
+        );
     }
 }
