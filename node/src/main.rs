@@ -126,6 +126,7 @@ async fn run(config: Config) -> Result<()> {
             max_channels_per_waddle: ctx.config.limits.max_channels_per_waddle,
         }),
         auth_limiter: Arc::clone(&ctx.auth_limiter),
+        registration_limiter: Arc::clone(&ctx.registration_limiter),
         ready: Arc::clone(&ready),
         authz: permissions,
         rooms: Arc::new(muc::NodeRooms { ctx: Arc::downgrade(&ctx), muc_domain: ctx.muc.domain.clone() }),
