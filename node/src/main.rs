@@ -130,15 +130,18 @@ async fn run(config: Config) -> Result<()> {
         rooms: Arc::new(muc::NodeRooms { ctx: Arc::downgrade(&ctx), muc_domain: ctx.muc.domain.clone() }),
     };
     let metrics_ctx = Arc::clone(&ctx);
-    let app = waddle_api::router(api_state)
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let ctx = Arc::clone(&metrics_ctx);
-                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], ctx.metrics.render(&ctx)) }
-            }),
-        )
-        .route(config::WEBSOCKET_PATH, ws::route(Arc::clone(&ctx)));
+    let app =
+        waddle_api::router(api_state)
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let ctx = Arc::clone(&metrics_ctx);
+                    async move {
+                        ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], ctx.metrics.render(&ctx))
+                    }
+                }),
+            )
+            .route(config::WEBSOCKET_PATH, ws::route(Arc::clone(&ctx)));
     let limits = http_server::HttpLimits {
         header_timeout: Duration::from_secs(ctx.config.http.header_timeout_secs),
         idle_timeout: Duration::from_secs(ctx.config.http.idle_timeout_secs),

@@ -338,7 +338,7 @@ async fn session(
 
     let token = tokens::new_token();
     let expires_at = unix_now().saturating_add(state.config.session_ttl_secs);
-    state.store.insert_token(TokenKind::HttpSession, tokens::hash_token(&token), &username, expires_at).await?;
+    state.store.insert_token(TokenKind::HttpSession, tokens::hash_token(&token), username, expires_at).await?;
     tracing::info!(user = %username, "HTTP session opened");
     Ok(no_store(Json(SessionIssued {
         token,

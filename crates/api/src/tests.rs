@@ -420,8 +420,9 @@ async fn did_derived_usernames_cannot_be_registered() {
         assert!(r.json()["error"]["message"].as_str().unwrap().contains("reserved"), "{r:?}");
     }
     // Not even the admin may take one.
-    let r = post_json(s.addr, "/v1/accounts", &json!({ "username": "web-a-b", "password": "correct horse" }), Some(ADMIN))
-        .await;
+    let r =
+        post_json(s.addr, "/v1/accounts", &json!({ "username": "web-a-b", "password": "correct horse" }), Some(ADMIN))
+            .await;
     assert_eq!(r.status, 400);
     assert_eq!(register(s.addr, "webmaster", "correct horse").await.status, 201);
 }
