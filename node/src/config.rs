@@ -111,10 +111,9 @@ pub struct HttpConfig {
     /// keep-alive connection): bounds trickling ("slowloris") and idle keep-alive
     /// connections.
     pub header_timeout_secs: u64,
-    /// Seconds without a byte received or sent, outside a request being handled, after
-    /// which an HTTP connection is closed (a stalled body or a client that stops reading
-    /// its response). Upgraded WebSocket connections are exempt: XMPP's own keepalive
-    /// (`c2s.ping_*`) bounds them.
+    /// Seconds without a byte received or sent after which an HTTP connection is closed
+    /// (a stalled request body, a client that stops reading its response). Upgraded
+    /// WebSocket connections are exempt: XMPP's own keepalive (`c2s.ping_*`) bounds them.
     pub idle_timeout_secs: u64,
     /// Open connections on the HTTP listener (WebSocket ones included); further ones are
     /// closed as soon as they are accepted.

@@ -7,8 +7,10 @@
 //!   connection starts waiting for a request head (accepted, or previous response sent)
 //!   until the head is complete, so it cuts both trickling heads and idle keep-alive;
 //! - `http.idle_timeout_secs`: a watchdog closing the connection when no byte has moved
-//!   either way for that long while no request is being handled (a stalled body, a
-//!   client that stops reading its response);
+//!   either way for that long (a stalled request body, a client that stops reading its
+//!   response). Handlers here answer in well under a second, so a handler never waits
+//!   that long on its own; a stalled body, read inside the handler, could not be told
+//!   from a slow handler anyway;
 //! - `http.max_connections`: a semaphore permit per connection, carried inside its
 //!   I/O, so it is held by an upgraded WebSocket until that closes too.
 //!
@@ -18,7 +20,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -97,17 +99,11 @@ async fn serve_connection<I>(
 {
     let activity = Arc::new(Activity::new());
     let io = Tracked { inner: io, activity: Arc::clone(&activity), _permit: permit };
-    let service_activity = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         // What `into_make_service_with_connect_info` would insert: the API's
         // per-address limits and the XMPP login limiter key on it.
         req.extensions_mut().insert(ConnectInfo(peer));
-        let handling = Handling::start(&service_activity);
-        let mut app = app.clone();
-        async move {
-            let _handling = handling;
-            app.call(req).await
-        }
+        app.clone().call(req)
     });
     let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(conn);
@@ -131,17 +127,16 @@ async fn serve_connection<I>(
     }
 }
 
-/// When a connection last moved a byte, and how many of its requests are being handled.
+/// When a connection last moved a byte.
 struct Activity {
     base: Instant,
     /// Milliseconds after `base`.
     last_ms: AtomicU64,
-    handling: AtomicUsize,
 }
 
 impl Activity {
     fn new() -> Activity {
-        Activity { base: Instant::now(), last_ms: AtomicU64::new(0), handling: AtomicUsize::new(0) }
+        Activity { base: Instant::now(), last_ms: AtomicU64::new(0) }
     }
 
     fn touch(&self) {
@@ -153,37 +148,13 @@ impl Activity {
         self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
-    /// A handler may legitimately take a while without any byte moving (it waits for
-    /// the database or the KDF pool); only a connection that is not being served is idle.
     fn is_idle(&self, timeout: Duration) -> bool {
-        self.handling.load(Ordering::Relaxed) == 0 && self.last().elapsed() >= timeout
+        self.last().elapsed() >= timeout
     }
 
-    /// When to look again.
+    /// When the connection becomes idle unless a byte moves first.
     fn idle_deadline(&self, timeout: Duration) -> Instant {
-        let from_last = self.last() + timeout;
-        if self.handling.load(Ordering::Relaxed) > 0 || from_last <= Instant::now() {
-            Instant::now() + timeout
-        } else {
-            from_last
-        }
-    }
-}
-
-/// Counts one request as being handled while it lives.
-struct Handling(Arc<Activity>);
-
-impl Handling {
-    fn start(activity: &Arc<Activity>) -> Handling {
-        activity.handling.fetch_add(1, Ordering::Relaxed);
-        Handling(Arc::clone(activity))
-    }
-}
-
-impl Drop for Handling {
-    fn drop(&mut self) {
-        self.0.handling.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        self.last() + timeout
     }
 }
 

@@ -272,6 +272,17 @@ def test_idle_keep_alive_connection_is_closed(timeouts_server):
     assert elapsed < HEADER + 1, elapsed
 
 
+def test_stalled_request_body_is_closed(timeouts_server):
+    """The head is complete (so the header timeout is over) but the body stops
+    half way: the idle timeout closes the connection, unanswered."""
+    with http_socket(timeouts_server) as sock:
+        sock.sendall(b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"username\":")
+        elapsed, received = closed_after(sock, HEADER + 5)
+    assert received == b"" or not received.startswith(b"HTTP/1.1 2"), received
+    assert IDLE * 0.8 <= elapsed < HEADER, elapsed
+
+
 def test_trickling_request_head_is_cut(timeouts_server):
     """A client that keeps sending a byte of its request head every 0.25 s is
     never idle, so only the header timeout stops it."""
