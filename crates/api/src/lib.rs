@@ -150,9 +150,9 @@ pub fn router(state: ApiState) -> axum::Router {
 /// `password` (which is never stored). Shared with in-band registration on the XMPP side.
 ///
 /// The username is validated and normalized with [`identity::validate_new_username`]
-/// (`invalid_username`, including the forms reserved for DID users). The password must be non-empty, at most
-/// [`MAX_PASSWORD_BYTES`] bytes and acceptable to SASLprep (`weak_password`); a minimum
-/// length policy is the caller's (the HTTP route applies `min_password_len`). A taken
+/// (`invalid_username`, including the forms reserved for DID users). The password must
+/// be non-empty, at most [`MAX_PASSWORD_BYTES`] bytes and acceptable to SASLprep
+/// (`weak_password`); a minimum length policy is the caller's (the HTTP route applies `min_password_len`). A taken
 /// username gives `account_exists`.
 pub async fn create_account(store: &Store, username: &str, password: &str, iterations: u32) -> Result<(), ApiError> {
     let username = identity::validate_new_username(username)?;

@@ -192,7 +192,7 @@ async fn create_account(
     let limited_ip = ip.filter(|_| !admin).map(|ip| ip.to_string());
     if let Some(ip) = &limited_ip {
         let mut limiter = state.registration_limiter.lock().unwrap_or_else(|e| e.into_inner());
-        limiter.check(ip, Instant::now()).map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+        limiter.check(ip, Instant::now()).map_err(|retry_after| ApiError::TooManyAccounts { retry_after })?;
     }
     crate::create_account(&state.store, &username, &creds.password, config.scram_iterations).await?;
     if let Some(ip) = &limited_ip {

@@ -403,6 +403,7 @@ async fn account_creation_is_limited_per_address() {
     let r = register_from(s.addr, "127.0.0.2", "reg3", None).await;
     assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
     assert!(r.header("retry-after").is_some());
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("too many accounts"), "{r:?}");
     assert!(!s.state.store.account_exists("reg3").await.unwrap());
     // Other addresses, and the admin token, are not limited.
     assert_eq!(register_from(s.addr, "127.0.0.3", "reg3", None).await.status, 201);
