@@ -400,6 +400,7 @@ start_waddle() {
             WADDLE_AUTH_SCRAM_ITERATIONS=4096 \
             WADDLE_AUTH_OPEN_REGISTRATION=true \
             WADDLE_AUTH_IN_BAND_REGISTRATION=true \
+            WADDLE_AUTH_MAX_REGISTRATIONS_PER_ADDRESS=1000000 \
             WADDLE_LOG_LEVEL=warn \
             "${mam_env[@]}" \
             "$WADDLE" --config "$W_CONFIG"

@@ -106,6 +106,18 @@ pub struct HttpConfig {
     pub websocket_url: String,
     /// Advertised XMPP host in `POST /auth/xmpp-token`; empty = the domain.
     pub public_xmpp_host: String,
+    /// Seconds a client has to send a complete request head, counted from when the
+    /// server starts waiting for it (connection accepted, or previous response sent on a
+    /// keep-alive connection): bounds trickling ("slowloris") and idle keep-alive
+    /// connections.
+    pub header_timeout_secs: u64,
+    /// Seconds without a byte received or sent after which an HTTP connection is closed
+    /// (a stalled request body, a client that stops reading its response). Upgraded
+    /// WebSocket connections are exempt: XMPP's own keepalive (`c2s.ping_*`) bounds them.
+    pub idle_timeout_secs: u64,
+    /// Open connections on the HTTP listener (WebSocket ones included); further ones are
+    /// closed as soon as they are accepted.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -114,16 +126,27 @@ pub struct AuthConfig {
     pub scram_iterations: u32,
     pub session_ttl_secs: i64,
     pub xmpp_token_ttl_secs: i64,
-    /// Whether `POST /v1/accounts` is open to anyone (otherwise it needs `admin_token`).
+    /// Whether anyone may create an account: `POST /v1/accounts` (otherwise it needs
+    /// `admin_token`) and, with `in_band_registration`, XEP-0077.
     pub open_registration: bool,
-    /// XEP-0077 in-band registration on the XMPP port.
+    /// XEP-0077 in-band registration on the XMPP port; offered only when
+    /// `open_registration` is on too.
     pub in_band_registration: bool,
     /// Bearer token allowing account creation when registration is closed; empty = none.
     pub admin_token: String,
     pub min_password_len: usize,
-    /// Failed logins per client address or account within the window before blocking.
+    /// Failed logins per client address within the window before the address is
+    /// blocked (for every account).
     pub max_auth_failures: u32,
     pub auth_failure_window_secs: u64,
+    /// Failed logins per account (from all addresses) within the same window from which
+    /// addresses that failed for it are refused and other addresses are slowed down
+    /// (never refused: the right password from a clean address always gets in).
+    pub account_failure_ceiling: u32,
+    /// Accounts one client address may create (in-band and `POST /v1/accounts`
+    /// together) per `registration_window_secs`; the admin token is exempt.
+    pub max_registrations_per_address: u32,
+    pub registration_window_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -237,6 +260,9 @@ impl Default for HttpConfig {
             websocket_secure: false,
             websocket_url: String::new(),
             public_xmpp_host: String::new(),
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 10_000,
         }
     }
 }
@@ -253,6 +279,9 @@ impl Default for AuthConfig {
             min_password_len: 8,
             max_auth_failures: 5,
             auth_failure_window_secs: 300,
+            account_failure_ceiling: 50,
+            max_registrations_per_address: 5,
+            registration_window_secs: 3600,
         }
     }
 }
@@ -359,6 +388,18 @@ impl Config {
         }
         if self.auth.max_auth_failures == 0 {
             return invalid("auth.max_auth_failures", "must be at least 1");
+        }
+        if self.auth.account_failure_ceiling < self.auth.max_auth_failures {
+            return invalid("auth.account_failure_ceiling", "must be at least auth.max_auth_failures");
+        }
+        if self.auth.max_registrations_per_address == 0 || self.auth.registration_window_secs == 0 {
+            return invalid("auth.max_registrations_per_address", "count and window must be positive");
+        }
+        if self.http.header_timeout_secs == 0 || self.http.idle_timeout_secs == 0 {
+            return invalid("http.header_timeout_secs", "HTTP timeouts must be positive");
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be positive");
         }
         let r = &self.rate_limits;
         if [r.messages, r.presence, r.joins, r.iq, r.stanzas].contains(&0)
@@ -580,6 +621,28 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("http.websocket_url"), "{err}");
+    }
+
+    #[test]
+    fn new_limits_are_validated() {
+        let c = Config::load(None, &env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.http.header_timeout_secs, c.http.idle_timeout_secs, c.http.max_connections), (10, 60, 10_000));
+        assert_eq!(c.auth.max_registrations_per_address, 5);
+        for (var, field) in [
+            ("WADDLE_HTTP_HEADER_TIMEOUT_SECS", "http.header_timeout_secs"),
+            ("WADDLE_HTTP_IDLE_TIMEOUT_SECS", "http.header_timeout_secs"),
+            ("WADDLE_HTTP_MAX_CONNECTIONS", "http.max_connections"),
+            ("WADDLE_AUTH_MAX_REGISTRATIONS_PER_ADDRESS", "auth.max_registrations_per_address"),
+            ("WADDLE_AUTH_REGISTRATION_WINDOW_SECS", "auth.max_registrations_per_address"),
+        ] {
+            let err = Config::load(None, &env(&[(var, "0")])).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(field), "{var}: {err}");
+        }
+        let err = Config::load(None, &env(&[("WADDLE_AUTH_ACCOUNT_FAILURE_CEILING", "4")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("auth.account_failure_ceiling"), "{err}");
     }
 
     #[test]

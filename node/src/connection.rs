@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use waddle_c2s::{Action, AuthOutcome, NegotiationConfig, Negotiator, RegisterOutcome};
-use waddle_sasl::{ScramCredentials, ScramHash};
+use waddle_sasl::{LoginDecision, ScramCredentials, ScramHash};
 use waddle_storage::{StoredScram, TokenKind};
 use waddle_xml::StreamParser;
 
@@ -73,7 +73,8 @@ async fn negotiate(
             domain: ctx.domain.clone(),
             require_tls: ctx.config.c2s.require_tls,
             starttls_available: transport.starttls_available,
-            in_band_registration: ctx.config.auth.in_band_registration,
+            // Closed registration closes every way in, not only the HTTP one.
+            in_band_registration: ctx.config.auth.in_band_registration && ctx.config.auth.open_registration,
             stream_management: ctx.config.c2s.stream_management,
             max_auth_attempts: 3,
         },
@@ -111,7 +112,10 @@ async fn negotiate(
                 }
                 Action::ResetParser => parser.reset(),
                 Action::LookupScram { username, hash } => {
-                    let result = if ctx.auth_allowed(&peer_ip, &username) {
+                    // SCRAM tells right from wrong only at the end of the exchange, so the
+                    // decision must not depend on this attempt: a clean address is at most
+                    // delayed (see `LoginLimiter`).
+                    let result = if wait_for_login(ctx, &peer_ip, &username, deadline).await {
                         Ok(scram_credentials(ctx, &username, hash).await)
                     } else {
                         Err(())
@@ -119,7 +123,7 @@ async fn negotiate(
                     pending.extend(negotiator.scram_credentials(result));
                 }
                 Action::VerifyPlain { username, secret } => {
-                    let outcome = if ctx.auth_allowed(&peer_ip, &username) {
+                    let outcome = if wait_for_login(ctx, &peer_ip, &username, deadline).await {
                         verify_plain(ctx, &username, secret).await
                     } else {
                         AuthOutcome::Blocked
@@ -127,11 +131,11 @@ async fn negotiate(
                     pending.extend(negotiator.plain_verdict(outcome));
                 }
                 Action::Register { username, password } => {
-                    let outcome = register(ctx, &username, &password).await;
+                    let outcome = register(ctx, &peer_ip, &username, &password).await;
                     pending.extend(negotiator.register_result(outcome));
                 }
                 Action::Bind { username, resource } => {
-                    ctx.auth_succeeded(&username);
+                    ctx.auth_succeeded(&peer_ip, &username);
                     let jid = FullJid::new(&format!("{username}@{}/{resource}", ctx.domain)).ok()?;
                     pending.extend(negotiator.bound(jid.as_str()));
                     bound = Some(jid);
@@ -190,6 +194,19 @@ async fn negotiate(
     }
 }
 
+/// Applies the login limiter: `false` when the attempt is refused; a delay is served
+/// here (never past the negotiation deadline).
+async fn wait_for_login(ctx: &Ctx, peer_ip: &str, username: &str, deadline: Instant) -> bool {
+    match ctx.auth_check(peer_ip, username) {
+        LoginDecision::Allow => true,
+        LoginDecision::Delay(d) => {
+            tokio::time::sleep_until((Instant::now() + d).min(deadline)).await;
+            true
+        }
+        LoginDecision::Block(_) => false,
+    }
+}
+
 async fn flush(io: &mut ClientIo, out: &mut Vec<u8>) -> std::io::Result<()> {
     if !out.is_empty() {
         io.write_all(out).await?;
@@ -243,7 +260,11 @@ async fn verify_plain(ctx: &Ctx, username: &str, secret: String) -> AuthOutcome 
     }
 }
 
-async fn register(ctx: &Ctx, username: &str, password: &str) -> RegisterOutcome {
+async fn register(ctx: &Ctx, peer_ip: &str, username: &str, password: &str) -> RegisterOutcome {
+    if registration_limited(ctx, peer_ip) {
+        tracing::info!(peer = %peer_ip, "in-band registration refused: too many accounts from this address");
+        return RegisterOutcome::RateLimited;
+    }
     if password.len() < ctx.config.auth.min_password_len {
         return RegisterOutcome::NotAcceptable(format!(
             "password must be at least {} characters",
@@ -252,11 +273,21 @@ async fn register(ctx: &Ctx, username: &str, password: &str) -> RegisterOutcome 
     }
     match waddle_api::create_account(&ctx.store, username, password, ctx.config.auth.scram_iterations).await {
         Ok(()) => {
+            ctx.registration_limiter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_failure(peer_ip, std::time::Instant::now());
             tracing::info!(user = %username, "account registered in-band");
             RegisterOutcome::Created
         }
         Err(e) => register_error(e),
     }
+}
+
+/// Whether `peer_ip` has created as many accounts as the window allows.
+fn registration_limited(ctx: &Ctx, peer_ip: &str) -> bool {
+    let mut limiter = ctx.registration_limiter.lock().unwrap_or_else(|e| e.into_inner());
+    limiter.check(peer_ip, std::time::Instant::now()).is_err()
 }
 
 fn register_error(e: waddle_api::ApiError) -> RegisterOutcome {

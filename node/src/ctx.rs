@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
 use waddle_cluster::{partition_of, Registry};
-use waddle_sasl::FailureLimiter;
+use waddle_sasl::{FailureLimiter, LoginDecision, LoginLimiter};
 use waddle_storage::Store;
 use waddle_xml::Limits;
 
@@ -25,7 +25,10 @@ pub struct Ctx {
     /// Service domains hosted here (components such as the MUC service).
     pub services: Vec<String>,
     pub tls: Arc<rustls::ServerConfig>,
-    pub auth_limiter: Arc<Mutex<FailureLimiter>>,
+    pub auth_limiter: Arc<Mutex<LoginLimiter>>,
+    /// Accounts created per client address (in-band and `POST /v1/accounts`), shared
+    /// with the HTTP API.
+    pub registration_limiter: Arc<Mutex<FailureLimiter>>,
     pub metrics: Metrics,
     pub muc: crate::muc::MucService,
     pub archive: waddle_mam::Archive,
@@ -47,9 +50,15 @@ impl Ctx {
         archive: waddle_mam::Archive,
         permissions: Arc<waddle_api::Permissions>,
     ) -> Arc<Ctx> {
-        let limiter = FailureLimiter::new(
+        let limiter = LoginLimiter::new(
             config.auth.max_auth_failures,
+            config.auth.account_failure_ceiling,
             Duration::from_secs(config.auth.auth_failure_window_secs),
+            100_000,
+        );
+        let registration_limiter = FailureLimiter::new(
+            config.auth.max_registrations_per_address,
+            Duration::from_secs(config.auth.registration_window_secs),
             100_000,
         );
         let muc_domain = format!("muc.{}", config.server.domain);
@@ -62,6 +71,7 @@ impl Ctx {
             services: vec![muc_domain.clone()],
             tls,
             auth_limiter: Arc::new(Mutex::new(limiter)),
+            registration_limiter: Arc::new(Mutex::new(registration_limiter)),
             metrics: Metrics::default(),
             muc: crate::muc::MucService::new(muc_domain),
             archive,
@@ -109,24 +119,19 @@ impl Ctx {
     /// Records an authentication failure for the client address and the account.
     pub fn auth_failed(&self, peer: &str, username: Option<&str>) {
         crate::metrics::inc(&self.metrics.auth_failures);
-        let now = std::time::Instant::now();
         let mut limiter = self.auth_limiter.lock().unwrap_or_else(|e| e.into_inner());
-        limiter.record_failure(&format!("ip:{peer}"), now);
-        if let Some(u) = username {
-            limiter.record_failure(&format!("user:{u}"), now);
-        }
+        limiter.record_failure(username, Some(peer), std::time::Instant::now());
     }
 
-    /// Whether a login attempt from `peer` for `username` may proceed.
-    pub fn auth_allowed(&self, peer: &str, username: &str) -> bool {
-        let now = std::time::Instant::now();
+    /// Whether and how a login attempt from `peer` for `username` may proceed.
+    pub fn auth_check(&self, peer: &str, username: &str) -> LoginDecision {
         let mut limiter = self.auth_limiter.lock().unwrap_or_else(|e| e.into_inner());
-        limiter.check(&format!("ip:{peer}"), now).is_ok() && limiter.check(&format!("user:{username}"), now).is_ok()
+        limiter.check(Some(username), Some(peer), std::time::Instant::now())
     }
 
-    pub fn auth_succeeded(&self, username: &str) {
+    pub fn auth_succeeded(&self, peer: &str, username: &str) {
         let mut limiter = self.auth_limiter.lock().unwrap_or_else(|e| e.into_inner());
-        limiter.record_success(&format!("user:{username}"));
+        limiter.record_success(username, Some(peer));
     }
 }
 

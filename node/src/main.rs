@@ -10,7 +10,7 @@ mod carbons;
 mod config;
 mod connection;
 mod ctx;
-mod http_tls;
+mod http_server;
 mod im;
 mod io;
 mod mam;
@@ -27,14 +27,12 @@ mod tls_stream;
 mod ws;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -126,6 +124,7 @@ async fn run(config: Config) -> Result<()> {
             max_channels_per_waddle: ctx.config.limits.max_channels_per_waddle,
         }),
         auth_limiter: Arc::clone(&ctx.auth_limiter),
+        registration_limiter: Arc::clone(&ctx.registration_limiter),
         ready: Arc::clone(&ready),
         authz: permissions,
         rooms: Arc::new(muc::NodeRooms { ctx: Arc::downgrade(&ctx), muc_domain: ctx.muc.domain.clone() }),
@@ -142,28 +141,15 @@ async fn run(config: Config) -> Result<()> {
                     }
                 }),
             )
-            .route(config::WEBSOCKET_PATH, ws::route(Arc::clone(&ctx)))
-            .into_make_service_with_connect_info::<SocketAddr>();
-    if ctx.config.http.tls {
-        let handshake_timeout = Duration::from_secs(ctx.config.c2s.negotiation_timeout_secs);
-        let listener = http_tls::TlsListener::spawn(http, Arc::clone(&ctx.tls), handshake_timeout)
-            .context("http.tls: the HTTP listener")?
-            // A tap that does nothing: axum derives `ConnectInfo<SocketAddr>` for a
-            // `TapIo` listener (and for `TcpListener`), so the API's per-address limits
-            // and the XMPP login limiter see the real peer.
-            .tap_io(|_| {});
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
-    } else {
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, app).await {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
-    }
+            .route(config::WEBSOCKET_PATH, ws::route(Arc::clone(&ctx)));
+    let limits = http_server::HttpLimits {
+        header_timeout: Duration::from_secs(ctx.config.http.header_timeout_secs),
+        idle_timeout: Duration::from_secs(ctx.config.http.idle_timeout_secs),
+        max_connections: ctx.config.http.max_connections,
+        handshake_timeout: Duration::from_secs(ctx.config.c2s.negotiation_timeout_secs),
+    };
+    let http_tls = ctx.config.http.tls.then(|| Arc::clone(&ctx.tls));
+    tokio::spawn(http_server::serve(http, http_tls, app, limits));
     let public = bind.parse::<std::net::IpAddr>().map(|ip| !ip.is_loopback()).unwrap_or(true);
     if ctx.config.http.websocket_secure && !ctx.config.http.tls && public {
         tracing::warn!(

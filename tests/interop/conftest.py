@@ -158,6 +158,9 @@ class WaddleProcess:
             "WADDLE_C2S_MAX_STANZA_BYTES": "65536",
             "WADDLE_AUTH_SCRAM_ITERATIONS": "4096",
             "WADDLE_AUTH_MAX_AUTH_FAILURES": "5",
+            # The suite creates hundreds of accounts from 127.0.0.1 (test_hardening_auth
+            # tests the per-address limit on a server of its own).
+            "WADDLE_AUTH_MAX_REGISTRATIONS_PER_ADDRESS": "1000000",
             "RUST_LOG": "info",
             "RUST_BACKTRACE": "1",
         })

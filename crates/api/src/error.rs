@@ -34,6 +34,13 @@ pub enum ApiError {
         /// How long until the next attempt may succeed.
         retry_after: Duration,
     },
+    /// Too many accounts created from this address lately (`rate_limited`, 429, with
+    /// `Retry-After`).
+    #[error("too many accounts created from this address, retry in {} s", retry_after_secs(*retry_after))]
+    TooManyAccounts {
+        /// How long until the next creation may succeed.
+        retry_after: Duration,
+    },
     /// Missing, invalid or expired bearer token (`unauthorized`, 401, with
     /// `WWW-Authenticate: Bearer`).
     #[error("a valid bearer token is required")]
@@ -107,7 +114,7 @@ impl ApiError {
             ApiError::WeakPassword(_) => "weak_password",
             ApiError::AccountExists => "account_exists",
             ApiError::InvalidCredentials => "invalid_credentials",
-            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RateLimited { .. } | ApiError::TooManyAccounts { .. } => "rate_limited",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
@@ -140,7 +147,7 @@ impl ApiError {
             | ApiError::ChannelLimit(_)
             | ApiError::OwnerCannotLeave => StatusCode::CONFLICT,
             ApiError::InvalidCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManyAccounts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -186,7 +193,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         match &self {
-            ApiError::RateLimited { retry_after } => {
+            ApiError::RateLimited { retry_after } | ApiError::TooManyAccounts { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(*retry_after)));
             }
             ApiError::Unauthorized => {

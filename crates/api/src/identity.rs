@@ -1,5 +1,12 @@
 //! Mapping of external identities (DIDs) and local usernames to JID localparts.
 //!
+//! DID users and local accounts share one namespace of localparts, so the forms a DID
+//! maps to are reserved: a local account can never be created under one
+//! ([`validate_new_username`]), otherwise whoever registered it first would own that
+//! DID user's JID, roster and archive. The reserved forms are exactly the images of
+//! [`did_to_localpart`]: 24 characters of `a-z2-7` (`did:plc`) and anything starting
+//! with `web-` (`did:web`).
+//!
 //! Every function here is pure: no I/O, no storage lookups. Results only ever contain
 //! `a-z 0-9 - . _`, so they are valid JID localparts (RFC 7622) without further
 //! preparation.
@@ -37,12 +44,26 @@ pub enum IdentityError {
     /// `did_to_jid` was given an empty domain.
     #[error("empty domain")]
     EmptyDomain,
+    /// A `did:plc` identifier that is not 24 characters of base32 (`a-z2-7`).
+    #[error("not a did:plc identifier (24 characters of a-z, 2-7)")]
+    InvalidPlcIdentifier,
+    /// A local username of a form reserved for DID users (see the module docs).
+    #[error("reserved for DID identities (24 characters of a-z2-7, or starting with \"web-\")")]
+    ReservedForDid,
 }
+
+/// Length of a `did:plc` identifier (the did:plc specification: the first 24 characters
+/// of a base32-encoded SHA-256 digest).
+pub const PLC_IDENTIFIER_LEN: usize = 24;
+
+/// Prefix of every `did:web` localpart.
+pub const WEB_PREFIX: &str = "web-";
 
 /// DID → JID localpart.
 ///
-/// - `did:plc:abc123` → `abc123` (the identifier, lowercased; only `a-z0-9` accepted,
-///   so it can never collide with a `did:web` mapping, which always contains `-`);
+/// - `did:plc:<id>` → `<id>` lowercased, where `<id>` must be 24 characters of base32
+///   `a-z2-7` (what did:plc identifiers are), so it can never collide with a `did:web`
+///   mapping, which always starts with `web-`;
 /// - `did:web:example.com` → `web-example-com`: the identifier is percent-decoded, then
 ///   every `.` and `:` becomes `-` (`did:web:example.com%3A8080` → `web-example-com-8080`,
 ///   path segments `did:web:example.com:u:alice` → `web-example-com-u-alice`), lowercased.
@@ -61,6 +82,9 @@ pub fn did_to_localpart(did: &str) -> Result<String, IdentityError> {
             let id = id.to_ascii_lowercase();
             if let Some(c) = id.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit())) {
                 return Err(IdentityError::InvalidCharacter(c));
+            }
+            if !is_plc_form(&id) {
+                return Err(IdentityError::InvalidPlcIdentifier);
             }
             id
         }
@@ -104,6 +128,26 @@ pub fn validate_username(s: &str) -> Result<String, IdentityError> {
         return Err(IdentityError::InvalidStart);
     }
     Ok(lower)
+}
+
+/// Validates a username for a new local account: [`validate_username`], and not one of
+/// the forms reserved for DID users ([`is_did_localpart`]). Every account-creation path
+/// (HTTP and in-band registration) goes through this.
+pub fn validate_new_username(s: &str) -> Result<String, IdentityError> {
+    let name = validate_username(s)?;
+    if is_did_localpart(&name) {
+        return Err(IdentityError::ReservedForDid);
+    }
+    Ok(name)
+}
+
+/// Whether a (lowercase) localpart is of a form [`did_to_localpart`] can produce.
+pub fn is_did_localpart(localpart: &str) -> bool {
+    localpart.starts_with(WEB_PREFIX) || is_plc_form(localpart)
+}
+
+fn is_plc_form(s: &str) -> bool {
+    s.len() == PLC_IDENTIFIER_LEN && s.bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
 }
 
 fn allowed(c: char) -> bool {
@@ -150,10 +194,17 @@ mod tests {
 
     #[test]
     fn did_plc() {
-        assert_eq!(did_to_localpart("did:plc:abc123"), Ok("abc123".into()));
         assert_eq!(did_to_localpart("did:plc:ewvi7nxzyoun6zhxrhs64oiz"), Ok("ewvi7nxzyoun6zhxrhs64oiz".into()));
-        assert_eq!(did_to_localpart("did:plc:ABC123"), Ok("abc123".into()));
-        assert_eq!(did_to_jid("did:plc:abc123", "example.org"), Ok("abc123@example.org".into()));
+        assert_eq!(did_to_localpart("did:plc:EWVI7NXZYOUN6ZHXRHS64OIZ"), Ok("ewvi7nxzyoun6zhxrhs64oiz".into()));
+        assert_eq!(
+            did_to_jid("did:plc:ewvi7nxzyoun6zhxrhs64oiz", "example.org"),
+            Ok("ewvi7nxzyoun6zhxrhs64oiz@example.org".into())
+        );
+        // Not did:plc identifiers: wrong length, or digits outside base32.
+        assert_eq!(did_to_localpart("did:plc:abc123"), Err(IdentityError::InvalidPlcIdentifier));
+        assert_eq!(did_to_localpart("did:plc:ewvi7nxzyoun6zhxrhs64oi"), Err(IdentityError::InvalidPlcIdentifier));
+        assert_eq!(did_to_localpart("did:plc:ewvi7nxzyoun6zhxrhs64oiz2"), Err(IdentityError::InvalidPlcIdentifier));
+        assert_eq!(did_to_localpart("did:plc:ewvi7nxzyoun6zhxrhs64oi1"), Err(IdentityError::InvalidPlcIdentifier));
     }
 
     #[test]
@@ -193,13 +244,10 @@ mod tests {
         assert_eq!(did_to_localpart("did:web:.example.com"), Err(IdentityError::EmptyLabel));
         assert_eq!(did_to_localpart("did:web:example.com:"), Err(IdentityError::EmptyLabel));
         assert_eq!(did_to_localpart("did:web:example.com%3A"), Err(IdentityError::EmptyLabel));
-        let long = format!("did:plc:{}", "a".repeat(65));
-        assert_eq!(did_to_localpart(&long), Err(IdentityError::TooLong));
-        assert_eq!(did_to_localpart(&format!("did:plc:{}", "a".repeat(64))).map(|s| s.len()), Ok(64));
         // "web-" + 60 = 64 bytes is fine, one more is not.
         assert!(did_to_localpart(&format!("did:web:{}", "a".repeat(60))).is_ok());
         assert_eq!(did_to_localpart(&format!("did:web:{}", "a".repeat(61))), Err(IdentityError::TooLong));
-        assert_eq!(did_to_jid("did:plc:abc", ""), Err(IdentityError::EmptyDomain));
+        assert_eq!(did_to_jid("did:plc:ewvi7nxzyoun6zhxrhs64oiz", ""), Err(IdentityError::EmptyDomain));
         assert_eq!(did_to_jid("did:x", "example.org"), Err(IdentityError::NotADid));
     }
 
@@ -219,5 +267,26 @@ mod tests {
         assert_eq!(validate_username("alice/res"), Err(IdentityError::InvalidCharacter('/')));
         assert_eq!(validate_username("alïce"), Err(IdentityError::InvalidCharacter('ï')));
         assert_eq!(validate_username("ALICE"), Ok("alice".into()));
+    }
+
+    #[test]
+    fn did_forms_are_reserved_for_new_accounts() {
+        // Every localpart a DID maps to is refused as a new local username...
+        for did in ["did:plc:ewvi7nxzyoun6zhxrhs64oiz", "did:web:a.b", "did:web:example.com%3A8080"] {
+            let local = did_to_localpart(did).unwrap_or_else(|e| panic!("{did}: {e}"));
+            assert!(is_did_localpart(&local), "{local}");
+            assert_eq!(validate_new_username(&local), Err(IdentityError::ReservedForDid), "{local}");
+            // ... in any case (usernames are lowercased first).
+            assert_eq!(validate_new_username(&local.to_ascii_uppercase()), Err(IdentityError::ReservedForDid));
+        }
+        assert_eq!(validate_new_username("web-anything"), Err(IdentityError::ReservedForDid));
+        // Near misses stay available to local users.
+        for name in ["alice", "web", "webmaster", "web_a", "ewvi7nxzyoun6zhxrhs64oi", "ewvi7nxzyoun6zhxrhs64oiz2"] {
+            assert_eq!(validate_new_username(name), Ok(name.to_owned()), "{name}");
+        }
+        // 24 characters with a digit outside base32 cannot be a did:plc identifier.
+        assert_eq!(validate_new_username("ewvi7nxzyoun6zhxrhs64oi1"), Ok("ewvi7nxzyoun6zhxrhs64oi1".into()));
+        // Logins and references to existing users are not affected.
+        assert_eq!(validate_username("web-a-b"), Ok("web-a-b".into()));
     }
 }

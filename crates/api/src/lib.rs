@@ -51,7 +51,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
-use waddle_sasl::{FailureLimiter, SaslError, ScramCredentials, ScramHash};
+use waddle_sasl::{FailureLimiter, LoginLimiter, SaslError, ScramCredentials, ScramHash};
 use waddle_storage::{AccountRecord, Store, StoredScram};
 
 pub use error::ApiError;
@@ -126,9 +126,11 @@ pub struct ApiState {
     pub store: Store,
     /// API settings.
     pub config: Arc<ApiConfig>,
-    /// Authentication failure limiter, shared with the XMPP side (keys `ip:<addr>` and
-    /// `user:<username>`).
-    pub auth_limiter: Arc<Mutex<FailureLimiter>>,
+    /// Login limiter, shared with the XMPP side (addresses as `IpAddr` strings).
+    pub auth_limiter: Arc<Mutex<LoginLimiter>>,
+    /// Accounts created per client address, shared with in-band registration (each
+    /// creation is one event of the window; the admin token is exempt).
+    pub registration_limiter: Arc<Mutex<FailureLimiter>>,
     /// Whether the node has finished starting (and is not shutting down).
     pub ready: Arc<AtomicBool>,
     /// The permission checker (Zanzibar tuples in memory, persisted in `store`).
@@ -147,13 +149,13 @@ pub fn router(state: ApiState) -> axum::Router {
 /// Creates an account with SCRAM-SHA-1 and SCRAM-SHA-256 credentials derived from
 /// `password` (which is never stored). Shared with in-band registration on the XMPP side.
 ///
-/// The username is validated and normalized with [`identity::validate_username`]
-/// (`invalid_username`). The password must be non-empty, at most
-/// [`MAX_PASSWORD_BYTES`] bytes and acceptable to SASLprep (`weak_password`); a minimum
-/// length policy is the caller's (the HTTP route applies `min_password_len`). A taken
+/// The username is validated and normalized with [`identity::validate_new_username`]
+/// (`invalid_username`, including the forms reserved for DID users). The password must
+/// be non-empty, at most [`MAX_PASSWORD_BYTES`] bytes and acceptable to SASLprep
+/// (`weak_password`); a minimum length policy is the caller's (the HTTP route applies `min_password_len`). A taken
 /// username gives `account_exists`.
 pub async fn create_account(store: &Store, username: &str, password: &str, iterations: u32) -> Result<(), ApiError> {
-    let username = identity::validate_username(username)?;
+    let username = identity::validate_new_username(username)?;
     if password.is_empty() {
         return Err(ApiError::WeakPassword("password must not be empty".into()));
     }

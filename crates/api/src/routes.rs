@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use waddle_sasl::{ScramCredentials, ScramHash};
+use waddle_sasl::{LoginDecision, ScramCredentials, ScramHash};
 use waddle_storage::{StoredScram, TokenKind};
 
 use crate::{identity, openapi, tokens, unix_now, waddles, ApiError, ApiState, MAX_BODY_BYTES, MAX_PASSWORD_BYTES};
@@ -173,10 +173,10 @@ async fn create_account(
     headers: HeaderMap,
     body: Result<ApiJson<Credentials>, ApiError>,
 ) -> Result<(StatusCode, Json<AccountCreated>), ApiError> {
-    authorize_registration(&state, ip, &headers)?;
+    let admin = authorize_registration(&state, ip, &headers)?;
     let ApiJson(creds) = body?;
     let config = &state.config;
-    let username = identity::validate_username(&creds.username)?;
+    let username = identity::validate_new_username(&creds.username)?;
     if creds.password.chars().count() < config.min_password_len {
         return Err(ApiError::WeakPassword(format!(
             "password must be at least {} characters",
@@ -186,32 +186,46 @@ async fn create_account(
     if creds.password.len() > MAX_PASSWORD_BYTES {
         return Err(ApiError::WeakPassword(format!("password must be at most {MAX_PASSWORD_BYTES} bytes")));
     }
+    // The admin token is how operators (and provisioning scripts) create accounts in
+    // bulk; everyone else gets a few per address and window, shared with in-band
+    // registration.
+    let limited_ip = ip.filter(|_| !admin).map(|ip| ip.to_string());
+    if let Some(ip) = &limited_ip {
+        let mut limiter = state.registration_limiter.lock().unwrap_or_else(|e| e.into_inner());
+        limiter.check(ip, Instant::now()).map_err(|retry_after| ApiError::TooManyAccounts { retry_after })?;
+    }
     crate::create_account(&state.store, &username, &creds.password, config.scram_iterations).await?;
+    if let Some(ip) = &limited_ip {
+        state.registration_limiter.lock().unwrap_or_else(|e| e.into_inner()).record_failure(ip, Instant::now());
+    }
     tracing::info!(user = %username, "account created over HTTP");
     let jid = format!("{username}@{}", config.domain);
     Ok((StatusCode::CREATED, Json(AccountCreated { username, jid })))
 }
 
 /// Open registration lets anyone in; otherwise the admin bearer token is required.
-/// Wrong admin tokens count as authentication failures of the client address.
-fn authorize_registration(state: &ApiState, ip: Option<IpAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Returns whether the admin token was presented (and right). Wrong admin tokens on a
+/// closed node count as authentication failures of the client address.
+fn authorize_registration(state: &ApiState, ip: Option<IpAddr>, headers: &HeaderMap) -> Result<bool, ApiError> {
+    let admin = state.config.admin_token.as_deref();
+    let presented = bearer(headers);
     if state.config.open_registration {
-        return Ok(());
+        return Ok(matches!((admin, presented), (Some(a), Some(p)) if secrets_equal(a, p)));
     }
-    let (Some(admin), Some(presented)) = (state.config.admin_token.as_deref(), bearer(headers)) else {
+    let (Some(admin), Some(presented)) = (admin, presented) else {
         return Err(ApiError::Forbidden("registration is closed"));
     };
-    let ip_key = ip.map(|ip| format!("ip:{ip}"));
+    let ip_key = ip.map(|ip| ip.to_string());
     let now = Instant::now();
     let mut limiter = state.auth_limiter.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(key) = &ip_key {
-        limiter.check(key, now).map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+        limiter.check_address(key, now).map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     }
     if secrets_equal(admin, presented) {
-        return Ok(());
+        return Ok(true);
     }
     if let Some(key) = &ip_key {
-        limiter.record_failure(key, now);
+        limiter.record_address_failure(key, now);
     }
     Err(ApiError::Forbidden("registration is closed"))
 }
@@ -266,38 +280,24 @@ fn to_credentials(s: StoredScram) -> Option<ScramCredentials> {
     })
 }
 
-/// Rate-limiter keys of a login attempt (same names as the XMPP side uses).
-struct LimiterKeys {
-    ip: Option<String>,
-    user: Option<String>,
-}
-
-impl LimiterKeys {
-    fn iter(&self) -> impl Iterator<Item = &str> {
-        self.ip.iter().chain(self.user.iter()).map(String::as_str)
-    }
-}
-
 async fn session(
     State(state): State<ApiState>,
     ClientIp(ip): ClientIp,
     ApiJson(creds): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     let username = identity::validate_username(&creds.username).ok();
-    let keys =
-        LimiterKeys { ip: ip.map(|ip| format!("ip:{ip}")), user: username.as_ref().map(|u| format!("user:{u}")) };
-    {
-        let now = Instant::now();
-        let mut limiter = state.auth_limiter.lock().unwrap_or_else(|e| e.into_inner());
-        let mut wait: Option<Duration> = None;
-        for key in keys.iter() {
-            if let Err(retry_after) = limiter.check(key, now) {
-                wait = Some(wait.map_or(retry_after, |w| w.max(retry_after)));
-            }
-        }
-        if let Some(retry_after) = wait {
-            return Err(ApiError::RateLimited { retry_after });
-        }
+    let address = ip.map(|ip| ip.to_string());
+    let decision = state.auth_limiter.lock().unwrap_or_else(|e| e.into_inner()).check(
+        username.as_deref(),
+        address.as_deref(),
+        Instant::now(),
+    );
+    match decision {
+        LoginDecision::Allow => {}
+        // The account is under attack from elsewhere: slow down, but still check, so the
+        // owner's right password from a clean address gets in.
+        LoginDecision::Delay(d) => tokio::time::sleep(d).await,
+        LoginDecision::Block(retry_after) => return Err(ApiError::RateLimited { retry_after }),
     }
 
     let account = match &username {
@@ -326,21 +326,19 @@ async fn session(
         (_, false) => false,
     };
 
-    let Some(username) = username.filter(|_| verified) else {
-        let now = Instant::now();
-        let mut limiter = state.auth_limiter.lock().unwrap_or_else(|e| e.into_inner());
-        for key in keys.iter() {
-            limiter.record_failure(key, now);
-        }
+    let Some(username) = username.as_ref().filter(|_| verified) else {
+        state.auth_limiter.lock().unwrap_or_else(|e| e.into_inner()).record_failure(
+            username.as_deref(),
+            address.as_deref(),
+            Instant::now(),
+        );
         return Err(ApiError::InvalidCredentials);
     };
-    if let Some(key) = &keys.user {
-        state.auth_limiter.lock().unwrap_or_else(|e| e.into_inner()).record_success(key);
-    }
+    state.auth_limiter.lock().unwrap_or_else(|e| e.into_inner()).record_success(username, address.as_deref());
 
     let token = tokens::new_token();
     let expires_at = unix_now().saturating_add(state.config.session_ttl_secs);
-    state.store.insert_token(TokenKind::HttpSession, tokens::hash_token(&token), &username, expires_at).await?;
+    state.store.insert_token(TokenKind::HttpSession, tokens::hash_token(&token), username, expires_at).await?;
     tracing::info!(user = %username, "HTTP session opened");
     Ok(no_store(Json(SessionIssued {
         token,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use waddle_sasl::FailureLimiter;
+use waddle_sasl::{FailureLimiter, LoginLimiter};
 use waddle_storage::{Store, TokenKind};
 
 use crate::*;
@@ -48,7 +48,8 @@ async fn start_with(config: ApiConfig, connect_info: bool) -> Server {
         rooms: rooms.clone(),
         store,
         config: Arc::new(config),
-        auth_limiter: Arc::new(Mutex::new(FailureLimiter::new(3, Duration::from_secs(60), 1000))),
+        auth_limiter: Arc::new(Mutex::new(LoginLimiter::new(3, 6, Duration::from_secs(60), 1000))),
+        registration_limiter: Arc::new(Mutex::new(FailureLimiter::new(REGISTRATIONS, Duration::from_secs(60), 1000))),
         ready: Arc::new(AtomicBool::new(true)),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -98,7 +99,26 @@ impl Reply {
 
 /// Minimal HTTP/1.1 client: one request per connection, `Connection: close`.
 async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    request_from(addr, None, method, path, headers, body).await
+}
+
+/// [`request`] from a chosen loopback source address (Linux routes all of 127/8 to lo).
+async fn request_from(
+    addr: SocketAddr,
+    source: Option<&str>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Reply {
+    let mut stream = match source {
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+        None => TcpStream::connect(addr).await.unwrap(),
+    };
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -168,6 +188,25 @@ async fn register(addr: SocketAddr, username: &str, password: &str) -> Reply {
 async fn login(addr: SocketAddr, username: &str, password: &str) -> Reply {
     post_json(addr, "/auth/session", &json!({ "username": username, "password": password }), None).await
 }
+
+async fn login_from(addr: SocketAddr, source: &str, username: &str, password: &str) -> Reply {
+    let body = json!({ "username": username, "password": password }).to_string();
+    let headers = [("Content-Type", "application/json")];
+    request_from(addr, Some(source), "POST", "/auth/session", &headers, Some(body.as_bytes())).await
+}
+
+async fn register_from(addr: SocketAddr, source: &str, username: &str, auth: Option<&str>) -> Reply {
+    let body = json!({ "username": username, "password": "correct horse" }).to_string();
+    let bearer = auth.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    request_from(addr, Some(source), "POST", "/v1/accounts", &headers, Some(body.as_bytes())).await
+}
+
+/// Registrations per address in the test servers (high: most tests create many).
+const REGISTRATIONS: u32 = 1000;
 
 // ---------------------------------------------------------------------------------------
 
@@ -276,26 +315,56 @@ async fn session_login() {
 }
 
 #[tokio::test]
-async fn repeated_failures_are_rate_limited_per_user() {
+async fn failures_block_the_address_not_the_owner() {
     let s = start(config()).await;
     assert_eq!(register(s.addr, "alice", "correct horse").await.status, 201);
     for _ in 0..3 {
-        let r = login(s.addr, "alice", "wrong password").await;
+        let r = login_from(s.addr, "127.0.0.2", "alice", "wrong password").await;
         assert_eq!(r.status, 401);
     }
-    // Even the right password is refused while limited.
-    let r = login(s.addr, "alice", "correct horse").await;
+    // The failing address is refused, even with the right password...
+    let r = login_from(s.addr, "127.0.0.2", "alice", "correct horse").await;
     assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
+    // ... but the owner from another address gets in at once.
+    let started = std::time::Instant::now();
+    assert_eq!(login_from(s.addr, "127.0.0.3", "alice", "correct horse").await.status, 200);
+    assert!(started.elapsed() < waddle_sasl::FIRST_ACCOUNT_DELAY, "{:?}", started.elapsed());
+}
 
-    // The user key is shared with the XMPP side; clearing both keys lets the user in again.
-    {
-        let mut limiter = s.state.auth_limiter.lock().unwrap();
-        limiter.record_success("user:alice");
-        limiter.record_success("ip:127.0.0.1");
+#[tokio::test]
+async fn an_account_under_distributed_attack_slows_down_but_stays_open() {
+    let s = start(config()).await;
+    assert_eq!(register(s.addr, "alice", "correct horse").await.status, 201);
+    // Six failures (the test ceiling) from two addresses, three each.
+    for source in ["127.0.0.4", "127.0.0.5"] {
+        for _ in 0..3 {
+            assert_eq!(login_from(s.addr, source, "alice", "wrong password").await.status, 401);
+        }
     }
-    assert_eq!(login(s.addr, "alice", "correct horse").await.status, 200);
+    // A clean address is delayed, then verified: the right password gets in.
+    let started = std::time::Instant::now();
+    assert_eq!(login_from(s.addr, "127.0.0.6", "alice", "correct horse").await.status, 200);
+    assert!(started.elapsed() >= waddle_sasl::FIRST_ACCOUNT_DELAY, "{:?}", started.elapsed());
+    // ... and a wrong one from a clean address fails normally (and counts).
+    assert_eq!(login_from(s.addr, "127.0.0.7", "alice", "wrong password").await.status, 401);
+    // An address that failed for alice is refused while the account is over its ceiling,
+    // though it has not reached its own limit (127.0.0.8: one failure).
+    let s2 = start(config()).await;
+    assert_eq!(register(s2.addr, "alice", "correct horse").await.status, 201);
+    for source in ["127.0.0.4", "127.0.0.5"] {
+        for _ in 0..2 {
+            assert_eq!(login_from(s2.addr, source, "alice", "wrong password").await.status, 401);
+        }
+    }
+    assert_eq!(login_from(s2.addr, "127.0.0.8", "alice", "wrong password").await.status, 401);
+    assert_eq!(login_from(s2.addr, "127.0.0.9", "alice", "wrong password").await.status, 401);
+    let r = login_from(s2.addr, "127.0.0.8", "alice", "correct horse").await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
+    // Other accounts are untouched.
+    assert_eq!(register(s2.addr, "bob", "correct horse").await.status, 201);
+    assert_eq!(login_from(s2.addr, "127.0.0.8", "bob", "correct horse").await.status, 200);
 }
 
 #[tokio::test]
@@ -307,7 +376,7 @@ async fn repeated_failures_are_rate_limited_per_ip() {
     }
     let r = login(s.addr, "alice", "correct horse").await;
     assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
-    assert!(s.state.auth_limiter.lock().unwrap().check("ip:127.0.0.1", std::time::Instant::now()).is_err());
+    assert!(s.state.auth_limiter.lock().unwrap().check_address("127.0.0.1", std::time::Instant::now()).is_err());
 }
 
 #[tokio::test]
@@ -316,10 +385,47 @@ async fn works_without_connect_info() {
     assert_eq!(register(s.addr, "alice", "correct horse").await.status, 201);
     assert_eq!(login(s.addr, "alice", "wrong password").await.status, 401);
     assert_eq!(login(s.addr, "alice", "correct horse").await.status, 200);
-    for _ in 0..3 {
+    // Without addresses only the account-wide ceiling (6 here) applies.
+    for _ in 0..5 {
         assert_eq!(login(s.addr, "alice", "wrong password").await.status, 401);
     }
     assert_eq!(login(s.addr, "alice", "correct horse").await.status, 429);
+}
+
+#[tokio::test]
+async fn account_creation_is_limited_per_address() {
+    let s = start(config()).await;
+    *s.state.registration_limiter.lock().unwrap() = FailureLimiter::new(2, Duration::from_secs(60), 100);
+    assert_eq!(register_from(s.addr, "127.0.0.2", "reg1", None).await.status, 201);
+    // Refused attempts do not count; creations do.
+    assert_eq!(register_from(s.addr, "127.0.0.2", "reg1", None).await.status, 409);
+    assert_eq!(register_from(s.addr, "127.0.0.2", "reg2", None).await.status, 201);
+    let r = register_from(s.addr, "127.0.0.2", "reg3", None).await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
+    assert!(r.header("retry-after").is_some());
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("too many accounts"), "{r:?}");
+    assert!(!s.state.store.account_exists("reg3").await.unwrap());
+    // Other addresses, and the admin token, are not limited.
+    assert_eq!(register_from(s.addr, "127.0.0.3", "reg3", None).await.status, 201);
+    assert_eq!(register_from(s.addr, "127.0.0.2", "reg4", Some(ADMIN)).await.status, 201);
+    // A wrong bearer on an open node is just not the admin.
+    assert_eq!(register_from(s.addr, "127.0.0.2", "reg5", Some("guess")).await.status, 429);
+}
+
+#[tokio::test]
+async fn did_derived_usernames_cannot_be_registered() {
+    let s = start(config()).await;
+    for name in ["ewvi7nxzyoun6zhxrhs64oiz", "EWVI7NXZYOUN6ZHXRHS64OIZ", "web-a-b", "web-example-com-8080"] {
+        let r = register(s.addr, name, "correct horse").await;
+        assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_username"), "{name}");
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("reserved"), "{r:?}");
+    }
+    // Not even the admin may take one.
+    let r =
+        post_json(s.addr, "/v1/accounts", &json!({ "username": "web-a-b", "password": "correct horse" }), Some(ADMIN))
+            .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(register(s.addr, "webmaster", "correct horse").await.status, 201);
 }
 
 #[tokio::test]

@@ -91,6 +91,9 @@ pub enum RegisterOutcome {
     Created,
     Conflict,
     NotAcceptable(String),
+    /// Too many accounts created from this address lately (ejabberd's answer to the
+    /// same, `resource-constraint`, XEP-0077 §3.1 leaves the condition to the server).
+    RateLimited,
     InternalError,
 }
 
@@ -503,6 +506,9 @@ impl Negotiator {
             RegisterOutcome::Created => vec![Action::Send(iq_result(&iq).to_bytes(ns::CLIENT))],
             RegisterOutcome::Conflict => send_error(&iq, "conflict", Some("username already taken")),
             RegisterOutcome::NotAcceptable(reason) => send_error(&iq, "not-acceptable", Some(&reason)),
+            RegisterOutcome::RateLimited => {
+                send_error(&iq, "resource-constraint", Some("too many accounts created from this address"))
+            }
             RegisterOutcome::InternalError => send_error(&iq, "internal-server-error", None),
         }
     }

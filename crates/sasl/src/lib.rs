@@ -7,7 +7,8 @@
 //! - PLAIN message parsing (RFC 4616, [`parse_plain`]);
 //! - credential derivation and password checking ([`ScramCredentials`]), including a
 //!   minimal SASLprep ([`saslprep()`]; no NFKC, see its module docs);
-//! - the authentication failure limiter ([`FailureLimiter`]);
+//! - the authentication failure limiters ([`FailureLimiter`], and [`LoginLimiter`] built
+//!   on it: per address, per account and address, and an account-wide backoff);
 //! - the mapping of every error to its RFC 6120 §6.5 failure condition
 //!   ([`SaslError::condition`]).
 //!
@@ -32,7 +33,7 @@ pub use client::{SaltedPassword, ScramClient};
 pub use credentials::{ScramCredentials, DEFAULT_ITERATIONS, SALT_LEN};
 pub use error::SaslError;
 pub use hash::ScramHash;
-pub use limiter::FailureLimiter;
+pub use limiter::{FailureLimiter, LoginDecision, LoginLimiter, FIRST_ACCOUNT_DELAY, MAX_ACCOUNT_DELAY};
 pub use plain::{parse_plain, PlainCredentials};
 pub use saslprep::saslprep;
 pub use server::{ClientFirst, ScramServer};

@@ -149,3 +149,101 @@ fn clock_going_backwards_does_not_panic() {
     huge.record_failure("a", t0);
     assert_eq!(huge.check("a", t0 + secs(5)), Err(Duration::MAX - secs(5)));
 }
+
+mod login {
+    use super::*;
+    use waddle_sasl::{LoginDecision, LoginLimiter, FIRST_ACCOUNT_DELAY, MAX_ACCOUNT_DELAY};
+
+    const A: Option<&str> = Some("127.0.0.2");
+    const B: Option<&str> = Some("127.0.0.3");
+    const ALICE: Option<&str> = Some("alice");
+
+    #[test]
+    fn failures_from_one_address_block_it_but_not_the_owner_elsewhere() {
+        let t0 = Instant::now();
+        let mut l = LoginLimiter::new(5, 50, WINDOW, 1000);
+        for i in 0..5 {
+            assert_eq!(l.check(ALICE, A, t0 + secs(i)), LoginDecision::Allow);
+            l.record_failure(ALICE, A, t0 + secs(i));
+        }
+        assert_eq!(l.check(ALICE, A, t0 + secs(5)), LoginDecision::Block(secs(55)));
+        // The address is blocked for every account, not only alice.
+        assert_eq!(l.check(Some("bob"), A, t0 + secs(5)), LoginDecision::Block(secs(55)));
+        assert_eq!(l.check(None, A, t0 + secs(5)), LoginDecision::Block(secs(55)));
+        // The owner from another address is not slowed at all below the ceiling.
+        assert_eq!(l.check(ALICE, B, t0 + secs(5)), LoginDecision::Allow);
+        assert_eq!(l.check(ALICE, A, t0 + secs(60)), LoginDecision::Allow);
+    }
+
+    #[test]
+    fn distributed_failures_delay_clean_addresses_and_block_failing_ones() {
+        let t0 = Instant::now();
+        let mut l = LoginLimiter::new(5, 10, WINDOW, 1000);
+        // Ten attackers, one failure each: no address reaches its own limit.
+        let attackers: Vec<String> = (0..10).map(|i| format!("10.0.0.{i}")).collect();
+        for a in &attackers {
+            assert_eq!(l.check(ALICE, Some(a), t0), LoginDecision::Allow);
+            l.record_failure(ALICE, Some(a), t0);
+        }
+        // Every address that failed for alice is refused now...
+        assert!(matches!(l.check(ALICE, Some(&attackers[0]), t0), LoginDecision::Block(_)));
+        // ... but may still try other accounts (its own limit is not reached).
+        assert_eq!(l.check(Some("bob"), Some(&attackers[0]), t0), LoginDecision::Allow);
+        // A clean address is delayed, never blocked, and the delay doubles up to a cap.
+        assert_eq!(l.check(ALICE, B, t0), LoginDecision::Delay(FIRST_ACCOUNT_DELAY));
+        l.record_failure(ALICE, Some("10.0.1.1"), t0);
+        assert_eq!(l.check(ALICE, B, t0), LoginDecision::Delay(FIRST_ACCOUNT_DELAY * 2));
+        for i in 2..30 {
+            l.record_failure(ALICE, Some(&format!("10.0.1.{i}")), t0);
+            assert!(matches!(l.check(ALICE, B, t0), LoginDecision::Delay(d) if d <= MAX_ACCOUNT_DELAY));
+        }
+        assert_eq!(l.check(ALICE, B, t0), LoginDecision::Delay(MAX_ACCOUNT_DELAY));
+        // Other accounts are not affected.
+        assert_eq!(l.check(Some("bob"), B, t0), LoginDecision::Allow);
+        // The account-wide window slides like the others.
+        assert_eq!(l.check(ALICE, B, t0 + WINDOW), LoginDecision::Allow);
+    }
+
+    #[test]
+    fn success_forgets_the_pair_but_not_the_account_count() {
+        let t0 = Instant::now();
+        let mut l = LoginLimiter::new(5, 5, WINDOW, 1000);
+        for i in 0..4 {
+            l.record_failure(ALICE, Some(&format!("10.0.0.{i}")), t0);
+        }
+        l.record_failure(ALICE, B, t0);
+        assert!(matches!(l.check(ALICE, B, t0), LoginDecision::Block(_)));
+        l.record_success("alice", B);
+        // B is clean again for alice; the account is still over its ceiling.
+        assert_eq!(l.check(ALICE, B, t0), LoginDecision::Delay(FIRST_ACCOUNT_DELAY));
+    }
+
+    #[test]
+    fn unknown_address_and_unknown_account() {
+        let t0 = Instant::now();
+        let mut l = LoginLimiter::new(2, 2, WINDOW, 1000);
+        // No account: only the address counts.
+        l.record_failure(None, A, t0);
+        l.record_failure(None, A, t0);
+        assert_eq!(l.check(None, A, t0), LoginDecision::Block(WINDOW));
+        assert_eq!(l.check(ALICE, B, t0), LoginDecision::Allow);
+        // No address: cannot be shown clean, so over the ceiling it is refused.
+        l.record_failure(ALICE, None, t0);
+        assert_eq!(l.check(ALICE, None, t0), LoginDecision::Allow);
+        l.record_failure(ALICE, None, t0);
+        assert!(matches!(l.check(ALICE, None, t0), LoginDecision::Block(_)));
+        assert_eq!(l.check(ALICE, B, t0), LoginDecision::Delay(FIRST_ACCOUNT_DELAY));
+    }
+
+    #[test]
+    fn admin_secret_failures_count_against_the_address() {
+        let t0 = Instant::now();
+        let mut l = LoginLimiter::new(2, 10, WINDOW, 1000);
+        assert_eq!(l.check_address("127.0.0.2", t0), Ok(()));
+        l.record_address_failure("127.0.0.2", t0);
+        l.record_address_failure("127.0.0.2", t0);
+        assert_eq!(l.check_address("127.0.0.2", t0), Err(WINDOW));
+        assert_eq!(l.check(ALICE, A, t0), LoginDecision::Block(WINDOW));
+        assert_eq!(l.check(ALICE, B, t0), LoginDecision::Allow);
+    }
+}

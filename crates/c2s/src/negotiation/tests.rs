@@ -319,6 +319,20 @@ fn in_band_registration_form_and_submit() {
 }
 
 #[test]
+fn registration_rate_limited_is_resource_constraint() {
+    let (mut n, mut peer) = secure_negotiator();
+    let out = n.on_event(stanza(
+        "<iq type='set' id='r3'><query xmlns='jabber:iq:register'><username>dave</username><password>secret</password></query></iq>",
+    ));
+    assert!(matches!(out.first(), Some(Action::Register { .. })), "{out:?}");
+    let result = stanzas(peer.read(&n.register_result(RegisterOutcome::RateLimited)));
+    assert_eq!(result[0].attr("type"), Some("error"));
+    let err = result[0].get_child("error", ns::CLIENT).unwrap_or_else(|| panic!("no error"));
+    assert_eq!(err.attr("type"), Some("wait"));
+    assert!(err.has_child("resource-constraint", ns::STANZA_ERRORS));
+}
+
+#[test]
 fn registration_needs_tls_when_tls_is_required() {
     let mut n = Negotiator::new(config(true), false);
     n.on_event(header_event());
