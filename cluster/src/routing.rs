@@ -2,16 +2,16 @@
 //! the node's router dispatches on the result. In a cluster, `Account`/`Session`
 //! destinations are further placed on the node owning the bare JID's partition.
 
-use jid::Jid;
+use waddle_jid::Jid;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
     /// The server itself: no `to`, or `to` is the local domain (or a resource of it).
     Server,
     /// A local account's bare JID.
-    Account(jid::BareJid),
+    Account(waddle_jid::BareJid),
     /// A local full JID (a specific session).
-    Session(jid::FullJid),
+    Session(waddle_jid::FullJid),
     /// A local service domain (e.g. the MUC service) by index in the service list.
     Service { domain: String, jid: Jid },
     /// Another domain. Without S2S this is answered with `remote-server-not-found`.

@@ -8,11 +8,11 @@
 //! session on the node has carbons enabled; a user whose sessions have none costs one
 //! registry read.
 
-use jid::{BareJid, Jid};
 use waddle_c2s::ns;
 use waddle_c2s::stanza::{error_reply, iq_result};
 use waddle_im::carbons::{self, Direction, MessageFacts};
 use waddle_im::MessageType;
+use waddle_jid::{BareJid, Jid};
 use waddle_muc::ns as muc_ns;
 use waddle_xml::Element;
 

@@ -340,7 +340,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid =
             |field: &'static str, message: &str| Err(ConfigError::Invalid { field, message: message.to_owned() });
-        if jid::BareJid::new(&self.server.domain).map(|j| j.node().is_some()).unwrap_or(true) {
+        if waddle_jid::BareJid::new(&self.server.domain).map(|j| j.node().is_some()).unwrap_or(true) {
             return invalid("server.domain", "must be a valid domain name such as example.org");
         }
         if self.server.bind_address.parse::<std::net::IpAddr>().is_err() {

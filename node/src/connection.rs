@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jid::FullJid;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use waddle_c2s::{Action, AuthOutcome, NegotiationConfig, Negotiator, RegisterOutcome};
+use waddle_jid::FullJid;
 use waddle_sasl::{LoginDecision, ScramCredentials, ScramHash};
 use waddle_storage::{StoredScram, TokenKind};
 use waddle_xml::StreamParser;

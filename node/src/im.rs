@@ -4,11 +4,11 @@
 
 use std::collections::HashSet;
 
-use jid::{BareJid, Jid};
 use time::format_description::well_known::Rfc3339;
 use waddle_c2s::ns;
 use waddle_c2s::stanza::{error_reply, iq_result, iq_result_with};
 use waddle_im::{RosterItem, Subscription, SubscriptionAction};
+use waddle_jid::{BareJid, Jid};
 use waddle_storage::RosterRow;
 use waddle_xml::{Element, Limits, StreamEvent, StreamParser};
 
@@ -513,7 +513,7 @@ pub async fn after_initial_presence(ctx: &Ctx, origin: &Origin, deliver_offline:
     }
 }
 
-async fn deliver_offline_messages(ctx: &Ctx, username: &str, full: &jid::FullJid) {
+async fn deliver_offline_messages(ctx: &Ctx, username: &str, full: &waddle_jid::FullJid) {
     let stored = match ctx.store.offline_take(username).await {
         Ok(s) => s,
         Err(e) => {

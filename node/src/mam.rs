@@ -159,9 +159,9 @@ async fn retraction_target(ctx: &Ctx, sender: &str, target: &str) -> Target {
 fn classify_target(payload: &str, sender: &str) -> Target {
     let author = Element::from_bytes(payload.as_bytes(), ns::CLIENT)
         .ok()
-        .and_then(|m| m.attr("from").and_then(|f| jid::Jid::new(f).ok()))
+        .and_then(|m| m.attr("from").and_then(|f| waddle_jid::Jid::new(f).ok()))
         .map(|j| j.to_bare());
-    let sender = jid::BareJid::new(sender).ok();
+    let sender = waddle_jid::BareJid::new(sender).ok();
     match (author, sender) {
         (Some(a), Some(s)) if a == s => Target::OwnMessage,
         _ => Target::SomeoneElses,

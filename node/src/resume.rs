@@ -11,9 +11,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jid::FullJid;
 use tokio::sync::oneshot;
 use waddle_cluster::SessionMsg;
+use waddle_jid::FullJid;
 use waddle_xml::{Element, StreamParser, Unaddressed};
 
 use crate::ctx::Ctx;

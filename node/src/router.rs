@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use jid::{BareJid, FullJid, Jid};
 use waddle_c2s::ns;
 use waddle_c2s::stanza::{self, error_reply, StanzaKind};
 use waddle_cluster::{classify, Destination, SessionMsg};
 use waddle_im::{MessageDelivery, MessageType, SessionView};
+use waddle_jid::{BareJid, FullJid, Jid};
 use waddle_xml::{Element, Unaddressed};
 
 use crate::ctx::Ctx;

@@ -2,10 +2,10 @@
 //! account (RFC 6121 §8.5.1): service discovery, ping, roster, vCard, registration,
 //! XEP-0280 carbons.
 
-use jid::BareJid;
 use waddle_c2s::ns;
 use waddle_c2s::stanza::{error_reply, iq_payload, iq_result, iq_result_with, StanzaKind};
 use waddle_cluster::SessionMsg;
+use waddle_jid::BareJid;
 use waddle_xml::Element;
 
 use crate::ctx::Ctx;
@@ -39,7 +39,7 @@ async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> 
     let Some(payload) = iq_payload(iq) else {
         return error(iq, "bad-request");
     };
-    let to_own_account = iq.attr("to").and_then(|t| jid::Jid::new(t).ok()).is_some_and(|j| j.node().is_some());
+    let to_own_account = iq.attr("to").and_then(|t| waddle_jid::Jid::new(t).ok()).is_some_and(|j| j.node().is_some());
     match (iq_type, payload.ns(), payload.name()) {
         ("get", ns::DISCO_INFO, "query") if to_own_account => Some(account_info(ctx, iq, payload)),
         ("get", ns::DISCO_INFO, "query") => Some(server_info(ctx, iq, payload)),

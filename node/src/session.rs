@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
-use jid::FullJid;
 use tokio::io::{AsyncRead as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
 use waddle_c2s::csi::{self, HeldStanzas, Urgency};
@@ -19,6 +18,7 @@ use waddle_c2s::sm::{self, AckPolicy, SmError, StreamManagement};
 use waddle_c2s::stanza::{self, error_reply, iq_payload, iq_result, StanzaKind};
 use waddle_c2s::{ns, stream};
 use waddle_cluster::{SessionEntry, SessionMailbox, SessionMsg, SessionRef};
+use waddle_jid::FullJid;
 use waddle_xml::{Element, StreamEvent, StreamParser};
 
 use crate::ctx::Ctx;

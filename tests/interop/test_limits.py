@@ -254,12 +254,26 @@ def test_resource_with_a_control_character_is_refused(raw, make_account):
     assert err is not None and err.find(q(NS_STANZAS_ERR, "bad-request")) is not None, ET.tostring(res)
 
 
-@pytest.mark.xfail(strict=True, reason="the jid crate (0.12.3, the newest) checks resourceparts with "
-                   "stringprep, which refuses code points unassigned in Unicode 3.2 such as emoji; "
-                   "RFC 7622's OpaqueString allows them (see the hardening issue, item 10)")
 def test_resource_with_an_emoji_binds(raw, make_account):
     user, pw = make_account("resemoji")
     res = _bind_raw(raw(), user, pw, "phone\N{MOBILE PHONE}")
     assert res.get("type") == "result", ET.tostring(res)
     jid = res.find(f"{q(NS_BIND, 'bind')}/{q(NS_BIND, 'jid')}")
     assert jid is not None and jid.text == f"{user}@{DOMAIN}/phone\N{MOBILE PHONE}", ET.tostring(res)
+
+
+def test_an_emoji_resource_is_reachable(raw, make_account):
+    """RFC 7622 resourceparts (PRECIS OpaqueString) work end to end: bound, stamped as
+    `from`, and routed to as `to`."""
+    (a, pa), (b, pb) = make_account("emojia"), make_account("emojib")
+    ra, rb = raw(), raw()
+    a_full = f"{a}@{DOMAIN}/\N{PENGUIN}"
+    assert _bind_raw(ra, a, pa, "\N{PENGUIN}").get("type") == "result"
+    b_full = rb.login(b, pb, "desk")
+    body = unique("emoji-")
+    rb.send(f"<message to='{a_full}' type='chat'><body>{body}</body></message>")
+    got = ra.read_until(lambda e: e.tag == q(NS_CLIENT, "message"))
+    assert got.get("from") == b_full and got.get("to") == a_full, ET.tostring(got)
+    ra.send(f"<message to='{b_full}' type='chat'><body>{body}-back</body></message>")
+    back = rb.read_until(lambda e: e.tag == q(NS_CLIENT, "message"))
+    assert back.get("from") == a_full, ET.tostring(back)

@@ -456,7 +456,7 @@ impl Negotiator {
     fn local_username(&self, authcid: &str) -> Option<String> {
         let candidate =
             if authcid.contains('@') { authcid.to_owned() } else { format!("{authcid}@{}", self.config.domain) };
-        let jid = jid::BareJid::new(&candidate).ok()?;
+        let jid = waddle_jid::BareJid::new(&candidate).ok()?;
         if jid.domain().as_str() != self.config.domain {
             return None;
         }
@@ -522,7 +522,7 @@ impl Negotiator {
                 let requested =
                     bind.get_child("resource", ns::BIND).map(Element::text).filter(|r| !r.trim().is_empty());
                 let resource = match requested {
-                    Some(r) => match jid::FullJid::new(&format!("{username}@{}/{r}", self.config.domain)) {
+                    Some(r) => match waddle_jid::FullJid::new(&format!("{username}@{}/{r}", self.config.domain)) {
                         Ok(full) => full.resource().as_str().to_owned(),
                         Err(_) => {
                             self.state = State::AwaitNegotiation;

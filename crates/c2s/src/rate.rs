@@ -97,7 +97,7 @@ pub fn destination_key(to: &str) -> Cow<'_, str> {
     if bare.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
         return Cow::Borrowed(bare);
     }
-    match jid::BareJid::new(bare) {
+    match waddle_jid::BareJid::new(bare) {
         Ok(jid) => Cow::Owned(jid.into_inner()),
         Err(_) => Cow::Owned(bare.to_lowercase()),
     }

@@ -110,7 +110,7 @@ impl Room {
             (None, Some(affiliation)) => {
                 let affiliation = Affiliation::parse(affiliation).ok_or(("bad-request", "Unknown affiliation"))?;
                 let bare = if let Some(j) = item.attr("jid") {
-                    jid::Jid::new(j).map_err(|_| ("jid-malformed", "Invalid JID"))?.to_bare().to_string()
+                    waddle_jid::Jid::new(j).map_err(|_| ("jid-malformed", "Invalid JID"))?.to_bare().to_string()
                 } else if let Some(nick) = item.attr("nick") {
                     self.occupants.get(nick).map(|o| o.bare.clone()).ok_or(("item-not-found", "No such occupant"))?
                 } else {

@@ -35,7 +35,7 @@ fn archivable(msg: &Element) -> bool {
 }
 
 fn bare_of(full: &str) -> String {
-    jid::Jid::new(full).map(|j| j.to_bare().to_string()).unwrap_or_else(|_| full.to_owned())
+    waddle_jid::Jid::new(full).map(|j| j.to_bare().to_string()).unwrap_or_else(|_| full.to_owned())
 }
 
 /// Is the sender forbidden from speaking by the channel policy?
@@ -247,7 +247,7 @@ impl Room {
         }
         let mut invites = Vec::new();
         for invite in x.children().filter(|c| c.is("invite", ns::MUC_USER)) {
-            let Some(to) = invite.attr("to").and_then(|t| jid::Jid::new(t).ok()) else {
+            let Some(to) = invite.attr("to").and_then(|t| waddle_jid::Jid::new(t).ok()) else {
                 push_error(out, st, "jid-malformed", Some("Invalid invitee address"));
                 return;
             };
@@ -292,7 +292,7 @@ impl Room {
 
     /// A declined invitation (XEP-0045 §7.8.2), relayed to the inviter.
     fn decline(&self, st: &Element, decline: &Element, sender: &Sender, out: &mut Vec<Outbound>) {
-        let Some(to) = decline.attr("to").and_then(|t| jid::Jid::new(t).ok()) else {
+        let Some(to) = decline.attr("to").and_then(|t| waddle_jid::Jid::new(t).ok()) else {
             push_error(out, st, "jid-malformed", Some("Invalid inviter address"));
             return;
         };

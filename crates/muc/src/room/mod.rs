@@ -178,12 +178,12 @@ struct Actor {
 
 /// Bare JID, normalized when it parses.
 fn normalize_bare(s: &str) -> String {
-    jid::BareJid::new(s).map(|j| j.to_string()).unwrap_or_else(|_| s.to_owned())
+    waddle_jid::BareJid::new(s).map(|j| j.to_string()).unwrap_or_else(|_| s.to_owned())
 }
 
 /// Any JID, normalized when it parses.
 fn normalize_full(s: &str) -> String {
-    jid::Jid::new(s).map(|j| j.to_string()).unwrap_or_else(|_| s.to_owned())
+    waddle_jid::Jid::new(s).map(|j| j.to_string()).unwrap_or_else(|_| s.to_owned())
 }
 
 fn push_error(out: &mut Vec<Outbound>, original: &Element, condition: &str, text: Option<&str>) {
@@ -254,7 +254,7 @@ impl Room {
 
     /// A room from [`Room::snapshot`]; unlocked, without occupants or history.
     pub fn restore(jid: &str, snapshot: &str) -> Result<Room, MucError> {
-        let bare = jid::BareJid::new(jid).map_err(|_| MucError::InvalidJid(jid.to_owned()))?;
+        let bare = waddle_jid::BareJid::new(jid).map_err(|_| MucError::InvalidJid(jid.to_owned()))?;
         let s: Snapshot = serde_json::from_str(snapshot)?;
         if s.version != SNAPSHOT_VERSION {
             return Err(MucError::SnapshotVersion(s.version));
@@ -433,7 +433,7 @@ impl Room {
         new_stanza_id: &mut dyn FnMut() -> String,
     ) -> Vec<Outbound> {
         let mut out = Vec::new();
-        let Some(sender) = stanza.attr("from").and_then(|f| jid::Jid::new(f).ok()) else {
+        let Some(sender) = stanza.attr("from").and_then(|f| waddle_jid::Jid::new(f).ok()) else {
             return out;
         };
         let sender = Sender { full: sender.to_string(), bare: sender.to_bare().to_string() };
@@ -441,7 +441,7 @@ impl Room {
             push_error(&mut out, stanza, "item-not-found", Some("This room has been destroyed"));
             return out;
         }
-        let nick = match stanza.attr("to").map(jid::Jid::new) {
+        let nick = match stanza.attr("to").map(waddle_jid::Jid::new) {
             None => None,
             Some(Ok(to)) => to.resource().map(|r| r.as_str().to_owned()),
             Some(Err(_)) => {
