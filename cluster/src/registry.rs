@@ -50,15 +50,22 @@ pub struct SessionRef(mailbox::Sender<SessionMsg>);
 pub type SessionMailbox = mailbox::Receiver<SessionMsg>;
 
 impl SessionRef {
-    /// A session's handle and mailbox; more than `limit` waiting messages overflow it.
-    pub fn channel(limit: usize) -> (SessionRef, SessionMailbox) {
-        let (tx, rx) = mailbox::mailbox(limit);
+    /// A session's handle and mailbox; more than `limit` waiting messages, or fan-out
+    /// stanzas of more than `byte_limit` bytes, overflow it.
+    pub fn channel(limit: usize, byte_limit: usize) -> (SessionRef, SessionMailbox) {
+        let (tx, rx) = mailbox::mailbox(limit, byte_limit);
         (SessionRef(tx), rx)
     }
 
     /// Queues `msg` for the session; gives it back if the session has ended.
     pub fn cast(&self, msg: SessionMsg) -> Result<(), SessionMsg> {
-        self.0.send(msg)
+        // A shared stanza's bytes are counted against every mailbox it waits in: each
+        // waiting copy alone keeps them alive.
+        let bytes = match &msg {
+            SessionMsg::DeliverUnaddressed(shared) => shared.len(),
+            _ => 0,
+        };
+        self.0.send_sized(msg, bytes)
     }
 }
 
@@ -252,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_message_to_an_ended_session_comes_back() {
-        let (session, mut mailbox) = SessionRef::channel(8);
+        let (session, mut mailbox) = SessionRef::channel(8, usize::MAX);
         session.cast(SessionMsg::Tick).unwrap();
         assert!(matches!(mailbox.try_recv(), Some(SessionMsg::Tick)));
         drop(mailbox);
@@ -265,7 +272,7 @@ mod tests {
         let entry = |conn_id| SessionEntry {
             resource: "phone".into(),
             conn_id,
-            handle: SessionRef::channel(8).0,
+            handle: SessionRef::channel(8, usize::MAX).0,
             priority: 0,
             available: false,
             presence: None,
@@ -284,7 +291,7 @@ mod tests {
         SessionEntry {
             resource: resource.into(),
             conn_id,
-            handle: SessionRef::channel(8).0,
+            handle: SessionRef::channel(8, usize::MAX).0,
             priority: 0,
             available: true,
             presence: None,
