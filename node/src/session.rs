@@ -801,8 +801,7 @@ struct SessionTask {
 /// so unboxed they made every session's task twice their size (2.4 KiB).
 async fn run(mut session: Box<SessionTask>) {
     let SessionTask { state, mailbox, io, parser } = &mut *session;
-    loop {
-        let Some(read) = io.as_mut() else { break };
+    while let Some(read) = io.as_mut() {
         let served = AssertUnwindSafe(state.serve(mailbox, read, parser)).catch_unwind().await;
         let Ok(end) = served else {
             tracing::error!(jid = %state.jid, "session handler panicked; closing the session");

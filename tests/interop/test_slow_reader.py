@@ -30,8 +30,8 @@ WRITE_TIMEOUT_SECS = 3
 STANZA_BODY = 48 * 1024  # under the suite's 64 KiB stanza limit, with room for the envelope
 
 # What the server may take on beyond its size before the test (the outbox of one
-# session, the kernel's buffers are not in VmRSS, allocator slack of a debug build). The
-# unbounded server of before kept every stanza sent (hundreds of MiB for this test).
+# session, the kernel's buffers are not in VmRSS, allocator slack of a debug build). A
+# server bounded in stanzas only (4,096) would keep every one of the 37.5 MiB sent here.
 RSS_GROWTH_BOUND = 32 * 1024 * 1024
 
 SLOW_ENV = {
@@ -170,9 +170,9 @@ def assert_still_serving(open_raw, make_account) -> None:
 
 
 def test_a_client_over_its_byte_bound_is_cut_off_at_once(slow_server, slow_raw, slow_account):
-    """Up to 800 stanzas of 48 KiB (37.5 MiB) go to a client that never reads: the server
-    disconnects it once more than the byte bound waits, resets its socket at once, and
-    its memory stays within the bound while the rest is sent."""
+    """Up to 800 stanzas of 48 KiB (37.5 MiB) go to a client that never reads, until its
+    connection is gone: the server disconnects it once more than the byte bound waits,
+    resets its socket at once, and its memory stays within RSS_GROWTH_BOUND."""
     slow, slow_jid, client_port = login_silent_client(slow_raw, slow_account("slow"))
     sender = slow_raw()
     sender.login(*slow_account("blaster"), "s")
