@@ -582,7 +582,10 @@ impl SessionState {
                     let Some(msg) = msg else {
                         if mailbox.overflowed() {
                             tracing::warn!(jid = %self.jid, "session fell too far behind its mailbox; disconnecting");
-                            self.close_with(Some("resource-constraint"), Some("too many stanzas waiting"));
+                            // Let go at once, as for a full outbox: a clean close would
+                            // leave what the client does not read queued in the kernel.
+                            crate::metrics::inc(&self.ctx.metrics.stream_errors);
+                            self.abandon(stream::error("resource-constraint", Some("too many stanzas waiting")));
                         }
                         return End::Closed;
                     };

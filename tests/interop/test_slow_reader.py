@@ -246,3 +246,58 @@ def test_a_write_that_takes_too_long_ends_the_session(slow_server, slow_raw, slo
     assert "a write to the client timed out" in log
     assert_still_serving(slow_raw, slow_account)
 
+
+
+NS_SM = "urn:xmpp:sm:3"
+NS_DELAY = "urn:xmpp:delay"
+
+
+def test_a_resumable_session_that_overflows_ends_and_its_unacked_go_offline(
+        slow_server, slow_raw, slow_account):
+    """Stream management does not keep a client that does not read: overflowing the byte
+    bound ends even a resumable session (its socket reset at once, its resumption id
+    refused), and the messages it never acknowledged go to offline storage."""
+    account = slow_account("smslow")
+    slow = slow_raw()
+    full = slow.login(*account, "phone")
+    slow.send(f"<enable xmlns='{NS_SM}' resume='true'/>")
+    previd = slow.read_until(lambda e: e.tag == q(NS_SM, "enabled")).get("id")
+    assert previd, slow.describe()
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client_port = slow.sock.getsockname()[1]
+    server_port = slow_server.starttls_port
+    sender = slow_raw()
+    sender.login(*slow_account("smblaster"), "s")
+
+    # Three small chat messages the client never acknowledges, then headlines (which are
+    # not stored offline) until the server lets go of it.
+    tag = f"sm{client_port}-"
+    for i in range(3):
+        send_and_drain(sender, f"<message type='chat' to='{full}' id='{tag}{i}'><body>{tag}{i}</body></message>")
+    deadline = time.monotonic() + 60
+    sent = 0
+    while sent < 800 and time.monotonic() < deadline and tcp_entry(server_port, client_port):
+        send_and_drain(sender, headline(full, sent))
+        sent += 1
+    assert released_within(server_port, client_port, 2.0) is not None, \
+        f"the server still holds the connection after {sent} stanzas"
+    print(f"\n[slow reader] SM: released after {sent} stanzas")
+
+    # Not waiting for a resumption: the id is unknown now.
+    again = slow_raw()
+    again.open_stream()
+    again.starttls()
+    assert again.auth_plain(*account).tag == q("urn:ietf:params:xml:ns:xmpp-sasl", "success")
+    again.open_stream()
+    again.send(f"<resume xmlns='{NS_SM}' previd='{previd}' h='0'/>")
+    answer = again.read_until(lambda e: e.tag in (q(NS_SM, "failed"), q(NS_SM, "resumed")))
+    assert answer.tag == q(NS_SM, "failed"), again.describe()
+
+    # The chat messages were never acknowledged: they wait in offline storage.
+    back = slow_raw()
+    back.login(*account, "laptop")
+    back.sock.settimeout(back.timeout)
+    back.send("<presence/>")
+    for i in range(3):
+        got = back.read_until(lambda e: e.tag == q(NS_CLIENT, "message") and e.get("id") == f"{tag}{i}")
+        assert got.find(q(NS_DELAY, "delay")) is not None, "not from offline storage"
