@@ -258,6 +258,19 @@ mod tests {
     }
 
     #[test]
+    fn fan_out_stanzas_count_their_bytes_against_the_mailbox() {
+        let el = Element::new("message", "jabber:client")
+            .with_child(Element::new("body", "jabber:client").with_text("x".repeat(600)));
+        let shared = Arc::new(Unaddressed::new(&el, "jabber:client"));
+        let (session, mut mailbox) = SessionRef::channel(8, 1000);
+        session.cast(SessionMsg::DeliverUnaddressed(Arc::clone(&shared))).unwrap();
+        session.cast(SessionMsg::Tick).unwrap();
+        assert!(session.cast(SessionMsg::DeliverUnaddressed(Arc::clone(&shared))).is_err(), "over 1,000 bytes");
+        assert!(mailbox.try_recv().is_none(), "the mailbox overflowed and dropped what it held");
+        assert_eq!(Arc::strong_count(&shared), 1);
+    }
+
+    #[test]
     fn a_message_to_an_ended_session_comes_back() {
         let (session, mut mailbox) = SessionRef::channel(8, usize::MAX);
         session.cast(SessionMsg::Tick).unwrap();
