@@ -11,6 +11,10 @@
 //! what it held, and tells the receiver, which ends the session. What waits here is
 //! what the session has not got round to handling, so a session stuck behind a slow
 //! operation while a busy room keeps sending is ended rather than grown without bound.
+//! The bound is in items and, for items whose size the sender states
+//! ([`Sender::send_sized`]: fan-out's shared stanzas, whose bytes each waiting copy keeps
+//! alive), in bytes: a session that stopped handling its mailbox cannot pin a busy
+//! room's recent messages however large they are.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,12 +32,16 @@ struct Shared<T> {
 }
 
 struct Queue<T> {
-    items: VecDeque<T>,
+    /// Each item with the bytes it was counted as.
+    items: VecDeque<(T, usize)>,
+    /// The sum of the items' stated sizes.
+    bytes: usize,
     /// The receiver is gone or closed the mailbox, or it overflowed: nothing more is
     /// accepted.
     closed: bool,
     overflowed: bool,
     limit: usize,
+    byte_limit: usize,
 }
 
 impl<T> Shared<T> {
@@ -49,10 +57,18 @@ pub struct Sender<T>(Arc<Shared<T>>);
 /// The receiving half.
 pub struct Receiver<T>(Arc<Shared<T>>);
 
-/// A new, open mailbox that overflows beyond `limit` waiting items.
-pub fn mailbox<T>(limit: usize) -> (Sender<T>, Receiver<T>) {
+/// A new, open mailbox that overflows beyond `limit` waiting items or, once anything
+/// waits, beyond `byte_limit` bytes of sized items.
+pub fn mailbox<T>(limit: usize, byte_limit: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(Queue { items: VecDeque::new(), closed: false, overflowed: false, limit }),
+        queue: Mutex::new(Queue {
+            items: VecDeque::new(),
+            bytes: 0,
+            closed: false,
+            overflowed: false,
+            limit,
+            byte_limit,
+        }),
         ready: Notify::new(),
         senders: AtomicUsize::new(1),
     });
@@ -62,17 +78,26 @@ pub fn mailbox<T>(limit: usize) -> (Sender<T>, Receiver<T>) {
 impl<T> Sender<T> {
     /// Queues `item`; gives it back if the mailbox is closed, or overflows with it.
     pub fn send(&self, item: T) -> Result<(), T> {
+        self.send_sized(item, 0)
+    }
+
+    /// As [`Sender::send`], counting `item` as `bytes` against the byte limit (one item
+    /// is accepted whatever its size when nothing waits).
+    pub fn send_sized(&self, item: T, bytes: usize) -> Result<(), T> {
         let dropped = {
             let mut queue = self.0.lock();
             if queue.closed {
                 return Err(item);
             }
-            if queue.items.len() < queue.limit {
-                queue.items.push_back(item);
+            let fits_bytes = queue.items.is_empty() || queue.bytes.saturating_add(bytes) <= queue.byte_limit;
+            if queue.items.len() < queue.limit && fits_bytes {
+                queue.items.push_back((item, bytes));
+                queue.bytes += bytes;
                 None
             } else {
                 queue.closed = true;
                 queue.overflowed = true;
+                queue.bytes = 0;
                 Some((std::mem::take(&mut queue.items), item))
             }
         };
@@ -116,7 +141,8 @@ impl<T> Receiver<T> {
         loop {
             {
                 let mut queue = self.0.lock();
-                if let Some(item) = queue.items.pop_front() {
+                if let Some((item, bytes)) = queue.items.pop_front() {
+                    queue.bytes -= bytes;
                     if queue.items.is_empty() && queue.items.capacity() > KEEP_WHEN_DRAINED {
                         queue.items.shrink_to(KEEP_WHEN_DRAINED);
                     }
@@ -137,7 +163,10 @@ impl<T> Receiver<T> {
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        self.0.lock().items.pop_front()
+        let mut queue = self.0.lock();
+        let (item, bytes) = queue.items.pop_front()?;
+        queue.bytes -= bytes;
+        Some(item)
     }
 
     /// Refuses everything sent from now on and drops what is queued.
@@ -145,6 +174,7 @@ impl<T> Receiver<T> {
         let dropped = {
             let mut queue = self.0.lock();
             queue.closed = true;
+            queue.bytes = 0;
             std::mem::take(&mut queue.items)
         };
         drop(dropped);
@@ -166,7 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn items_arrive_in_order_and_wake_a_waiting_receiver() {
-        let (tx, mut rx) = mailbox(usize::MAX);
+        let (tx, mut rx) = mailbox(usize::MAX, usize::MAX);
         let waiting = tokio::spawn(async move {
             let mut got = Vec::new();
             while let Some(i) = rx.recv().await {
@@ -189,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_receiver_ends_when_the_last_sender_goes() {
-        let (tx, mut rx) = mailbox::<u8>(usize::MAX);
+        let (tx, mut rx) = mailbox::<u8>(usize::MAX, usize::MAX);
         let clone = tx.clone();
         drop(tx);
         tx_send_then_drop(clone);
@@ -204,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_closed_mailbox_gives_items_back_and_drops_what_was_queued() {
-        let (tx, mut rx) = mailbox(usize::MAX);
+        let (tx, mut rx) = mailbox(usize::MAX, usize::MAX);
         let queued = Arc::new(());
         tx.send(Arc::clone(&queued)).unwrap();
         rx.close();
@@ -217,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_mailbox_beyond_its_limit_overflows_and_says_so() {
-        let (tx, mut rx) = mailbox(3);
+        let (tx, mut rx) = mailbox(3, usize::MAX);
         let held = Arc::new(());
         for _ in 0..3 {
             tx.send(Arc::clone(&held)).unwrap();
@@ -233,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_drained_queue_gives_a_burst_s_buffer_back() {
-        let (tx, mut rx) = mailbox(usize::MAX);
+        let (tx, mut rx) = mailbox(usize::MAX, usize::MAX);
         for i in 0..1000 {
             tx.send(i).unwrap();
         }
@@ -242,5 +272,28 @@ mod tests {
             assert_eq!(rt.block_on(rx.recv()), Some(i));
         }
         assert!(rx.0.lock().items.capacity() <= KEEP_WHEN_DRAINED);
+    }
+
+    #[tokio::test]
+    async fn sized_items_beyond_the_byte_limit_overflow_it() {
+        let (tx, mut rx) = mailbox(100, 1000);
+        let held = Arc::new(());
+        tx.send_sized(Arc::clone(&held), 600).unwrap();
+        tx.send(Arc::clone(&held)).unwrap();
+        assert_eq!(rx.recv().await.map(|_| ()), Some(()), "the receiver handled the first: 600 bytes freed");
+        tx.send_sized(Arc::clone(&held), 900).unwrap();
+        assert!(tx.send_sized(Arc::clone(&held), 101).is_err(), "1001 bytes waiting would be one too many");
+        assert_eq!(Arc::strong_count(&held), 1, "what it held is dropped");
+        assert!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().is_none());
+        assert!(rx.overflowed());
+    }
+
+    #[test]
+    fn one_sized_item_larger_than_the_byte_limit_passes_when_nothing_waits() {
+        let (tx, mut rx) = mailbox(100, 10);
+        tx.send_sized(1, 50).unwrap();
+        assert_eq!(rx.try_recv(), Some(1));
+        tx.send_sized(2, 50).unwrap();
+        assert!(tx.send_sized(3, 1).is_err());
     }
 }

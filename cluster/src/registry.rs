@@ -50,15 +50,22 @@ pub struct SessionRef(mailbox::Sender<SessionMsg>);
 pub type SessionMailbox = mailbox::Receiver<SessionMsg>;
 
 impl SessionRef {
-    /// A session's handle and mailbox; more than `limit` waiting messages overflow it.
-    pub fn channel(limit: usize) -> (SessionRef, SessionMailbox) {
-        let (tx, rx) = mailbox::mailbox(limit);
+    /// A session's handle and mailbox; more than `limit` waiting messages, or fan-out
+    /// stanzas of more than `byte_limit` bytes, overflow it.
+    pub fn channel(limit: usize, byte_limit: usize) -> (SessionRef, SessionMailbox) {
+        let (tx, rx) = mailbox::mailbox(limit, byte_limit);
         (SessionRef(tx), rx)
     }
 
     /// Queues `msg` for the session; gives it back if the session has ended.
     pub fn cast(&self, msg: SessionMsg) -> Result<(), SessionMsg> {
-        self.0.send(msg)
+        // A shared stanza's bytes are counted against every mailbox it waits in: each
+        // waiting copy alone keeps them alive.
+        let bytes = match &msg {
+            SessionMsg::DeliverUnaddressed(shared) => shared.len(),
+            _ => 0,
+        };
+        self.0.send_sized(msg, bytes)
     }
 }
 
@@ -251,8 +258,21 @@ mod tests {
     }
 
     #[test]
+    fn fan_out_stanzas_count_their_bytes_against_the_mailbox() {
+        let el = Element::new("message", "jabber:client")
+            .with_child(Element::new("body", "jabber:client").with_text("x".repeat(600)));
+        let shared = Arc::new(Unaddressed::new(&el, "jabber:client"));
+        let (session, mut mailbox) = SessionRef::channel(8, 1000);
+        session.cast(SessionMsg::DeliverUnaddressed(Arc::clone(&shared))).unwrap();
+        session.cast(SessionMsg::Tick).unwrap();
+        assert!(session.cast(SessionMsg::DeliverUnaddressed(Arc::clone(&shared))).is_err(), "over 1,000 bytes");
+        assert!(mailbox.try_recv().is_none(), "the mailbox overflowed and dropped what it held");
+        assert_eq!(Arc::strong_count(&shared), 1);
+    }
+
+    #[test]
     fn a_message_to_an_ended_session_comes_back() {
-        let (session, mut mailbox) = SessionRef::channel(8);
+        let (session, mut mailbox) = SessionRef::channel(8, usize::MAX);
         session.cast(SessionMsg::Tick).unwrap();
         assert!(matches!(mailbox.try_recv(), Some(SessionMsg::Tick)));
         drop(mailbox);
@@ -265,7 +285,7 @@ mod tests {
         let entry = |conn_id| SessionEntry {
             resource: "phone".into(),
             conn_id,
-            handle: SessionRef::channel(8).0,
+            handle: SessionRef::channel(8, usize::MAX).0,
             priority: 0,
             available: false,
             presence: None,
@@ -284,7 +304,7 @@ mod tests {
         SessionEntry {
             resource: resource.into(),
             conn_id,
-            handle: SessionRef::channel(8).0,
+            handle: SessionRef::channel(8, usize::MAX).0,
             priority: 0,
             available: true,
             presence: None,

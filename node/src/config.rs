@@ -87,6 +87,13 @@ pub struct C2sConfig {
     pub sm_ack_every_stanzas: u32,
     /// ... and when anything has waited unacknowledged this long (0: not by time).
     pub sm_ack_every_secs: u64,
+    /// Bytes allowed to wait for one client (serialized and not yet written, plus
+    /// fan-out stanzas waiting in its mailbox) before it is disconnected as too slow. One
+    /// stanza is always accepted when nothing waits, whatever its size.
+    pub max_outbound_bytes: usize,
+    /// Seconds one write to a client may take; longer, and the connection is dropped as
+    /// not reading.
+    pub write_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -248,6 +255,8 @@ impl Default for C2sConfig {
             sm_max_unacked: 5000,
             sm_ack_every_stanzas: 10,
             sm_ack_every_secs: 30,
+            max_outbound_bytes: 1024 * 1024,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -379,6 +388,12 @@ impl Config {
         }
         if self.c2s.sm_max_unacked == 0 {
             return invalid("c2s.sm_max_unacked", "must be positive");
+        }
+        if self.c2s.max_outbound_bytes < 4096 || self.c2s.max_outbound_bytes > 1024 * 1024 * 1024 {
+            return invalid("c2s.max_outbound_bytes", "must be between 4096 and 1073741824");
+        }
+        if self.c2s.write_timeout_secs == 0 || self.c2s.write_timeout_secs > 3600 {
+            return invalid("c2s.write_timeout_secs", "must be between 1 and 3600");
         }
         if !(1..=1_000_000).contains(&self.auth.scram_iterations) || self.auth.scram_iterations < 4096 {
             return invalid("auth.scram_iterations", "must be between 4096 and 1000000");
@@ -583,6 +598,19 @@ mod tests {
         let err =
             Config::load(None, &env(&[("WADDLE_HTTP_PORT", "5222")])).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("http.port"), "{err}");
+    }
+
+    #[test]
+    fn outbound_bounds_default_and_are_validated() {
+        let c = Config::load(None, &env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.c2s.max_outbound_bytes, c.c2s.write_timeout_secs), (1_048_576, 30));
+        for (key, value, field) in [
+            ("WADDLE_C2S_MAX_OUTBOUND_BYTES", "100", "c2s.max_outbound_bytes"),
+            ("WADDLE_C2S_WRITE_TIMEOUT_SECS", "0", "c2s.write_timeout_secs"),
+        ] {
+            let err = Config::load(None, &env(&[(key, value)])).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]

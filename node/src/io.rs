@@ -16,6 +16,23 @@ pub enum ClientIo {
     WebSocket(Box<WsIo>),
 }
 
+impl ClientIo {
+    /// Makes the coming close reset the TCP connection (`SO_LINGER` 0) instead of leaving
+    /// the kernel to deliver what is still queued: for a client that does not read, whose
+    /// unsent bytes would otherwise stay in the kernel until TCP gives up. A WebSocket's
+    /// socket is hidden under the HTTP stack and closes normally.
+    pub fn reset_on_close(&self) {
+        let tcp = match self {
+            ClientIo::Plain(s) => s,
+            ClientIo::Tls(s) => s.get_ref(),
+            ClientIo::WebSocket(_) => return,
+        };
+        if let Err(e) = tcp.set_zero_linger() {
+            tracing::debug!(error = %e, "cannot set SO_LINGER 0");
+        }
+    }
+}
+
 impl AsyncRead for ClientIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {

@@ -5,6 +5,10 @@
 //! call (one syscall, one TLS record under load). Compared with a channel of per-stanza
 //! buffers this saves an allocation and a copy per stanza, and an idle session holds no
 //! channel blocks: only this struct, with an empty buffer.
+//!
+//! What waits is bounded in stanzas and in bytes, the bytes the writer has taken but not
+//! yet written included: a client that does not read fills its socket, the writer's
+//! write stops there, and the next stanzas are refused instead of piling up here.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +17,8 @@ use tokio::sync::Notify;
 /// Why bytes were not queued.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OutboxError {
-    /// More stanzas are waiting than the limit: the client does not read fast enough.
+    /// More stanzas or bytes are waiting than the limits: the client does not read fast
+    /// enough.
     #[error("the client does not read fast enough")]
     Full,
     /// The outbox was closed (the session is ending).
@@ -23,8 +28,14 @@ pub enum OutboxError {
 
 pub struct Outbox {
     pending: Mutex<Pending>,
+    /// Wakes the writer: bytes queued, or the outbox closed.
     ready: Notify,
+    /// Wakes the writer out of a blocked write: the outbox was abandoned.
+    stop: Notify,
+    /// Wakes the session: the writer gave up on a write that took too long.
+    stalled: Notify,
     max_stanzas: usize,
+    max_bytes: usize,
 }
 
 #[derive(Default)]
@@ -32,19 +43,36 @@ struct Pending {
     bytes: Vec<u8>,
     /// Stanzas appended since the writer last took the bytes.
     stanzas: usize,
+    /// Bytes the writer took and is still writing (they count against the limit).
+    in_flight: usize,
     closed: bool,
+    /// Set by [`Outbox::abandon`]: what the writer may still try to send before it lets
+    /// go of the socket.
+    last_words: Option<Vec<u8>>,
+    abandoned: bool,
+    stalled: bool,
 }
 
 /// Room reserved when an empty buffer gets its first stanza (typical stanzas fit).
 const FIRST_RESERVE: usize = 512;
 
 impl Outbox {
-    /// An open outbox that refuses more than `max_stanzas` waiting stanzas.
-    pub fn new(max_stanzas: usize) -> Outbox {
-        Outbox { pending: Mutex::new(Pending::default()), ready: Notify::new(), max_stanzas }
+    /// An open outbox that refuses more than `max_stanzas` waiting stanzas or, once
+    /// anything waits, more than `max_bytes` waiting bytes.
+    pub fn new(max_stanzas: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            pending: Mutex::new(Pending::default()),
+            ready: Notify::new(),
+            stop: Notify::new(),
+            stalled: Notify::new(),
+            max_stanzas,
+            max_bytes,
+        }
     }
 
-    /// Appends one stanza, written by `serialize` onto the end of the buffer.
+    /// Appends one stanza, written by `serialize` onto the end of the buffer. A stanza
+    /// is always accepted when nothing waits, so one larger than the byte limit can
+    /// still be sent to a client that reads.
     pub fn push(&self, serialize: impl FnOnce(&mut Vec<u8>)) -> Result<(), OutboxError> {
         {
             let mut pending = self.lock();
@@ -57,7 +85,13 @@ impl Outbox {
             if pending.bytes.capacity() == 0 {
                 pending.bytes.reserve(FIRST_RESERVE);
             }
+            let before = pending.bytes.len();
             serialize(&mut pending.bytes);
+            let waiting = pending.bytes.len().saturating_add(pending.in_flight);
+            if before + pending.in_flight > 0 && waiting > self.max_bytes {
+                pending.bytes.truncate(before);
+                return Err(OutboxError::Full);
+            }
             pending.stanzas += 1;
         }
         self.ready.notify_one();
@@ -75,17 +109,86 @@ impl Outbox {
         self.lock().closed
     }
 
+    /// Closes the outbox and drops what waits, freeing its buffer; the writer stops at
+    /// once, even in the middle of a write, tries to send `last_words` (a stream error)
+    /// for a moment and lets go of the socket. Only the first call's words count.
+    pub fn abandon(&self, last_words: Vec<u8>) {
+        {
+            let mut pending = self.lock();
+            if pending.abandoned {
+                return;
+            }
+            pending.closed = true;
+            pending.abandoned = true;
+            pending.bytes = Vec::new();
+            pending.stanzas = 0;
+            pending.last_words = Some(last_words);
+        }
+        self.ready.notify_one();
+        self.stop.notify_one();
+    }
+
+    /// Resolves once [`Outbox::abandon`] was called (for the writer, during a write).
+    pub async fn abandoned(&self) {
+        loop {
+            if self.lock().abandoned {
+                return;
+            }
+            self.stop.notified().await;
+        }
+    }
+
+    /// Whether the writer was told to stop at once, or gave up on a write.
+    pub fn is_abandoned(&self) -> bool {
+        let pending = self.lock();
+        pending.abandoned || pending.stalled
+    }
+
+    /// What [`Outbox::abandon`] left for the writer to try, once.
+    pub fn take_last_words(&self) -> Option<Vec<u8>> {
+        self.lock().last_words.take()
+    }
+
+    /// The writer gave up on a write that took too long: closes the outbox, drops what
+    /// waits and tells the session ([`Outbox::stalled`]).
+    pub fn stall(&self) {
+        {
+            let mut pending = self.lock();
+            pending.closed = true;
+            pending.stalled = true;
+            pending.bytes = Vec::new();
+            pending.stanzas = 0;
+        }
+        self.stalled.notify_one();
+    }
+
+    /// Resolves once the writer gave up on a write ([`Outbox::stall`]).
+    pub async fn stalled(&self) {
+        loop {
+            if self.lock().stalled {
+                return;
+            }
+            self.stalled.notified().await;
+        }
+    }
+
     /// Waits for queued bytes and swaps them into `into` (which must be empty; its
     /// capacity is handed back for the next stanzas). `false` once the outbox is closed
-    /// and everything queued has been taken.
+    /// and everything queued has been taken, or it was abandoned. The caller writes the
+    /// bytes before it takes again: until then they count as waiting.
     pub async fn take(&self, into: &mut Vec<u8>) -> bool {
         loop {
             {
                 let mut pending = self.lock();
+                pending.in_flight = 0;
+                if pending.abandoned {
+                    return false;
+                }
                 if !pending.bytes.is_empty() {
                     into.clear();
                     std::mem::swap(&mut pending.bytes, into);
                     pending.stanzas = 0;
+                    pending.in_flight = into.len();
                     return true;
                 }
                 if pending.closed {
@@ -113,8 +216,8 @@ pub struct OutboxHandle(Arc<Outbox>);
 impl OutboxHandle {
     /// A new outbox (see [`Outbox::new`]): the handle for the session, the `Arc` for the
     /// writer task.
-    pub fn new(max_stanzas: usize) -> (OutboxHandle, Arc<Outbox>) {
-        let outbox = Arc::new(Outbox::new(max_stanzas));
+    pub fn new(max_stanzas: usize, max_bytes: usize) -> (OutboxHandle, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(max_stanzas, max_bytes));
         (OutboxHandle(Arc::clone(&outbox)), outbox)
     }
 }
@@ -146,7 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn stanzas_queued_together_are_taken_in_one_piece_in_order() {
-        let outbox = Outbox::new(10);
+        let outbox = Outbox::new(10, 1 << 20);
         push(&outbox, "<a/>").unwrap();
         push(&outbox, "<b/>").unwrap();
         let mut chunk = Vec::new();
@@ -160,7 +263,7 @@ mod tests {
 
     #[tokio::test]
     async fn take_waits_for_a_push() {
-        let outbox = Arc::new(Outbox::new(10));
+        let outbox = Arc::new(Outbox::new(10, 1 << 20));
         let taker = {
             let outbox = Arc::clone(&outbox);
             tokio::spawn(async move {
@@ -177,7 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_outbox_refuses_until_the_writer_takes() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, 1 << 20);
         push(&outbox, "1").unwrap();
         push(&outbox, "2").unwrap();
         assert_eq!(push(&outbox, "3"), Err(OutboxError::Full));
@@ -189,7 +292,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_lets_the_writer_drain_then_stop() {
-        let outbox = Outbox::new(10);
+        let outbox = Outbox::new(10, 1 << 20);
         push(&outbox, "<last/>").unwrap();
         outbox.close();
         assert_eq!(push(&outbox, "<after/>"), Err(OutboxError::Closed));
@@ -202,7 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_wakes_a_waiting_writer() {
-        let outbox = Arc::new(Outbox::new(10));
+        let outbox = Arc::new(Outbox::new(10, 1 << 20));
         let taker = {
             let outbox = Arc::clone(&outbox);
             tokio::spawn(async move { outbox.take(&mut Vec::new()).await })
@@ -214,12 +317,90 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_session_handle_stops_the_writer() {
-        let (handle, writer_end) = OutboxHandle::new(10);
+        let (handle, writer_end) = OutboxHandle::new(10, 1 << 20);
         handle.push(|out| out.extend_from_slice(b"<bye/>")).unwrap();
         drop(handle);
         let mut chunk = Vec::new();
         assert!(writer_end.take(&mut chunk).await);
         assert_eq!(chunk, b"<bye/>");
         assert!(!tokio::time::timeout(Duration::from_secs(5), writer_end.take(&mut chunk)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn bytes_beyond_the_limit_are_refused_counting_those_being_written() {
+        let outbox = Outbox::new(100, 10);
+        push(&outbox, "12345").unwrap();
+        push(&outbox, "67890").unwrap();
+        assert_eq!(push(&outbox, "x"), Err(OutboxError::Full), "the eleventh byte");
+        let mut chunk = Vec::new();
+        assert!(outbox.take(&mut chunk).await);
+        assert_eq!(chunk, b"1234567890");
+        // Taken but not written yet: still waiting.
+        assert_eq!(push(&outbox, "x"), Err(OutboxError::Full));
+        // The writer takes again only once it has written: now there is room.
+        let mut next = Vec::new();
+        let taker = outbox.take(&mut next);
+        tokio::pin!(taker);
+        assert!(futures_util::FutureExt::now_or_never(taker.as_mut()).is_none());
+        push(&outbox, "abcdefghij").unwrap();
+        assert!(taker.await);
+    }
+
+    #[tokio::test]
+    async fn a_refused_stanza_leaves_no_bytes_behind() {
+        let outbox = Outbox::new(100, 10);
+        push(&outbox, "<a/>").unwrap();
+        assert_eq!(push(&outbox, "<too-long/>"), Err(OutboxError::Full));
+        let mut chunk = Vec::new();
+        assert!(outbox.take(&mut chunk).await);
+        assert_eq!(chunk, b"<a/>");
+    }
+
+    #[test]
+    fn one_stanza_larger_than_the_limit_passes_when_nothing_waits() {
+        let outbox = Outbox::new(100, 10);
+        push(&outbox, "<a-rather-long-stanza/>").unwrap();
+        assert_eq!(push(&outbox, "<b/>"), Err(OutboxError::Full));
+    }
+
+    #[tokio::test]
+    async fn abandon_frees_what_waits_and_stops_the_writer() {
+        let outbox = Arc::new(Outbox::new(100, 1 << 20));
+        push(&outbox, "<queued/>").unwrap();
+        let writer = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move {
+                // A writer stuck in a write that never finishes.
+                tokio::select! {
+                    () = std::future::pending::<()>() => false,
+                    () = outbox.abandoned() => true,
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        outbox.abandon(b"<stream:error/>".to_vec());
+        assert!(tokio::time::timeout(Duration::from_secs(5), writer).await.unwrap().unwrap());
+        assert_eq!(outbox.lock().bytes.capacity(), 0, "the buffer is freed");
+        assert!(!outbox.take(&mut Vec::new()).await, "nothing more to write");
+        outbox.abandon(Vec::new());
+        assert_eq!(outbox.take_last_words().as_deref(), Some(&b"<stream:error/>"[..]), "the first words count");
+        assert_eq!(outbox.take_last_words(), None);
+        assert_eq!(push(&outbox, "<later/>"), Err(OutboxError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_writer_wakes_the_session() {
+        let outbox = Arc::new(Outbox::new(100, 1 << 20));
+        push(&outbox, "<queued/>").unwrap();
+        let session = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.stalled().await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!session.is_finished());
+        outbox.stall();
+        tokio::time::timeout(Duration::from_secs(5), session).await.unwrap().unwrap();
+        assert_eq!(push(&outbox, "<later/>"), Err(OutboxError::Closed));
+        assert_eq!(outbox.lock().bytes.capacity(), 0);
     }
 }

@@ -36,6 +36,14 @@ const READ_CHUNK: usize = 8192;
 /// delivers everything held.
 const CSI_MAX_HELD: usize = 256;
 
+/// How long an ending session lets its writer flush the closing bytes (and TLS'
+/// close_notify) before it resets the connection.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a writer stopped at once (the client does not read) still tries to get the
+/// stream error out before it lets go of the socket.
+const LAST_WORDS_GRACE: Duration = Duration::from_millis(500);
+
 /// How serving a connection ended.
 enum End {
     /// The stream is over: closed by the client, or by the server with a stream error
@@ -43,9 +51,10 @@ enum End {
     Closed,
     /// The connection was lost without a close: a resumable session waits for its client.
     LinkLost,
-    /// The client stopped answering pings: as `LinkLost`, but a session that cannot be
-    /// resumed says why before it closes.
-    Unresponsive,
+    /// The client stopped answering pings, or a write to it took longer than
+    /// `c2s.write_timeout_secs`: as `LinkLost`, but a session that cannot be resumed says
+    /// why (this text) before it closes.
+    Unresponsive(&'static str),
     /// A new connection takes this session over (XEP-0198 resumption).
     Attach(Box<Attach>),
 }
@@ -57,6 +66,19 @@ struct Sm {
     resume: Option<(String, u64)>,
     /// When the server last asked for an acknowledgement (ms on the activity clock).
     last_request_ms: u64,
+}
+
+/// The task writing a session's outbox to its socket.
+struct Writer {
+    task: JoinHandle<WriterEnd>,
+    outbox: Arc<Outbox>,
+}
+
+/// What a writer task gives back: its half of the socket, so the session can reset the
+/// connection, and whether the stream was shut down cleanly.
+struct WriterEnd {
+    io: WriteHalf<ClientIo>,
+    clean: bool,
 }
 
 /// Time of the last bytes received from the client, for keepalive decisions.
@@ -92,7 +114,7 @@ pub struct SessionState {
     conn_id: u64,
     /// `None` once closed: nothing more is written to the client.
     outbox: Option<OutboxHandle>,
-    writer_task: Option<JoinHandle<()>>,
+    writer: Option<Writer>,
     activity: Activity,
     available: bool,
     initial_presence_sent: bool,
@@ -142,12 +164,23 @@ impl SessionState {
         match outbox.push(|out| serialize(out, own_jid)) {
             Ok(()) => true,
             Err(OutboxError::Full) => {
-                tracing::warn!(jid = %self.jid, "client does not read fast enough; disconnecting");
-                self.close_outbox();
+                crate::metrics::inc(&self.ctx.metrics.stream_errors);
+                self.abandon(stream::error("policy-violation", Some("too much waiting to be written")));
                 false
             }
             Err(OutboxError::Closed) => false,
         }
+    }
+
+    /// Gives up on a client that does not read what is queued for it: drops what waits,
+    /// stops the writer at once (it tries `last_words` for a moment) so that the socket
+    /// can be reset and released, and writes nothing more.
+    fn abandon(&mut self, last_words: Vec<u8>) {
+        tracing::warn!(jid = %self.jid, "client does not read fast enough; disconnecting");
+        if let Some(writer) = &self.writer {
+            writer.outbox.abandon(last_words);
+        }
+        self.close_outbox();
     }
 
     /// Writes an element that is not a stanza (a nonza: SM and CSI answers).
@@ -501,8 +534,22 @@ impl SessionState {
             }
             None => stream::CLOSE.to_vec(),
         };
-        self.write(|out, _| out.extend_from_slice(&bytes));
+        let full = self
+            .outbox
+            .as_ref()
+            .is_some_and(|outbox| outbox.push(|out| out.extend_from_slice(&bytes)) == Err(OutboxError::Full));
+        if full {
+            self.abandon(bytes);
+        }
         self.close_outbox();
+    }
+}
+
+/// Resolves when the session's writer gave up on a write that took too long.
+async fn writer_stalled(writer: Option<&Writer>) {
+    match writer {
+        Some(writer) => writer.outbox.stalled().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -550,7 +597,10 @@ impl SessionState {
                     let Some(msg) = msg else {
                         if mailbox.overflowed() {
                             tracing::warn!(jid = %self.jid, "session fell too far behind its mailbox; disconnecting");
-                            self.close_with(Some("resource-constraint"), Some("too many stanzas waiting"));
+                            // Let go at once, as for a full outbox: a clean close would
+                            // leave what the client does not read queued in the kernel.
+                            crate::metrics::inc(&self.ctx.metrics.stream_errors);
+                            self.abandon(stream::error("resource-constraint", Some("too many stanzas waiting")));
                         }
                         return End::Closed;
                     };
@@ -573,6 +623,10 @@ impl SessionState {
                         return End::Closed;
                     }
                 },
+                () = writer_stalled(self.writer.as_ref()) => {
+                    tracing::warn!(jid = %self.jid, "a write to the client timed out; disconnecting");
+                    return End::Unresponsive("a write to the client timed out");
+                }
             }
         }
     }
@@ -606,7 +660,7 @@ impl SessionState {
                 self.close_with(condition, None);
                 Some(End::Closed)
             }
-            SessionMsg::Tick => (!self.detached && !self.on_tick()).then_some(End::Unresponsive),
+            SessionMsg::Tick => (!self.detached && !self.on_tick()).then_some(End::Unresponsive("no answer to ping")),
             SessionMsg::Attach(attach) => self.accept_attach(attach).map(End::Attach),
         }
     }
@@ -646,14 +700,42 @@ impl SessionState {
         }
     }
 
-    /// Lets go of the lost connection: the session stays bound and keeps what it sends.
-    fn detach(&mut self) {
-        self.close_outbox();
-        if let Some(writer) = self.writer_task.take() {
-            writer.abort();
-        }
+    /// Lets go of the lost connection (the socket is reset and released): the session
+    /// stays bound and keeps what it sends.
+    async fn detach(&mut self, read: Option<ReadHalf<ClientIo>>) {
+        self.release(read, true).await;
         self.detached = true;
         self.ping = None;
+    }
+
+    /// Lets go of the socket: closes the outbox and waits for the writer to flush and
+    /// shut the stream down (at most `CLOSE_GRACE`; at once if `at_once`, or if the
+    /// outbox was abandoned). A writer that did not end with a clean shutdown leaves a
+    /// client that does not read: its connection is reset, so the kernel drops the
+    /// bytes the client never took instead of holding them while TCP retries.
+    async fn release(&mut self, read: Option<ReadHalf<ClientIo>>, at_once: bool) {
+        self.close_outbox();
+        let Some(Writer { mut task, outbox }) = self.writer.take() else { return };
+        if at_once {
+            outbox.abandon(Vec::new());
+        }
+        let ended = match tokio::time::timeout(CLOSE_GRACE, &mut task).await {
+            Ok(ended) => ended.ok(),
+            Err(_) => {
+                outbox.abandon(Vec::new());
+                match tokio::time::timeout(LAST_WORDS_GRACE * 2, &mut task).await {
+                    Ok(ended) => ended.ok(),
+                    Err(_) => {
+                        task.abort();
+                        None
+                    }
+                }
+            }
+        };
+        let (Some(read), Some(WriterEnd { io: write, clean })) = (read, ended) else { return };
+        if !clean && read.is_pair_of(&write) {
+            read.unsplit(write).reset_on_close();
+        }
     }
 
     /// Takes over a resuming connection (XEP-0198 §5): acknowledges what the client
@@ -663,13 +745,9 @@ impl SessionState {
     fn attach(&mut self, attach: Attach) -> Option<(ReadHalf<ClientIo>, StreamParser)> {
         let Attach { io, parser, previd, h, reply } = attach;
         let _ = reply.send(Ok(()));
-        self.close_outbox();
-        if let Some(writer) = self.writer_task.take() {
-            writer.abort();
-        }
         let (read_half, write_half) = tokio::io::split(io);
-        let (outbox, writer_end) = OutboxHandle::new(self.ctx.config.c2s.max_outbound_queue);
-        self.writer_task = Some(tokio::spawn(writer(write_half, writer_end)));
+        let (outbox, writer) = spawn_writer(&self.ctx, write_half);
+        self.writer = Some(writer);
         self.outbox = Some(outbox);
         self.detached = false;
         self.ping = None;
@@ -707,17 +785,18 @@ impl SessionState {
     }
 
     /// What every ending runs, a panic included: unbind and announce the departure, let
-    /// the writer flush the closing bytes, and send what the client never acknowledged
-    /// where undelivered stanzas go.
-    async fn finish(&mut self) {
+    /// the writer flush the closing bytes and release the socket, and send what the
+    /// client never acknowledged where undelivered stanzas go. A client that does not
+    /// read loses its socket first, at once.
+    async fn finish(&mut self, read: Option<ReadHalf<ClientIo>>) {
+        let mut read = read;
+        if self.writer.as_ref().is_some_and(|w| w.outbox.is_abandoned()) {
+            self.release(read.take(), true).await;
+        }
         // Boxed for the same reason as the routing future in `handle_stanza`.
         let still_bound = Box::pin(self.announce_departure()).await;
         tracing::debug!(jid = %self.jid, still_bound, "session ended");
-        self.close_outbox();
-        if let Some(writer_task) = self.writer_task.take() {
-            // Give the writer a moment to flush the closing bytes.
-            let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
-        }
+        Box::pin(self.release(read, false)).await;
         if let Some(mut sm) = self.sm.take() {
             let unacked = sm.state.take_unacked();
             if !unacked.is_empty() {
@@ -731,7 +810,8 @@ impl SessionState {
 struct SessionTask {
     state: SessionState,
     mailbox: SessionMailbox,
-    io: ReadHalf<ClientIo>,
+    /// `None` once the socket is released (while waiting for a resumption, and at the end).
+    io: Option<ReadHalf<ClientIo>>,
     parser: StreamParser,
 }
 
@@ -741,8 +821,8 @@ struct SessionTask {
 /// so unboxed they made every session's task twice their size (2.4 KiB).
 async fn run(mut session: Box<SessionTask>) {
     let SessionTask { state, mailbox, io, parser } = &mut *session;
-    loop {
-        let served = AssertUnwindSafe(state.serve(mailbox, io, parser)).catch_unwind().await;
+    while let Some(read) = io.as_mut() {
+        let served = AssertUnwindSafe(state.serve(mailbox, read, parser)).catch_unwind().await;
         let Ok(end) = served else {
             tracing::error!(jid = %state.jid, "session handler panicked; closing the session");
             state.close_with(Some("internal-server-error"), None);
@@ -751,8 +831,8 @@ async fn run(mut session: Box<SessionTask>) {
         let attach = match end {
             End::Closed => break,
             End::Attach(attach) => attach,
-            End::LinkLost | End::Unresponsive if state.resumable() => {
-                state.detach();
+            End::LinkLost | End::Unresponsive(_) if state.resumable() => {
+                Box::pin(state.detach(io.take())).await;
                 // Boxed: rare, and it would otherwise widen every session's task.
                 match Box::pin(state.wait_detached(mailbox)).await {
                     Some(attach) => attach,
@@ -763,14 +843,16 @@ async fn run(mut session: Box<SessionTask>) {
                 state.close_with(None, None);
                 break;
             }
-            End::Unresponsive => {
-                state.close_with(Some("connection-timeout"), Some("no answer to ping"));
+            End::Unresponsive(why) => {
+                state.close_with(Some("connection-timeout"), Some(why));
                 break;
             }
         };
+        // A session still connected (to a dead socket, presumably) lets go of it first.
+        Box::pin(state.release(io.take(), true)).await;
         match state.attach(*attach) {
             Some((read_half, resumed_parser)) => {
-                *io = read_half;
+                *io = Some(read_half);
                 *parser = resumed_parser;
             }
             None => break,
@@ -778,7 +860,7 @@ async fn run(mut session: Box<SessionTask>) {
     }
     // Nothing queued after the end is handled; senders see the mailbox closed.
     mailbox.close();
-    state.finish().await;
+    state.finish(io.take()).await;
 }
 
 /// How often every session checks its keepalive: half the ping timeout, so an unanswered
@@ -804,12 +886,12 @@ pub async fn tick_sessions(ctx: Arc<Ctx>) {
 pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJid) {
     let conn_id = ctx.next_conn_id();
     let (read_half, write_half) = tokio::io::split(io);
-    let (outbox, writer_end) = OutboxHandle::new(ctx.config.c2s.max_outbound_queue);
-    let writer_task = tokio::spawn(writer(write_half, writer_end));
+    let (outbox, writer) = spawn_writer(&ctx, write_half);
     let activity = Activity::new();
     // Deliveries wait here until handled, then in the outbox until written: the same
-    // limit applies to both.
-    let (session, mailbox) = SessionRef::channel(ctx.config.c2s.max_outbound_queue);
+    // limits apply to both.
+    let c2s = &ctx.config.c2s;
+    let (session, mailbox) = SessionRef::channel(c2s.max_outbound_queue, c2s.max_outbound_bytes);
     let bare = jid.to_bare().as_str().to_owned();
     let entry = SessionEntry {
         resource: jid.resource().as_str().to_owned(),
@@ -834,7 +916,7 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         bare,
         conn_id,
         outbox: Some(outbox),
-        writer_task: Some(writer_task),
+        writer: Some(writer),
         activity,
         available: false,
         initial_presence_sent: false,
@@ -844,7 +926,7 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         held: None,
         detached: false,
     };
-    tokio::spawn(run(Box::new(SessionTask { state, mailbox, io: read_half, parser })));
+    tokio::spawn(run(Box::new(SessionTask { state, mailbox, io: Some(read_half), parser })));
 }
 
 /// What one read from the client gave.
@@ -883,22 +965,65 @@ fn poll_read_into(
     }
 }
 
+/// A session's outbox and the task that writes it to `io`.
+fn spawn_writer(ctx: &Ctx, io: WriteHalf<ClientIo>) -> (OutboxHandle, Writer) {
+    let c2s = &ctx.config.c2s;
+    let (handle, outbox) = OutboxHandle::new(c2s.max_outbound_queue, c2s.max_outbound_bytes);
+    let timeout = Duration::from_secs(c2s.write_timeout_secs);
+    let task = tokio::spawn(writer(io, Arc::clone(&outbox), timeout));
+    (handle, Writer { task, outbox })
+}
+
 /// Writes whatever the outbox holds, one write per wake-up: under load many stanzas
 /// share a syscall (and a TLS record). The buffer is given back after each write, so an
 /// idle session keeps none. Once the outbox is closed the last bytes are not flushed on
 /// their own: the shutdown sends them together with TLS' close_notify.
-async fn writer(mut io: WriteHalf<ClientIo>, outbox: Arc<Outbox>) {
+///
+/// Every write (and the shutdown) must finish within `timeout`, or the client counts as
+/// not reading: the outbox is stalled, which ends the session. An abandoned outbox
+/// stops the writer at once, even in the middle of a write.
+async fn writer(mut io: WriteHalf<ClientIo>, outbox: Arc<Outbox>, timeout: Duration) -> WriterEnd {
     let mut chunk = Vec::new();
     while outbox.take(&mut chunk).await {
         let last = outbox.is_closed();
-        if io.write_all(&chunk).await.is_err() || (!last && io.flush().await.is_err()) {
-            // Nobody will read what is queued: refuse more instead of buffering it.
-            outbox.close();
-            return;
+        let write = async {
+            io.write_all(&chunk).await?;
+            if !last {
+                io.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        let written = tokio::select! {
+            written = tokio::time::timeout(timeout, write) => written,
+            () = outbox.abandoned() => break,
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                // Nobody will read what is queued: refuse more instead of buffering it.
+                outbox.close();
+                return WriterEnd { io, clean: false };
+            }
+            Err(_) => {
+                outbox.stall();
+                return WriterEnd { io, clean: false };
+            }
         }
         chunk = Vec::new();
     }
-    let _ = io.shutdown().await;
+    drop(chunk);
+    if let Some(last_words) = outbox.take_last_words() {
+        if !last_words.is_empty() {
+            let _ = tokio::time::timeout(LAST_WORDS_GRACE, async {
+                io.write_all(&last_words).await?;
+                io.flush().await
+            })
+            .await;
+        }
+        return WriterEnd { io, clean: false };
+    }
+    let clean = matches!(tokio::time::timeout(timeout, io.shutdown()).await, Ok(Ok(())));
+    WriterEnd { io, clean }
 }
 
 #[cfg(test)]

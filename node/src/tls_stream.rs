@@ -40,6 +40,11 @@ where
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
+    /// The socket under the TLS layer (for socket options).
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.conn.is_handshaking() {
             ready!(self.poll_write_tls(cx))?;

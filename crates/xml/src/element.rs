@@ -329,6 +329,16 @@ impl Unaddressed {
         Unaddressed { bytes, attrs_end }
     }
 
+    /// Length of the shared serialization (a copy adds the address).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the serialization is empty (never, for an element).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     /// Appends the copy addressed to `to`.
     pub fn write_to(&self, to: &str, out: &mut Vec<u8>) {
         let (open, rest) = self.bytes.split_at(self.attrs_end);
