@@ -21,6 +21,8 @@ mod parser;
 mod text;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 pub use element::{Attr, Element, Node, Unaddressed};
