@@ -584,7 +584,7 @@ fn mutate(rng: &mut Rng, doc: &mut Vec<u8>) {
             }
             5 => doc.truncate(at),
             _ => {
-                let token: &[u8] = rng.pick(&[
+                let token: &[u8] = rng.pick::<&[u8]>(&[
                     &b"<!-- c -->"[..],
                     b"<?pi x?>",
                     b"<!DOCTYPE a>",
