@@ -351,7 +351,8 @@ impl fmt::Display for Element {
 /// Split a `{uri}local` attribute name.
 fn split_clark(name: &str) -> Option<(&str, &str)> {
     let rest = name.strip_prefix('{')?;
-    let close = rest.find('}')?;
+    // The last '}': a namespace URI may contain one, a local name (an NCName) cannot.
+    let close = rest.rfind('}')?;
     Some((&rest[..close], &rest[close + 1..]))
 }
 

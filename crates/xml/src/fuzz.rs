@@ -217,9 +217,20 @@ fn random_limits(rng: &mut Rng) -> Limits {
 // ---------------------------------------------------------------- generation
 
 const NAMES: &[&str] = &["message", "body", "x", "a", "b-c", "d.e", "_f1", "é", "日本"];
-const NAMESPACES: &[&str] = &[NS_CLIENT, "urn:x:a", "urn:x:b", "urn:x:q&'\"<>", ""];
-const ATTR_NAMES: &[&str] =
-    &["to", "from", "id", "type", "xml:lang", "a-b", "{urn:x:attr}k", "{urn:x:attr}j", "{urn:x:b}k", "{urn:x:a}id"];
+const NAMESPACES: &[&str] = &[NS_CLIENT, "urn:x:a", "urn:x:b", "urn:x:{q}&'\"<>", ""];
+const ATTR_NAMES: &[&str] = &[
+    "to",
+    "from",
+    "id",
+    "type",
+    "xml:lang",
+    "a-b",
+    "{urn:x:attr}k",
+    "{urn:x:attr}j",
+    "{urn:x:b}k",
+    "{urn:x:a}id",
+    "{urn:x:}}k",
+];
 /// Characters of generated text and attribute values: everything that needs escaping,
 /// white space that normalization would change, multi-byte characters.
 const CHARS: &[char] =
@@ -356,7 +367,7 @@ impl Writer<'_> {
             (el.name().to_owned(), el.ns().to_owned())
         };
         for (i, a) in el.attrs().iter().enumerate() {
-            let name = match a.name.strip_prefix('{').and_then(|r| r.split_once('}')) {
+            let name = match a.name.strip_prefix('{').and_then(|r| r.rsplit_once('}')) {
                 Some((uri, local)) => {
                     let prefix = format!("q{depth}_{i}");
                     decls.push(self.decl(&format!("xmlns:{prefix}"), uri));

@@ -1053,3 +1053,16 @@ fn bytes_past_the_stanza_limit_are_not_parsed() {
         assert_eq!(err, Some(XmlError::StanzaTooLarge { limit: 100 }), "{stanza}");
     }
 }
+
+/// Found by `fuzz_mutated_streams`: an attribute in a namespace whose URI contains `}`
+/// (any string is a legal URI reference here) was split at that `}` when serialized,
+/// which wrote a name that is not well-formed.
+#[test]
+fn attribute_namespace_uri_with_a_brace_round_trips() {
+    let el = parse_el("<a xmlns='jabber:client' xmlns:p='urn:x}y' p:k='v'/>");
+    assert_eq!(el.attr("{urn:x}y}k"), Some("v"));
+    let bytes = el.to_bytes(NS_CLIENT);
+    assert_eq!(Element::from_bytes(&bytes, NS_CLIENT), Ok(el));
+    let el = Element::new("a", "urn:x").with_attr("{}}k", "v").with_attr("{u{r}n}j", "w");
+    assert_eq!(Element::from_bytes(&el.to_bytes(""), ""), Ok(el));
+}
