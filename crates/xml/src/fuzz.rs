@@ -217,7 +217,7 @@ fn random_limits(rng: &mut Rng) -> Limits {
 // ---------------------------------------------------------------- generation
 
 const NAMES: &[&str] = &["message", "body", "x", "a", "b-c", "d.e", "_f1", "é", "日本"];
-const NAMESPACES: &[&str] = &[NS_CLIENT, "urn:x:a", "urn:x:b", "urn:x:{q}&'\"<>", ""];
+const NAMESPACES: &[&str] = &[NS_CLIENT, "urn:x:a", "urn:x:b", "urn:x:{q}&'\"<>", "", NS_XML];
 const ATTR_NAMES: &[&str] = &[
     "to",
     "from",
@@ -356,7 +356,10 @@ impl Writer<'_> {
         let mut decls: Vec<Vec<u8>> = Vec::new();
         let mut items: Vec<Vec<u8>> = Vec::new();
         // The element's own namespace: inherited, a default declaration, or a prefix.
-        let (qname, child_default) = if el.ns() == default_ns && !self.rng.one_in(5) {
+        let (qname, child_default) = if el.ns() == NS_XML {
+            // Bound without a declaration, and never the default namespace.
+            (format!("xml:{}", el.name()), default_ns.to_owned())
+        } else if el.ns() == default_ns && !self.rng.one_in(5) {
             (el.name().to_owned(), default_ns.to_owned())
         } else if !el.ns().is_empty() && self.rng.one_in(2) {
             let prefix = format!("p{depth}");

@@ -1066,3 +1066,21 @@ fn attribute_namespace_uri_with_a_brace_round_trips() {
     let el = Element::new("a", "urn:x").with_attr("{}}k", "v").with_attr("{u{r}n}j", "w");
     assert_eq!(Element::from_bytes(&el.to_bytes(""), ""), Ok(el));
 }
+
+/// Found by `fuzz_random_bytes` (long run 2): `<xml:lang/>` parses to an element in the
+/// XML namespace, which was serialized by declaring that namespace as the default one,
+/// which Namespaces in XML forbids and the parser rightly refuses.
+#[test]
+fn element_in_the_xml_namespace_round_trips() {
+    let el = parse_el("<xml:a><b xml:lang='en'>t</b></xml:a>");
+    assert!(el.is("a", NS_XML));
+    assert!(el.children().next().is_some_and(|b| b.is("b", NS_CLIENT)));
+    let bytes = el.to_bytes(NS_CLIENT);
+    assert_eq!(String::from_utf8_lossy(&bytes), "<xml:a><b xml:lang='en'>t</b></xml:a>");
+    assert_eq!(Element::from_bytes(&bytes, NS_CLIENT), Ok(el.clone()));
+    let other = el.to_bytes("urn:x");
+    assert_eq!(
+        Element::from_bytes(&other, "urn:x").map(|e| e.children().next().map(|b| b.ns().to_owned())),
+        Ok(Some(NS_CLIENT.to_owned()))
+    );
+}
