@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A short run of the load generator against a freshly started node: registration,
 # SCRAM and token logins, 1:1 chat (closed and open loop), MUC fan-out and idle
-# sessions, small N and a few seconds each. It asserts that nothing was lost (zero
-# undelivered, zero errors); it asserts no timings: figures come from scripts/bench.sh.
+# sessions, small N and a few seconds each. It asserts that every message reached
+# exactly its intended recipients (zero lost, zero duplicated, zero misrouted, counted
+# per message and recipient) and zero errors; it asserts no timings: figures come from
+# scripts/bench.sh.
 #
 # The same runs with XEP-0198 stream management on every session (--sm) also assert
 # that the server acknowledged everything each session sent (sm_unacked 0, sm_acked > 0,
@@ -39,8 +41,9 @@ run() {
 import json, sys
 r = json.loads(sys.argv[1])
 problems = []
-if r["undelivered"] != 0:
-    problems.append(f"{r['undelivered']} undelivered")
+for key in ("lost", "duplicated", "misrouted"):
+    if r[key] != 0:
+        problems.append(f"{r[key]} {key}")
 if r["errors"] != 0:
     problems.append(f"{r['errors']} errors")
 if r["delivered"] == 0:
@@ -71,4 +74,4 @@ run chat --users 20 --duration 3 --window 4 --sm --label chat-closed-sm
 run chat --users 20 --duration 3 --rate 500 --sm --sm-request-every 1 --label chat-open-sm
 run muc --users 20 --duration 3 --sm --label muc-sm
 run idle --users 20 --sm --label idle-sm
-echo "bench smoke: all runs delivered everything, with and without stream management"
+echo "bench smoke: all runs delivered everything exactly once, with and without stream management"

@@ -341,6 +341,8 @@ DELIVERY_METRICS = [
     ("lat_p99_us", lambda r: (r.get("lat_us") or {}).get("p99"), False),
     ("lat_p999_us", lambda r: (r.get("lat_us") or {}).get("p999"), False),
     ("undelivered", lambda r: r.get("undelivered"), False),
+    ("duplicated", lambda r: r.get("duplicated"), False),
+    ("misrouted", lambda r: r.get("misrouted"), False),
     ("errors", lambda r: r.get("errors"), False),
 ]
 

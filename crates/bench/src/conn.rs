@@ -217,6 +217,19 @@ impl XmppStream {
     }
 }
 
+/// A negotiated stream (past the server's header) over an in-memory pipe, split, and
+/// the server's end: for tests of the readers built on [`StanzaReader`].
+#[cfg(test)]
+pub(crate) fn split_pipe() -> (StanzaReader, SharedWriter, tokio::io::DuplexStream) {
+    let (client, server) = tokio::io::duplex(64 << 10);
+    let mut stream = XmppStream::new(Box::new(client) as Box<dyn Io>);
+    let header = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+    stream.parser.feed(header).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(stream.parser.next_event(), Ok(Some(StreamEvent::Header(_)))));
+    let (reader, writer) = stream.into_split();
+    (reader, writer, server)
+}
+
 /// The write half of a negotiated stream, shared by its writer task and its reader.
 pub type SharedWriter = Arc<Mutex<Writer>>;
 

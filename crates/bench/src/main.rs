@@ -11,6 +11,7 @@ mod http;
 mod measure;
 mod scenarios;
 mod sm;
+mod tally;
 
 use anyhow::Context as _;
 

@@ -128,6 +128,11 @@ impl Latencies {
         self.0.extend(other.0.into_iter().take(room));
     }
 
+    #[cfg(test)]
+    pub fn samples(&self) -> usize {
+        self.0.len()
+    }
+
     /// p50, p99, p99.9 and max, in microseconds (zeros when empty).
     pub fn percentiles(&mut self) -> [u32; 4] {
         if self.0.is_empty() {
@@ -150,8 +155,16 @@ pub struct Report {
     pub users: usize,
     pub duration_s: f64,
     pub sent: u64,
+    /// Chat and MUC: (message, intended recipient) pairs delivered at least once; other
+    /// scenarios: their unit of work done (accounts, logins, sessions).
     pub delivered: u64,
     pub expected: u64,
+    /// Expected and never delivered (see `tally`).
+    pub lost: u64,
+    /// Copies beyond the first of a delivered message to the same recipient.
+    pub duplicated: u64,
+    /// Copies to a session that was not an intended recipient (or of a message never sent).
+    pub misrouted: u64,
     pub errors: u64,
     pub latency: [u32; 4],
     pub cpu: CpuUse,
@@ -164,8 +177,9 @@ pub struct Report {
 }
 
 impl Report {
+    /// The JSON's `undelivered`, kept for scripts written before `lost`: the same count.
     pub fn undelivered(&self) -> u64 {
-        self.expected.saturating_sub(self.delivered)
+        self.lost
     }
 
     pub fn delivered_per_s(&self) -> f64 {
@@ -196,12 +210,8 @@ impl Report {
         out.push_str(&row(
             "stanzas",
             format!(
-                "{} sent, {} delivered of {} expected, {} undelivered, {} errors",
-                self.sent,
-                self.delivered,
-                self.expected,
-                self.undelivered(),
-                self.errors
+                "{} sent, {} delivered of {} expected, {} lost, {} duplicated, {} misrouted, {} errors",
+                self.sent, self.delivered, self.expected, self.lost, self.duplicated, self.misrouted, self.errors
             ),
         ));
         out.push_str(&row("delivered/s", format!("{:.0}", self.delivered_per_s())));
@@ -249,6 +259,9 @@ impl Report {
             "sent": self.sent,
             "delivered": self.delivered,
             "expected": self.expected,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "misrouted": self.misrouted,
             "undelivered": self.undelivered(),
             "errors": self.errors,
             "delivered_per_s": self.delivered_per_s(),
@@ -310,6 +323,9 @@ mod tests {
             sent: 10,
             delivered: 8,
             expected: 10,
+            lost: 2,
+            duplicated: 3,
+            misrouted: 1,
             duration_s: 2.0,
             cpu: CpuUse { wall: Duration::from_secs(2), server_micros: Some(80.0), own_micros: Some(1e6) },
             ..Report::default()
@@ -318,7 +334,13 @@ mod tests {
         assert_eq!(r.delivered_per_s(), 4.0);
         assert_eq!(r.server_cpu_per_unit(), Some(10.0));
         assert_eq!(r.generator_cpu_pct(), Some(50.0));
-        assert_eq!(r.json()["undelivered"], 2);
+        let j = r.json();
+        assert_eq!(
+            (j["lost"].clone(), j["duplicated"].clone(), j["misrouted"].clone()),
+            (2.into(), 3.into(), 1.into())
+        );
+        assert_eq!(j["undelivered"], 2, "undelivered stays the count of lost");
+        assert!(r.human().contains("8 delivered of 10 expected, 2 lost, 3 duplicated, 1 misrouted"), "{}", r.human());
         assert_eq!(r.json()["sm"], false);
         assert!(r.json()["sm_acked"].is_null());
         let sm = SmStats { sessions: 2, sent: 10, acked: 9, errors: 1, ..SmStats::default() };

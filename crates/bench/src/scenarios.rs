@@ -14,6 +14,7 @@ use crate::args::Args;
 use crate::conn::{Auth, Connector, Credentials, Session, SharedWriter, StanzaReader};
 use crate::measure::{rss_kib, CpuWindow, Latencies, Report};
 use crate::sm::{SmShared, SmStats};
+use crate::tally::{tally, Addressee, Inbox, Outbox, Receipt};
 
 const NS_REGISTER: &str = "jabber:iq:register";
 const NS_MUC: &str = "http://jabber.org/protocol/muc";
@@ -120,6 +121,7 @@ impl Bench {
         report.sent = self.args.users as u64;
         report.expected = report.sent;
         report.delivered = created + existing;
+        report.lost = report.expected.saturating_sub(report.delivered);
         report.notes.push(format!("{created} created, {existing} already registered"));
         Ok(report)
     }
@@ -222,6 +224,7 @@ impl Bench {
         report.sent = n as u64;
         report.delivered = report.sent;
         report.expected = self.args.users as u64;
+        report.lost = report.expected.saturating_sub(report.delivered);
         report.idle_rss_kib_per_session = Some((after - before) / n.max(1) as f64);
         report.notes.push(format!("server RSS {before:.0} KiB before, {after:.0} KiB with the sessions"));
         if let Some(live) = &live {
@@ -229,7 +232,7 @@ impl Bench {
         }
         tokio::time::sleep(self.args.hold).await;
         if let Some(live) = live {
-            let (_, errors) = live.stop().await?;
+            let (_, errors, _) = live.stop().await?;
             report.errors += errors;
         }
         for s in sessions {
@@ -247,7 +250,7 @@ impl Bench {
             s.stream.send_stanza(b"<presence/>").await?;
         }
         let jids: Arc<Vec<String>> = Arc::new(sessions.iter().map(|s| s.full_jid.clone()).collect());
-        self.run_load("chat", sessions, Destination::Chat(jids), 1).await
+        self.run_load("chat", sessions, Destination::Chat(jids)).await
     }
 
     pub async fn muc(&self) -> anyhow::Result<Report> {
@@ -282,34 +285,31 @@ impl Bench {
         if all.len() != self.args.users {
             bail!("only {} of {} occupants joined", all.len(), self.args.users);
         }
-        let n = all.len() as u64;
-        self.run_load("muc", all, Destination::Room(Arc::new(room)), n).await
+        self.run_load("muc", all, Destination::Room(Arc::new(room))).await
     }
 
     /// Runs the message load over logged-in sessions: one reader and one writer task per
-    /// session. `fanout`: deliveries expected per message.
-    async fn run_load(
-        &self,
-        scenario: &str,
-        sessions: Vec<Session>,
-        dest: Destination,
-        fanout: u64,
-    ) -> anyhow::Result<Report> {
+    /// session. In a room every session is an occupant (all joined before the load and
+    /// none leaves), so every message is expected by every session, the sender too
+    /// (XEP-0045 §7.4 reflects it).
+    async fn run_load(&self, scenario: &str, sessions: Vec<Session>, dest: Destination) -> anyhow::Result<Report> {
         let mut report = self.report(scenario);
         let n = sessions.len();
         let window = self.args.window;
         let permits: Arc<Vec<Semaphore>> = Arc::new((0..n).map(|_| Semaphore::new(window)).collect());
         let delivered = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(AtomicU64::new(0));
-        let echo_releases = matches!(dest, Destination::Room(_));
+        let in_room = matches!(dest, Destination::Room(_));
+        let fanout = if in_room { n as u64 } else { 1 };
         let live = Live::start(
             sessions,
             Some(ReaderCtx {
                 me: 0,
+                senders: n,
                 permits: Arc::clone(&permits),
                 delivered: Arc::clone(&delivered),
                 epoch: self.epoch,
-                echo_releases,
+                in_room,
             }),
         );
         // Let presence echoes and join floods pass before measuring.
@@ -336,10 +336,16 @@ impl Bench {
             tasks.spawn(write_messages(Arc::clone(writer), w));
         }
         let mut write_errors = 0u64;
+        let mut outboxes = Vec::with_capacity(n);
         while let Some(r) = tasks.join_next().await {
-            if r?.is_err() {
+            let (outbox, result) = r?;
+            if let Err(e) = result {
                 write_errors += 1;
+                if write_errors == 1 {
+                    report.notes.push(format!("first failed write: {e:#}"));
+                }
             }
+            outboxes.push(outbox);
         }
         let total_sent = sent.load(Ordering::Relaxed);
         let drain_until = Instant::now() + DRAIN;
@@ -358,12 +364,17 @@ impl Bench {
         if self.args.sm.is_some() {
             self.record_sm(&mut report, live.final_acks().await);
         }
-        let (mut lat, errors) = live.stop().await?;
+        let (mut lat, errors, inboxes) = live.stop().await?;
         report.errors += errors + write_errors;
         report.duration_s = report.cpu.wall.as_secs_f64();
-        report.sent = total_sent;
-        report.delivered = delivered.load(Ordering::Relaxed);
-        report.expected = total_sent * fanout;
+        report.sent = outboxes.iter().map(Outbox::total).sum();
+        let room: Vec<u32> = if in_room { (0..n as u32).collect() } else { Vec::new() };
+        let t = tally(&outboxes, &inboxes, &room);
+        report.expected = t.expected;
+        report.delivered = t.delivered;
+        report.lost = t.lost;
+        report.duplicated = t.duplicated;
+        report.misrouted = t.misrouted;
         report.latency = lat.percentiles();
         if let Some(rate) = per_sender_rate {
             report.notes.push(format!("open loop, {:.0} msg/s offered", rate * n as f64));
@@ -396,7 +407,7 @@ impl Bench {
 
 /// Sessions being read, each by a task of its own, with their shared writers.
 struct Live {
-    readers: JoinSet<(Latencies, u64)>,
+    readers: JoinSet<(Latencies, u64, Option<Inbox>)>,
     writers: Vec<SharedWriter>,
     sm: Vec<Arc<SmShared>>,
     stop: watch::Sender<bool>,
@@ -414,10 +425,11 @@ impl Live {
             live.sm.extend(reader.sm_shared());
             let ctx = ctx.as_ref().map(|c| ReaderCtx {
                 me: i,
+                senders: c.senders,
                 permits: Arc::clone(&c.permits),
                 delivered: Arc::clone(&c.delivered),
                 epoch: c.epoch,
-                echo_releases: c.echo_releases,
+                in_room: c.in_room,
             });
             live.readers.spawn(read_loop(reader, ctx, stop_rx.clone()));
             live.writers.push(writer);
@@ -465,20 +477,23 @@ impl Live {
     }
 
     /// Stops the readers (each sends a last `<a/>` with stream management) and closes
-    /// every stream. Returns the merged latencies and the readers' errors.
-    async fn stop(mut self) -> anyhow::Result<(Latencies, u64)> {
+    /// every stream. Returns the merged latencies, the readers' errors and their inboxes
+    /// (load readers only).
+    async fn stop(mut self) -> anyhow::Result<(Latencies, u64, Vec<Inbox>)> {
         let _ = self.stop.send(true);
         let mut lat = Latencies::default();
         let mut errors = 0;
+        let mut inboxes = Vec::new();
         while let Some(r) = self.readers.join_next().await {
-            let (l, e) = r?;
+            let (l, e, inbox) = r?;
             lat.merge(l);
             errors += e;
+            inboxes.extend(inbox);
         }
         for w in &self.writers {
             w.lock().await.close().await;
         }
-        Ok((lat, errors))
+        Ok((lat, errors, inboxes))
     }
 }
 
@@ -492,24 +507,45 @@ enum Destination {
 
 struct ReaderCtx {
     me: usize,
+    /// Sessions in the run (every one of them sends).
+    senders: usize,
     permits: Arc<Vec<Semaphore>>,
+    /// First copies to intended recipients, all sessions (for the drain to wait on).
     delivered: Arc<AtomicU64>,
     epoch: Instant,
-    /// MUC: the sender's own echo is its acknowledgement and frees its window.
-    echo_releases: bool,
+    /// MUC: every session expects the room's messages, and the sender's own echo is its
+    /// acknowledgement and frees its window.
+    in_room: bool,
 }
 
-/// `wb <sender> <seq> <sent at, µs since the run's epoch>`.
-fn parse_body(el: &Element) -> Option<(usize, u64)> {
+/// One generated message, as its body carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tagged {
+    sender: u32,
+    to: Addressee,
+    /// Sequence number in the lane from `sender` to `to`.
+    seq: u64,
+    /// Send time, µs since the run's epoch.
+    sent_at: u64,
+}
+
+/// `wb <sender> <recipient index | room> <seq> <sent at>`: the message id (sender, lane,
+/// sequence), its intended recipient and its send time travel in the body, which
+/// servers pass on untouched (ids and addresses they may rewrite).
+fn parse_body(el: &Element) -> Option<Tagged> {
     let body = el.get_child("body", NS_CLIENT)?.text();
     let mut parts = body.split(' ');
     if parts.next()? != TAG {
         return None;
     }
     let sender = parts.next()?.parse().ok()?;
-    let _seq = parts.next()?;
+    let to = match parts.next()? {
+        "room" => Addressee::Room,
+        user => Addressee::User(user.parse().ok()?),
+    };
+    let seq = parts.next()?.parse().ok()?;
     let sent_at = parts.next()?.parse().ok()?;
-    Some((sender, sent_at))
+    Some(Tagged { sender, to, seq, sent_at })
 }
 
 /// Reads one session until told to stop. With `ctx`, counts the load's deliveries and
@@ -518,9 +554,13 @@ async fn read_loop(
     mut reader: StanzaReader,
     ctx: Option<ReaderCtx>,
     mut stop: watch::Receiver<bool>,
-) -> (Latencies, u64) {
+) -> (Latencies, u64, Option<Inbox>) {
     let mut lat = Latencies::default();
     let mut errors = 0u64;
+    let mut inbox = ctx.as_ref().map(|c| {
+        let lane = if c.in_room { Addressee::Room } else { Addressee::User(c.me as u32) };
+        Inbox::new(c.me as u32, lane, c.senders)
+    });
     loop {
         let next = tokio::select! {
             next = reader.next() => next,
@@ -534,7 +574,7 @@ async fn read_loop(
                 break;
             }
         };
-        let Some(ctx) = &ctx else { continue };
+        let (Some(ctx), Some(inbox)) = (&ctx, inbox.as_mut()) else { continue };
         if el.name() != "message" {
             continue;
         }
@@ -542,11 +582,17 @@ async fn read_loop(
             errors += 1;
             continue;
         }
-        let Some((sender, sent_at)) = parse_body(&el) else { continue };
+        let Some(m) = parse_body(&el) else { continue };
+        // Only a first copy to an intended recipient is a delivery: it alone has a
+        // latency and frees a window slot (a duplicate would widen the window).
+        if inbox.receive(m.sender, m.to, m.seq) != Receipt::Delivered {
+            continue;
+        }
         let now = u64::try_from(ctx.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-        lat.record(now.saturating_sub(sent_at));
+        lat.record(now.saturating_sub(m.sent_at));
         ctx.delivered.fetch_add(1, Ordering::Relaxed);
-        if ctx.echo_releases {
+        let sender = m.sender as usize;
+        if ctx.in_room {
             if sender == ctx.me {
                 ctx.permits[ctx.me].add_permits(1);
             }
@@ -555,7 +601,7 @@ async fn read_loop(
         }
     }
     reader.final_ack().await;
-    (lat, errors)
+    (lat, errors, inbox)
 }
 
 struct WriterCtx {
@@ -571,20 +617,27 @@ struct WriterCtx {
     rate: Option<f64>,
 }
 
-async fn write_messages(writer: SharedWriter, w: WriterCtx) -> anyhow::Result<()> {
+/// Sends until the deadline; returns what it sent, and the error that stopped it early.
+async fn write_messages(writer: SharedWriter, w: WriterCtx) -> (Outbox, anyhow::Result<()>) {
+    let mut outbox = Outbox::new(w.me as u32, w.n);
+    let result = send_until_deadline(&writer, &w, &mut outbox).await;
+    (outbox, result)
+}
+
+async fn send_until_deadline(writer: &SharedWriter, w: &WriterCtx, outbox: &mut Outbox) -> anyhow::Result<()> {
     use rand::{Rng as _, SeedableRng as _};
     let mut rng = rand::rngs::StdRng::seed_from_u64(w.me as u64 + 1);
     let mut buf = Vec::with_capacity(256);
     // Open-loop senders start spread over one period so the load is smooth.
     let period = w.rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
     let offset = period.map(|p| p.mul_f64(w.me as f64 / w.n as f64)).unwrap_or_default();
-    for seq in 0u64.. {
+    for k in 0u64.. {
         let sent_at = match period {
             Some(period) => {
                 // Sends follow the schedule (a late sender catches up, the offered rate
                 // holds); latency counts from the actual send, because tokio's timer
                 // wakes up to a millisecond late and that is the generator, not the server.
-                let at = w.start + offset + period.mul_f64(seq as f64);
+                let at = w.start + offset + period.mul_f64(k as f64);
                 if at >= w.deadline {
                     break;
                 }
@@ -605,25 +658,45 @@ async fn write_messages(writer: SharedWriter, w: WriterCtx) -> anyhow::Result<()
         };
         let t = u64::try_from(sent_at.duration_since(w.epoch).as_micros()).unwrap_or(u64::MAX);
         buf.clear();
-        match &w.dest {
+        let to = match &w.dest {
             Destination::Chat(jids) => {
                 let mut to = rng.gen_range(0..w.n - 1);
                 if to >= w.me {
                     to += 1;
                 }
-                write_message(&mut buf, &jids[to], "chat", w.me, seq, t);
+                let lane = Addressee::User(to as u32);
+                write_message(&mut buf, &jids[to], "chat", w.me, lane, outbox.next_seq(lane), t);
+                lane
             }
-            Destination::Room(room) => write_message(&mut buf, room, "groupchat", w.me, seq, t),
+            Destination::Room(room) => {
+                write_message(&mut buf, room, "groupchat", w.me, Addressee::Room, outbox.next_seq(Addressee::Room), t);
+                Addressee::Room
+            }
+        };
+        if let Err(e) = writer.lock().await.send_stanza(&mut buf).await {
+            // It may have left before the error: expected only if it arrives (the
+            // failed write is an error of the run either way).
+            outbox.failed(to);
+            return Err(e.into());
         }
-        writer.lock().await.send_stanza(&mut buf).await?;
+        outbox.sent(to);
         w.sent.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
 
-fn write_message(buf: &mut Vec<u8>, to: &str, kind: &str, me: usize, seq: u64, t: u64) {
+fn write_message(buf: &mut Vec<u8>, to: &str, kind: &str, me: usize, lane: Addressee, seq: u64, t: u64) {
     use std::io::Write as _;
-    let _ = write!(buf, "<message to='{to}' type='{kind}' id='{me}-{seq}'><body>{TAG} {me} {seq} {t}</body></message>");
+    let _ = match lane {
+        Addressee::User(u) => write!(
+            buf,
+            "<message to='{to}' type='{kind}' id='{me}-{u}-{seq}'><body>{TAG} {me} {u} {seq} {t}</body></message>"
+        ),
+        Addressee::Room => write!(
+            buf,
+            "<message to='{to}' type='{kind}' id='{me}-room-{seq}'><body>{TAG} {me} room {seq} {t}</body></message>"
+        ),
+    };
 }
 
 /// Registers one account in-band (XEP-0077): `Ok(true)` created, `Ok(false)` it exists.
@@ -691,5 +764,78 @@ async fn join_room(s: &mut Session, room: &str, nick: &str, may_create: bool) ->
             }
         }
         return Ok(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+    use crate::tally::Tally;
+
+    /// The stanza sender `me` writes to user `to` (as the server hands it on).
+    fn chat_message(me: usize, to: u32, seq: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        write_message(&mut buf, "u@x/r", "chat", me, Addressee::User(to), seq, 0);
+        buf
+    }
+
+    #[test]
+    fn body_round_trips() {
+        for (lane, kind) in [(Addressee::User(7), "chat"), (Addressee::Room, "groupchat")] {
+            let mut buf = Vec::new();
+            write_message(&mut buf, "r@muc.x", kind, 3, lane, 41, 12345);
+            let el = Element::from_bytes(&buf, NS_CLIENT).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(parse_body(&el), Some(Tagged { sender: 3, to: lane, seq: 41, sent_at: 12345 }));
+        }
+        let other = Element::from_bytes(b"<message><body>wb 1 2</body></message>", NS_CLIENT);
+        assert_eq!(other.ok().and_then(|el| parse_body(&el)), None);
+    }
+
+    /// Session 1 of 3 in a chat run, read through the real reader: sender 0 sent it
+    /// messages 0 and 1 and sent message 0 to user 2. The server delivers message 0
+    /// twice, loses message 1 and hands user 2's message to session 1.
+    #[tokio::test]
+    async fn reader_reports_a_duplicate_a_loss_and_a_misroute() {
+        let (reader, _writer, mut server) = crate::conn::split_pipe();
+        let permits: Arc<Vec<Semaphore>> = Arc::new((0..3).map(|_| Semaphore::new(0)).collect());
+        let delivered = Arc::new(AtomicU64::new(0));
+        let ctx = ReaderCtx {
+            me: 1,
+            senders: 3,
+            permits: Arc::clone(&permits),
+            delivered: Arc::clone(&delivered),
+            epoch: Instant::now(),
+            in_room: false,
+        };
+        let (_stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(read_loop(reader, Some(ctx), stop_rx));
+        let mut bytes = chat_message(0, 1, 0);
+        bytes.extend(chat_message(0, 1, 0));
+        bytes.extend(chat_message(0, 2, 0));
+        bytes.extend_from_slice(b"<message><body>not from the bench</body></message>");
+        server.write_all(&bytes).await.unwrap_or_else(|e| panic!("{e}"));
+        // End of stream: the reader stops on its own, having read everything.
+        drop(server);
+        let (lat, errors, inbox) = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap_or_else(|_| panic!("reader did not stop"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let inbox = inbox.unwrap_or_else(|| panic!("a load reader has an inbox"));
+        assert_eq!(errors, 0);
+        assert_eq!(delivered.load(Ordering::Relaxed), 1, "only the first copy is a delivery");
+        assert_eq!(permits[0].available_permits(), 1, "the duplicate must not widen sender 0's window");
+        assert_eq!(lat.samples(), 1, "one latency, of the delivery");
+
+        let mut out0 = Outbox::new(0, 3);
+        for to in [1, 1, 2] {
+            out0.sent(Addressee::User(to));
+        }
+        let outboxes = [out0, Outbox::new(1, 3), Outbox::new(2, 3)];
+        let inboxes = [Inbox::new(0, Addressee::User(0), 3), inbox, Inbox::new(2, Addressee::User(2), 3)];
+        // Counted by totals, 3 sent and 3 received would have balanced.
+        let t = tally(&outboxes, &inboxes, &[]);
+        assert_eq!(t, Tally { expected: 3, delivered: 1, lost: 2, duplicated: 1, misrouted: 1 });
     }
 }

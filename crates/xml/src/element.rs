@@ -212,16 +212,19 @@ impl Element {
     /// children inherit. Attributes named `{uri}local` get a generated prefix (`nsN`)
     /// declared on the same element; attributes named `xmlns`/`xmlns:*` are skipped
     /// (declarations are derived from namespaces). Empty elements are written `<a/>`.
+    /// An element in the XML namespace is written with the `xml:` prefix, which is bound
+    /// without a declaration; that namespace may not be the default one (Namespaces in
+    /// XML 1.0 §3), so its children inherit `parent_ns`.
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
         self.write_open(out, parent_ns);
-        self.write_rest(out);
+        self.write_rest(out, parent_ns);
     }
 
     /// The start tag up to the end of its attributes (no `>`).
     fn write_open(&self, out: &mut Vec<u8>, parent_ns: &str) {
         out.push(b'<');
-        out.extend_from_slice(self.name.as_bytes());
-        if self.ns != parent_ns {
+        self.write_qname(out);
+        if self.ns != parent_ns && self.ns != NS_XML {
             out.extend_from_slice(b" xmlns='");
             escape_attr(&self.ns, out);
             out.push(b'\'');
@@ -229,21 +232,29 @@ impl Element {
         self.write_attrs(out);
     }
 
+    fn write_qname(&self, out: &mut Vec<u8>) {
+        if self.ns == NS_XML {
+            out.extend_from_slice(b"xml:");
+        }
+        out.extend_from_slice(self.name.as_bytes());
+    }
+
     /// What follows [`Element::write_open`]: `/>`, or `>`, the children and the end tag.
-    fn write_rest(&self, out: &mut Vec<u8>) {
+    fn write_rest(&self, out: &mut Vec<u8>, parent_ns: &str) {
         if self.children.is_empty() {
             out.extend_from_slice(b"/>");
             return;
         }
         out.push(b'>');
+        let default_ns = if self.ns == NS_XML { parent_ns } else { &self.ns };
         for node in &self.children {
             match node {
-                Node::Element(e) => e.write_to(out, &self.ns),
+                Node::Element(e) => e.write_to(out, default_ns),
                 Node::Text(t) => escape_text(t, out),
             }
         }
         out.extend_from_slice(b"</");
-        out.extend_from_slice(self.name.as_bytes());
+        self.write_qname(out);
         out.push(b'>');
     }
 
@@ -325,7 +336,7 @@ impl Unaddressed {
         let mut bytes = Vec::new();
         el.write_open(&mut bytes, parent_ns);
         let attrs_end = bytes.len();
-        el.write_rest(&mut bytes);
+        el.write_rest(&mut bytes, parent_ns);
         Unaddressed { bytes, attrs_end }
     }
 
@@ -361,7 +372,8 @@ impl fmt::Display for Element {
 /// Split a `{uri}local` attribute name.
 fn split_clark(name: &str) -> Option<(&str, &str)> {
     let rest = name.strip_prefix('{')?;
-    let close = rest.find('}')?;
+    // The last '}': a namespace URI may contain one, a local name (an NCName) cannot.
+    let close = rest.rfind('}')?;
     Some((&rest[..close], &rest[close + 1..]))
 }
 

@@ -10,6 +10,12 @@
 //! - [`Element`]/[`Node`]/[`Attr`]: the in-memory element tree.
 //! - Serialization ([`Element::write_to`], [`escape_text`], [`escape_attr`]).
 //!
+//! Besides its unit tests (`tests.rs`), randomized tests (`fuzz.rs`) check the parser on
+//! random and mutated bytes in any split into reads, on generated valid streams and
+//! limits, and serialization round trips: a few hundred seeded cases per property in
+//! `cargo test`, longer with `WADDLE_FUZZ_SECS=N` (seconds per property) or
+//! `WADDLE_FUZZ_CASES=N`; `WADDLE_FUZZ_SEED` replays a reported case (docs/fuzzing.md).
+//!
 //! It must never do I/O (callers feed it bytes and write the bytes it produces) and has
 //! no knowledge of stanza semantics (JIDs, stanza types, routing, errors beyond the
 //! XML-level stream error condition in [`XmlError::stream_condition`]).
@@ -20,6 +26,8 @@ mod escape;
 mod parser;
 mod text;
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;
 

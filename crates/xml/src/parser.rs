@@ -20,7 +20,7 @@ use memchr::{memchr, memchr2, memchr3, memmem, memrchr};
 
 use crate::element::{Attr, Element, Node};
 use crate::error::{nwf, XmlError};
-use crate::text::{check_chars, decode_attr, decode_text, is_ws, split_qname, MAX_REF_LEN};
+use crate::text::{check_chars, decode_attr, decode_text, first_bad_char, is_ws, split_qname, MAX_REF_LEN};
 use crate::{NS_STREAM, NS_XML, NS_XMLNS};
 
 /// Resource limits enforced by [`StreamParser`].
@@ -242,6 +242,17 @@ impl Core {
         usize::try_from(left).unwrap_or(usize::MAX)
     }
 
+    /// The part of `buf` the current unit may look at: up to one byte past its limit
+    /// (which is how the excess is detected). Bytes beyond are not parsed even when they
+    /// have arrived (a read may bring more than a unit's worth), so that a stanza over
+    /// the limit fails with `StanzaTooLarge` whatever error its later bytes would have
+    /// caused, however the input was split.
+    fn visible<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        let Some(u) = self.unit else { return buf };
+        let end = u.start.saturating_add(u.limit as u64).saturating_add(1).saturating_sub(self.base);
+        &buf[..usize::try_from(end).map_or(buf.len(), |end| end.min(buf.len()))]
+    }
+
     /// Parse until an event is pending or more input is needed.
     fn advance(&mut self, buf: &[u8]) -> Result<(), XmlError> {
         while self.pending.is_none() {
@@ -272,18 +283,21 @@ impl Core {
             self.pos = buf.len();
             return Ok(Step::NeedMore);
         }
-        let rest = &buf[self.pos..];
         if let Tok::None = self.tok {
-            let Some(&first) = rest.first() else {
+            let Some(&first) = buf.get(self.pos) else {
                 return Ok(Step::NeedMore);
             };
             if first != b'<' {
-                return self.char_data(buf);
+                return self.char_data(self.visible(buf));
             }
             if self.phase == Phase::Stream && self.elems.is_empty() && self.unit.is_none() {
                 self.unit =
                     Some(Unit { start: self.abs(self.pos), limit: self.limits.max_stanza_bytes, header: false });
             }
+        }
+        let buf = self.visible(buf);
+        let rest = &buf[self.pos..];
+        if let Tok::None = self.tok {
             match self.classify(rest)? {
                 Some(tok) => self.tok = tok,
                 None => return Ok(Step::NeedMore),
@@ -411,6 +425,11 @@ impl Core {
     }
 
     /// Character data inside a stanza, consumed as far as it can be decoded.
+    ///
+    /// Its errors are reported in the order of the bytes (the first bad byte wins, be it
+    /// invalid UTF-8, a forbidden character or a bad reference), and a reference is held
+    /// back whole until its `;` has arrived: a stream split into reads differently must
+    /// fail with the same error.
     fn text(&mut self, buf: &[u8]) -> Result<Step, XmlError> {
         let start = self.pos;
         let (mut end, at_eof) = match memchr(b'<', &buf[start..]) {
@@ -418,39 +437,55 @@ impl Core {
             None => (buf.len(), true),
         };
         if at_eof {
-            // Hold back a reference that may still be completed by later input.
-            if let Some(i) = memrchr(b'&', &buf[start..end]) {
-                let amp = start + i;
-                if memchr(b';', &buf[amp..end]).is_none() {
-                    if end - amp - 1 > MAX_REF_LEN {
-                        return Err(nwf("invalid entity reference"));
-                    }
+            // Hold back a reference that may still be completed by later input: from the
+            // first `&` after the last `;` (an `&` before it has its `;` already, or is a
+            // name character of a reference that does). One whose name is already too
+            // long is not held back: decoding reports it.
+            let tail = memrchr(b';', &buf[start..end]).map_or(start, |i| start + i + 1);
+            if let Some(i) = memchr(b'&', &buf[tail..end]) {
+                let amp = tail + i;
+                if end - amp - 1 <= MAX_REF_LEN {
                     end = amp;
                 }
             }
         }
-        let text = match std::str::from_utf8(&buf[start..end]) {
-            Ok(s) => s,
-            // A multi-byte sequence split across reads: keep its head for later.
-            Err(e) if e.error_len().is_none() && at_eof && end == buf.len() => {
-                end = start + e.valid_up_to();
-                std::str::from_utf8(&buf[start..end]).map_err(|_| XmlError::InvalidUtf8)?
+        let (text, utf8_error) = match std::str::from_utf8(&buf[start..end]) {
+            Ok(s) => (s, false),
+            Err(e) => {
+                let valid =
+                    std::str::from_utf8(&buf[start..start + e.valid_up_to()]).map_err(|_| XmlError::InvalidUtf8)?;
+                // A multi-byte sequence split across reads: keep its head for later.
+                let split = e.error_len().is_none() && at_eof && end == buf.len();
+                if split {
+                    end = start + e.valid_up_to();
+                }
+                (valid, !split)
             }
-            Err(_) => return Err(XmlError::InvalidUtf8),
         };
         // A trailing `\r` may be the first half of `\r\n`.
         let text = match text.strip_suffix('\r') {
-            Some(t) if at_eof && end == buf.len() => {
+            Some(t) if !utf8_error && at_eof && end == buf.len() => {
                 end -= 1;
                 t
             }
             _ => text,
         };
+        // What comes before the first forbidden character is decoded first: a bad
+        // reference there is the earlier error.
+        let bad_char = first_bad_char(text.as_bytes());
+        let clean = &text[..bad_char.as_ref().map_or(text.len(), |(at, _)| *at)];
+        if !clean.is_empty() {
+            self.append_text(clean, true)?;
+        }
+        if let Some((_, e)) = bad_char {
+            return Err(e);
+        }
+        if utf8_error {
+            return Err(XmlError::InvalidUtf8);
+        }
         if text.is_empty() {
             return Ok(Step::NeedMore);
         }
-        check_chars(text.as_bytes())?;
-        self.append_text(text, true)?;
         self.consume(end)?;
         Ok(Step::Continue)
     }
@@ -960,6 +995,12 @@ impl StreamParser {
     #[cfg(test)]
     pub(crate) fn buffer_capacity(&self) -> usize {
         self.buf.capacity()
+    }
+
+    /// Elements of the current stanza open now (the fuzz tests' depth bound).
+    #[cfg(test)]
+    pub(crate) fn open_depth(&self) -> usize {
+        self.core.elems.len()
     }
 
     /// Spare capacity of the stanza-building stacks, in elements (same tests).

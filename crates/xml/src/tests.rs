@@ -1000,3 +1000,87 @@ fn unaddressed_copies_are_the_element_with_each_recipients_to() {
         }
     }
 }
+
+// ---------------------------------------------------------------- fuzz findings
+
+/// Found by `fuzz_mutated_streams`: a reference without its `;` in one read was reported
+/// as "invalid entity reference", while in one read with what followed it was an invalid
+/// character reference (the `;` of the next reference ends its name).
+#[test]
+fn reference_errors_do_not_depend_on_the_split() {
+    let (_, err) = run_all_ways(Limits::default(), &doc("<m>x&#38&#97;y</m>"));
+    assert_eq!(err, Some(XmlError::NotWellFormed("invalid character reference '&#38&#97;'".into())));
+    let (_, err) = run_all_ways(Limits::default(), &doc("<m>&#b-c\nq='&quot;'</m>"));
+    assert_eq!(err, Some(XmlError::NotWellFormed("invalid character reference '&#b-c\nq='&quot;'".into())));
+    // Too long to be a reference, whatever follows.
+    let long = format!("<m>&{}x;</m>", "a".repeat(40));
+    let (_, err) = run_all_ways(Limits::default(), &doc(&long));
+    assert_eq!(err, Some(XmlError::NotWellFormed("invalid entity reference".into())));
+}
+
+/// Found by `fuzz_random_bytes`: character data with a forbidden character and invalid
+/// UTF-8 after it failed with the one or the other depending on the reads. The first bad
+/// byte wins.
+#[test]
+fn character_data_errors_come_in_byte_order() {
+    let nul = XmlError::NotWellFormed("illegal control character".into());
+    let ffff = XmlError::NotWellFormed("illegal character U+FFFE/U+FFFF".into());
+    let cases: [(&[u8], XmlError); 5] = [
+        (b"<m>a\0b\xff</m>", nul.clone()),
+        (b"<m>a\xffb\0</m>", XmlError::InvalidUtf8),
+        (b"<m>\xef\xbf\xbf\0</m>", ffff.clone()),
+        (b"<m>\0\xef\xbf\xbf</m>", nul),
+        (b"<m>&bogus;\x01</m>", XmlError::NotWellFormed("unknown entity '&bogus;'".into())),
+    ];
+    for (body, want) in cases {
+        let mut d = HEADER.as_bytes().to_vec();
+        d.extend_from_slice(body);
+        let (_, err) = run_all_ways(Limits::default(), &d);
+        assert_eq!(err, Some(want), "{:?}", String::from_utf8_lossy(body));
+    }
+}
+
+/// Found by `fuzz_mutated_streams`: a read that brought more than the stanza limit let
+/// the parser look past the limit, so an error in the bytes beyond it (here a `<` in an
+/// attribute value, or a forbidden character) was reported instead of
+/// `StanzaTooLarge`, which smaller reads reported.
+#[test]
+fn bytes_past_the_stanza_limit_are_not_parsed() {
+    let limits = stanza_limits(100);
+    for stanza in [format!("<b x='{}<'/>", "y".repeat(200)), format!("<b>{}\u{1}</b>", "y".repeat(200))] {
+        let (events, err) = run_all_ways(limits, &doc(&format!("<a/>{stanza}")));
+        assert_eq!(stanzas(&events).len(), 1);
+        assert_eq!(err, Some(XmlError::StanzaTooLarge { limit: 100 }), "{stanza}");
+    }
+}
+
+/// Found by `fuzz_mutated_streams`: an attribute in a namespace whose URI contains `}`
+/// (any string is a legal URI reference here) was split at that `}` when serialized,
+/// which wrote a name that is not well-formed.
+#[test]
+fn attribute_namespace_uri_with_a_brace_round_trips() {
+    let el = parse_el("<a xmlns='jabber:client' xmlns:p='urn:x}y' p:k='v'/>");
+    assert_eq!(el.attr("{urn:x}y}k"), Some("v"));
+    let bytes = el.to_bytes(NS_CLIENT);
+    assert_eq!(Element::from_bytes(&bytes, NS_CLIENT), Ok(el));
+    let el = Element::new("a", "urn:x").with_attr("{}}k", "v").with_attr("{u{r}n}j", "w");
+    assert_eq!(Element::from_bytes(&el.to_bytes(""), ""), Ok(el));
+}
+
+/// Found by `fuzz_random_bytes` (long run 2): `<xml:lang/>` parses to an element in the
+/// XML namespace, which was serialized by declaring that namespace as the default one,
+/// which Namespaces in XML forbids and the parser rightly refuses.
+#[test]
+fn element_in_the_xml_namespace_round_trips() {
+    let el = parse_el("<xml:a><b xml:lang='en'>t</b></xml:a>");
+    assert!(el.is("a", NS_XML));
+    assert!(el.children().next().is_some_and(|b| b.is("b", NS_CLIENT)));
+    let bytes = el.to_bytes(NS_CLIENT);
+    assert_eq!(String::from_utf8_lossy(&bytes), "<xml:a><b xml:lang='en'>t</b></xml:a>");
+    assert_eq!(Element::from_bytes(&bytes, NS_CLIENT), Ok(el.clone()));
+    let other = el.to_bytes("urn:x");
+    assert_eq!(
+        Element::from_bytes(&other, "urn:x").map(|e| e.children().next().map(|b| b.ns().to_owned())),
+        Ok(Some(NS_CLIENT.to_owned()))
+    );
+}

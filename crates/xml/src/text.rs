@@ -24,18 +24,27 @@ pub(crate) fn is_xml_char(c: u32) -> bool {
 /// than tab/newline/carriage return, and U+FFFE/U+FFFF. Surrogates and code points above
 /// U+10FFFF are already impossible in valid UTF-8.
 pub(crate) fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
-    if bytes.iter().any(|&b| b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') {
-        return Err(nwf("illegal control character"));
+    match first_bad_char(bytes) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
     }
+}
+
+/// The offset and error of the first character [`check_chars`] rejects. The first one,
+/// not the first of a kind: character data is checked in pieces as it arrives, and the
+/// error must not depend on where the pieces end.
+pub(crate) fn first_bad_char(bytes: &[u8]) -> Option<(usize, XmlError)> {
+    let control = bytes.iter().position(|&b| b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r');
+    let before = &bytes[..control.unwrap_or(bytes.len())];
     let mut i = 0;
-    while let Some(off) = memchr(0xEF, &bytes[i..]) {
+    while let Some(off) = memchr(0xEF, &before[i..]) {
         let j = i + off;
-        if bytes.get(j + 1) == Some(&0xBF) && matches!(bytes.get(j + 2), Some(0xBE | 0xBF)) {
-            return Err(nwf("illegal character U+FFFE/U+FFFF"));
+        if before.get(j + 1) == Some(&0xBF) && matches!(before.get(j + 2), Some(0xBE | 0xBF)) {
+            return Some((j, nwf("illegal character U+FFFE/U+FFFF")));
         }
         i = j + 1;
     }
-    Ok(())
+    control.map(|at| (at, nwf("illegal control character")))
 }
 
 #[inline]
