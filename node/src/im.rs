@@ -479,12 +479,15 @@ pub async fn broadcast(ctx: &Ctx, origin: &Origin, presence: &Element, directed:
 
 /// What a session receives right after its initial presence: contacts' presence (via
 /// probes), other own resources, pending subscription requests and offline messages.
-pub async fn after_initial_presence(ctx: &Ctx, origin: &Origin, deliver_offline: bool) {
+///
+/// Returns the offline messages it took from storage (when `take_offline`), oldest
+/// first, for the session to deliver at the pace its client reads.
+pub async fn after_initial_presence(ctx: &Ctx, origin: &Origin, take_offline: bool) -> Vec<String> {
     let bare = origin.bare();
     let Some(username) = local_username(ctx, &bare).map(str::to_owned) else {
-        return;
+        return Vec::new();
     };
-    let Some(full) = origin.full().cloned() else { return };
+    let Some(full) = origin.full().cloned() else { return Vec::new() };
     let rows = ctx.store.roster(&username).await.map(|(_, r)| r).unwrap_or_default();
     for row in &rows {
         if Subscription::parse(&row.subscription).is_some_and(Subscription::has_to) {
@@ -508,26 +511,25 @@ pub async fn after_initial_presence(ctx: &Ctx, origin: &Origin, deliver_offline:
         let p = subscription_presence(&row.contact, full.as_str(), SubscriptionAction::Subscribe);
         ctx.emit(p).await;
     }
-    if deliver_offline {
-        deliver_offline_messages(ctx, &username, &full).await;
+    if !take_offline {
+        return Vec::new();
+    }
+    match ctx.store.offline_take(&username).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(error = %e, "offline read failed");
+            Vec::new()
+        }
     }
 }
 
-async fn deliver_offline_messages(ctx: &Ctx, username: &str, full: &waddle_jid::FullJid) {
-    let stored = match ctx.store.offline_take(username).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "offline read failed");
-            return;
-        }
-    };
+/// Puts offline messages a session could not deliver back into storage, in order.
+pub async fn restore_offline(ctx: &Ctx, username: &str, stored: impl IntoIterator<Item = String>) {
     for xml in stored {
-        match parse_stored_stanza(&xml) {
-            Some(mut msg) => {
-                msg.set_attr("to", full.as_str());
-                ctx.emit(msg).await;
-            }
-            None => tracing::error!("dropping an unparsable offline message"),
+        match ctx.store.offline_push(username, &xml, ctx.config.limits.offline_max_per_user).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(user = username, "offline storage full; an undelivered message was dropped"),
+            Err(e) => tracing::error!(error = %e, "offline write failed"),
         }
     }
 }

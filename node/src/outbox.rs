@@ -34,6 +34,8 @@ pub struct Outbox {
     stop: Notify,
     /// Wakes the session: the writer gave up on a write that took too long.
     stalled: Notify,
+    /// Wakes the session: the writer finished a write, so what waits shrank.
+    drained: Notify,
     max_stanzas: usize,
     max_bytes: usize,
 }
@@ -65,6 +67,7 @@ impl Outbox {
             ready: Notify::new(),
             stop: Notify::new(),
             stalled: Notify::new(),
+            drained: Notify::new(),
             max_stanzas,
             max_bytes,
         }
@@ -180,6 +183,9 @@ impl Outbox {
         loop {
             {
                 let mut pending = self.lock();
+                if pending.in_flight > 0 {
+                    self.drained.notify_one();
+                }
                 pending.in_flight = 0;
                 if pending.abandoned {
                     return false;
@@ -198,6 +204,28 @@ impl Outbox {
             // `notify_one` stores a permit when nobody waits, so a push between the
             // check above and this wait is not missed.
             self.ready.notified().await;
+        }
+    }
+
+    /// Whether half the byte bound or more waits (queued or being written): the session
+    /// then stops taking deliveries from its mailbox until the writer catches up, so a
+    /// burst larger than the bound (an offline queue, a page of history) reaches a
+    /// client that reads, paced by how fast it reads, while one that does not read is
+    /// still cut off by the write deadline or the mailbox bound.
+    pub fn congested(&self) -> bool {
+        let pending = self.lock();
+        pending.bytes.len().saturating_add(pending.in_flight) >= self.max_bytes / 2
+    }
+
+    /// Resolves once the outbox is no longer [`Outbox::congested`].
+    pub async fn decongested(&self) {
+        loop {
+            if !self.congested() {
+                return;
+            }
+            // `notify_one` keeps a permit, so a write that ends between the check and
+            // this wait is not missed.
+            self.drained.notified().await;
         }
     }
 

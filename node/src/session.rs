@@ -472,7 +472,60 @@ impl SessionState {
             self.initial_presence_sent = true;
             // XEP-0160: offline messages go to the first non-negative-priority session.
             // Boxed (once per session, and a deep future): see `handle`.
-            Box::pin(im::after_initial_presence(&self.ctx, &self.origin, priority >= 0)).await;
+            let offline = Box::pin(im::after_initial_presence(&self.ctx, &self.origin, priority >= 0)).await;
+            if !offline.is_empty() {
+                Box::pin(self.deliver_offline(offline)).await;
+            }
+        }
+    }
+
+    /// Delivers the offline queue (XEP-0160) at the pace the client reads: whenever half
+    /// the outbox's byte bound waits, the next message waits for the writer, so a queue
+    /// larger than the bound reaches a client that reads, while one that does not is
+    /// still cut off by the write deadline. What cannot be delivered (the session ends
+    /// on the way) goes back into storage, in order.
+    async fn deliver_offline(&mut self, stored: Vec<String>) {
+        let mut queue = stored.into_iter();
+        while let Some(xml) = queue.next() {
+            let Some(mut message) = im::parse_stored_stanza(&xml) else {
+                tracing::error!(jid = %self.jid, "dropping an unparsable offline message");
+                continue;
+            };
+            message.set_attr("to", self.jid.as_str());
+            let delivered = self.send(Sent::Stanza(Arc::new(message))) && self.outbox.is_some();
+            if !delivered {
+                // Under SM a stanza the outbox refused is among the unacknowledged,
+                // which the session's ending reroutes; otherwise it goes back too.
+                let current = self.sm.is_none().then_some(xml);
+                return self.restore_offline(current.into_iter().chain(queue)).await;
+            }
+            let congested = self.outbox.as_ref().is_some_and(|outbox| outbox.congested());
+            if congested && !self.wait_for_writer().await {
+                return self.restore_offline(queue).await;
+            }
+        }
+    }
+
+    /// Waits until the outbox is under half its byte bound; `false` if the writer gave
+    /// up (a write past the deadline) or the outbox is gone.
+    async fn wait_for_writer(&self) -> bool {
+        let (Some(outbox), Some(writer)) = (self.outbox.as_deref(), self.writer.as_ref()) else {
+            return false;
+        };
+        tokio::select! {
+            () = outbox.decongested() => true,
+            () = writer.outbox.stalled() => false,
+        }
+    }
+
+    async fn restore_offline(&self, rest: impl Iterator<Item = String>) {
+        let rest: Vec<String> = rest.collect();
+        if rest.is_empty() {
+            return;
+        }
+        tracing::info!(jid = %self.jid, count = rest.len(), "offline messages not delivered; stored again");
+        if let Some(username) = self.jid.node() {
+            im::restore_offline(&self.ctx, username.as_str(), rest).await;
         }
     }
 

@@ -301,3 +301,33 @@ def test_a_resumable_session_that_overflows_ends_and_its_unacked_go_offline(
     for i in range(3):
         got = back.read_until(lambda e: e.tag == q(NS_CLIENT, "message") and e.get("id") == f"{tag}{i}")
         assert got.find(q(NS_DELAY, "delay")) is not None, "not from offline storage"
+
+
+def test_a_reading_client_gets_a_burst_larger_than_its_byte_bound(slow_server, slow_raw,
+                                                                   slow_account):
+    """The byte bound is for clients that do not read: one that reads gets a burst of
+    any size, paced by how fast it reads (here its offline queue, eight times the bound,
+    delivered at its first presence: nothing lost, nothing twice)."""
+    sender_user, receiver_user = slow_account(), slow_account()
+    sender = slow_raw()
+    sender.login(*sender_user, "s")
+    receiver_jid = f"{receiver_user[0]}@localhost"
+    count = 8 * MAX_OUTBOUND_BYTES // STANZA_BODY
+    body = "y" * STANZA_BODY
+    for n in range(count):
+        send_and_drain(sender, f"<message to='{receiver_jid}' type='chat' id='b{n}'>"
+                               f"<body>{n} {body}</body></message>")
+    sender.iq("get", "<ping xmlns='urn:xmpp:ping'/>")  # everything before it is stored
+
+    receiver = slow_raw()
+    receiver.login(*receiver_user, "r")
+    receiver.send("<presence/>")
+    got: list[int] = []
+    deadline = time.monotonic() + 30
+    while len(got) < count and time.monotonic() < deadline:
+        el = receiver.next_element(max(0.0, deadline - time.monotonic()))
+        if el is not None and el.tag == q(NS_CLIENT, "message"):
+            b = el.find(q(NS_CLIENT, "body"))
+            got.append(int(b.text.split(" ", 1)[0]))
+    assert sorted(got) == list(range(count)), f"{len(got)} of {count}: {got[:5]}..."
+    assert receiver.stream_error() is None, receiver.describe()
