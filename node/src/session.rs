@@ -278,7 +278,9 @@ impl SessionState {
                     }
                 }
             }
-            (sm::NS, "resume") => {
+            // Resuming inside a bound stream, or acknowledging before enabling: refused,
+            // the stream goes on (as ejabberd answers them).
+            (sm::NS, "resume" | "r" | "a") => {
                 self.write_nonza(&sm::failed("unexpected-request", None));
             }
             (csi::NS, "inactive") => {

@@ -293,12 +293,14 @@ async def test_misuse_gets_failed_or_a_stream_error(make_user, raw):
     alice = make_user("alice")
     a = SmClient(raw())
     a.raw.login(alice.username, alice.password, "sm")
-    # <r/> before enabling is not a stanza the server knows.
+    # <r/> or <a/> before enabling is refused with <failed/>; the stream goes on.
     b = SmClient(raw())
     b.raw.login(alice.username, alice.password, "other")
-    b.raw.send(f"<r xmlns='{NS_SM}'/>")
-    err = b.read_until(_is(NS_STREAM, "error"), "stream error")
-    assert err.find(q(NS_STREAMS_ERR, "unsupported-stanza-type")) is not None, ET.tostring(err)
+    for nonza in (f"<r xmlns='{NS_SM}'/>", f"<a xmlns='{NS_SM}' h='0'/>"):
+        b.raw.send(nonza)
+        failed = b.read_until(_is(NS_SM, "failed"), "<failed/>")
+        assert failed.find(q(NS_STANZAS_ERR, "unexpected-request")) is not None, ET.tostring(failed)
+    assert b.raw.iq("get", "<ping xmlns='urn:xmpp:ping'/>").get("type") == "result"
 
     _enable(a, resume=False)
     # Enabling twice, or resuming inside a bound stream, is refused; the stream goes on.
