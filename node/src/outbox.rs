@@ -133,12 +133,7 @@ impl Outbox {
 
     /// Resolves once [`Outbox::abandon`] was called (for the writer, during a write).
     pub async fn abandoned(&self) {
-        loop {
-            if self.lock().abandoned {
-                return;
-            }
-            self.stop.notified().await;
-        }
+        self.wait_until(&self.stop, |pending| pending.abandoned).await;
     }
 
     /// Whether the writer was told to stop at once, or gave up on a write.
@@ -167,12 +162,7 @@ impl Outbox {
 
     /// Resolves once the writer gave up on a write ([`Outbox::stall`]).
     pub async fn stalled(&self) {
-        loop {
-            if self.lock().stalled {
-                return;
-            }
-            self.stalled.notified().await;
-        }
+        self.wait_until(&self.stalled, |pending| pending.stalled).await;
     }
 
     /// Waits for queued bytes and swaps them into `into` (which must be empty; its
@@ -213,19 +203,27 @@ impl Outbox {
     /// client that reads, paced by how fast it reads, while one that does not read is
     /// still cut off by the write deadline or the mailbox bound.
     pub fn congested(&self) -> bool {
-        let pending = self.lock();
+        self.is_congested(&self.lock())
+    }
+
+    fn is_congested(&self, pending: &Pending) -> bool {
         pending.bytes.len().saturating_add(pending.in_flight) >= self.max_bytes / 2
     }
 
     /// Resolves once the outbox is no longer [`Outbox::congested`].
     pub async fn decongested(&self) {
+        self.wait_until(&self.drained, |pending| !self.is_congested(pending)).await;
+    }
+
+    /// Resolves once `done` holds, re-checking whenever `notify` fires. `notify_one`
+    /// keeps a permit when nobody waits, so a change between a check and the wait is
+    /// not missed.
+    async fn wait_until(&self, notify: &Notify, done: impl Fn(&Pending) -> bool) {
         loop {
-            if !self.congested() {
+            if done(&self.lock()) {
                 return;
             }
-            // `notify_one` keeps a permit, so a write that ends between the check and
-            // this wait is not missed.
-            self.drained.notified().await;
+            notify.notified().await;
         }
     }
 

@@ -19,7 +19,8 @@ use waddle_xml::{Element, StreamParser, Unaddressed};
 use crate::ctx::Ctx;
 use crate::io::ClientIo;
 
-/// A stanza sent to the client and kept until it is acknowledged.
+/// A stanza sent to the client and kept until it is acknowledged (a clone shares it).
+#[derive(Clone)]
 pub enum Sent {
     Stanza(Arc<Element>),
     /// A groupchat fan-out copy (serialized once, addressed on the way out).

@@ -222,11 +222,16 @@ impl SessionState {
         alive
     }
 
-    fn transmit(&mut self, stanza: Sent) -> bool {
-        let written = match &stanza {
+    /// Writes a stanza (a shared fan-out copy addressed to this session on the way out).
+    fn write_sent(&mut self, stanza: &Sent) -> bool {
+        match stanza {
             Sent::Stanza(el) => self.write(|out, _| el.write_to(out, ns::CLIENT)),
             Sent::Shared(shared) => self.write(|out, own_jid| shared.write_to(own_jid, out)),
-        };
+        }
+    }
+
+    fn transmit(&mut self, stanza: Sent) -> bool {
+        let written = self.write_sent(&stanza);
         let Some(sm) = self.sm.as_deref_mut() else {
             return written || self.outbox.is_some();
         };
@@ -321,10 +326,7 @@ impl SessionState {
         self.write_nonza(&enabled);
     }
 
-    async fn on_client(&mut self, mut el: Element) -> Result<(), &'static str> {
-        let Some(kind) = stanza::kind(&el) else {
-            return self.on_nonza(&el);
-        };
+    async fn on_client(&mut self, kind: StanzaKind, mut el: Element) -> Result<(), &'static str> {
         if let Some(sm) = self.sm.as_deref_mut() {
             sm.state.handled();
         }
@@ -547,8 +549,7 @@ impl SessionState {
     fn on_tick(&mut self) -> bool {
         let now = self.activity.now_ms();
         let last_rx = self.activity.last_rx_ms();
-        let c2s = &self.ctx.config.c2s;
-        let ack_every_ms = c2s.sm_ack_every_secs * 1000;
+        let ack_every_ms = self.ctx.config.c2s.sm_ack_every_secs * 1000;
         if let Some(sm) = self.sm.as_deref_mut() {
             if ack_every_ms > 0
                 && now.saturating_sub(sm.last_request_ms) >= ack_every_ms
@@ -692,7 +693,10 @@ impl SessionState {
         // every idle session's task that big (see the idle RSS figures in
         // docs/benchmarks.md). One allocation per client stanza; none for a nonza
         // (SM acknowledgements come every few stanzas under load, and route nowhere).
-        let handled = if stanza::kind(&el).is_none() { self.on_nonza(&el) } else { Box::pin(self.on_client(el)).await };
+        let handled = match stanza::kind(&el) {
+            None => self.on_nonza(&el),
+            Some(kind) => Box::pin(self.on_client(kind, el)).await,
+        };
         match handled {
             Ok(()) => self.outbox.is_some(),
             Err(condition) => {
@@ -820,20 +824,10 @@ impl SessionState {
         }
         sm.state.resumed();
         let resumed = sm::resumed(&previd, sm.state.handled_count());
-        let again: Vec<Sent> = sm
-            .state
-            .unacked()
-            .map(|s| match s {
-                Sent::Stanza(el) => Sent::Stanza(Arc::clone(el)),
-                Sent::Shared(shared) => Sent::Shared(Arc::clone(shared)),
-            })
-            .collect();
+        let again: Vec<Sent> = sm.state.unacked().cloned().collect();
         self.write_nonza(&resumed);
         for sent in &again {
-            match sent {
-                Sent::Stanza(el) => self.write(|out, _| el.write_to(out, ns::CLIENT)),
-                Sent::Shared(shared) => self.write(|out, own_jid| shared.write_to(own_jid, out)),
-            };
+            self.write_sent(sent);
         }
         tracing::info!(jid = %self.jid, resent = again.len(), "session resumed");
         Some((read_half, parser))

@@ -6,13 +6,13 @@ resourcepart may hold."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from xmpp_helpers import (
+    metric,
     DOMAIN,
     NS_BIND,
     NS_CLIENT,
@@ -32,14 +32,6 @@ from xmpp_helpers import (
 # The defaults (config/waddle.toml): messages per destination, the general budget.
 MESSAGES_PER_WINDOW = 10
 STANZA_BUDGET = 300
-
-
-def _metric(http, name: str, labels: str) -> float:
-    status, text = http("GET", "/metrics")
-    assert status == 200 and isinstance(text, str), (status, text)
-    m = re.search(r"^" + re.escape(f"{name}{{{labels}}}") + r" (\S+)$", text, re.M)
-    assert m, f"{name}{{{labels}}} not in /metrics:\n{text}"
-    return float(m.group(1))
 
 
 def _case_variants(bare: str) -> list[str]:
@@ -113,7 +105,7 @@ async def test_case_variants_and_resources_of_a_user_share_one_bucket(raw, make_
 async def test_case_variants_and_occupants_of_a_room_share_one_bucket(http, make_user, xmpp):
     pair = await owner_and_member_in(http, make_user, xmpp, "general")
     room, a, b = pair.room, pair.a, pair.b
-    before = _metric(http, "xmpp_rate_limited_total", 'limit="message"')
+    before = metric(http, "xmpp_rate_limited_total", 'limit="message"')
     tag = unique("rlroom")
     bare_variants = _case_variants(room)
     # Private messages to occupants go to the room too, and count against its bucket.
@@ -137,7 +129,7 @@ async def test_case_variants_and_occupants_of_a_room_share_one_bucket(http, make
                                  and st.xml.get("type") != "error")
     assert MESSAGES_PER_WINDOW <= 30 - n_refused <= MESSAGES_PER_WINDOW + 2, n_refused
     assert 1 <= reached_room <= 30 - n_refused, (reached_room, n_refused)
-    assert _metric(http, "xmpp_rate_limited_total", 'limit="message"') >= before + n_refused
+    assert metric(http, "xmpp_rate_limited_total", 'limit="message"') >= before + n_refused
 
 
 # ---------------------------------------------------------------------------
@@ -164,7 +156,7 @@ async def test_floods_of_unlimited_types_hit_the_stanza_budget(raw, make_account
     await bob.sync()
     rs = raw()
     rs.login(a, pa, "wire")
-    before = _metric(http, "xmpp_rate_limited_total", 'limit="stanza"')
+    before = metric(http, "xmpp_rate_limited_total", 'limit="stanza"')
 
     tag = unique(f"fl-{kind}")
     sent = 400
@@ -174,7 +166,7 @@ async def test_floods_of_unlimited_types_hit_the_stanza_budget(raw, make_account
     delivered = await _settle(bob, lambda st: (st.xml.get("id") or "").startswith(tag))
     # Refilled at 30 a second while the flood is handled.
     assert STANZA_BUDGET - 10 <= delivered <= STANZA_BUDGET + 60, delivered
-    after = _metric(http, "xmpp_rate_limited_total", 'limit="stanza"')
+    after = metric(http, "xmpp_rate_limited_total", 'limit="stanza"')
     assert after - before >= sent - delivered, (before, after, delivered)
     errors = [e for e in replies if _is_policy_violation(e, tag)]
     if kind == "directed-unavailable":

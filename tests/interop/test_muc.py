@@ -4,12 +4,12 @@ rate limit and service discovery."""
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from xmpp_helpers import (
+    metric,
     owner_and_member_in,
     connect_muc,
     DOMAIN,
@@ -161,18 +161,10 @@ async def test_adhoc_room_create_configure_kick_members_only(make_user, xmpp):
 # ---------------------------------------------------------------------------
 
 
-def _metric(http, name: str, labels: str) -> float:
-    status, text = http("GET", "/metrics")
-    assert status == 200 and isinstance(text, str), (status, text)
-    m = re.search(r"^" + re.escape(f"{name}{{{labels}}}") + r" (\S+)$", text, re.M)
-    assert m, f"{name}{{{labels}}} not in /metrics:\n{text}"
-    return float(m.group(1))
-
-
 async def test_groupchat_rate_limit_per_room(http, make_user, xmpp):
     pair = await owner_and_member_in(http, make_user, xmpp, "general")
     room, a, b = pair.room, pair.a, pair.b
-    before = _metric(http, "xmpp_rate_limited_total", 'limit="message"')
+    before = metric(http, "xmpp_rate_limited_total", 'limit="message"')
 
     tag = unique("burst")
     texts = [f"{tag}-{i}" for i in range(11)]
@@ -192,7 +184,7 @@ async def test_groupchat_rate_limit_per_room(http, make_user, xmpp):
                if stanza_kind(st) == "message" and st.xml.get("type") == "error"]
     assert len(refused) == 1, "\n".join(str(s) for s in refused)
 
-    after = _metric(http, "xmpp_rate_limited_total", 'limit="message"')
+    after = metric(http, "xmpp_rate_limited_total", 'limit="message"')
     assert after >= before + 1, (before, after)
 
 

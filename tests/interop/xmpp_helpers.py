@@ -20,6 +20,7 @@ import base64
 import http.client
 import json as jsonlib
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -213,6 +214,15 @@ class User:
     @property
     def jid(self) -> str:
         return f"{self.username}@{DOMAIN}"
+
+
+def metric(http: Callable, name: str, labels: str) -> float:
+    """The value of one Prometheus sample (``name{labels}``) from ``GET /metrics``."""
+    status, text = http("GET", "/metrics")
+    assert status == 200 and isinstance(text, str), (status, text)
+    m = re.search(r"^" + re.escape(f"{name}{{{labels}}}") + r" (\S+)$", text, re.M)
+    assert m, f"{name}{{{labels}}} not in /metrics:\n{text}"
+    return float(m.group(1))
 
 
 def api_session(http: Callable, username: str, password: str) -> str:
