@@ -1,18 +1,21 @@
 //! Cluster layer: where things live and how a stanza gets there.
 //!
 //! Owns the partitioning of keys (bare JIDs, room JIDs) onto nodes ([`placement`]),
-//! the session registry ([`registry`]) with each session's mailbox ([`mailbox`]), and the
+//! the session registry with each session's mailbox ([`mailbox`]), reached only through
+//! [`locality`] (which asks placement first), and the
 //! routing decision for every stanza
 //! ([`routing`]). A single node is a cluster of one: the same code paths run, with a
 //! membership of one node that owns every partition.
 //!
 //! Must never: parse sockets, touch storage, or know XMPP semantics beyond addressing.
 
+pub mod locality;
 pub mod mailbox;
 pub mod placement;
-pub mod registry;
+mod registry;
 pub mod routing;
 
+pub use locality::{Locality, Peers, Place, UserShard};
 pub use placement::{partition_of, NodeId, PartitionId, Placement, RendezvousPlacement, PARTITIONS};
-pub use registry::{Registry, SessionEntry, SessionMailbox, SessionMsg, SessionRef};
+pub use registry::{SessionAddr, SessionEntry, SessionMailbox, SessionMsg, SessionRef};
 pub use routing::{classify, Destination};

@@ -69,14 +69,24 @@ impl SessionRef {
     }
 }
 
+/// Where a bound session's task runs. Plain data, so a registry shard can name sessions
+/// on other nodes; the node-local mailbox behind it is in [`crate::Locality`]'s
+/// connection table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SessionAddr {
+    pub node: u64,
+    /// Unique in the cluster: the node id is in its upper bits.
+    pub conn_id: u64,
+}
+
 /// A bound session as the registry holds it; lookups hand out clones (cheap: the
-/// handle and the presence are reference-counted).
+/// presence is reference-counted).
 #[derive(Clone, Debug)]
 pub struct SessionEntry {
     pub resource: String,
-    /// Distinguishes a replaced session from its successor with the same resource.
-    pub conn_id: u64,
-    pub handle: SessionRef,
+    /// Where the session's task runs: its node and its connection id there (unique in
+    /// the cluster). Reaching it goes through [`crate::Locality::deliver`].
+    pub addr: SessionAddr,
     pub priority: i8,
     pub available: bool,
     /// Last available presence broadcast by this session (answers probes).
@@ -91,6 +101,7 @@ pub struct SessionEntry {
 
 type Shard = RwLock<HashMap<String, Vec<SessionEntry>>>;
 
+#[derive(Debug)]
 pub struct Registry {
     shards: Vec<Shard>,
     /// How many bound sessions have carbons enabled, changed under the shard lock that
@@ -133,7 +144,7 @@ impl Registry {
         let Some(sessions) = shard.get_mut(bare) else {
             return false;
         };
-        let Some(i) = sessions.iter().position(|s| s.resource == resource && s.conn_id == conn_id) else {
+        let Some(i) = sessions.iter().position(|s| s.resource == resource && s.addr.conn_id == conn_id) else {
             return false;
         };
         let removed = sessions.swap_remove(i);
@@ -144,10 +155,10 @@ impl Registry {
         true
     }
 
-    /// The handle of this session, if bound (no copy of the rest of its entry).
-    pub fn handle(&self, bare: &str, resource: &str) -> Option<SessionRef> {
+    /// Where this session runs, if bound (no copy of the rest of its entry).
+    pub fn addr(&self, bare: &str, resource: &str) -> Option<SessionAddr> {
         let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
-        shard.get(bare)?.iter().find(|s| s.resource == resource).map(|s| s.handle.clone())
+        shard.get(bare)?.iter().find(|s| s.resource == resource).map(|s| s.addr)
     }
 
     pub fn sessions(&self, bare: &str) -> Vec<SessionEntry> {
@@ -158,7 +169,10 @@ impl Registry {
     /// Applies `f` to the entry of this exact session, if it is still bound.
     pub fn update(&self, bare: &str, resource: &str, conn_id: u64, f: impl FnOnce(&mut SessionEntry)) -> bool {
         let mut shard = self.shard(bare).write().unwrap_or_else(|e| e.into_inner());
-        match shard.get_mut(bare).and_then(|v| v.iter_mut().find(|s| s.resource == resource && s.conn_id == conn_id)) {
+        match shard
+            .get_mut(bare)
+            .and_then(|v| v.iter_mut().find(|s| s.resource == resource && s.addr.conn_id == conn_id))
+        {
             Some(entry) => {
                 let had_carbons = entry.carbons;
                 f(entry);
@@ -175,13 +189,13 @@ impl Registry {
         self.update(bare, resource, conn_id, |e| e.carbons = enabled)
     }
 
-    /// The handle of this session and whether another session of `bare` has carbons
+    /// Where this session runs and whether another session of `bare` has carbons
     /// enabled: one lookup for the delivery of a message to a full JID, which must send
     /// `received` carbons to those other sessions.
-    pub fn handle_and_carbons(&self, bare: &str, resource: &str) -> Option<(SessionRef, bool)> {
+    pub fn addr_and_carbons(&self, bare: &str, resource: &str) -> Option<(SessionAddr, bool)> {
         let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
         let sessions = shard.get(bare)?;
-        let handle = sessions.iter().find(|s| s.resource == resource)?.handle.clone();
+        let handle = sessions.iter().find(|s| s.resource == resource)?.addr;
         let others = self.any_carbons() && sessions.iter().any(|s| s.carbons && s.resource != resource);
         Some((handle, others))
     }
@@ -218,26 +232,27 @@ impl Registry {
         }
     }
 
-    /// Every bound session (for shutdown).
-    pub fn all_sessions(&self) -> Vec<SessionEntry> {
-        self.shards
-            .iter()
-            .flat_map(|s| {
-                let shard = s.read().unwrap_or_else(|e| e.into_inner());
-                shard.values().flatten().cloned().collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    /// Calls `f` with every bound session, one shard lock at a time (the node's ticker
-    /// uses it to tick every session without copying the entries).
-    pub fn for_each_session(&self, mut f: impl FnMut(&SessionEntry)) {
+    /// Drops every entry of sessions on `node` (it left or died); how many there were.
+    pub fn remove_node(&self, node: u64) -> usize {
+        let mut removed = 0;
         for shard in &self.shards {
-            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
-            shard.values().flatten().for_each(&mut f);
+            let mut shard = shard.write().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|_, sessions| {
+                sessions.retain(|s| {
+                    let gone = s.addr.node == node;
+                    if gone {
+                        removed += 1;
+                        self.count_carbons(s.carbons, false);
+                    }
+                    !gone
+                });
+                !sessions.is_empty()
+            });
         }
+        removed
     }
 
+    /// How many sessions this registry holds entries for (of any node).
     pub fn session_count(&self) -> usize {
         self.shards
             .iter()
@@ -284,8 +299,7 @@ mod tests {
         let registry = Registry::default();
         let entry = |conn_id| SessionEntry {
             resource: "phone".into(),
-            conn_id,
-            handle: SessionRef::channel(8, usize::MAX).0,
+            addr: SessionAddr { node: 1, conn_id },
             priority: 0,
             available: false,
             presence: None,
@@ -293,9 +307,9 @@ mod tests {
             carbons: false,
         };
         assert!(registry.bind("a@x", entry(1)).is_none());
-        assert_eq!(registry.bind("a@x", entry(2)).map(|old| old.conn_id), Some(1));
+        assert_eq!(registry.bind("a@x", entry(2)).map(|old| old.addr.conn_id), Some(1));
         assert!(!registry.unbind("a@x", "phone", 1), "the replaced session must not unbind its successor");
-        assert!(registry.handle("a@x", "phone").is_some());
+        assert!(registry.addr("a@x", "phone").is_some());
         assert!(registry.unbind("a@x", "phone", 2));
         assert_eq!(registry.session_count(), 0);
     }
@@ -303,8 +317,7 @@ mod tests {
     fn entry(resource: &str, conn_id: u64) -> SessionEntry {
         SessionEntry {
             resource: resource.into(),
-            conn_id,
-            handle: SessionRef::channel(8, usize::MAX).0,
+            addr: SessionAddr { node: 1, conn_id },
             priority: 0,
             available: true,
             presence: None,
@@ -334,16 +347,16 @@ mod tests {
         assert!(registry.carbons_resources("bob@x").is_empty());
         assert!(registry.carbons_resources("carol@x").is_empty());
 
-        let (_, others) = registry.handle_and_carbons("alice@x", "a1").unwrap();
+        let (_, others) = registry.addr_and_carbons("alice@x", "a1").unwrap();
         assert!(others, "a2 has carbons");
-        let (_, others) = registry.handle_and_carbons("alice@x", "a3").unwrap();
+        let (_, others) = registry.addr_and_carbons("alice@x", "a3").unwrap();
         assert!(others);
-        let (_, others) = registry.handle_and_carbons("bob@x", "b1").unwrap();
+        let (_, others) = registry.addr_and_carbons("bob@x", "b1").unwrap();
         assert!(!others);
-        assert!(registry.handle_and_carbons("alice@x", "a4").is_none());
+        assert!(registry.addr_and_carbons("alice@x", "a4").is_none());
 
         assert!(registry.set_carbons("alice@x", "a2", 2, false));
-        let (_, others) = registry.handle_and_carbons("alice@x", "a1").unwrap();
+        let (_, others) = registry.addr_and_carbons("alice@x", "a1").unwrap();
         assert!(!others, "only a1 itself has carbons now");
         assert_eq!(registry.carbons_resources("alice@x"), ["a1"]);
     }

@@ -10,6 +10,7 @@
 
 use waddle_c2s::ns;
 use waddle_c2s::stanza::{error_reply, iq_result};
+use waddle_cluster::{Place, SessionAddr};
 use waddle_im::carbons::{self, Direction, MessageFacts};
 use waddle_im::MessageType;
 use waddle_jid::{BareJid, Jid};
@@ -17,6 +18,7 @@ use waddle_muc::ns as muc_ns;
 use waddle_xml::Element;
 
 use crate::ctx::Ctx;
+use crate::remote::{AccountAction, NodeOp};
 use crate::router::Origin;
 
 pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
@@ -75,7 +77,8 @@ pub fn set_enabled(ctx: &Ctx, origin: &Origin, iq: &Element, enabled: bool) -> E
         return error_reply(iq, "not-allowed", None).unwrap_or_else(|| iq_result(iq));
     };
     let bare = full.to_bare();
-    if ctx.registry.set_carbons(bare.as_str(), full.resource().as_str(), conn_id, enabled) {
+    let set = ctx.local_shard(bare.as_str()).is_some_and(|s| s.set_carbons(full.resource().as_str(), conn_id, enabled));
+    if set {
         iq_result(iq)
     } else {
         error_reply(iq, "not-allowed", None).unwrap_or_else(|| iq_result(iq))
@@ -93,7 +96,22 @@ impl Ctx {
         let Some((bare, resource)) = origin.jid.as_str().split_once('/') else {
             return;
         };
-        let enabled = self.registry.carbons_resources(bare);
+        let shard = match self.cluster.user(bare) {
+            Place::Local(shard) => shard,
+            Place::Remote(node) => {
+                // The sender's registry shard is elsewhere: its owner makes the copies of
+                // what is eligible (which sessions have carbons is only known there).
+                let eligible = carbons::eligible(&facts(msg, &self.muc.domain), Direction::Sent);
+                if let Some(conn_id) = origin.conn_id.filter(|_| eligible) {
+                    let addr = SessionAddr { node: crate::remote::conn_node(conn_id), conn_id };
+                    let action =
+                        AccountAction::SentCarbons { to: to.map(|t| t.as_str().to_owned()), message: msg.to_string() };
+                    self.to_node(node, NodeOp::Account { jid: origin.jid.as_str().to_owned(), addr, action });
+                }
+                return;
+            }
+        };
+        let enabled = shard.carbons_resources();
         if enabled.is_empty() {
             return;
         }
@@ -116,7 +134,7 @@ impl Ctx {
         delivered_to: &[D],
         msg: &Element,
     ) {
-        let enabled = self.registry.carbons_resources(user.as_str());
+        let enabled = self.local_shard(user.as_str()).map(|s| s.carbons_resources()).unwrap_or_default();
         let own_sender = origin.full().filter(|full| full.to_bare() == *user).map(|full| full.resource().as_str());
         let targets = carbons::received_copies(&enabled, delivered_to, own_sender);
         let from_full_jid = msg.attr("from").is_some_and(|from| from.contains('/'));
@@ -135,10 +153,13 @@ impl Ctx {
     /// Only for a reply to a session that is still bound.
     pub fn bounce_carbons(&self, original: &Element, reply: &Element) -> Option<(Element, Vec<String>)> {
         let (bare, resource) = reply.attr("to").and_then(|to| to.split_once('/'))?;
-        if original.name() != "message" || self.registry.handle(bare, resource).is_none() {
+        // The sender's shard is here when the bounce is made by its owner; an error made
+        // elsewhere gets no carbons.
+        let shard = self.local_shard(bare)?;
+        if original.name() != "message" || shard.addr(resource).is_none() {
             return None;
         }
-        let enabled = self.registry.carbons_resources(bare);
+        let enabled = shard.carbons_resources();
         let targets: Vec<String> =
             carbons::received_copies(&enabled, &[resource], None).into_iter().map(|r| format!("{bare}/{r}")).collect();
         let eligible = !targets.is_empty() && {

@@ -17,7 +17,39 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub rate_limits: RateLimitsConfig,
     pub archive: ArchiveConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
+}
+
+/// Clustering. No `listen` and no `seeds`: a single node, a cluster of one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Inter-node address (`host:port`); empty for a single node.
+    pub listen: String,
+    /// Addresses of existing members to join through (`WADDLE_CLUSTER_SEEDS` is
+    /// comma-separated); empty on the first node, which bootstraps the cluster.
+    pub seeds: Vec<String>,
+    /// Shared secret every node authenticates with; required with `listen` or `seeds`.
+    pub secret: String,
+    /// How many nodes vote in the control plane's Raft group (1, 3 or 5); later nodes
+    /// are non-voters that serve clients and own partitions like any other.
+    pub voters: usize,
+    /// TLS between nodes.
+    pub tls: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig { listen: String::new(), seeds: Vec::new(), secret: String::new(), voters: 3, tls: false }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this node is part of a multi-node cluster.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty() || !self.seeds.is_empty()
+    }
 }
 
 /// Message archiving (XEP-0313): 1:1 chats per user, rooms per waddle.
@@ -44,8 +76,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Address every listener binds to.
     pub bind_address: String,
-    /// This node's identity in the cluster.
-    pub node_id: String,
+    /// This node's identity in the cluster: a number, unique among its members
+    /// (1 to 16777215).
+    pub node_id: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -233,7 +266,7 @@ impl Default for ServerConfig {
             domain: "localhost".into(),
             data_dir: PathBuf::from("./data"),
             bind_address: "127.0.0.1".into(),
-            node_id: "node-1".into(),
+            node_id: 1,
         }
     }
 }
@@ -351,6 +384,24 @@ impl Config {
             |field: &'static str, message: &str| Err(ConfigError::Invalid { field, message: message.to_owned() });
         if waddle_jid::BareJid::new(&self.server.domain).map(|j| j.node().is_some()).unwrap_or(true) {
             return invalid("server.domain", "must be a valid domain name such as example.org");
+        }
+        if self.server.node_id == 0 || self.server.node_id >= 1 << 24 {
+            return invalid("server.node_id", "must be between 1 and 16777215");
+        }
+        if self.cluster.enabled() && self.cluster.secret.len() < 16 {
+            return invalid(
+                "cluster.secret",
+                "is required (at least 16 characters) when cluster.listen or cluster.seeds is set",
+            );
+        }
+        if !self.cluster.seeds.is_empty() && self.cluster.listen.is_empty() {
+            return invalid("cluster.listen", "is required when cluster.seeds is set");
+        }
+        if !self.cluster.listen.is_empty() && self.cluster.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("cluster.listen", "must be an address such as 127.0.0.1:7400");
+        }
+        if !(1..=5).contains(&self.cluster.voters) {
+            return invalid("cluster.voters", "must be between 1 and 5 (3 or 5 tolerate failures)");
         }
         if self.server.bind_address.parse::<std::net::IpAddr>().is_err() {
             return invalid("server.bind_address", "must be an IP address");
@@ -524,6 +575,14 @@ fn parse_like(current: &toml::Value, raw: &str) -> Option<toml::Value> {
             _ => return None,
         }),
         toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().ok()?),
+        // Lists (cluster.seeds) are comma-separated.
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
         _ => return None,
     })
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
-use waddle_cluster::{partition_of, Registry};
+use waddle_cluster::{partition_of, Locality, UserShard};
 use waddle_sasl::{FailureLimiter, LoginDecision, LoginLimiter};
 use waddle_storage::Store;
 use waddle_xml::Limits;
@@ -21,7 +21,10 @@ pub struct Ctx {
     pub config: Config,
     pub domain: String,
     pub store: Store,
-    pub registry: Registry,
+    /// Where users, sessions and partitions live; the only way to reach a session.
+    pub cluster: Locality,
+    /// How this node reaches the others (none in a cluster of one).
+    link: OnceLock<Arc<dyn crate::remote::ClusterLink>>,
     /// Service domains hosted here (components such as the MUC service).
     pub services: Vec<String>,
     pub tls: Arc<rustls::ServerConfig>,
@@ -36,7 +39,6 @@ pub struct Ctx {
     /// Serialises read-modify-write of one user's roster (subscription handshakes from
     /// two sessions at once must not lose an update).
     roster_locks: Vec<AsyncMutex<()>>,
-    next_conn_id: AtomicU64,
     next_stanza_id: AtomicU64,
 }
 
@@ -49,6 +51,7 @@ impl Ctx {
         tls: Arc<rustls::ServerConfig>,
         archive: waddle_mam::Archive,
         permissions: Arc<waddle_api::Permissions>,
+        node_id: u64,
     ) -> Arc<Ctx> {
         let limiter = LoginLimiter::new(
             config.auth.max_auth_failures,
@@ -67,7 +70,8 @@ impl Ctx {
             domain: config.server.domain.clone(),
             config,
             store,
-            registry: Registry::new(),
+            cluster: Locality::single(node_id),
+            link: OnceLock::new(),
             services: vec![muc_domain.clone()],
             tls,
             auth_limiter: Arc::new(Mutex::new(limiter)),
@@ -77,7 +81,6 @@ impl Ctx {
             archive,
             permissions,
             roster_locks: (0..ROSTER_LOCKS).map(|_| AsyncMutex::new(())).collect(),
-            next_conn_id: AtomicU64::new(1),
             next_stanza_id: AtomicU64::new(1),
         });
         let _ = ctx.this.set(Arc::downgrade(&ctx));
@@ -97,8 +100,27 @@ impl Ctx {
         }
     }
 
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    /// Connects this node to the others: sessions elsewhere become reachable.
+    pub fn set_link(&self, link: Arc<dyn crate::remote::ClusterLink>) {
+        self.cluster.set_peers(Arc::new(crate::remote::LinkPeers(Arc::clone(&link))));
+        let _ = self.link.set(link);
+    }
+
+    pub fn link(&self) -> Option<&Arc<dyn crate::remote::ClusterLink>> {
+        self.link.get()
+    }
+
+    /// The registry shard of `bare`, on the node that owns it. Callers run where the
+    /// user's partition is owned (the routing seam forwarded the work here); `None`
+    /// (logged) if the ring moved meanwhile, which reads as "no sessions".
+    pub fn local_shard<'a>(&'a self, bare: &'a str) -> Option<UserShard<'a>> {
+        match self.cluster.user(bare) {
+            waddle_cluster::Place::Local(shard) => Some(shard),
+            waddle_cluster::Place::Remote(node) => {
+                tracing::debug!(bare, node, "cluster: user owned elsewhere");
+                None
+            }
+        }
     }
 
     /// An id for stanzas the server originates (roster pushes, pings).

@@ -87,7 +87,7 @@ pub fn item_element(item: &RosterItem) -> Element {
 /// roster (RFC 6121 §2.1.6).
 pub fn push(ctx: &Ctx, username: &str, item: Element, version: u64) {
     let bare = ctx.bare_jid(username);
-    for s in ctx.registry.sessions(&bare).into_iter().filter(|s| s.roster_interested) {
+    for s in ctx.sessions_of(&bare).into_iter().filter(|s| s.roster_interested) {
         let iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
             .with_attr("id", ctx.next_id("push"))
@@ -95,7 +95,7 @@ pub fn push(ctx: &Ctx, username: &str, item: Element, version: u64) {
             .with_child(
                 Element::new("query", ns::ROSTER).with_attr("ver", version.to_string()).with_child(item.clone()),
             );
-        let _ = s.handle.cast(waddle_cluster::SessionMsg::Deliver(std::sync::Arc::new(iq)));
+        let _ = ctx.cluster.deliver(s.addr, waddle_cluster::SessionMsg::Deliver(std::sync::Arc::new(iq)));
     }
 }
 
@@ -110,9 +110,9 @@ pub async fn roster_get(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elemen
         return error_or_result(iq, "forbidden");
     };
     if let (Some(full), Some(conn_id)) = (origin.full(), origin.conn_id) {
-        ctx.registry.update(bare.as_str(), full.resource().as_str(), conn_id, |e| {
-            e.roster_interested = true;
-        });
+        if let Some(shard) = ctx.local_shard(bare.as_str()) {
+            shard.update(full.resource().as_str(), conn_id, |e| e.roster_interested = true);
+        }
     }
     let (version, rows) = match ctx.store.roster(username).await {
         Ok(r) => r,
@@ -227,7 +227,7 @@ fn subscription_presence(from: &str, to: &str, action: SubscriptionAction) -> El
 
 async fn send_unavailable_from_all(ctx: &Ctx, user: &BareJid, contact: &str) {
     let origin = Origin { jid: user.clone().into(), conn_id: None };
-    for s in ctx.registry.sessions(user.as_str()).into_iter().filter(|s| s.available) {
+    for s in ctx.sessions_of(user.as_str()).into_iter().filter(|s| s.available) {
         let p = Element::new("presence", ns::CLIENT)
             .with_attr("from", format!("{user}/{}", s.resource))
             .with_attr("to", contact)
@@ -241,7 +241,7 @@ async fn send_current_presence(ctx: &Ctx, user: &BareJid, to: &str) {
     // Presence carries its full `from`; the origin only matters for replies, which
     // presence never gets.
     let origin = Origin { jid: user.clone().into(), conn_id: None };
-    for s in ctx.registry.sessions(user.as_str()) {
+    for s in ctx.sessions_of(user.as_str()) {
         if let (true, Some(p)) = (s.available, s.presence.as_deref()) {
             let mut copy = p.clone();
             copy.set_attr("to", to);
@@ -413,7 +413,7 @@ async fn answer_probe(ctx: &Ctx, prober: &Origin, user: &BareJid) {
     }
     let to = prober.jid.as_str().to_owned();
     let mut any = false;
-    for s in ctx.registry.sessions(user.as_str()) {
+    for s in ctx.sessions_of(user.as_str()) {
         if let (true, Some(p)) = (s.available, s.presence.as_deref()) {
             let mut copy = p.clone();
             copy.set_attr("to", to.as_str());
@@ -460,9 +460,9 @@ pub async fn broadcast(ctx: &Ctx, origin: &Origin, presence: &Element, directed:
     // unavailable, so it is named here. A session that replaced the sender under the
     // same resource is not the sender and gets nothing from it.
     let own_resource = origin.full().map(|f| f.resource().as_str());
-    for s in ctx.registry.sessions(bare.as_str()) {
+    for s in ctx.sessions_of(bare.as_str()) {
         let is_sender = Some(s.resource.as_str()) == own_resource;
-        if (is_sender && origin.conn_id == Some(s.conn_id)) || (!is_sender && s.available) {
+        if (is_sender && origin.conn_id == Some(s.addr.conn_id)) || (!is_sender && s.available) {
             let mut p = presence.clone();
             p.set_attr("to", format!("{bare}/{}", s.resource));
             ctx.emit(p).await;
@@ -498,7 +498,7 @@ pub async fn after_initial_presence(ctx: &Ctx, origin: &Origin, take_offline: bo
             ctx.route(origin, probe).await;
         }
     }
-    for s in ctx.registry.sessions(bare.as_str()) {
+    for s in ctx.sessions_of(bare.as_str()) {
         if s.resource != full.resource().as_str() && s.available {
             if let Some(p) = s.presence.as_deref() {
                 let mut copy = p.clone();

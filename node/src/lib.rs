@@ -13,6 +13,7 @@ pub mod mam;
 pub mod metrics;
 pub mod muc;
 pub mod outbox;
+pub mod remote;
 pub mod resume;
 pub mod router;
 pub mod running;
@@ -21,7 +22,6 @@ pub mod session;
 pub mod tls;
 pub mod tls_stream;
 pub mod ws;
-
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -33,8 +33,10 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::ctx::Ctx;
 
-/// Runs a node until SIGINT or SIGTERM, then drains it.
-pub async fn run(config: Config) -> Result<()> {
+/// Opens a node's storage, archives, permissions and certificate under
+/// `server.data_dir` and builds its context, without listening anywhere (tests drive
+/// several in one process).
+pub async fn open_node(config: Config) -> Result<Arc<Ctx>> {
     std::fs::create_dir_all(&config.server.data_dir)
         .with_context(|| format!("server.data_dir: cannot create {}", config.server.data_dir.display()))?;
     let db_path = config.server.data_dir.join("waddle.db");
@@ -47,7 +49,14 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("opening archives in {}", archive_dir.display()))?;
     let permissions = Arc::new(waddle_api::Permissions::load(store.clone()).await.context("loading permissions")?);
-    let ctx = Ctx::new(config, store, tls, archive, Arc::clone(&permissions));
+    let node_id = config.server.node_id;
+    Ok(Ctx::new(config, store, tls, archive, permissions, node_id))
+}
+
+/// Runs a node until SIGINT or SIGTERM, then drains it.
+pub async fn run(config: Config) -> Result<()> {
+    let ctx = open_node(config).await?;
+    let permissions = Arc::clone(&ctx.permissions);
     let bind = ctx.config.server.bind_address.clone();
 
     let starttls = TcpListener::bind((bind.as_str(), ctx.config.c2s.starttls_port))
@@ -129,12 +138,11 @@ pub async fn run(config: Config) -> Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: closing client streams");
     ready.store(false, std::sync::atomic::Ordering::SeqCst);
-    let sessions = ctx.registry.all_sessions();
-    for s in &sessions {
-        let _ = s.handle.cast(waddle_cluster::SessionMsg::Close(Some("system-shutdown")));
-    }
+    ctx.cluster.for_each_local(|session| {
+        let _ = session.cast(waddle_cluster::SessionMsg::Close(Some("system-shutdown")));
+    });
     let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while ctx.registry.session_count() > 0 && tokio::time::Instant::now() < drain_deadline {
+    while ctx.cluster.local_sessions() > 0 && tokio::time::Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Acknowledged archive writes must be on disk before the process exits.

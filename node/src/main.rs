@@ -55,4 +55,3 @@ fn main() -> Result<()> {
         .context("starting the async runtime")?
         .block_on(waddle::run(config))
 }
-

@@ -30,7 +30,7 @@ impl Metrics {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = writeln!(out, "# HELP xmpp_connections_active Bound client sessions.");
         let _ = writeln!(out, "# TYPE xmpp_connections_active gauge");
-        let _ = writeln!(out, "xmpp_connections_active{{transport=\"tcp\"}} {}", ctx.registry.session_count());
+        let _ = writeln!(out, "xmpp_connections_active{{transport=\"tcp\"}} {}", ctx.cluster.local_sessions());
         let _ = writeln!(out, "# HELP xmpp_stanzas_processed_total Stanzas received from clients.");
         let _ = writeln!(out, "# TYPE xmpp_stanzas_processed_total counter");
         for (kind, c) in [

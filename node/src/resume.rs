@@ -62,13 +62,16 @@ pub async fn hand_over(
         return Err((io, parser));
     };
     let own = jid.node().is_some_and(|n| n.as_str() == username) && jid.domain().as_str() == ctx.domain;
-    let handle = if own { ctx.registry.handle(jid.to_bare().as_str(), jid.resource().as_str()) } else { None };
-    let Some(handle) = handle else {
+    // A session whose user another node owns is not found here: the client gets
+    // `item-not-found` and binds anew.
+    let addr =
+        if own { ctx.local_shard(jid.to_bare().as_str()).and_then(|s| s.addr(jid.resource().as_str())) } else { None };
+    let Some(addr) = addr else {
         return Err((io, parser));
     };
     let (reply, answer) = oneshot::channel();
     let attach = Attach { io, parser, previd: previd.to_owned(), h, reply };
-    if let Err(SessionMsg::Attach(back)) = handle.cast(SessionMsg::Attach(Box::new(attach))) {
+    if let Err(SessionMsg::Attach(back)) = ctx.cluster.deliver(addr, SessionMsg::Attach(Box::new(attach))) {
         return match back.downcast::<Attach>() {
             Ok(attach) => Err((attach.io, attach.parser)),
             // Only an `Attach` was sent, so only one can come back.

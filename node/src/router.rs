@@ -8,12 +8,13 @@ use futures_util::future::BoxFuture;
 
 use waddle_c2s::ns;
 use waddle_c2s::stanza::{self, error_reply, StanzaKind};
-use waddle_cluster::{classify, Destination, SessionMsg};
+use waddle_cluster::{classify, Destination, Place, SessionAddr, SessionMsg};
 use waddle_im::{MessageDelivery, MessageType, SessionView};
 use waddle_jid::{BareJid, FullJid, Jid};
 use waddle_xml::{Element, Unaddressed};
 
 use crate::ctx::Ctx;
+use crate::remote::NodeOp;
 use crate::{im, server};
 
 /// Who sent a stanza: a bound session (with its connection id, so the server can update
@@ -41,6 +42,13 @@ impl Origin {
 impl Ctx {
     /// Routes `stanza` (whose `from` is already stamped) to its destination.
     pub async fn route(&self, origin: &Origin, stanza: Element) {
+        self.route_hop(origin, stanza, 0).await;
+    }
+
+    /// [`Ctx::route`] for a stanza that has been forwarded `hops` times already. A
+    /// stanza for a user owned by another node is forwarded there, and so is a
+    /// session's stanza for the server (its IQs work on the sender's account data).
+    pub async fn route_hop(&self, origin: &Origin, stanza: Element, hops: u8) {
         let Some(kind) = stanza::kind(&stanza) else {
             return;
         };
@@ -52,10 +60,28 @@ impl Ctx {
                 return;
             }
         };
-        if kind == StanzaKind::Message {
+        let destination = classify(to.as_ref(), &self.domain, &self.services);
+        let owned_by = |bare: &str| match self.cluster.user(bare) {
+            Place::Local(_) => None,
+            Place::Remote(node) => Some(node),
+        };
+        let elsewhere = match &destination {
+            Destination::Account(bare) => owned_by(bare.as_str()),
+            Destination::Session(full) => owned_by(full.to_bare().as_str()),
+            Destination::Server if origin.conn_id.is_some() => owned_by(origin.bare().as_str()),
+            _ => None,
+        };
+        // Sent carbons are made once, on the node the message entered.
+        if kind == StanzaKind::Message && hops == 0 {
             self.send_sent_carbons(origin, to.as_ref(), &stanza);
         }
-        match classify(to.as_ref(), &self.domain, &self.services) {
+        if let Some(node) = elsewhere {
+            if !self.forward(node, origin, &stanza, hops) {
+                self.bounce(&stanza, "remote-server-timeout").await;
+            }
+            return;
+        }
+        match destination {
             // Boxed, like the other rarely taken branches with deep futures (the server's
             // own IQ handlers, offline storage, starting a room): each routed stanza's
             // future is as large as the largest branch it awaits inline, and every
@@ -115,21 +141,46 @@ impl Ctx {
     /// its own address spliced in.
     pub fn deliver_to_each(&self, stanza: &Element, recipients: &[String]) {
         let shared = Arc::new(Unaddressed::new(stanza, ns::CLIENT));
+        self.deliver_shared_to_jids(recipients, shared, 0);
+    }
+
+    /// Fan-out to full JIDs: the sessions of users owned here are written to directly
+    /// (one inter-node message per node they run on); the JIDs of users owned elsewhere
+    /// go to their owners, one message per owner, which resolve them the same way.
+    pub fn deliver_shared_to_jids(&self, recipients: &[String], shared: Arc<Unaddressed>, hops: u8) {
+        let mut addrs: Vec<SessionAddr> = Vec::with_capacity(recipients.len());
+        let mut elsewhere: Vec<(u64, Vec<String>)> = Vec::new();
         for full in recipients {
             // Room occupants' JIDs are the normalized ones their sessions stamped, which
             // is how the registry keys them; anything else goes through the parser.
-            let handle = match full.split_once('/') {
-                Some((bare, resource)) => self.registry.handle(bare, resource),
-                None => None,
-            }
-            .or_else(|| {
-                let jid = FullJid::new(full).ok()?;
-                self.registry.handle(jid.to_bare().as_str(), jid.resource().as_str())
-            });
-            if let Some(handle) = handle {
-                let _ = handle.cast(SessionMsg::DeliverUnaddressed(Arc::clone(&shared)));
+            let Some((bare, resource)) = full.split_once('/') else { continue };
+            let place = match self.cluster.user(bare) {
+                Place::Local(shard) => match shard.addr(resource) {
+                    Some(addr) => Place::Local(Some(addr)),
+                    None => FullJid::new(full).map_or(Place::Local(None), |jid| {
+                        match self.cluster.user(jid.to_bare().as_str()) {
+                            Place::Local(shard) => Place::Local(shard.addr(jid.resource().as_str())),
+                            Place::Remote(node) => Place::Remote(node),
+                        }
+                    }),
+                },
+                Place::Remote(node) => Place::Remote(node),
+            };
+            match place {
+                Place::Local(addr) => addrs.extend(addr),
+                // A forwarded fan-out is resolved by its owner, never passed on again.
+                Place::Remote(_) if hops > 0 => {}
+                Place::Remote(node) => match elsewhere.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, jids)) => jids.push(full.clone()),
+                    None => elsewhere.push((node, vec![full.clone()])),
+                },
             }
         }
+        for (node, jids) in elsewhere {
+            let (bytes, attrs_end) = shared.parts();
+            self.to_node(node, NodeOp::DeliverToJids { jids, bytes: bytes.to_vec(), attrs_end });
+        }
+        self.cluster.deliver_each(addrs, shared);
     }
 
     /// Delivers one shared stanza to several sessions of `bare`.
@@ -138,9 +189,9 @@ impl Ctx {
     }
 
     fn deliver_shared_to_resources(&self, bare: &str, resources: &[String], stanza: Arc<Element>) {
-        for s in self.registry.sessions(bare) {
+        for s in self.sessions_of(bare) {
             if resources.contains(&s.resource) {
-                let _ = s.handle.cast(SessionMsg::Deliver(Arc::clone(&stanza)));
+                let _ = self.cluster.deliver(s.addr, SessionMsg::Deliver(Arc::clone(&stanza)));
             }
         }
     }
@@ -149,12 +200,17 @@ impl Ctx {
     pub fn deliver_to_available(&self, bare: &str, stanza: Element) -> usize {
         let stanza = Arc::new(stanza);
         let mut n = 0;
-        for s in self.registry.sessions(bare).into_iter().filter(|s| s.available) {
-            if s.handle.cast(SessionMsg::Deliver(Arc::clone(&stanza))).is_ok() {
+        for s in self.sessions_of(bare).into_iter().filter(|s| s.available) {
+            if self.cluster.deliver(s.addr, SessionMsg::Deliver(Arc::clone(&stanza))).is_ok() {
                 n += 1;
             }
         }
         n
+    }
+
+    /// The bound sessions of `bare`, a user owned here (none if it is not).
+    pub fn sessions_of(&self, bare: &str) -> Vec<waddle_cluster::SessionEntry> {
+        self.local_shard(bare).map(|shard| shard.sessions()).unwrap_or_default()
     }
 
     /// What the delivery rules need of `bare`'s sessions, and whether any of them has
@@ -162,8 +218,7 @@ impl Ctx {
     fn session_views(&self, bare: &str) -> (Vec<SessionView>, bool) {
         let mut carbons = false;
         let views = self
-            .registry
-            .sessions(bare)
+            .sessions_of(bare)
             .into_iter()
             .map(|s| {
                 carbons |= s.carbons;
@@ -215,7 +270,8 @@ impl Ctx {
     async fn to_session(&self, origin: &Origin, kind: StanzaKind, to: &FullJid, mut stanza: Element) {
         let bare = to.to_bare();
         // Whether the account's other sessions want carbons comes with the lookup.
-        let (session, carbons) = match self.registry.handle_and_carbons(bare.as_str(), to.resource().as_str()) {
+        let found = self.local_shard(bare.as_str()).and_then(|shard| shard.addr_and_carbons(to.resource().as_str()));
+        let (session, carbons) = match found {
             Some((session, carbons)) => (Some(session), carbons),
             None => (None, false),
         };
@@ -237,11 +293,11 @@ impl Ctx {
             }
             (StanzaKind::Message, Some(session)) if carbons => {
                 let stanza = Arc::new(stanza);
-                let _ = session.cast(SessionMsg::Deliver(Arc::clone(&stanza)));
+                let _ = self.cluster.deliver(session, SessionMsg::Deliver(Arc::clone(&stanza)));
                 self.send_received_carbons(origin, &bare, &[to.resource().as_str()], &stanza);
             }
             (_, Some(session)) => {
-                let _ = session.cast(SessionMsg::Deliver(Arc::new(stanza)));
+                let _ = self.cluster.deliver(session, SessionMsg::Deliver(Arc::new(stanza)));
             }
             (StanzaKind::Message, None) => {
                 let msg_type = MessageType::parse(stanza.attr("type"));

@@ -18,6 +18,12 @@ pub struct Running<V> {
     starting: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
 }
 
+impl<V: Clone> Default for Running<V> {
+    fn default() -> Self {
+        Running::new()
+    }
+}
+
 impl<V: Clone> Running<V> {
     pub fn new() -> Running<V> {
         Running { live: RwLock::new(HashMap::new()), starting: Mutex::new(HashMap::new()) }

@@ -218,8 +218,8 @@ async fn registration_set(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elem
     }
     ctx.emit(iq_result(iq)).await;
     tracing::info!(user = %username, "account removed by its owner");
-    for s in ctx.registry.sessions(bare.as_str()) {
-        let _ = s.handle.cast(SessionMsg::Close(Some("not-authorized")));
+    for s in ctx.local_shard(bare.as_str()).map(|shard| shard.sessions()).unwrap_or_default() {
+        let _ = ctx.cluster.deliver(s.addr, SessionMsg::Close(Some("not-authorized")));
     }
     None
 }

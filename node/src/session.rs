@@ -17,7 +17,7 @@ use waddle_c2s::rate::{self, Limited, SessionRateLimiter};
 use waddle_c2s::sm::{self, AckPolicy, SmError, StreamManagement};
 use waddle_c2s::stanza::{self, error_reply, iq_payload, iq_result, StanzaKind};
 use waddle_c2s::{ns, stream};
-use waddle_cluster::{SessionEntry, SessionMailbox, SessionMsg, SessionRef};
+use waddle_cluster::{Place, SessionAddr, SessionMailbox, SessionMsg, SessionRef};
 use waddle_jid::FullJid;
 use waddle_xml::{Element, StreamEvent, StreamParser};
 
@@ -25,6 +25,7 @@ use crate::ctx::Ctx;
 use crate::im;
 use crate::io::ClientIo;
 use crate::outbox::{Outbox, OutboxError, OutboxHandle};
+use crate::remote::{AccountAction, NodeOp};
 use crate::resume::{Attach, Sent};
 use crate::router::Origin;
 
@@ -132,10 +133,44 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// The node that owns this session's user, when it is not this one.
+    fn owner_elsewhere(&self) -> Option<u64> {
+        match self.ctx.cluster.user(&self.bare) {
+            Place::Local(_) => None,
+            Place::Remote(node) => Some(node),
+        }
+    }
+
+    /// Sends account work to the user's owner `node`.
+    fn to_owner(&self, node: u64, action: AccountAction) -> bool {
+        let addr = SessionAddr { node: self.ctx.cluster.me(), conn_id: self.conn_id };
+        self.ctx.to_node(node, NodeOp::Account { jid: self.jid.as_str().to_owned(), addr, action })
+    }
+
+    /// Broadcasts this session's presence, where its user's roster is.
+    async fn broadcast(&self, owner: Option<u64>, presence: &Element, directed: HashSet<String>) {
+        match owner {
+            None => im::broadcast(&self.ctx, &self.origin, presence, &directed).await,
+            Some(node) => {
+                let action = AccountAction::Broadcast {
+                    presence: presence.to_string(),
+                    directed: directed.into_iter().collect(),
+                };
+                self.to_owner(node, action);
+            }
+        }
+    }
+
     /// Unbinds the session and tells everyone who had its presence that it is gone;
     /// whether the registry still held this connection.
     async fn announce_departure(&mut self) -> bool {
-        let still_bound = self.ctx.registry.unbind(&self.bare, self.jid.resource().as_str(), self.conn_id);
+        let owner = self.owner_elsewhere();
+        let still_bound = match owner {
+            None => {
+                self.ctx.local_shard(&self.bare).is_some_and(|s| s.unbind(self.jid.resource().as_str(), self.conn_id))
+            }
+            Some(node) => self.to_owner(node, AccountAction::Unbind),
+        };
         // RFC 6121 §4.6: the server sends unavailable for a vanished session to everyone
         // who had its presence: subscribers (if it was available) and directed-presence
         // targets (even when it never sent initial presence; this is how it leaves rooms).
@@ -143,7 +178,7 @@ impl SessionState {
             Element::new("presence", ns::CLIENT).with_attr("from", self.jid.as_str()).with_attr("type", "unavailable");
         let directed = std::mem::take(&mut self.directed);
         if self.available {
-            im::broadcast(&self.ctx, &self.origin, &unavailable, &directed).await;
+            self.broadcast(owner, &unavailable, directed).await;
         } else {
             for target in directed {
                 let mut p = unavailable.clone();
@@ -431,7 +466,12 @@ impl SessionState {
             (false, Some("unavailable")) => self.unavailable_presence(presence).await,
             (true, Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
                 // Boxed (rare, and a deep future): see `handle`.
-                Box::pin(im::outbound_subscription(&self.ctx, &self.origin, presence)).await;
+                match self.owner_elsewhere() {
+                    None => Box::pin(im::outbound_subscription(&self.ctx, &self.origin, presence)).await,
+                    Some(node) => {
+                        self.to_owner(node, AccountAction::OutboundSubscription { presence: presence.to_string() });
+                    }
+                }
             }
             (true, None | Some("unavailable")) => {
                 if let Some(to) = presence.attr("to") {
@@ -464,16 +504,32 @@ impl SessionState {
                 return;
             }
         };
-        let shared = Arc::new(presence.clone());
-        self.ctx.registry.update(&self.bare, self.jid.resource().as_str(), self.conn_id, |e| {
-            e.available = true;
-            e.priority = priority;
-            e.presence = Some(shared);
-        });
+        let owner = self.owner_elsewhere();
+        match owner {
+            None => {
+                let shared = Arc::new(presence.clone());
+                if let Some(shard) = self.ctx.local_shard(&self.bare) {
+                    shard.update(self.jid.resource().as_str(), self.conn_id, |e| {
+                        e.available = true;
+                        e.priority = priority;
+                        e.presence = Some(shared);
+                    });
+                }
+            }
+            Some(node) => {
+                let presence = Some(presence.to_string());
+                self.to_owner(node, AccountAction::Presence { available: true, priority, presence });
+            }
+        }
         self.available = true;
-        im::broadcast(&self.ctx, &self.origin, &presence, &self.directed).await;
+        self.broadcast(owner, &presence, self.directed.clone()).await;
         if !self.initial_presence_sent {
             self.initial_presence_sent = true;
+            if let Some(node) = owner {
+                // The owner sends the offline queue as deliveries, in order.
+                self.to_owner(node, AccountAction::InitialPresence { take_offline: priority >= 0 });
+                return;
+            }
             // XEP-0160: offline messages go to the first non-negative-priority session.
             // Boxed (once per session, and a deep future): see `handle`.
             let offline = Box::pin(im::after_initial_presence(&self.ctx, &self.origin, priority >= 0)).await;
@@ -528,18 +584,31 @@ impl SessionState {
             return;
         }
         tracing::info!(jid = %self.jid, count = rest.len(), "offline messages not delivered; stored again");
-        if let Some(username) = self.jid.node() {
+        if let Some(node) = self.owner_elsewhere() {
+            self.to_owner(node, AccountAction::RestoreOffline { stored: rest });
+        } else if let Some(username) = self.jid.node() {
             im::restore_offline(&self.ctx, username.as_str(), rest).await;
         }
     }
 
     async fn unavailable_presence(&mut self, presence: Element) {
-        self.ctx.registry.update(&self.bare, self.jid.resource().as_str(), self.conn_id, |e| {
-            e.available = false;
-            e.presence = None;
-        });
+        let owner = self.owner_elsewhere();
+        match owner {
+            None => {
+                if let Some(shard) = self.ctx.local_shard(&self.bare) {
+                    shard.update(self.jid.resource().as_str(), self.conn_id, |e| {
+                        e.available = false;
+                        e.presence = None;
+                    });
+                }
+            }
+            Some(node) => {
+                self.to_owner(node, AccountAction::Presence { available: false, priority: 0, presence: None });
+            }
+        }
         if self.available {
-            im::broadcast(&self.ctx, &self.origin, &presence, &self.directed).await;
+            let directed = std::mem::take(&mut self.directed);
+            self.broadcast(owner, &presence, directed).await;
         }
         self.available = false;
         self.directed.clear();
@@ -844,6 +913,7 @@ impl SessionState {
         }
         // Boxed for the same reason as the routing future in `handle_stanza`.
         let still_bound = Box::pin(self.announce_departure()).await;
+        self.ctx.cluster.disconnect(self.conn_id);
         tracing::debug!(jid = %self.jid, still_bound, "session ended");
         Box::pin(self.release(read, false)).await;
         if let Some(mut sm) = self.sm.take() {
@@ -925,15 +995,14 @@ pub async fn tick_sessions(ctx: Arc<Ctx>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        ctx.registry.for_each_session(|s| {
-            let _ = s.handle.cast(SessionMsg::Tick);
+        ctx.cluster.for_each_local(|session| {
+            let _ = session.cast(SessionMsg::Tick);
         });
     }
 }
 
 /// Starts a bound session: writer task, registry entry, session task.
 pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJid) {
-    let conn_id = ctx.next_conn_id();
     let (read_half, write_half) = tokio::io::split(io);
     let (outbox, writer) = spawn_writer(&ctx, write_half);
     let activity = Activity::new();
@@ -942,19 +1011,10 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
     let c2s = &ctx.config.c2s;
     let (session, mailbox) = SessionRef::channel(c2s.max_outbound_queue, c2s.max_outbound_bytes);
     let bare = jid.to_bare().as_str().to_owned();
-    let entry = SessionEntry {
-        resource: jid.resource().as_str().to_owned(),
-        conn_id,
-        handle: session,
-        priority: 0,
-        available: false,
-        presence: None,
-        roster_interested: false,
-        carbons: false,
-    };
-    if let Some(old) = ctx.registry.bind(&bare, entry) {
-        let _ = old.handle.cast(SessionMsg::Replaced);
-    }
+    let conn_id = ctx.cluster.connect(session).conn_id;
+    // Registered at the user's owner (here, or sent there ahead of anything else this
+    // session asks of it).
+    ctx.account_action(&Origin::session(jid.clone(), conn_id), AccountAction::Bind).await;
     tracing::info!(jid = %jid, conn_id, "session bound");
     let rate_limits = &ctx.config.rate_limits;
     let state = SessionState {

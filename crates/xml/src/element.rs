@@ -340,6 +340,19 @@ impl Unaddressed {
         Unaddressed { bytes, attrs_end }
     }
 
+    /// The shared serialization and where `to` is spliced in, to carry it to another
+    /// node as it is.
+    pub fn parts(&self) -> (&[u8], usize) {
+        (&self.bytes, self.attrs_end)
+    }
+
+    /// Rebuilds what [`Unaddressed::parts`] gave (from a cluster peer); `None` when the
+    /// splice point is not inside the start tag's bytes.
+    pub fn from_parts(bytes: Vec<u8>, attrs_end: usize) -> Option<Unaddressed> {
+        let open = bytes.get(..attrs_end)?;
+        (open.first() == Some(&b'<') && !open.contains(&b'>')).then_some(Unaddressed { bytes, attrs_end })
+    }
+
     /// Length of the shared serialization (a copy adds the address).
     pub fn len(&self) -> usize {
         self.bytes.len()

@@ -1084,3 +1084,19 @@ fn element_in_the_xml_namespace_round_trips() {
         Ok(Some(NS_CLIENT.to_owned()))
     );
 }
+
+/// A fan-out stanza crosses to another node as its shared bytes and splice point; a
+/// splice point outside the start tag is refused.
+#[test]
+fn unaddressed_parts_rebuild_the_same_copies() {
+    let el =
+        Element::from_bytes(b"<message from='r@muc.x/a' type='groupchat'><body>hi</body></message>", crate::NS_CLIENT)
+            .unwrap();
+    let shared = Unaddressed::new(&el, crate::NS_CLIENT);
+    let (bytes, end) = shared.parts();
+    let rebuilt = Unaddressed::from_parts(bytes.to_vec(), end).unwrap();
+    assert_eq!(rebuilt, shared);
+    assert!(Unaddressed::from_parts(bytes.to_vec(), bytes.len()).is_none());
+    assert!(Unaddressed::from_parts(bytes.to_vec(), bytes.len() + 5).is_none());
+    assert!(Unaddressed::from_parts(b"message>".to_vec(), 3).is_none());
+}

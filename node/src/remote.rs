@@ -1,0 +1,337 @@
+//! What one node asks of another: the typed operations behind the routing seam when a
+//! destination, or the sending user's account, is owned by another node.
+//!
+//! The rule is "account work runs at the account's owner": a stanza for a user is
+//! routed on the node that owns the user's partition (where the registry shard, roster
+//! and offline store are), and a session running elsewhere sends its account's work
+//! (binding, presence, subscriptions, the offline queue) there. At most two hops: the
+//! ingress node to the owner, the owner to the node the recipient's session runs on.
+//!
+//! Operations travel through a [`ClusterLink`] (the inter-node transport); a node that
+//! has none (a cluster of one) never asks, because it owns every partition.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use waddle_cluster::{Peers, Place, SessionAddr, SessionEntry, SessionMsg};
+use waddle_jid::{FullJid, Jid};
+use waddle_xml::{Element, Unaddressed};
+
+use crate::ctx::Ctx;
+use crate::im;
+use crate::router::Origin;
+
+/// A routed stanza may be forwarded this many times: the ingress node to the owner, and
+/// once more if the ring moved on the way.
+const MAX_HOPS: u8 = 2;
+
+/// The version of [`NodeOp`]'s encoding; a peer sending another is refused loudly.
+pub const NODE_OP_VERSION: u16 = 1;
+
+/// A one-way operation for another node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum NodeOp {
+    /// Route a stanza on the node that owns its destination (or its sender's account):
+    /// `from` and `conn_id` are the origin, `stanza` its XML.
+    Route { from: String, conn_id: Option<u64>, stanza: String, hops: u8 },
+    /// Write a stanza to sessions running on the receiving node.
+    Deliver { conn_ids: Vec<u64>, stanza: String },
+    /// Write one fan-out stanza (shared bytes and where `to` goes) to sessions running
+    /// on the receiving node, each with its own full JID.
+    DeliverShared { conn_ids: Vec<u64>, bytes: Vec<u8>, attrs_end: usize },
+    /// Close sessions running on the receiving node (a stream error condition, or a
+    /// replacement by a newer session of the same full JID).
+    Close { conn_ids: Vec<u64>, condition: Option<String>, replaced: bool },
+    /// Deliver a fan-out stanza to these full JIDs, whose users the receiver owns.
+    DeliverToJids { jids: Vec<String>, bytes: Vec<u8>, attrs_end: usize },
+    /// Account work of the session `jid`/`addr`, for the node that owns its user.
+    Account { jid: String, addr: SessionAddr, action: AccountAction },
+}
+
+/// What a session asks of its account's owner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AccountAction {
+    Bind,
+    Unbind,
+    /// The session's availability and presence changed.
+    Presence {
+        available: bool,
+        priority: i8,
+        presence: Option<String>,
+    },
+    /// Broadcast the session's presence to the roster (and its directed targets).
+    Broadcast {
+        presence: String,
+        directed: Vec<String>,
+    },
+    OutboundSubscription {
+        presence: String,
+    },
+    /// The session's first available presence: probes, and the offline queue sent to
+    /// the session (as `Deliver`s, in order) when `take_offline`.
+    InitialPresence {
+        take_offline: bool,
+    },
+    RestoreOffline {
+        stored: Vec<String>,
+    },
+    SentCarbons {
+        to: Option<String>,
+        message: String,
+    },
+}
+
+/// How this node reaches the others: the inter-node transport, typed.
+pub trait ClusterLink: Send + Sync + 'static {
+    /// Queues `op` for `node` (ordered per pair of nodes, batched); `false` when the
+    /// node is unknown or unreachable.
+    fn send(&self, node: u64, op: NodeOp) -> bool;
+}
+
+/// Sessions on other nodes are reached through the link.
+pub struct LinkPeers(pub Arc<dyn ClusterLink>);
+
+impl Peers for LinkPeers {
+    fn deliver(&self, node: u64, conn_ids: Vec<u64>, msg: &SessionMsg) -> bool {
+        let op = match msg {
+            SessionMsg::Deliver(stanza) => NodeOp::Deliver { conn_ids, stanza: stanza.to_string() },
+            SessionMsg::DeliverUnaddressed(shared) => {
+                let (bytes, attrs_end) = shared.parts();
+                NodeOp::DeliverShared { conn_ids, bytes: bytes.to_vec(), attrs_end }
+            }
+            SessionMsg::Close(condition) => {
+                NodeOp::Close { conn_ids, condition: condition.map(str::to_owned), replaced: false }
+            }
+            SessionMsg::Replaced => NodeOp::Close { conn_ids, condition: None, replaced: true },
+            // Ticks and resumption hand-overs are node-local.
+            SessionMsg::Tick | SessionMsg::Attach(_) => return false,
+        };
+        self.0.send(node, op)
+    }
+}
+
+impl Ctx {
+    /// Sends `op` to `node`; says so in the log when it cannot.
+    pub fn to_node(&self, node: u64, op: NodeOp) -> bool {
+        let sent = self.link().is_some_and(|link| link.send(node, op));
+        if !sent {
+            tracing::warn!(node, "cluster: node unreachable, operation dropped");
+        }
+        sent
+    }
+
+    /// Routes `stanza` on `node`, which owns where it goes (or its sender's account).
+    pub fn forward(&self, node: u64, origin: &Origin, stanza: &Element, hops: u8) -> bool {
+        if hops >= MAX_HOPS {
+            tracing::error!(node, "cluster: a stanza was forwarded too often (the ring is moving); dropped");
+            return false;
+        }
+        let op = NodeOp::Route {
+            from: origin.jid.as_str().to_owned(),
+            conn_id: origin.conn_id,
+            stanza: stanza.to_string(),
+            hops: hops + 1,
+        };
+        self.to_node(node, op)
+    }
+
+    /// Account work for the session `origin`, at its user's owner: here when this node
+    /// owns the user, otherwise sent there. `false` when it could not be sent.
+    pub async fn account_action(&self, origin: &Origin, action: AccountAction) -> bool {
+        let (Some(full), Some(conn_id)) = (origin.full(), origin.conn_id) else { return false };
+        let bare = full.to_bare();
+        let addr = SessionAddr { node: conn_node(conn_id), conn_id };
+        match self.cluster.user(bare.as_str()) {
+            Place::Local(_) => {
+                run_account_action(self, full, addr, action).await;
+                true
+            }
+            Place::Remote(node) => self.to_node(node, NodeOp::Account { jid: full.as_str().to_owned(), addr, action }),
+        }
+    }
+}
+
+/// The node a connection id was handed out by (see `Locality::connect`).
+pub fn conn_node(conn_id: u64) -> u64 {
+    conn_id >> 40
+}
+
+/// Carries out an operation another node sent.
+pub fn handle(ctx: Arc<Ctx>, from_node: u64, op: NodeOp) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        match op {
+            NodeOp::Route { from, conn_id, stanza, hops } => {
+                let (Ok(jid), Some(stanza)) = (Jid::new(&from), parse(&stanza)) else {
+                    tracing::error!(from_node, "cluster: undecodable routed stanza");
+                    return;
+                };
+                ctx.route_hop(&Origin { jid, conn_id }, stanza, hops).await;
+            }
+            NodeOp::Deliver { conn_ids, stanza } => {
+                let Some(stanza) = parse(&stanza) else {
+                    tracing::error!(from_node, "cluster: undecodable stanza for delivery");
+                    return;
+                };
+                let stanza = Arc::new(stanza);
+                ctx.cluster.deliver_local(&conn_ids, || SessionMsg::Deliver(Arc::clone(&stanza)));
+            }
+            NodeOp::DeliverShared { conn_ids, bytes, attrs_end } => {
+                let Some(shared) = Unaddressed::from_parts(bytes, attrs_end) else {
+                    tracing::error!(from_node, "cluster: malformed fan-out stanza");
+                    return;
+                };
+                let shared = Arc::new(shared);
+                ctx.cluster.deliver_local(&conn_ids, || SessionMsg::DeliverUnaddressed(Arc::clone(&shared)));
+            }
+            NodeOp::Close { conn_ids, condition, replaced } => {
+                let condition = condition.as_deref().map(static_condition);
+                ctx.cluster.deliver_local(&conn_ids, || {
+                    if replaced {
+                        SessionMsg::Replaced
+                    } else {
+                        SessionMsg::Close(condition)
+                    }
+                });
+            }
+            NodeOp::DeliverToJids { jids, bytes, attrs_end } => {
+                let Some(shared) = Unaddressed::from_parts(bytes, attrs_end) else {
+                    tracing::error!(from_node, "cluster: malformed fan-out stanza");
+                    return;
+                };
+                ctx.deliver_shared_to_jids(&jids, Arc::new(shared), 1);
+            }
+            NodeOp::Account { jid, addr, action } => {
+                let Ok(full) = FullJid::new(&jid) else {
+                    tracing::error!(from_node, "cluster: account operation for a malformed JID");
+                    return;
+                };
+                run_account_action(&ctx, &full, addr, action).await;
+            }
+        }
+    })
+}
+
+/// A stream error condition named by a peer, as the session's static string; an
+/// unknown one closes with `internal-server-error`.
+fn static_condition(name: &str) -> &'static str {
+    match name {
+        "system-shutdown" => "system-shutdown",
+        "not-authorized" => "not-authorized",
+        "conflict" => "conflict",
+        "policy-violation" => "policy-violation",
+        _ => "internal-server-error",
+    }
+}
+
+fn parse(xml: &str) -> Option<Element> {
+    Element::from_bytes(xml.as_bytes(), waddle_c2s::ns::CLIENT).ok()
+}
+
+/// Account work of the session `full` at `addr`, on the node that owns its user.
+async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action: AccountAction) {
+    let bare = full.to_bare();
+    let Place::Local(shard) = ctx.cluster.user(bare.as_str()) else {
+        // The ring moved between the sender's decision and now: pass it on.
+        if let Place::Remote(node) = ctx.cluster.user(bare.as_str()) {
+            ctx.to_node(node, NodeOp::Account { jid: full.as_str().to_owned(), addr, action });
+        }
+        return;
+    };
+    let resource = full.resource().as_str();
+    let origin = Origin { jid: Jid::from(full.clone()), conn_id: Some(addr.conn_id) };
+    match action {
+        AccountAction::Bind => {
+            let entry = SessionEntry {
+                resource: resource.to_owned(),
+                addr,
+                priority: 0,
+                available: false,
+                presence: None,
+                roster_interested: false,
+                carbons: false,
+            };
+            if let Some(old) = shard.bind(entry) {
+                let _ = ctx.cluster.deliver(old.addr, SessionMsg::Replaced);
+            }
+        }
+        AccountAction::Unbind => {
+            shard.unbind(resource, addr.conn_id);
+        }
+        AccountAction::Presence { available, priority, presence } => {
+            let presence = presence.as_deref().and_then(parse).map(Arc::new);
+            shard.update(resource, addr.conn_id, |e| {
+                e.available = available;
+                e.priority = priority;
+                e.presence = presence;
+            });
+        }
+        AccountAction::Broadcast { presence, directed } => {
+            if let Some(presence) = parse(&presence) {
+                im::broadcast(ctx, &origin, &presence, &directed.into_iter().collect()).await;
+            }
+        }
+        AccountAction::OutboundSubscription { presence } => {
+            if let Some(presence) = parse(&presence) {
+                Box::pin(im::outbound_subscription(ctx, &origin, presence)).await;
+            }
+        }
+        AccountAction::InitialPresence { take_offline } => {
+            let offline = Box::pin(im::after_initial_presence(ctx, &origin, take_offline)).await;
+            // In order, through the same path as any delivery to that session; what the
+            // session cannot take it stores back itself.
+            for xml in offline {
+                if let Some(mut message) = im::parse_stored_stanza(&xml) {
+                    message.set_attr("to", full.as_str());
+                    let _ = ctx.cluster.deliver(addr, SessionMsg::Deliver(Arc::new(message)));
+                }
+            }
+        }
+        AccountAction::RestoreOffline { stored } => {
+            if let Some(username) = full.node() {
+                im::restore_offline(ctx, username.as_str(), stored).await;
+            }
+        }
+        AccountAction::SentCarbons { to, message } => {
+            if let Some(message) = parse(&message) {
+                let to = to.and_then(|t| Jid::new(&t).ok());
+                ctx.send_sent_carbons(&origin, to.as_ref(), &message);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_round_trip_through_their_encoding() {
+        let ops = vec![
+            NodeOp::Route { from: "a@x/r".into(), conn_id: Some(7), stanza: "<message/>".into(), hops: 1 },
+            NodeOp::DeliverShared { conn_ids: vec![1, 2], bytes: b"<message><body/></message>".to_vec(), attrs_end: 8 },
+            NodeOp::Account {
+                jid: "a@x/r".into(),
+                addr: SessionAddr { node: 2, conn_id: (2 << 40) | 5 },
+                action: AccountAction::Presence { available: true, priority: -3, presence: None },
+            },
+        ];
+        for op in ops {
+            let bytes = serde_json::to_vec(&op).unwrap();
+            assert_eq!(serde_json::from_slice::<NodeOp>(&bytes).unwrap(), op);
+        }
+    }
+
+    #[test]
+    fn connection_ids_name_their_node() {
+        assert_eq!(conn_node((3 << 40) | 12345), 3);
+    }
+
+    #[test]
+    fn unknown_close_conditions_are_internal_errors() {
+        assert_eq!(static_condition("system-shutdown"), "system-shutdown");
+        assert_eq!(static_condition("made-up"), "internal-server-error");
+    }
+}

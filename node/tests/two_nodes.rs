@@ -1,0 +1,236 @@
+//! Two nodes in one process, linked in memory: the routing seam forwards a stanza to the
+//! node that owns its destination's partition, and that node reaches sessions wherever
+//! they run. No sockets: sessions are mailboxes the test reads.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use waddle::config::Config;
+use waddle::ctx::Ctx;
+use waddle::remote::{self, AccountAction, ClusterLink, NodeOp};
+use waddle::router::Origin;
+use waddle_cluster::{partition_of, SessionMailbox, SessionMsg, SessionRef, PARTITIONS};
+use waddle_jid::FullJid;
+use waddle_xml::Element;
+
+const DOMAIN: &str = "cluster.test";
+
+/// One ordered queue per receiving node, like the real transport (order per pair).
+#[derive(Default)]
+struct Network {
+    queues: Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, NodeOp)>>>,
+    sent: Mutex<usize>,
+}
+
+struct Link {
+    me: u64,
+    net: Arc<Network>,
+}
+
+impl ClusterLink for Link {
+    fn send(&self, node: u64, op: NodeOp) -> bool {
+        // What crosses is the encoding, as on a real wire.
+        let bytes = serde_json::to_vec(&op).unwrap();
+        let op: NodeOp = serde_json::from_slice(&bytes).unwrap();
+        *self.net.sent.lock().unwrap() += 1;
+        let queues = self.net.queues.lock().unwrap();
+        queues.get(&node).is_some_and(|q| q.send((self.me, op)).is_ok())
+    }
+}
+
+fn attach(net: &Arc<Network>, ctx: &Arc<Ctx>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, NodeOp)>();
+    net.queues.lock().unwrap().insert(ctx.cluster.me(), tx);
+    ctx.set_link(Arc::new(Link { me: ctx.cluster.me(), net: Arc::clone(net) }));
+    let weak: Weak<Ctx> = Arc::downgrade(ctx);
+    tokio::spawn(async move {
+        while let Some((from, op)) = rx.recv().await {
+            let Some(ctx) = weak.upgrade() else { break };
+            remote::handle(ctx, from, op).await;
+        }
+    });
+}
+
+async fn node(id: u64, dir: &std::path::Path) -> Arc<Ctx> {
+    let mut config = Config::default();
+    config.server.domain = DOMAIN.into();
+    config.server.node_id = id;
+    config.server.data_dir = dir.join(format!("node{id}"));
+    waddle::open_node(config).await.unwrap()
+}
+
+/// Even partitions on node 1, odd ones on node 2, on both nodes.
+fn split_ring(nodes: &[&Arc<Ctx>]) {
+    let owners: Vec<u64> = (0..PARTITIONS).map(|p| if p.is_multiple_of(2) { 1 } else { 2 }).collect();
+    for n in nodes {
+        assert!(n.cluster.set_ring(2, owners.clone()));
+    }
+}
+
+/// A username whose bare JID the given node owns under [`split_ring`].
+fn user_owned_by(owner: u64, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|u| {
+            let p = partition_of(&format!("{u}@{DOMAIN}"));
+            p.is_multiple_of(2) == (owner == 1)
+        })
+        .unwrap()
+}
+
+async fn create_account(ctx: &Ctx, username: &str) {
+    let scram = |hash: &str| waddle_storage::StoredScram {
+        hash: hash.into(),
+        salt: vec![1; 16],
+        iterations: 4096,
+        stored_key: vec![2; 20],
+        server_key: vec![3; 20],
+    };
+    ctx.store
+        .create_account(waddle_storage::AccountRecord {
+            username: username.into(),
+            scram_sha1: scram("SHA-1"),
+            scram_sha256: scram("SHA-256"),
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+}
+
+/// A session of `jid` running on `ctx`, bound at its user's owner.
+async fn session(ctx: &Arc<Ctx>, jid: &str) -> (Origin, SessionMailbox) {
+    let (handle, mailbox) = SessionRef::channel(64, usize::MAX);
+    let conn_id = ctx.cluster.connect(handle).conn_id;
+    let origin = Origin::session(FullJid::new(jid).unwrap(), conn_id);
+    assert!(ctx.account_action(&origin, AccountAction::Bind).await);
+    (origin, mailbox)
+}
+
+async fn next_stanza(mailbox: &mut SessionMailbox) -> Element {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), mailbox.recv())
+            .await
+            .expect("nothing delivered within 5 s")
+            .expect("mailbox closed");
+        match msg {
+            SessionMsg::Deliver(el) => return (*el).clone(),
+            SessionMsg::DeliverUnaddressed(shared) => {
+                let mut bytes = Vec::new();
+                shared.write_to("x@y/z", &mut bytes);
+                return Element::from_bytes(&bytes, "jabber:client").unwrap();
+            }
+            SessionMsg::Tick => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn chat(from: &str, to: &str, body: &str) -> Element {
+    Element::new("message", "jabber:client")
+        .with_attr("from", from)
+        .with_attr("to", to)
+        .with_attr("type", "chat")
+        .with_attr("id", body)
+        .with_child(Element::new("body", "jabber:client").with_text(body))
+}
+
+async fn until(mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stanzas_cross_nodes_through_the_owner_of_the_destination() {
+    let dir = std::env::temp_dir().join(format!("waddle-two-nodes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (n1, n2) = (node(1, &dir).await, node(2, &dir).await);
+    let net = Arc::new(Network::default());
+    attach(&net, &n1);
+    attach(&net, &n2);
+    split_ring(&[&n1, &n2]);
+
+    // alice's account lives on node 2, her session runs on node 1; bob's the reverse.
+    let alice = user_owned_by(2, "alice");
+    let bob = user_owned_by(1, "bob");
+    create_account(&n2, &alice).await;
+    create_account(&n1, &bob).await;
+    let alice_full = format!("{alice}@{DOMAIN}/laptop");
+    let bob_full = format!("{bob}@{DOMAIN}/phone");
+    let (alice_origin, mut alice_box) = session(&n1, &alice_full).await;
+    let (bob_origin, mut bob_box) = session(&n2, &bob_full).await;
+    until(|| n2.cluster.registered_sessions() == 1 && n1.cluster.registered_sessions() == 1).await;
+    assert_eq!(n1.cluster.local_sessions(), 1);
+
+    // A message to a full JID: node 2 (bob's session) → node 2 owns alice → node 1.
+    n2.route(&bob_origin, chat(&bob_full, &alice_full, "m1")).await;
+    let got = next_stanza(&mut alice_box).await;
+    assert_eq!(got.attr("id"), Some("m1"));
+    assert_eq!(got.attr("from"), Some(bob_full.as_str()));
+
+    // Reverse: node 1 forwards to bob's owner (node 1 is it) and on to node 2.
+    n1.route(&alice_origin, chat(&alice_full, &bob_full, "m2")).await;
+    assert_eq!(next_stanza(&mut bob_box).await.attr("id"), Some("m2"));
+
+    // A message to a bare JID reaches an available session: alice's presence is
+    // recorded at her owner, node 2, although her session is on node 1.
+    let presence = Element::new("presence", "jabber:client").with_attr("from", alice_full.as_str());
+    assert!(
+        n1.account_action(
+            &alice_origin,
+            AccountAction::Presence { available: true, priority: 0, presence: Some(presence.to_string()) }
+        )
+        .await
+    );
+    let bare_alice = format!("{alice}@{DOMAIN}");
+    until(|| n2.sessions_of(&bare_alice).iter().any(|s| s.available)).await;
+    n2.route(&bob_origin, chat(&bob_full, &bare_alice, "m3")).await;
+    assert_eq!(next_stanza(&mut alice_box).await.attr("id"), Some("m3"));
+
+    // An IQ to a resource that is not bound is answered by the owner, and the error
+    // crosses back to the sender's node.
+    let iq = Element::new("iq", "jabber:client")
+        .with_attr("from", bob_full.as_str())
+        .with_attr("to", format!("{alice}@{DOMAIN}/gone"))
+        .with_attr("type", "get")
+        .with_attr("id", "q1")
+        .with_child(Element::new("query", "jabber:iq:version"));
+    n2.route(&bob_origin, iq).await;
+    let error = next_stanza(&mut bob_box).await;
+    assert_eq!((error.attr("type"), error.attr("id")), (Some("error"), Some("q1")));
+
+    // Offline storage happens at the owner: bob's session ends, a message to him is
+    // stored in node 1's database, not node 2's.
+    n2.cluster.disconnect(bob_origin.conn_id.unwrap());
+    assert!(n2.account_action(&bob_origin, AccountAction::Unbind).await);
+    let bare_bob = format!("{bob}@{DOMAIN}");
+    until(|| n1.sessions_of(&bare_bob).is_empty()).await;
+    n1.route(&alice_origin, chat(&alice_full, &bare_bob, "m4")).await;
+    let mut stored = Vec::new();
+    for _ in 0..500 {
+        stored = n1.store.offline_take(&bob).await.unwrap();
+        if !stored.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stored.len(), 1, "stored at bob's owner");
+    assert!(stored[0].contains("m4"));
+    assert!(n2.store.offline_take(&bob).await.unwrap().is_empty());
+
+    // A second session of the same full JID on the other node replaces the first,
+    // across nodes.
+    let (_second, _second_box) = session(&n2, &alice_full).await;
+    let replaced = tokio::time::timeout(Duration::from_secs(5), alice_box.recv()).await.unwrap();
+    assert!(matches!(replaced, Some(SessionMsg::Replaced)), "{replaced:?}");
+
+    assert!(*net.sent.lock().unwrap() > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
