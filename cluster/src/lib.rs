@@ -1,6 +1,6 @@
 //! Cluster layer: where things live and how a stanza gets there.
 //!
-//! Owns the partitioning of keys (bare JIDs, room JIDs) onto nodes ([`placement`]),
+//! Owns the partitioning of keys (users, waddles, rooms) onto nodes ([`placement`]),
 //! the session registry ([`registry`]) with each session's mailbox ([`mailbox`]), and the
 //! routing decision for every stanza
 //! ([`routing`]). A single node is a cluster of one: the same code paths run, with a
@@ -13,6 +13,6 @@ pub mod placement;
 pub mod registry;
 pub mod routing;
 
-pub use placement::{partition_of, NodeId, PartitionId, Placement, RendezvousPlacement, PARTITIONS};
+pub use placement::{assign, partition_of, NodeId, PartitionId, PartitionMap, Placement, PlacementKey, PARTITIONS};
 pub use registry::{Registry, SessionEntry, SessionMailbox, SessionMsg, SessionRef};
 pub use routing::{classify, Destination};
