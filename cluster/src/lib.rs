@@ -1,6 +1,6 @@
 //! Cluster layer: where things live and how a stanza gets there.
 //!
-//! Owns the partitioning of keys (bare JIDs, room JIDs) onto nodes ([`placement`]),
+//! Owns the partitioning of keys (users, waddles, rooms) onto nodes ([`placement`]),
 //! the session registry with each session's mailbox ([`mailbox`]), reached only through
 //! [`locality`] (which asks placement first), and the
 //! routing decision for every stanza
@@ -16,6 +16,6 @@ mod registry;
 pub mod routing;
 
 pub use locality::{Locality, Peers, Place, UserShard};
-pub use placement::{partition_of, NodeId, PartitionId, Placement, RendezvousPlacement, PARTITIONS};
+pub use placement::{assign, partition_of, NodeId, PartitionId, PartitionMap, Placement, PlacementKey, PARTITIONS};
 pub use registry::{SessionAddr, SessionEntry, SessionMailbox, SessionMsg, SessionRef};
 pub use routing::{classify, Destination};

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use waddle_xml::Unaddressed;
 
-use crate::placement::{partition_of, PartitionId, PARTITIONS};
+use crate::placement::{partition_of, PartitionId, PartitionMap, Placement, PARTITIONS};
 use crate::registry::{Registry, SessionAddr, SessionEntry, SessionMsg, SessionRef};
 
 /// Where something lives: here (with what is needed to use it) or on another node.
@@ -97,6 +97,12 @@ impl Locality {
         }
         *ring = Arc::new(Ring { epoch, owners });
         true
+    }
+
+    /// Adopts a committed partition map (see [`Locality::set_ring`]).
+    pub fn adopt(&self, map: &PartitionMap) -> bool {
+        let owners = (0..PARTITIONS).map(|p| map.owner(p).unwrap_or(self.me)).collect();
+        self.set_ring(map.epoch, owners)
     }
 
     /// The node that owns `partition` at the current epoch.
