@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use waddle_xml::Unaddressed;
 
-use crate::placement::{partition_of, PartitionId, PartitionMap, Placement, PARTITIONS};
+use crate::placement::{partition_of, PartitionId, PartitionMap, PARTITIONS};
 use crate::registry::{Registry, SessionAddr, SessionEntry, SessionMsg, SessionRef};
 
 /// Where something lives: here (with what is needed to use it) or on another node.
