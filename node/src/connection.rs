@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use waddle_api::Accounts as _;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -227,7 +228,7 @@ fn to_credentials(hash: ScramHash, s: StoredScram) -> ScramCredentials {
 }
 
 async fn scram_credentials(ctx: &Ctx, username: &str, hash: ScramHash) -> Option<ScramCredentials> {
-    match ctx.store.account(username).await {
+    match ctx.accounts().account(username).await {
         Ok(Some(account)) => Some(match hash {
             ScramHash::Sha1 => to_credentials(hash, account.scram_sha1),
             ScramHash::Sha256 => to_credentials(hash, account.scram_sha256),
@@ -242,8 +243,7 @@ async fn scram_credentials(ctx: &Ctx, username: &str, hash: ScramHash) -> Option
 
 /// PLAIN carries either a session token from `POST /auth/xmpp-token` or the password.
 async fn verify_plain(ctx: &Ctx, username: &str, secret: String) -> AuthOutcome {
-    let token_hash = waddle_api::tokens::hash_token(&secret);
-    match ctx.store.lookup_token(TokenKind::Xmpp, token_hash, unix_now()).await {
+    match ctx.accounts().lookup_token(TokenKind::Xmpp, &secret, unix_now()).await {
         Ok(Some(record)) if record.username == username => return AuthOutcome::Success,
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "token lookup failed"),
@@ -271,7 +271,7 @@ async fn register(ctx: &Ctx, peer_ip: &str, username: &str, password: &str) -> R
             ctx.config.auth.min_password_len
         ));
     }
-    match waddle_api::create_account(&ctx.store, username, password, ctx.config.auth.scram_iterations).await {
+    match waddle_api::create_account(&ctx.accounts(), username, password, ctx.config.auth.scram_iterations).await {
         Ok(()) => {
             ctx.registration_limiter
                 .lock()

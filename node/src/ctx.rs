@@ -110,6 +110,11 @@ impl Ctx {
         self.link.get()
     }
 
+    /// Accounts and tokens, wherever their user's partition is owned.
+    pub fn accounts(&self) -> crate::remote::ClusterAccounts {
+        crate::remote::ClusterAccounts { ctx: self.this.get().cloned().unwrap_or_default() }
+    }
+
     /// The registry shard of `bare`, on the node that owns it. Callers run where the
     /// user's partition is owned (the routing seam forwarded the work here); `None`
     /// (logged) if the ring moved meanwhile, which reads as "no sessions".

@@ -15,8 +15,10 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use waddle_api::accounts::{AccountFuture, Accounts};
 use waddle_cluster::{Peers, Place, SessionAddr, SessionEntry, SessionMsg};
 use waddle_jid::{FullJid, Jid};
+use waddle_storage::{AccountRecord, StorageError, TokenKind, TokenRecord};
 use waddle_xml::{Element, Unaddressed};
 
 use crate::ctx::Ctx;
@@ -83,11 +85,231 @@ pub enum AccountAction {
     },
 }
 
+/// A request to another node that has an answer ([`NodeReply`]): durable data of a
+/// partition that node owns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum NodeCall {
+    Account { username: String },
+    AccountExists { username: String },
+    CreateAccount { record: AccountRecord },
+    DeleteAccount { username: String },
+    InsertToken { kind: TokenKind, hash: Vec<u8>, username: String, expires_at: i64 },
+    LookupToken { kind: TokenKind, hash: Vec<u8>, now: i64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum NodeReply {
+    Done,
+    Account(Option<AccountRecord>),
+    Exists(bool),
+    Token(Option<TokenRecord>),
+    /// The owner's storage refused or failed.
+    Failed(RemoteFailure),
+}
+
+/// A storage failure as it crosses nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RemoteFailure {
+    AlreadyExists,
+    NotFound,
+    Other(String),
+}
+
+impl From<StorageError> for RemoteFailure {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::AlreadyExists => RemoteFailure::AlreadyExists,
+            StorageError::NotFound => RemoteFailure::NotFound,
+            other => RemoteFailure::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<RemoteFailure> for StorageError {
+    fn from(e: RemoteFailure) -> Self {
+        match e {
+            RemoteFailure::AlreadyExists => StorageError::AlreadyExists,
+            RemoteFailure::NotFound => StorageError::NotFound,
+            RemoteFailure::Other(why) => StorageError::Database(format!("at the owner: {why}")),
+        }
+    }
+}
+
+/// Why a call to another node got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("node {0} is not reachable")]
+    Unreachable(u64),
+    #[error("node {0} did not answer in time")]
+    Timeout(u64),
+    #[error("node {node} could not handle the request: {why}")]
+    Remote { node: u64, why: String },
+}
+
 /// How this node reaches the others: the inter-node transport, typed.
 pub trait ClusterLink: Send + Sync + 'static {
     /// Queues `op` for `node` (ordered per pair of nodes, batched); `false` when the
     /// node is unknown or unreachable.
     fn send(&self, node: u64, op: NodeOp) -> bool;
+
+    /// Asks `node` and waits for its answer.
+    fn call(&self, node: u64, call: NodeCall) -> BoxFuture<'static, Result<NodeReply, LinkError>>;
+}
+
+/// Answers a call from another node.
+pub async fn answer(ctx: &Ctx, call: NodeCall) -> NodeReply {
+    let store = &ctx.store;
+    let result = match call {
+        NodeCall::Account { username } => store.account(&username).await.map(NodeReply::Account),
+        NodeCall::AccountExists { username } => store.account_exists(&username).await.map(NodeReply::Exists),
+        NodeCall::CreateAccount { record } => store.create_account(record).await.map(|()| NodeReply::Done),
+        NodeCall::DeleteAccount { username } => store.delete_account(&username).await.map(|()| NodeReply::Done),
+        NodeCall::InsertToken { kind, hash, username, expires_at } => match <[u8; 32]>::try_from(hash.as_slice()) {
+            Ok(hash) => store.insert_token(kind, hash, &username, expires_at).await.map(|()| NodeReply::Done),
+            Err(_) => Err(StorageError::Invalid("token hash of the wrong length".into())),
+        },
+        NodeCall::LookupToken { kind, hash, now } => match <[u8; 32]>::try_from(hash.as_slice()) {
+            Ok(hash) => store.lookup_token(kind, hash, now).await.map(NodeReply::Token),
+            Err(_) => Ok(NodeReply::Token(None)),
+        },
+    };
+    result.unwrap_or_else(|e| NodeReply::Failed(e.into()))
+}
+
+/// Accounts and tokens where their user's partition is owned: this node's store, or
+/// the owner's through the link. A token names its user's partition before a `.`
+/// (base64url has no dot), so a bearer token is found without knowing whose it is.
+pub struct ClusterAccounts {
+    pub ctx: std::sync::Weak<Ctx>,
+}
+
+impl ClusterAccounts {
+    /// Where `username`'s account lives: `None` here, else the owner and the link.
+    fn owner(&self, username: &str) -> Result<(Arc<Ctx>, Option<u64>), StorageError> {
+        let ctx = self.ctx.upgrade().ok_or(StorageError::Closed)?;
+        let partition = waddle_cluster::partition_of(&ctx.bare_jid(username));
+        let node = match ctx.cluster.place(partition) {
+            Place::Local(()) => None,
+            Place::Remote(node) => Some(node),
+        };
+        Ok((ctx, node))
+    }
+
+    fn ask(ctx: &Ctx, node: u64, call: NodeCall) -> BoxFuture<'static, Result<NodeReply, StorageError>> {
+        let Some(link) = ctx.link().cloned() else {
+            return Box::pin(async move { Err(StorageError::Database(format!("node {node} is not reachable"))) });
+        };
+        Box::pin(async move {
+            match link.call(node, call).await {
+                Ok(NodeReply::Failed(failure)) => Err(failure.into()),
+                Ok(reply) => Ok(reply),
+                Err(e) => Err(StorageError::Database(e.to_string())),
+            }
+        })
+    }
+}
+
+fn unexpected<T>(reply: NodeReply) -> Result<T, StorageError> {
+    Err(StorageError::Database(format!("unexpected answer from the owner: {reply:?}")))
+}
+
+impl Accounts for ClusterAccounts {
+    fn account(&self, username: &str) -> AccountFuture<Option<AccountRecord>> {
+        let username = username.to_owned();
+        let located = self.owner(&username);
+        Box::pin(async move {
+            match located? {
+                (ctx, None) => ctx.store.account(&username).await,
+                (ctx, Some(node)) => match ClusterAccounts::ask(&ctx, node, NodeCall::Account { username }).await? {
+                    NodeReply::Account(account) => Ok(account),
+                    other => unexpected(other),
+                },
+            }
+        })
+    }
+
+    fn account_exists(&self, username: &str) -> AccountFuture<bool> {
+        let username = username.to_owned();
+        let located = self.owner(&username);
+        Box::pin(async move {
+            match located? {
+                (ctx, None) => ctx.store.account_exists(&username).await,
+                (ctx, Some(node)) => {
+                    match ClusterAccounts::ask(&ctx, node, NodeCall::AccountExists { username }).await? {
+                        NodeReply::Exists(exists) => Ok(exists),
+                        other => unexpected(other),
+                    }
+                }
+            }
+        })
+    }
+
+    fn create_account(&self, record: AccountRecord) -> AccountFuture<()> {
+        let located = self.owner(&record.username);
+        Box::pin(async move {
+            match located? {
+                (ctx, None) => ctx.store.create_account(record).await,
+                (ctx, Some(node)) => {
+                    ClusterAccounts::ask(&ctx, node, NodeCall::CreateAccount { record }).await.map(|_| ())
+                }
+            }
+        })
+    }
+
+    fn delete_account(&self, username: &str) -> AccountFuture<()> {
+        let username = username.to_owned();
+        let located = self.owner(&username);
+        Box::pin(async move {
+            match located? {
+                (ctx, None) => ctx.store.delete_account(&username).await,
+                (ctx, Some(node)) => {
+                    ClusterAccounts::ask(&ctx, node, NodeCall::DeleteAccount { username }).await.map(|_| ())
+                }
+            }
+        })
+    }
+
+    fn issue_token(&self, kind: TokenKind, username: &str, expires_at: i64) -> AccountFuture<String> {
+        let username = username.to_owned();
+        let located = self.owner(&username);
+        Box::pin(async move {
+            let (ctx, owner) = located?;
+            let partition = waddle_cluster::partition_of(&ctx.bare_jid(&username));
+            let token = format!("{partition}.{}", waddle_api::tokens::new_token());
+            let hash = waddle_api::tokens::hash_token(&token);
+            match owner {
+                None => ctx.store.insert_token(kind, hash, &username, expires_at).await?,
+                Some(node) => {
+                    let call = NodeCall::InsertToken { kind, hash: hash.to_vec(), username, expires_at };
+                    ClusterAccounts::ask(&ctx, node, call).await?;
+                }
+            }
+            Ok(token)
+        })
+    }
+
+    fn lookup_token(&self, kind: TokenKind, presented: &str, now: i64) -> AccountFuture<Option<TokenRecord>> {
+        let hash = waddle_api::tokens::hash_token(presented);
+        let partition = presented.split_once('.').and_then(|(p, _)| p.parse::<u32>().ok());
+        let ctx = self.ctx.upgrade();
+        Box::pin(async move {
+            let ctx = ctx.ok_or(StorageError::Closed)?;
+            let owner = match partition.filter(|p| *p < waddle_cluster::PARTITIONS).map(|p| ctx.cluster.place(p)) {
+                Some(Place::Remote(node)) => Some(node),
+                _ => None,
+            };
+            match owner {
+                None => ctx.store.lookup_token(kind, hash, now).await,
+                Some(node) => {
+                    let call = NodeCall::LookupToken { kind, hash: hash.to_vec(), now };
+                    match ClusterAccounts::ask(&ctx, node, call).await? {
+                        NodeReply::Token(token) => Ok(token),
+                        other => unexpected(other),
+                    }
+                }
+            }
+        })
+    }
 }
 
 /// Sessions on other nodes are reached through the link.

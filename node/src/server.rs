@@ -2,6 +2,7 @@
 //! account (RFC 6121 §8.5.1): service discovery, ping, roster, vCard, registration,
 //! XEP-0280 carbons.
 
+use waddle_api::Accounts as _;
 use waddle_c2s::ns;
 use waddle_c2s::stanza::{error_reply, iq_payload, iq_result, iq_result_with, StanzaKind};
 use waddle_cluster::SessionMsg;
@@ -212,7 +213,7 @@ async fn registration_set(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elem
         tracing::error!(error = %e, "removing the account's permissions failed");
         return error(iq, "internal-server-error");
     }
-    if let Err(e) = ctx.store.delete_account(&username).await {
+    if let Err(e) = ctx.accounts().delete_account(&username).await {
         tracing::error!(error = %e, "account removal failed");
         return error(iq, "internal-server-error");
     }

@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use waddle::config::Config;
 use waddle::ctx::Ctx;
-use waddle::remote::{self, AccountAction, ClusterLink, NodeOp};
+use waddle::remote::{self, AccountAction, ClusterLink, LinkError, NodeCall, NodeOp, NodeReply};
 use waddle::router::Origin;
+use waddle_api::Accounts;
 use waddle_cluster::{partition_of, SessionMailbox, SessionMsg, SessionRef, PARTITIONS};
 use waddle_jid::FullJid;
+use waddle_storage::TokenKind;
 use waddle_xml::Element;
 
 const DOMAIN: &str = "cluster.test";
@@ -22,6 +25,7 @@ const DOMAIN: &str = "cluster.test";
 #[derive(Default)]
 struct Network {
     queues: Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, NodeOp)>>>,
+    nodes: Mutex<HashMap<u64, Weak<Ctx>>>,
     sent: Mutex<usize>,
 }
 
@@ -39,11 +43,21 @@ impl ClusterLink for Link {
         let queues = self.net.queues.lock().unwrap();
         queues.get(&node).is_some_and(|q| q.send((self.me, op)).is_ok())
     }
+
+    fn call(&self, node: u64, call: NodeCall) -> BoxFuture<'static, Result<NodeReply, LinkError>> {
+        let target = self.net.nodes.lock().unwrap().get(&node).and_then(Weak::upgrade);
+        let call: NodeCall = serde_json::from_slice(&serde_json::to_vec(&call).unwrap()).unwrap();
+        Box::pin(async move {
+            let ctx = target.ok_or(LinkError::Unreachable(node))?;
+            Ok(remote::answer(&ctx, call).await)
+        })
+    }
 }
 
 fn attach(net: &Arc<Network>, ctx: &Arc<Ctx>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, NodeOp)>();
     net.queues.lock().unwrap().insert(ctx.cluster.me(), tx);
+    net.nodes.lock().unwrap().insert(ctx.cluster.me(), Arc::downgrade(ctx));
     ctx.set_link(Arc::new(Link { me: ctx.cluster.me(), net: Arc::clone(net) }));
     let weak: Weak<Ctx> = Arc::downgrade(ctx);
     tokio::spawn(async move {
@@ -232,5 +246,40 @@ async fn stanzas_cross_nodes_through_the_owner_of_the_destination() {
     assert!(matches!(replaced, Some(SessionMsg::Replaced)), "{replaced:?}");
 
     assert!(*net.sent.lock().unwrap() > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_and_tokens_live_at_the_owner_of_the_user() {
+    let dir = std::env::temp_dir().join(format!("waddle-two-nodes-accounts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (n1, n2) = (node(1, &dir).await, node(2, &dir).await);
+    let net = Arc::new(Network::default());
+    attach(&net, &n1);
+    attach(&net, &n2);
+    split_ring(&[&n1, &n2]);
+
+    // Created through node 1 (as the HTTP API or in-band registration would), kept by
+    // node 2, the owner; read from either.
+    let carol = user_owned_by(2, "carol");
+    waddle_api::create_account(&n1.accounts(), &carol, "correct horse", 4096).await.unwrap();
+    assert!(n2.store.account_exists(&carol).await.unwrap(), "held by the owner");
+    assert!(!n1.store.account_exists(&carol).await.unwrap(), "not by the node it was created through");
+    assert!(n1.accounts().account(&carol).await.unwrap().is_some());
+    assert_eq!(
+        waddle_api::create_account(&n2.accounts(), &carol, "other", 4096).await.unwrap_err().code(),
+        "account_exists"
+    );
+
+    // A token issued through node 1 names the partition, so node 1 finds it at node 2.
+    let token = n1.accounts().issue_token(TokenKind::HttpSession, &carol, i64::MAX).await.unwrap();
+    let found = n1.accounts().lookup_token(TokenKind::HttpSession, &token, 0).await.unwrap();
+    assert_eq!(found.map(|t| t.username), Some(carol.clone()));
+    assert!(n2.accounts().lookup_token(TokenKind::HttpSession, &token, 0).await.unwrap().is_some());
+    assert!(n1.accounts().lookup_token(TokenKind::Xmpp, &token, 0).await.unwrap().is_none(), "another kind");
+
+    // An unreachable owner is an error, not "no such account".
+    net.nodes.lock().unwrap().remove(&2);
+    assert!(n1.accounts().account(&carol).await.is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }

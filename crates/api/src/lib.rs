@@ -34,6 +34,7 @@
 //! configuration files itself (the node serves [`router`], fills in [`ApiConfig`] and
 //! provides the [`RoomControl`]).
 
+pub mod accounts;
 pub mod identity;
 pub mod tokens;
 
@@ -54,6 +55,7 @@ use tokio::sync::Semaphore;
 use waddle_sasl::{FailureLimiter, LoginLimiter, SaslError, ScramCredentials, ScramHash};
 use waddle_storage::{AccountRecord, Store, StoredScram};
 
+pub use accounts::Accounts;
 pub use error::ApiError;
 pub use identity::IdentityError;
 pub use permissions::Permissions;
@@ -124,6 +126,8 @@ impl std::fmt::Debug for ApiConfig {
 pub struct ApiState {
     /// The node's database.
     pub store: Store,
+    /// Accounts and tokens: the node's database, or in a cluster their owners'.
+    pub accounts: Arc<dyn Accounts>,
     /// API settings.
     pub config: Arc<ApiConfig>,
     /// Login limiter, shared with the XMPP side (addresses as `IpAddr` strings).
@@ -154,7 +158,12 @@ pub fn router(state: ApiState) -> axum::Router {
 /// be non-empty, at most [`MAX_PASSWORD_BYTES`] bytes and acceptable to SASLprep
 /// (`weak_password`); a minimum length policy is the caller's (the HTTP route applies `min_password_len`). A taken
 /// username gives `account_exists`.
-pub async fn create_account(store: &Store, username: &str, password: &str, iterations: u32) -> Result<(), ApiError> {
+pub async fn create_account(
+    store: &dyn Accounts,
+    username: &str,
+    password: &str,
+    iterations: u32,
+) -> Result<(), ApiError> {
     let username = identity::validate_new_username(username)?;
     if password.is_empty() {
         return Err(ApiError::WeakPassword("password must not be empty".into()));

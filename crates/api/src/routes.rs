@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use waddle_sasl::{LoginDecision, ScramCredentials, ScramHash};
 use waddle_storage::{StoredScram, TokenKind};
 
-use crate::{identity, openapi, tokens, unix_now, waddles, ApiError, ApiState, MAX_BODY_BYTES, MAX_PASSWORD_BYTES};
+use crate::{identity, openapi, unix_now, waddles, ApiError, ApiState, MAX_BODY_BYTES, MAX_PASSWORD_BYTES};
 
 /// Every route: (method, path, handler). The router is built from this table, and the
 /// OpenAPI document is tested against it.
@@ -194,7 +194,7 @@ async fn create_account(
         let mut limiter = state.registration_limiter.lock().unwrap_or_else(|e| e.into_inner());
         limiter.check(ip, Instant::now()).map_err(|retry_after| ApiError::TooManyAccounts { retry_after })?;
     }
-    crate::create_account(&state.store, &username, &creds.password, config.scram_iterations).await?;
+    crate::create_account(state.accounts.as_ref(), &username, &creds.password, config.scram_iterations).await?;
     if let Some(ip) = &limited_ip {
         state.registration_limiter.lock().unwrap_or_else(|e| e.into_inner()).record_failure(ip, Instant::now());
     }
@@ -301,7 +301,7 @@ async fn session(
     }
 
     let account = match &username {
-        Some(u) => state.store.account(u).await?,
+        Some(u) => state.accounts.account(u).await?,
         None => None,
     };
     let verified = match (account, creds.password.len() <= MAX_PASSWORD_BYTES) {
@@ -336,9 +336,8 @@ async fn session(
     };
     state.auth_limiter.lock().unwrap_or_else(|e| e.into_inner()).record_success(username, address.as_deref());
 
-    let token = tokens::new_token();
     let expires_at = unix_now().saturating_add(state.config.session_ttl_secs);
-    state.store.insert_token(TokenKind::HttpSession, tokens::hash_token(&token), username, expires_at).await?;
+    let token = state.accounts.issue_token(TokenKind::HttpSession, username, expires_at).await?;
     tracing::info!(user = %username, "HTTP session opened");
     Ok(no_store(Json(SessionIssued {
         token,
@@ -351,18 +350,11 @@ async fn session(
 async fn xmpp_token(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let presented = bearer(&headers).ok_or(ApiError::Unauthorized)?;
     let now = unix_now();
-    let session = state
-        .store
-        .lookup_token(TokenKind::HttpSession, tokens::hash_token(presented), now)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
-    let token = tokens::new_token();
+    let session =
+        state.accounts.lookup_token(TokenKind::HttpSession, presented, now).await?.ok_or(ApiError::Unauthorized)?;
     let expires_at = now.saturating_add(state.config.xmpp_token_ttl_secs);
-    state
-        .store
-        .insert_token(TokenKind::Xmpp, tokens::hash_token(&token), &session.username, expires_at)
-        .await
-        .map_err(|e| match e {
+    let token =
+        state.accounts.issue_token(TokenKind::Xmpp, &session.username, expires_at).await.map_err(|e| match e {
             // The account was deleted between the lookup and now.
             waddle_storage::StorageError::NotFound => ApiError::Unauthorized,
             other => other.into(),

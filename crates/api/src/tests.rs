@@ -46,6 +46,7 @@ async fn start_with(config: ApiConfig, connect_info: bool) -> Server {
     let state = ApiState {
         authz: Arc::new(Permissions::load(store.clone()).await.unwrap()),
         rooms: rooms.clone(),
+        accounts: Arc::new(store.clone()),
         store,
         config: Arc::new(config),
         auth_limiter: Arc::new(Mutex::new(LoginLimiter::new(3, 6, Duration::from_secs(60), 1000))),

@@ -19,7 +19,7 @@ use waddle_authz::{ObjectRef, Subject, Tuple, TupleFilter};
 use waddle_storage::{ChannelRecord, StorageError, TokenKind, WaddleRecord};
 
 use crate::routes::{bearer, rfc3339, ApiJson};
-use crate::{identity, tokens, unix_now, ApiError, ApiState};
+use crate::{identity, unix_now, ApiError, ApiState};
 
 /// Length of waddle and channel ids.
 pub const ID_LEN: usize = 12;
@@ -63,8 +63,8 @@ impl FromRequestParts<ApiState> for AuthUser {
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let session = state
-            .store
-            .lookup_token(TokenKind::HttpSession, tokens::hash_token(token), unix_now())
+            .accounts
+            .lookup_token(TokenKind::HttpSession, token, unix_now())
             .await?
             .ok_or(ApiError::Unauthorized)?;
         Ok(AuthUser(session.username))
@@ -563,7 +563,7 @@ pub(crate) async fn add_member(
         _ => return Err(ApiError::InvalidRequest("role must be \"member\", \"moderator\" or \"admin\"".into())),
     };
     let member = identity::validate_username(&req.user)?;
-    if !state.store.account_exists(&member).await? {
+    if !state.accounts.account_exists(&member).await? {
         return Err(ApiError::NotFound);
     }
     let object = waddle_ref(&id);

@@ -1,7 +1,7 @@
 //! Plain records exchanged with the store.
 
 /// One SCRAM credential set (RFC 5802): never the password itself.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredScram {
     /// Hash name: `"SHA-1"` or `"SHA-256"`.
     pub hash: String,
@@ -26,7 +26,7 @@ impl std::fmt::Debug for StoredScram {
 }
 
 /// A local account.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AccountRecord {
     /// The JID localpart (already normalized by the caller).
     pub username: String,
@@ -39,7 +39,7 @@ pub struct AccountRecord {
 }
 
 /// What a stored token may be used for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TokenKind {
     /// Bearer token of the HTTP API (`POST /auth/session`).
     HttpSession,
@@ -57,7 +57,7 @@ impl TokenKind {
 }
 
 /// The account a valid token belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenRecord {
     /// Owner of the token.
     pub username: String,
