@@ -100,7 +100,7 @@ pub enum NodeCall {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum NodeReply {
     Done,
-    Account(Option<AccountRecord>),
+    Account(Option<Box<AccountRecord>>),
     Exists(bool),
     Token(Option<TokenRecord>),
     /// The owner's storage refused or failed.
@@ -160,7 +160,7 @@ pub trait ClusterLink: Send + Sync + 'static {
 pub async fn answer(ctx: &Ctx, call: NodeCall) -> NodeReply {
     let store = &ctx.store;
     let result = match call {
-        NodeCall::Account { username } => store.account(&username).await.map(NodeReply::Account),
+        NodeCall::Account { username } => store.account(&username).await.map(|a| NodeReply::Account(a.map(Box::new))),
         NodeCall::AccountExists { username } => store.account_exists(&username).await.map(NodeReply::Exists),
         NodeCall::CreateAccount { record } => store.create_account(record).await.map(|()| NodeReply::Done),
         NodeCall::DeleteAccount { username } => store.delete_account(&username).await.map(|()| NodeReply::Done),
@@ -221,7 +221,7 @@ impl Accounts for ClusterAccounts {
             match located? {
                 (ctx, None) => ctx.store.account(&username).await,
                 (ctx, Some(node)) => match ClusterAccounts::ask(&ctx, node, NodeCall::Account { username }).await? {
-                    NodeReply::Account(account) => Ok(account),
+                    NodeReply::Account(account) => Ok(account.map(|a| *a)),
                     other => unexpected(other),
                 },
             }
