@@ -39,6 +39,8 @@ pub trait Peers: Send + Sync + 'static {
 struct Ring {
     epoch: u64,
     owners: Vec<u64>,
+    /// Every partition is owned here.
+    alone: bool,
 }
 
 /// Bits of a connection id below the node id: a node may hand out 2^40 ids per run.
@@ -64,7 +66,7 @@ impl Locality {
     pub fn single(me: u64) -> Locality {
         Locality {
             me,
-            ring: RwLock::new(Arc::new(Ring { epoch: 1, owners: vec![me; PARTITIONS as usize] })),
+            ring: RwLock::new(Arc::new(Ring { epoch: 1, owners: vec![me; PARTITIONS as usize], alone: true })),
             registry: Registry::new(),
             connections: Connections::default(),
             peers: OnceLock::new(),
@@ -95,8 +97,14 @@ impl Locality {
         if epoch <= ring.epoch {
             return false;
         }
-        *ring = Arc::new(Ring { epoch, owners });
+        let alone = owners.iter().all(|o| *o == self.me);
+        *ring = Arc::new(Ring { epoch, owners, alone });
         true
+    }
+
+    /// Whether this node owns every partition (a cluster of one): nothing needs placing.
+    pub fn alone(&self) -> bool {
+        self.ring.read().unwrap_or_else(|e| e.into_inner()).alone
     }
 
     /// Adopts a committed partition map (see [`Locality::set_ring`]).

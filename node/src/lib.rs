@@ -3,6 +3,7 @@
 //! tests drive the same code in-process.
 
 pub mod carbons;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod ctx;

@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 use waddle::config::Config;
 
-const USAGE: &str = "usage: waddle [--config PATH]\n\nStarts a waddle XMPP node. Every config field can be overridden with\nWADDLE_<SECTION>_<FIELD> environment variables (see README).";
+const USAGE: &str = "usage: waddle [--config PATH]\n       waddle cluster <status|locate|join|leave|remove> ... (see waddle cluster --help)\n\nStarts a waddle XMPP node. Every config field can be overridden with\nWADDLE_<SECTION>_<FIELD> environment variables (see README).";
 
 fn parse_args() -> Result<Option<PathBuf>> {
     let mut args = std::env::args().skip(1);
@@ -45,6 +45,18 @@ fn init_logging(config: &Config) {
 }
 
 fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("cluster") {
+        let (command, path) = waddle::cli::parse(&args[1..])?;
+        let path = path.or_else(|| std::env::var_os("WADDLE_CONFIG").map(PathBuf::from));
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let config = Config::load(path.as_deref(), &env)?;
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(waddle::cli::run(command, &config));
+    }
     let config_path = parse_args()?;
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let config = Config::load(config_path.as_deref(), &env)?;

@@ -4,7 +4,7 @@
 //! plain XEP-0045 rules. Reflected groupchat messages are archived (XEP-0313) after
 //! fan-out, off the delivery path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
@@ -17,6 +17,8 @@ use waddle_mam::{ArchiveLocation, ArchivedRow};
 use waddle_muc::{AccessOracle, Affiliation, ChannelAccess, ChannelSettings, Outbound, Policy, Room, RoomConfig};
 use waddle_storage::{ChannelRecord, WaddleRecord};
 use waddle_xml::Element;
+
+use waddle_cluster::PlacementKey;
 
 use crate::ctx::Ctx;
 use crate::router::Origin;
@@ -61,14 +63,39 @@ pub struct MucService {
     /// room actors keep it current; the service's disco#items reads it (together with the
     /// stored listing of persistent rooms that are not running).
     listed: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Which waddle each room belongs to (`None`: an ad-hoc room), for placement. A
+    /// room's kind never changes: channel ids are random, so no ad-hoc room can take the
+    /// name of a channel created later. Bounded: emptied when it grows past the limit.
+    room_waddles: std::sync::RwLock<HashMap<String, Option<String>>>,
 }
+
+const MAX_REMEMBERED_ROOMS: usize = 100_000;
 
 /// Most rooms a disco#items answer of the service lists.
 const MAX_LISTED_ROOMS: u32 = 1000;
 
 impl MucService {
     pub fn new(domain: String) -> MucService {
-        MucService { domain, rooms: Running::new(), listed: std::sync::Mutex::new(BTreeMap::new()) }
+        MucService {
+            domain,
+            rooms: Running::new(),
+            listed: std::sync::Mutex::new(BTreeMap::new()),
+            room_waddles: std::sync::RwLock::default(),
+        }
+    }
+
+    /// What [`room_partition`] learnt of `room_node`: `Some(waddle)` for a channel's
+    /// room, `Some(None)` for an ad-hoc room.
+    fn room_waddle(&self, room_node: &str) -> Option<Option<String>> {
+        self.room_waddles.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(room_node).cloned()
+    }
+
+    fn remember_room(&self, room_node: &str, waddle: Option<&str>) {
+        let mut known = self.room_waddles.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.len() >= MAX_REMEMBERED_ROOMS {
+            known.clear();
+        }
+        known.insert(room_node.to_owned(), waddle.map(str::to_owned));
     }
 
     fn set_listing(&self, room: &str, listing: Option<&str>) {
@@ -135,6 +162,27 @@ async fn room_for(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<Ac
     // Boxed: starting a room awaits the database and the actor spawn, a future of a few
     // KiB that every routed stanza's future would otherwise carry.
     Box::pin(ctx.muc.rooms.get_or_start(room_jid, || start_room(ctx, room_jid, stanza))).await
+}
+
+/// The partition a room lives on: its waddle's for a channel's room (a waddle's rooms
+/// and archive stay together on one node), its own JID's for an ad-hoc room.
+pub async fn room_partition(ctx: &Ctx, room_node: &str) -> waddle_cluster::PartitionId {
+    let waddle = match ctx.muc.room_waddle(room_node) {
+        Some(known) => known,
+        None => match ctx.store.channel(room_node).await {
+            Ok(channel) => {
+                let waddle = channel.map(|c| c.waddle_id);
+                ctx.muc.remember_room(room_node, waddle.as_deref());
+                waddle
+            }
+            // Not remembered: the next stanza asks again.
+            Err(_) => None,
+        },
+    };
+    match waddle {
+        Some(waddle) => PlacementKey::Waddle(&waddle).partition(),
+        None => PlacementKey::Room(&ctx.muc.room_jid(room_node)).partition(),
+    }
 }
 
 /// Loads or creates `room_jid` and spawns its actor ([`Running::get_or_start`] makes
