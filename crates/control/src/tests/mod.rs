@@ -1,0 +1,1 @@
+//! Tests that need storage or several nodes.
