@@ -184,6 +184,7 @@ impl<'de> Deserialize<'de> for Entry {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -93,6 +93,10 @@ fn run(path: PathBuf, schema: &'static str, jobs: mpsc::Receiver<Job>, ready: on
         let db = libsql::Builder::new_local(&path).build().await?;
         let conn = db.connect()?;
         // PRAGMAs answer with rows; an undrained `Rows` keeps a lock, so read them all.
+        // A previous connection to this file (a node just shut down and reopened) may still
+        // be closing, which checkpoints the WAL under an exclusive lock: wait for it rather
+        // than fail with "database is locked".
+        drain(&conn, "PRAGMA busy_timeout=10000").await?;
         drain(&conn, "PRAGMA journal_mode=WAL").await?;
         drain(&conn, "PRAGMA synchronous=FULL").await?;
         conn.execute_batch(schema).await?;

@@ -138,6 +138,7 @@ pub fn decode_reply(bytes: &[u8]) -> Result<ControlReply, FrameError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

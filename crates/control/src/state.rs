@@ -389,7 +389,8 @@ impl<'de> Deserialize<'de> for ControlState {
 }
 
 #[cfg(test)]
-mod tests {
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod tests {
     use serde_json::json;
 
     use super::*;
@@ -418,16 +419,13 @@ mod tests {
         state.apply(index, &Entry::new(cmd))
     }
 
-    /// A state with something of every kind, for the snapshot tests.
-    pub(crate) fn sample_state() -> ControlState {
-        let mut s = ControlState::default();
-        run(&mut s, 1, Command::AddNode(node(1)));
-        run(&mut s, 2, Command::SetNodeState { id: 1, state: NodeState::Up });
-        run(&mut s, 3, Command::AddNode(node(2)));
-        run(&mut s, 4, Command::SetPartitionMap(PartitionTable { epoch: 3, replicas: vec![vec![1, 2], vec![2, 1]] }));
-        run(
-            &mut s,
-            5,
+    /// Commands that leave something of every kind in the state, for the snapshot tests.
+    pub(crate) fn sample_commands() -> Vec<Command> {
+        vec![
+            Command::AddNode(node(1)),
+            Command::SetNodeState { id: 1, state: NodeState::Up },
+            Command::AddNode(node(2)),
+            Command::SetPartitionMap(PartitionTable { epoch: 3, replicas: vec![vec![1, 2], vec![2, 1]] }),
             Command::WriteTuples {
                 write: vec![
                     t("waddle:w1", "member", "user:alice"),
@@ -436,9 +434,18 @@ mod tests {
                 ],
                 delete: vec![],
             },
-        );
-        run(&mut s, 6, put("waddle", "w1", json!({"name": "First", "owner": "alice"}), Some(0)));
-        run(&mut s, 7, put("channel", "c1", json!({"waddle": "w1"}), None));
+            put("waddle", "w1", json!({"name": "First", "owner": "alice"}), Some(0)),
+            put("channel", "c1", json!({"waddle": "w1"}), None),
+        ]
+    }
+
+    /// [`sample_commands`] applied at indexes 1, 2, ...
+    pub(crate) fn sample_state() -> ControlState {
+        let mut s = ControlState::default();
+        for (i, c) in sample_commands().into_iter().enumerate() {
+            let r = run(&mut s, i as u64 + 1, c);
+            assert!(r.is_applied(), "{r:?}");
+        }
         s
     }
 
@@ -635,8 +642,7 @@ mod tests {
         s.applied = before.applied;
         assert_eq!(s, before);
 
-        let decoded: Entry =
-            serde_json::from_value(json!({"v": 1, "cmd": {"NoSuchCommand": {}}})).unwrap_or_else(|e| panic!("{e}"));
+        let decoded: Entry = serde_json::from_value(json!({"v": 1, "cmd": {"NoSuchCommand": {}}})).unwrap();
         assert!(matches!(s.apply(9, &decoded), CommandResult::Refused(_)));
     }
 
