@@ -108,6 +108,18 @@ pub enum Command {
     Undecodable(serde_json::Value),
 }
 
+impl Command {
+    /// Whether this is, or a batch holds, an [`Command::Undecodable`]: such a command can be
+    /// relayed as received but never proposed (a nested one cannot even be serialized).
+    pub fn has_undecodable(&self) -> bool {
+        match self {
+            Command::Undecodable(_) => true,
+            Command::Batch(cmds) => cmds.iter().any(Command::has_undecodable),
+            _ => false,
+        }
+    }
+}
+
 /// What applying a command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {

@@ -10,6 +10,9 @@ pub enum ControlError {
     Storage(String),
     #[error("raft: {0}")]
     Raft(String),
+    /// The command cannot be proposed (it holds an undecodable command).
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
     #[error("timed out: {0}")]
     Timeout(String),
     /// A forwarded request may or may not have been applied: the transport lost the answer.

@@ -140,6 +140,9 @@ impl ControlPlane {
             install_snapshot_timeout: config.election_max_ms.saturating_mul(4).max(1000),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_logs.max(1)),
             max_in_snapshot_log_to_keep: config.logs_to_keep,
+            // Snapshot chunks travel as JSON arrays of numbers (about 3.5 bytes per byte):
+            // keep each frame well below a megabyte on the wire.
+            snapshot_max_chunk_size: 256 * 1024,
             ..Default::default()
         }
         .validate()
@@ -180,8 +183,11 @@ impl ControlPlane {
         self.inner.shared.state()
     }
 
-    /// Every applied command, in log order, from now on. A receiver that lags too far gets
-    /// `RecvError::Lagged` and must rebuild what it derives from [`Self::state`].
+    /// Every applied command, in log order, from now on. To keep a derived cache, subscribe
+    /// first, then read [`Self::state`], then skip notifications with `index <=
+    /// state.applied`. A receiver that lags too far gets `RecvError::Lagged`, and an
+    /// `Applied` with no command means a snapshot replaced the state: in both cases rebuild
+    /// from [`Self::state`].
     pub fn subscribe(&self) -> broadcast::Receiver<Applied> {
         self.inner.shared.subscribe()
     }
@@ -272,6 +278,9 @@ impl ControlPlane {
     /// of [`Self::state`] right after sees it. On a follower the entry is forwarded to the
     /// leader; during an election it retries until `request_timeout_ms`.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ControlError> {
+        if cmd.has_undecodable() {
+            return Err(ControlError::InvalidCommand("an undecodable command cannot be proposed".to_owned()));
+        }
         let deadline = self.deadline();
         let (index, result) = self.write(Entry::new(cmd), deadline).await?;
         self.wait_applied(index, deadline.saturating_duration_since(Instant::now())).await?;
@@ -397,6 +406,10 @@ impl ControlPlane {
                         "unknown entry version {} (leader writes {ENTRY_VERSION})",
                         entry.v
                     ));
+                }
+                if entry.cmd.has_undecodable() {
+                    tracing::error!("control plane: forwarded entry holds a command this node cannot decode; refused");
+                    return ControlReply::Failed("undecodable command".to_owned());
                 }
                 match raft.client_write(entry).await {
                     Ok(resp) => ControlReply::Written { index: resp.log_id.index, result: resp.data },

@@ -63,7 +63,8 @@ async fn three_nodes_replicate_fail_over_and_recover() {
 
     // The dead node comes back from its directory and gets everything it missed.
     let n1 = c.start(1).await;
-    assert!(n1.state().record("waddle", "w1").is_some() || n1.state().applied < index, "restarted from its own log");
+    // It re-applied its own committed log on open, before hearing from anyone.
+    assert!(n1.state().record("waddle", "w1").is_some(), "restarted from its own log");
     n1.join_via("node2:7946").await.unwrap(); // re-joining is harmless
     let state = c.converged(new_leader).await;
     assert!(state.record("waddle", "w2").is_some());
@@ -191,6 +192,13 @@ async fn bad_frames_and_unknown_entry_versions_are_answered_with_errors() {
     let future = Entry { v: 9, cmd: Command::RemoveNode { id: 1 } };
     let reply = decode_reply(&n1.handle_rpc(encode_request(&ControlRpc::ClientWrite(future))).await).unwrap();
     assert!(matches!(&reply, ControlReply::Failed(why) if why.contains("version 9")), "{reply:?}");
+    // A newer node's command (current version, unknown variant) is refused the same way.
+    let frame = br#"{"v":1,"rpc":{"ClientWrite":{"v":1,"cmd":{"Teleport":{"to":"moon"}}}}}"#.to_vec();
+    let reply = decode_reply(&n1.handle_rpc(frame).await).unwrap();
+    assert!(matches!(&reply, ControlReply::Failed(why) if why.contains("undecodable")), "{reply:?}");
+    // And it cannot be proposed locally, not even inside a batch (it could not be logged).
+    let nested = Command::Batch(vec![Command::Undecodable(serde_json::json!({"Teleport": {}}))]);
+    assert!(matches!(n1.propose(nested).await, Err(crate::ControlError::InvalidCommand(_))));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(n1.state().nodes, before.nodes);
     assert_eq!(n1.state().applied, before.applied, "nothing was written");
@@ -230,10 +238,19 @@ async fn log_compaction_and_catch_up_by_snapshot() {
 
     // A new node cannot get the purged entries from the log: it needs the snapshot.
     let n2 = c.start(2).await;
+    let mut feed = n2.subscribe();
     n2.join_via("node1:7946").await.unwrap();
     let state = c.converged(1).await;
     assert_eq!(state.records_of_kind("waddle").count(), 60);
-    assert!(n2.status().snapshot.is_some(), "node 2 installed a snapshot");
+    let mut installed = None;
+    while let Ok(applied) = feed.try_recv() {
+        if applied.command.is_none() {
+            installed = Some(applied.index);
+        }
+    }
+    let installed = installed.expect("node 2 installed a snapshot (announced with no command)");
+    assert!(installed > purged, "the snapshot covers the purged entries ({installed} vs {purged})");
+    assert!(n2.status().snapshot.is_some());
     assert!(n2.log_first_index().await.unwrap().is_none_or(|f| f > 1), "node 2's log starts after the snapshot");
 
     // Restart node 1 from disk: snapshot + log give back the same state.
