@@ -12,6 +12,7 @@ pub mod mailbox;
 pub mod placement;
 pub mod registry;
 pub mod routing;
+pub mod transport;
 
 pub use placement::{partition_of, NodeId, PartitionId, Placement, RendezvousPlacement, PARTITIONS};
 pub use registry::{Registry, SessionEntry, SessionMailbox, SessionMsg, SessionRef};
