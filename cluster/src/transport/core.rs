@@ -112,10 +112,13 @@ impl Core {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = Instant::now();
             loop {
                 tick.tick().await;
                 let Some(core) = weak.upgrade() else { return };
-                core.heartbeat();
+                let now = Instant::now();
+                core.heartbeat(now.duration_since(last));
+                last = now;
             }
         });
     }
@@ -123,11 +126,6 @@ impl Core {
     #[cfg_attr(not(feature = "ractor-transport"), allow(dead_code))]
     pub(crate) fn me(&self) -> NodeId {
         self.me
-    }
-
-    #[cfg_attr(not(feature = "ractor-transport"), allow(dead_code))]
-    pub(crate) fn config(&self) -> &TransportConfig {
-        &self.cfg
     }
 
     fn new_peer(&self, id: NodeId) -> Peer {
@@ -300,8 +298,16 @@ impl Core {
         removed
     }
 
-    fn heartbeat(&self) {
+    /// One tick: pings every connected peer and declares down those silent for too long.
+    /// `since_last` is the time since the previous tick: if this node itself was not
+    /// running for a while (stopped, starved), the silence is its own, so peers get a
+    /// fresh `down_after` instead of being declared down.
+    fn heartbeat(&self, since_last: Duration) {
         let now = Instant::now();
+        let stalled = since_last > (self.cfg.down_after / 2).max(self.cfg.ping_interval * 3);
+        if stalled {
+            tracing::warn!(node = self.me, stalled_for = ?since_last, "this node was not running; not judging peers' silence this round");
+        }
         let mut downs = Vec::new();
         {
             let mut peers = lock(&self.peers);
@@ -311,6 +317,10 @@ impl Core {
                 }
                 // A full queue is traffic already; the ping is not needed then.
                 let _ = p.tx.try_send(Envelope::cast(KIND_PING, 0, Bytes::new()));
+                if stalled {
+                    p.last_heard = now;
+                    continue;
+                }
                 if p.alive && now.duration_since(p.last_heard) > self.cfg.down_after {
                     p.alive = false;
                     downs.push(*id);
