@@ -14,6 +14,7 @@ pub mod mailbox;
 pub mod placement;
 mod registry;
 pub mod routing;
+pub mod transport;
 
 pub use locality::{Locality, Peers, Place, UserShard};
 pub use placement::{assign, partition_of, NodeId, PartitionId, PartitionMap, Placement, PlacementKey, PARTITIONS};
