@@ -411,12 +411,10 @@ impl ControlPlane {
                     tracing::error!("control plane: forwarded entry holds a command this node cannot decode; refused");
                     return ControlReply::Failed("undecodable command".to_owned());
                 }
-                match raft.client_write(entry).await {
-                    Ok(resp) => ControlReply::Written { index: resp.log_id.index, result: resp.data },
-                    Err(e) => match write_error(e) {
-                        ControlError::NotLeader { leader } => self.not_leader(leader),
-                        e => ControlReply::Failed(e.to_string()),
-                    },
+                match self.local_write(entry, self.deadline()).await {
+                    Ok((index, result)) => ControlReply::Written { index, result },
+                    Err(ControlError::NotLeader { leader }) => self.not_leader(leader),
+                    Err(e) => ControlReply::Failed(e.to_string()),
                 }
             }
             ControlRpc::Join { node, forwarded } => {
@@ -492,12 +490,10 @@ impl ControlPlane {
         loop {
             let m = self.metrics();
             match m.current_leader {
-                Some(l) if l == self.id() => match self.inner.raft.client_write(entry.clone()).await {
-                    Ok(resp) => return Ok((resp.log_id.index, resp.data)),
-                    Err(e) => match write_error(e) {
-                        ControlError::NotLeader { .. } => {}
-                        e => return Err(e),
-                    },
+                Some(l) if l == self.id() => match self.local_write(entry.clone(), deadline).await {
+                    Ok(written) => return Ok(written),
+                    Err(ControlError::NotLeader { .. }) => {}
+                    Err(e) => return Err(e),
                 },
                 Some(l) => match self.call_leader(&m, l, &ControlRpc::ClientWrite(entry.clone())).await? {
                     Some(ControlReply::Written { index, result }) => return Ok((index, result)),
@@ -513,6 +509,17 @@ impl ControlPlane {
                 return Err(ControlError::Timeout("no leader accepted the proposal".to_owned()));
             }
             tokio::time::sleep(self.retry_pause()).await;
+        }
+    }
+
+    /// Proposes `entry` to this node's Raft (which refuses if it is not the leader). Gives up
+    /// at `deadline`: a leader cut off from its followers would otherwise wait forever for a
+    /// commit (the outcome is then unknown: the entry may still commit later).
+    async fn local_write(&self, entry: Entry, deadline: Instant) -> Result<(u64, CommandResult), ControlError> {
+        match tokio::time::timeout_at(deadline, self.inner.raft.client_write(entry)).await {
+            Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
+            Ok(Err(e)) => Err(write_error(e)),
+            Err(_) => Err(ControlError::Timeout("the entry was not committed in time (no quorum?)".to_owned())),
         }
     }
 
@@ -621,7 +628,11 @@ impl ControlPlane {
         deadline: Instant,
     ) -> Result<u64, ControlError> {
         loop {
-            match self.inner.raft.change_membership(changes.clone(), false).await {
+            let change = self.inner.raft.change_membership(changes.clone(), false);
+            let Ok(outcome) = tokio::time::timeout_at(deadline, change).await else {
+                return Err(ControlError::Timeout(format!("membership change {changes:?} not committed in time")));
+            };
+            match outcome {
                 Ok(resp) => return Ok(resp.log_id.index),
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(p),

@@ -265,3 +265,44 @@ async fn log_compaction_and_catch_up_by_snapshot() {
     assert_same(&state, &n2.state(), "node 2 after restart");
     index_of(&n2.propose(put("waddle", "after", json!({}), Some(0))).await.unwrap());
 }
+
+/// A leader cut off from the others: they elect another and go on; the cut-off one cannot
+/// commit (its proposal times out instead of hanging); once healed it follows and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_is_replaced_and_catches_up_after_healing() {
+    // Proposals give up after 1.5 s here, so the cut-off one fails quickly.
+    let mut c = Cluster::new(ControlConfig { request_timeout_ms: 1500, ..test_config() });
+    c.start(1).await.bootstrap().await.unwrap();
+    for id in [2, 3] {
+        c.start(id).await.join_via("node1:7946").await.unwrap();
+    }
+    let old = c.leader().await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != old).collect();
+    c.net.isolate(old);
+
+    let new = eventually("a new leader among the others", || {
+        let l = c.plane(others[0]).status().leader.filter(|l| *l != old)?;
+        (c.plane(others[1]).status().leader == Some(l) && c.plane(l).status().role == Role::Leader).then_some(l)
+    })
+    .await;
+    let r = c.plane(others[0]).propose(put("waddle", "majority", json!({}), Some(0))).await.unwrap();
+    let majority_index = index_of(&r);
+    assert_ne!(new, old);
+
+    // The cut-off node cannot get anything committed.
+    let started = std::time::Instant::now();
+    let stuck = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.plane(old).propose(put("waddle", "minority", json!({}), Some(0))),
+    )
+    .await
+    .expect("propose gives up by itself");
+    assert!(matches!(stuck, Err(crate::ControlError::Timeout(_))), "{stuck:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "gave up after request_timeout_ms");
+
+    c.net.heal(old);
+    c.plane(old).wait_applied(majority_index, Duration::from_secs(10)).await.unwrap();
+    let state = c.converged(new).await;
+    assert!(state.record("waddle", "majority").is_some());
+    assert!(state.record("waddle", "minority").is_none(), "the cut-off proposal never committed");
+}
