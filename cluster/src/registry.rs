@@ -31,6 +31,9 @@ pub enum SessionMsg {
     Replaced,
     /// Periodic keepalive check (XEP-0199 server-to-client ping).
     Tick,
+    /// The ring changed or a peer came back: tell the user's owner about this session
+    /// again (registry shards are soft state, rebuilt by the sessions they name).
+    Reannounce,
     /// A new connection that resumes this session (XEP-0198), from the node's
     /// connection shell. Opaque here: the registry routes it and never looks inside.
     Attach(Box<dyn std::any::Any + Send>),

@@ -10,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
 
-pub const USAGE: &str = "usage: waddle cluster <command> [--json] [--http HOST:PORT] [--admin-token TOKEN] [--config PATH]
+pub const USAGE: &str =
+    "usage: waddle cluster <command> [--json] [--http HOST:PORT] [--admin-token TOKEN] [--config PATH]
 
 commands:
   status            nodes, their state and Raft role, the leader, term, ring epoch,
@@ -202,7 +203,8 @@ mod tests {
 
     #[test]
     fn commands_parse() {
-        let (c, path) = parse(&args("status --json --http 127.0.0.1:5280 --admin-token t --config x.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let (c, path) = parse(&args("status --json --http 127.0.0.1:5280 --admin-token t --config x.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.action, Action::Status);
         assert!(c.json);
         assert_eq!(c.http.as_deref(), Some("127.0.0.1:5280"));

@@ -2,8 +2,10 @@
 //! (routing seam, sessions, rooms). The `waddle` binary is a thin shell over [`start`];
 //! tests drive the same code in-process.
 
+pub mod admin;
 pub mod carbons;
 pub mod cli;
+pub mod clustering;
 pub mod config;
 pub mod connection;
 pub mod ctx;
@@ -71,6 +73,7 @@ pub async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("http.port: cannot listen on {bind}:{}", ctx.config.http.port))?;
 
     let ready = Arc::new(AtomicBool::new(false));
+    let clustering: Arc<std::sync::OnceLock<Arc<clustering::Clustering>>> = Arc::default();
     let api_state = waddle_api::ApiState {
         store: ctx.store.clone(),
         accounts: Arc::new(ctx.accounts()),
@@ -105,7 +108,8 @@ pub async fn run(config: Config) -> Result<()> {
                     }
                 }),
             )
-            .route(config::WEBSOCKET_PATH, ws::route(Arc::clone(&ctx)));
+            .route(config::WEBSOCKET_PATH, ws::route(Arc::clone(&ctx)))
+            .merge(admin::routes(admin::AdminState { ctx: Arc::clone(&ctx), clustering: Arc::clone(&clustering) }));
     let limits = http_server::HttpLimits {
         header_timeout: Duration::from_secs(ctx.config.http.header_timeout_secs),
         idle_timeout: Duration::from_secs(ctx.config.http.idle_timeout_secs),
@@ -121,6 +125,11 @@ pub async fn run(config: Config) -> Result<()> {
             "http.websocket_secure: plain ws:// logins (PLAIN included) are accepted on a public address; \
              this is only safe behind a TLS-terminating proxy"
         );
+    }
+    if ctx.config.cluster.enabled() {
+        // Members only serve clients once they are in the cluster and know the ring.
+        let joined = clustering::start(&ctx).await?;
+        let _ = clustering.set(joined);
     }
     tokio::spawn(accept_loop(Arc::clone(&ctx), starttls, false));
     tokio::spawn(accept_loop(Arc::clone(&ctx), direct, true));

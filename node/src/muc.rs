@@ -56,6 +56,10 @@ pub enum RoomMsg {
     ChannelUpdated(ChannelRecord),
 }
 
+// Room actors are local: the cluster reaches a room through its node's router, never
+// as a remote actor (ractor's `cluster` feature wants every message type declared).
+impl ractor::Message for RoomMsg {}
+
 pub struct MucService {
     pub domain: String,
     rooms: Running<ActorRef<RoomMsg>>,
@@ -113,6 +117,11 @@ impl MucService {
     /// Forgets `room`'s actor if it is still `actor` (not a successor started since).
     fn forget(&self, room: &str, actor: ActorId) {
         self.rooms.remove_if(room, |running| running.get_id() == actor);
+    }
+
+    /// Rooms with a running actor on this node.
+    pub fn running_count(&self) -> usize {
+        self.rooms.len()
     }
 
     pub fn running(&self, room: &str) -> Option<ActorRef<RoomMsg>> {

@@ -56,6 +56,13 @@ pub enum NodeOp {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AccountAction {
     Bind,
+    /// The session again, after the ring moved or the owner was unreachable: bound
+    /// unless another session holds its full JID now, with its presence.
+    Rebind {
+        available: bool,
+        priority: i8,
+        presence: Option<String>,
+    },
     Unbind,
     /// The session's availability and presence changed.
     Presence {
@@ -89,12 +96,31 @@ pub enum AccountAction {
 /// partition that node owns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum NodeCall {
-    Account { username: String },
-    AccountExists { username: String },
-    CreateAccount { record: AccountRecord },
-    DeleteAccount { username: String },
-    InsertToken { kind: TokenKind, hash: Vec<u8>, username: String, expires_at: i64 },
-    LookupToken { kind: TokenKind, hash: Vec<u8>, now: i64 },
+    Account {
+        username: String,
+    },
+    AccountExists {
+        username: String,
+    },
+    CreateAccount {
+        record: AccountRecord,
+    },
+    DeleteAccount {
+        username: String,
+    },
+    InsertToken {
+        kind: TokenKind,
+        hash: Vec<u8>,
+        username: String,
+        expires_at: i64,
+    },
+    LookupToken {
+        kind: TokenKind,
+        hash: Vec<u8>,
+        now: i64,
+    },
+    /// What runs on the node: for `waddle cluster status`.
+    Stats,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,6 +129,10 @@ pub enum NodeReply {
     Account(Option<Box<AccountRecord>>),
     Exists(bool),
     Token(Option<TokenRecord>),
+    Stats {
+        sessions: usize,
+        rooms: usize,
+    },
     /// The owner's storage refused or failed.
     Failed(RemoteFailure),
 }
@@ -168,6 +198,9 @@ pub async fn answer(ctx: &Ctx, call: NodeCall) -> NodeReply {
             Ok(hash) => store.insert_token(kind, hash, &username, expires_at).await.map(|()| NodeReply::Done),
             Err(_) => Err(StorageError::Invalid("token hash of the wrong length".into())),
         },
+        NodeCall::Stats => {
+            Ok(NodeReply::Stats { sessions: ctx.cluster.local_sessions(), rooms: ctx.muc.running_count() })
+        }
         NodeCall::LookupToken { kind, hash, now } => match <[u8; 32]>::try_from(hash.as_slice()) {
             Ok(hash) => store.lookup_token(kind, hash, now).await.map(NodeReply::Token),
             Err(_) => Ok(NodeReply::Token(None)),
@@ -328,7 +361,7 @@ impl Peers for LinkPeers {
             }
             SessionMsg::Replaced => NodeOp::Close { conn_ids, condition: None, replaced: true },
             // Ticks and resumption hand-overs are node-local.
-            SessionMsg::Tick | SessionMsg::Attach(_) => return false,
+            SessionMsg::Tick | SessionMsg::Reannounce | SessionMsg::Attach(_) => return false,
         };
         self.0.send(node, op)
     }
@@ -477,6 +510,22 @@ async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action
             if let Some(old) = shard.bind(entry) {
                 let _ = ctx.cluster.deliver(old.addr, SessionMsg::Replaced);
             }
+        }
+        AccountAction::Rebind { available, priority, presence } => {
+            if shard.addr(resource).is_some_and(|held| held != addr) {
+                return;
+            }
+            shard.unbind(resource, addr.conn_id);
+            let presence = presence.as_deref().and_then(parse).map(Arc::new);
+            shard.bind(SessionEntry {
+                resource: resource.to_owned(),
+                addr,
+                priority,
+                available,
+                presence,
+                roster_interested: false,
+                carbons: false,
+            });
         }
         AccountAction::Unbind => {
             shard.unbind(resource, addr.conn_id);

@@ -69,13 +69,15 @@ impl Ctx {
             Destination::Account(bare) => owned_by(bare.as_str()),
             Destination::Session(full) => owned_by(full.to_bare().as_str()),
             Destination::Server if origin.conn_id.is_some() => owned_by(origin.bare().as_str()),
-            Destination::Service { domain, jid } if *domain == self.muc.domain && !self.cluster.alone() => match jid.node() {
-                Some(room) => match self.cluster.place(crate::muc::room_partition(self, room.as_str()).await) {
-                    Place::Local(()) => None,
-                    Place::Remote(node) => Some(node),
-                },
-                None => None,
-            },
+            Destination::Service { domain, jid } if *domain == self.muc.domain && !self.cluster.alone() => {
+                match jid.node() {
+                    Some(room) => match self.cluster.place(crate::muc::room_partition(self, room.as_str()).await) {
+                        Place::Local(()) => None,
+                        Place::Remote(node) => Some(node),
+                    },
+                    None => None,
+                }
+            }
             _ => None,
         };
         // Sent carbons are made once, on the node the message entered.

@@ -29,6 +29,15 @@ impl<V: Clone> Running<V> {
         Running { live: RwLock::new(HashMap::new()), starting: Mutex::new(HashMap::new()) }
     }
 
+    /// How many values are running.
+    pub fn len(&self) -> usize {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The running value for `key`, if any.
     pub fn get(&self, key: &str) -> Option<V> {
         self.live.read().unwrap_or_else(|e| e.into_inner()).get(key).cloned()

@@ -130,6 +130,8 @@ pub struct SessionState {
     held: Option<Box<HeldStanzas<Arc<Element>>>>,
     /// The connection is gone and the session waits to be resumed.
     detached: bool,
+    /// The last available presence and its priority (to announce it again).
+    presence: Option<(i8, Arc<Element>)>,
 }
 
 impl SessionState {
@@ -145,6 +147,38 @@ impl SessionState {
     fn to_owner(&self, node: u64, action: AccountAction) -> bool {
         let addr = SessionAddr { node: self.ctx.cluster.me(), conn_id: self.conn_id };
         self.ctx.to_node(node, NodeOp::Account { jid: self.jid.as_str().to_owned(), addr, action })
+    }
+
+    /// Registers this session with its user's owner again (the ring moved, or the owner
+    /// was unreachable and forgot it). Roster interest and carbons are not carried: a
+    /// client that enabled them does so again after a reconnect.
+    fn reannounce(&self) {
+        let (available, priority, presence) = match &self.presence {
+            Some((priority, presence)) if self.available => (true, *priority, Some(Arc::clone(presence))),
+            _ => (false, 0, None),
+        };
+        match self.owner_elsewhere() {
+            Some(node) => {
+                let presence = presence.map(|p| p.to_string());
+                self.to_owner(node, AccountAction::Rebind { available, priority, presence });
+            }
+            None => {
+                let Some(shard) = self.ctx.local_shard(&self.bare) else { return };
+                let resource = self.jid.resource().as_str();
+                let addr = SessionAddr { node: self.ctx.cluster.me(), conn_id: self.conn_id };
+                if shard.addr(resource).is_none() {
+                    shard.bind(waddle_cluster::SessionEntry {
+                        resource: resource.to_owned(),
+                        addr,
+                        priority,
+                        available,
+                        presence,
+                        roster_interested: false,
+                        carbons: false,
+                    });
+                }
+            }
+        }
     }
 
     /// Broadcasts this session's presence, where its user's roster is.
@@ -505,6 +539,7 @@ impl SessionState {
             }
         };
         let owner = self.owner_elsewhere();
+        self.presence = Some((priority, Arc::new(presence.clone())));
         match owner {
             None => {
                 let shared = Arc::new(presence.clone());
@@ -789,6 +824,10 @@ impl SessionState {
                 Some(End::Closed)
             }
             SessionMsg::Tick => (!self.detached && !self.on_tick()).then_some(End::Unresponsive("no answer to ping")),
+            SessionMsg::Reannounce => {
+                self.reannounce();
+                None
+            }
             SessionMsg::Attach(attach) => self.accept_attach(attach).map(End::Attach),
         }
     }
@@ -1034,6 +1073,7 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         sm: None,
         held: None,
         detached: false,
+        presence: None,
     };
     tokio::spawn(run(Box::new(SessionTask { state, mailbox, io: Some(read_half), parser })));
 }

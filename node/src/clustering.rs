@@ -1,0 +1,420 @@
+//! The node as a cluster member: the inter-node transport (ractor_cluster), the
+//! control plane (openraft) over it, and the tasks that keep this node's view of the
+//! ring and its peers in step with what the control plane committed.
+//!
+//! Started only when `cluster.listen` or `cluster.seeds` is set; a node without them is
+//! a cluster of one and never touches any of this.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use waddle_cluster::transport::ractor::{RactorConfig, RactorTransport};
+use waddle_cluster::transport::{
+    cast_msg, request, Dispatcher, Message, NoResponse, PeerEvent, Transport, TransportError, WireError,
+};
+use waddle_cluster::{assign, PartitionMap};
+use waddle_control::{
+    Command, ControlConfig, ControlPlane, NodeRecord, NodeState, PartitionTable, RaftTransport, TransportFailure,
+};
+
+use crate::ctx::Ctx;
+use crate::remote::{self, ClusterLink, LinkError, NodeCall, NodeOp, NodeReply, NODE_OP_VERSION};
+
+/// Message kinds on the inter-node transport (16 and up are the application's).
+const KIND_NODE_OP: u16 = 16;
+const KIND_NODE_CALL: u16 = 17;
+const KIND_NODE_REPLY: u16 = 18;
+const KIND_RAFT: u16 = 19;
+const KIND_RAFT_REPLY: u16 = 20;
+
+/// How long a call to another node may take (a storage read there, or a Raft RPC).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn json<T: Serialize>(value: &T) -> Bytes {
+    // Serializing these plain enums cannot fail; an empty frame would be refused loudly
+    // by the receiver if it ever did.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(
+    kind: u16,
+    version: u16,
+    expected: u16,
+    bytes: &[u8],
+) -> Result<T, WireError> {
+    if version != expected {
+        return Err(WireError::UnsupportedVersion { kind, version });
+    }
+    serde_json::from_slice(bytes).map_err(|e| WireError::Malformed { kind, reason: e.to_string() })
+}
+
+/// A [`NodeOp`] on the wire (one-way).
+pub struct OpFrame(pub NodeOp);
+
+impl Message for OpFrame {
+    const KIND: u16 = KIND_NODE_OP;
+    const VERSION: u16 = NODE_OP_VERSION;
+    type Response = NoResponse;
+    fn encode(&self) -> Bytes {
+        json(&self.0)
+    }
+    fn decode(version: u16, bytes: &[u8]) -> Result<Self, WireError> {
+        from_json(Self::KIND, version, Self::VERSION, bytes).map(OpFrame)
+    }
+}
+
+/// A [`NodeCall`] on the wire, answered with a [`ReplyFrame`].
+pub struct CallFrame(pub NodeCall);
+
+impl Message for CallFrame {
+    const KIND: u16 = KIND_NODE_CALL;
+    const VERSION: u16 = NODE_OP_VERSION;
+    type Response = ReplyFrame;
+    fn encode(&self) -> Bytes {
+        json(&self.0)
+    }
+    fn decode(version: u16, bytes: &[u8]) -> Result<Self, WireError> {
+        from_json(Self::KIND, version, Self::VERSION, bytes).map(CallFrame)
+    }
+}
+
+pub struct ReplyFrame(pub NodeReply);
+
+impl Message for ReplyFrame {
+    const KIND: u16 = KIND_NODE_REPLY;
+    const VERSION: u16 = NODE_OP_VERSION;
+    type Response = NoResponse;
+    fn encode(&self) -> Bytes {
+        json(&self.0)
+    }
+    fn decode(version: u16, bytes: &[u8]) -> Result<Self, WireError> {
+        from_json(Self::KIND, version, Self::VERSION, bytes).map(ReplyFrame)
+    }
+}
+
+/// A control-plane RPC: the control crate's own versioned frame, carried as it is.
+pub struct RaftFrame(pub Vec<u8>);
+
+impl Message for RaftFrame {
+    const KIND: u16 = KIND_RAFT;
+    const VERSION: u16 = 1;
+    type Response = RaftReplyFrame;
+    fn encode(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.0)
+    }
+    fn decode(version: u16, bytes: &[u8]) -> Result<Self, WireError> {
+        if version != Self::VERSION {
+            return Err(WireError::UnsupportedVersion { kind: Self::KIND, version });
+        }
+        Ok(RaftFrame(bytes.to_vec()))
+    }
+}
+
+pub struct RaftReplyFrame(pub Vec<u8>);
+
+impl Message for RaftReplyFrame {
+    const KIND: u16 = KIND_RAFT_REPLY;
+    const VERSION: u16 = 1;
+    type Response = NoResponse;
+    fn encode(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.0)
+    }
+    fn decode(version: u16, bytes: &[u8]) -> Result<Self, WireError> {
+        if version != Self::VERSION {
+            return Err(WireError::UnsupportedVersion { kind: Self::KIND, version });
+        }
+        Ok(RaftReplyFrame(bytes.to_vec()))
+    }
+}
+
+/// [`ClusterLink`] over the transport.
+pub struct TransportLink(pub Arc<dyn Transport>);
+
+impl ClusterLink for TransportLink {
+    fn send(&self, node: u64, op: NodeOp) -> bool {
+        match cast_msg(self.0.as_ref(), node, &OpFrame(op)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(node, error = %e, "cluster: cannot send to node");
+                false
+            }
+        }
+    }
+
+    fn call(&self, node: u64, call: NodeCall) -> BoxFuture<'static, Result<NodeReply, LinkError>> {
+        let answer = request(self.0.as_ref(), node, &CallFrame(call), CALL_TIMEOUT);
+        Box::pin(async move {
+            match answer.await {
+                Ok(ReplyFrame(reply)) => Ok(reply),
+                Err(TransportError::Timeout) => Err(LinkError::Timeout(node)),
+                Err(TransportError::Unreachable(_) | TransportError::Backpressure(_)) => {
+                    Err(LinkError::Unreachable(node))
+                }
+                Err(e) => Err(LinkError::Remote { node, why: e.to_string() }),
+            }
+        })
+    }
+}
+
+/// The control plane's RPCs over the transport; node 0 means "by address" (a seed whose
+/// id is not known yet).
+struct RaftOverTransport(Arc<dyn Transport>);
+
+impl RaftTransport for RaftOverTransport {
+    fn call(
+        &self,
+        target: u64,
+        target_addr: &str,
+        req: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, TransportFailure>> {
+        let frame = RaftFrame(req);
+        let answer: BoxFuture<'static, Result<RaftReplyFrame, TransportError>> = if target == 0 {
+            Box::pin(waddle_cluster::transport::request_addr(self.0.as_ref(), target_addr, &frame, CALL_TIMEOUT))
+        } else {
+            Box::pin(request(self.0.as_ref(), target, &frame, CALL_TIMEOUT))
+        };
+        Box::pin(async move {
+            match answer.await {
+                Ok(RaftReplyFrame(bytes)) => Ok(bytes),
+                // Never delivered: safe to retry.
+                Err(
+                    e @ (TransportError::Unreachable(_)
+                    | TransportError::Connect { .. }
+                    | TransportError::Backpressure(_)),
+                ) => Err(TransportFailure::Unreachable(e.to_string())),
+                Err(e) => Err(TransportFailure::NoReply(e.to_string())),
+            }
+        })
+    }
+}
+
+/// The cluster side of a running node.
+pub struct Clustering {
+    pub transport: Arc<RactorTransport>,
+    pub control: Arc<ControlPlane>,
+}
+
+impl std::fmt::Debug for Clustering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clustering").field("node", &self.control.id()).finish_non_exhaustive()
+    }
+}
+
+/// Starts the transport and the control plane, joins (or bootstraps) the cluster and
+/// the tasks that follow it. Returns once this node is a member.
+pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
+    let config = &ctx.config;
+    let me = config.server.node_id;
+    let listen: SocketAddr = config.cluster.listen.parse().context("cluster.listen")?;
+
+    // The handlers need the context and the control plane, which need the transport:
+    // they find them through these once everything is built.
+    let control_slot: Arc<OnceLock<Arc<ControlPlane>>> = Arc::new(OnceLock::new());
+    let mut dispatcher = Dispatcher::new();
+    let ops = op_queues(Arc::downgrade(ctx));
+    dispatcher.handle_cast::<OpFrame, _>(move |from, OpFrame(op)| {
+        if ops.send((from, op)).is_err() {
+            tracing::error!(from, "cluster: the operation queue is gone; dropped");
+        }
+    });
+    let weak = Arc::downgrade(ctx);
+    dispatcher.handle_request::<CallFrame, _, _>(move |_from, CallFrame(call)| {
+        let ctx = weak.upgrade();
+        async move {
+            let ctx = ctx.ok_or_else(|| "node shutting down".to_owned())?;
+            Ok(ReplyFrame(remote::answer(&ctx, call).await))
+        }
+    });
+    let slot = Arc::clone(&control_slot);
+    dispatcher.handle_request::<RaftFrame, _, _>(move |_from, RaftFrame(req)| {
+        let control = slot.get().cloned();
+        async move {
+            let control = control.ok_or_else(|| "control plane not started".to_owned())?;
+            Ok(RaftReplyFrame(control.handle_rpc(req).await))
+        }
+    });
+
+    let mut transport_config = RactorConfig::new(me, listen, config.cluster.secret.clone());
+    transport_config.advertise_host = listen.ip().to_string();
+    let transport = RactorTransport::start(transport_config, Arc::new(dispatcher))
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster.listen: cannot start the inter-node transport on {listen}: {e}"))?;
+    let dyn_transport: Arc<dyn Transport> = transport.clone();
+    ctx.set_link(Arc::new(TransportLink(Arc::clone(&dyn_transport))));
+
+    let http_addr = format!("{}:{}", config.server.bind_address, config.http.port);
+    let record = NodeRecord {
+        id: me,
+        cluster_addr: config.cluster.listen.clone(),
+        http_addr,
+        state: NodeState::Joining,
+        voter: false,
+        version: 0,
+    };
+    let control_config = ControlConfig { voters: config.cluster.voters, ..ControlConfig::default() };
+    let dir = config.server.data_dir.join("control");
+    let control = ControlPlane::open(&dir, record, Arc::new(RaftOverTransport(dyn_transport)), control_config)
+        .await
+        .with_context(|| format!("opening the control plane in {}", dir.display()))?;
+    let control = Arc::new(control);
+    let _ = control_slot.set(Arc::clone(&control));
+
+    // Follow what is committed before joining, so that the first ring is adopted at once.
+    tokio::spawn(follow(Arc::downgrade(ctx), Arc::clone(&control), Arc::clone(&transport)));
+    tokio::spawn(watch_peers(Arc::downgrade(ctx), Arc::clone(&transport)));
+
+    if config.cluster.seeds.is_empty() {
+        control.bootstrap().await.context("bootstrapping the cluster")?;
+        tracing::info!(node = me, "cluster: bootstrapped a new cluster");
+    } else {
+        join(&control, &config.cluster.seeds).await?;
+    }
+    Ok(Arc::new(Clustering { transport, control }))
+}
+
+/// Joins through the seeds, trying each in turn until one answers.
+async fn join(control: &ControlPlane, seeds: &[String]) -> Result<()> {
+    let mut last = None;
+    for round in 0..30u32 {
+        for seed in seeds {
+            match control.join_via(seed).await {
+                Ok(()) => {
+                    tracing::info!(node = control.id(), seed = %seed, "cluster: joined");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(seed = %seed, round, error = %e, "cluster: join attempt failed");
+                    last = Some(e);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(anyhow::anyhow!("cluster.seeds: could not join through {seeds:?}: {last:?}"))
+}
+
+/// One queue per sending node, handled in order by one task each, so that what a node
+/// sent arrives in the order it sent it (a bind before the presence that follows it).
+fn op_queues(ctx: Weak<Ctx>) -> mpsc::UnboundedSender<(u64, NodeOp)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, NodeOp)>();
+    tokio::spawn(async move {
+        let mut per_node: std::collections::HashMap<u64, mpsc::UnboundedSender<NodeOp>> = Default::default();
+        while let Some((from, op)) = rx.recv().await {
+            let queue = per_node.entry(from).or_insert_with(|| {
+                let (tx, mut rx) = mpsc::unbounded_channel::<NodeOp>();
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    while let Some(op) = rx.recv().await {
+                        let Some(ctx) = ctx.upgrade() else { break };
+                        remote::handle(ctx, from, op).await;
+                    }
+                });
+                tx
+            });
+            let _ = queue.send(op);
+        }
+    });
+    tx
+}
+
+/// Applies what the control plane commits to this node: the peers to connect to, the
+/// ring, and (on the leader) a new ring whenever the members change.
+async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<RactorTransport>) {
+    let mut feed = control.subscribe();
+    loop {
+        let Some(ctx) = ctx.upgrade() else { return };
+        let state = control.state();
+        let peers: Vec<(u64, String)> = state
+            .nodes
+            .values()
+            .filter(|n| n.id != control.id() && n.state != NodeState::Down)
+            .map(|n| (n.id, n.cluster_addr.clone()))
+            .collect();
+        transport.set_peers(peers);
+        if let Some(table) = &state.partition_map {
+            let map = PartitionMap { epoch: table.epoch, replicas: table.replicas.clone() };
+            if ctx.cluster.adopt(&map) {
+                tracing::info!(
+                    epoch = map.epoch,
+                    owned = map.partitions_of(control.id()).len(),
+                    "cluster: ring adopted"
+                );
+                ctx.cluster.for_each_local(|s| {
+                    let _ = s.cast(waddle_cluster::SessionMsg::Reannounce);
+                });
+            }
+        }
+        if control.status().leader == Some(control.id()) {
+            propose_ring(&control, &state).await;
+        }
+        drop(ctx);
+        // Woken by the next commit; a periodic look covers a leadership change, which
+        // commits nothing by itself.
+        let next = tokio::time::timeout(Duration::from_secs(1), feed.recv()).await;
+        if let Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) = next {
+            return;
+        }
+    }
+}
+
+/// On the leader: a new ring when the nodes that serve have changed.
+async fn propose_ring(control: &ControlPlane, state: &waddle_control::ControlState) {
+    let members: Vec<u64> = state.nodes.values().filter(|n| matches!(n.state, NodeState::Up)).map(|n| n.id).collect();
+    if members.is_empty() {
+        return;
+    }
+    let previous = state.partition_map.as_ref().map(|t| PartitionMap { epoch: t.epoch, replicas: t.replicas.clone() });
+    let mut current: Vec<u64> = previous
+        .as_ref()
+        .map(|m| {
+            let mut owners: Vec<u64> = m.replicas.iter().flatten().copied().collect();
+            owners.sort_unstable();
+            owners.dedup();
+            owners
+        })
+        .unwrap_or_default();
+    current.sort_unstable();
+    let mut wanted = members.clone();
+    wanted.sort_unstable();
+    if previous.is_some() && current == wanted {
+        return;
+    }
+    let next = assign(previous.as_ref(), &members, 1);
+    let table = PartitionTable { epoch: next.epoch, replicas: next.replicas };
+    match control.propose(Command::SetPartitionMap(table)).await {
+        Ok(result) => tracing::info!(epoch = next.epoch, members = ?members, ?result, "cluster: new ring proposed"),
+        Err(e) => tracing::warn!(error = %e, "cluster: proposing the ring failed"),
+    }
+}
+
+/// A peer that goes down takes its sessions with it: their registry entries here go.
+async fn watch_peers(ctx: Weak<Ctx>, transport: Arc<RactorTransport>) {
+    let mut events = transport.peer_events();
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(ctx) = ctx.upgrade() else { return };
+        match event {
+            PeerEvent::Down(node) => {
+                let forgotten = ctx.cluster.forget_node(node);
+                tracing::warn!(node, forgotten, "cluster: peer down; its sessions forgotten");
+            }
+            PeerEvent::Up(node) => {
+                tracing::info!(node, "cluster: peer up");
+                // Its shards may have forgotten our sessions while it was unreachable.
+                ctx.cluster.for_each_local(|s| {
+                    let _ = s.cast(waddle_cluster::SessionMsg::Reannounce);
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+"""A cluster of real ``waddle`` processes on loopback: three nodes form from seeds,
+clients on different nodes log in with accounts created through another node's API,
+exchange subscriptions, presence and messages, meet in a room, and a fourth node joins
+and takes its share of the partitions.
+
+Each node is its own process with its own data dir and ports (``WaddleProcess``), and
+is stopped at the end of the module. Readiness is waited for (``GET /health`` turns 200
+only once a node is a member and knows the ring; then ``GET /v1/cluster`` on every node
+must agree), never slept for.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Iterator
+
+import pytest
+
+from conftest import WaddleProcess, _account_maker, _free_ports, _http_caller, _xmpp_connector
+from xmpp_helpers import (
+    DOMAIN,
+    MUC_DOMAIN,
+    MUC_PLUGINS,
+    NS_DELAY,
+    TIMEOUT,
+    http_request,
+    is_groupchat,
+    is_message_with_body,
+    is_presence,
+    join_room,
+    mam_query,
+    q,
+    subscribe_and_approve,
+    unique,
+)
+
+SECRET = "interop-cluster-secret-0123456789"
+ADMIN = "interop-cluster-admin-token"
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.nodes: list[WaddleProcess] = []
+        self.cluster_ports: list[int] = []
+
+    def start_node(self, seed_index: int | None) -> WaddleProcess:
+        node_id = len(self.nodes) + 1
+        (port,) = _free_ports(1)
+        env = {
+            "WADDLE_SERVER_NODE_ID": str(node_id),
+            "WADDLE_CLUSTER_LISTEN": f"127.0.0.1:{port}",
+            "WADDLE_CLUSTER_SECRET": SECRET,
+            "WADDLE_AUTH_ADMIN_TOKEN": ADMIN,
+        }
+        if seed_index is not None:
+            env["WADDLE_CLUSTER_SEEDS"] = f"127.0.0.1:{self.cluster_ports[seed_index]}"
+        node = WaddleProcess(f"cluster-node{node_id}", env)
+        self.nodes.append(node)
+        self.cluster_ports.append(port)
+        node.start()  # returns once /health is 200: joined and the ring known
+        return node
+
+    def status(self, i: int) -> dict:
+        status, body = http_request(self.nodes[i].info.http_base, "GET", "/v1/cluster", bearer=ADMIN)
+        assert status == 200, (status, body)
+        return body
+
+    def locate(self, i: int, jid: str) -> dict:
+        status, body = http_request(self.nodes[i].info.http_base, "GET", f"/v1/cluster/locate?jid={jid}",
+                                    bearer=ADMIN)
+        assert status == 200, (status, body)
+        return body
+
+    def wait_converged(self, n: int, timeout: float = 30.0) -> list[dict]:
+        """Every node sees `n` members up, one leader and the same ring epoch."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            views = [self.status(i) for i in range(len(self.nodes))]
+            last = views
+            ok = all(
+                len(v["nodes"]) == n
+                and all(node["state"] == "up" for node in v["nodes"])
+                and v["leader"] is not None
+                for v in views
+            )
+            epochs = {v["ring_epoch"] for v in views}
+            leaders = {v["leader"] for v in views}
+            owned = sum(node["partitions"] for node in views[0]["nodes"])
+            if ok and len(epochs) == 1 and len(leaders) == 1 and owned == 256:
+                return views
+            time.sleep(0.2)
+        raise AssertionError(f"cluster of {n} did not converge: {json.dumps(last, indent=1)}")
+
+    def stop_all(self) -> None:
+        for node in reversed(self.nodes):
+            node.teardown()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    try:
+        c.start_node(None)
+        c.start_node(0)
+        c.start_node(0)
+        c.wait_converged(3)
+        yield c
+    finally:
+        c.stop_all()
+
+
+@pytest.fixture
+async def xmpp_on(cluster):
+    """`await xmpp_on(i)(user, password, resource, plugins=...)`: a client of node i."""
+    gens = {}
+
+    def on(i: int):
+        return connectors[i]
+
+    connectors = {}
+    for i, node in enumerate(cluster.nodes):
+        gens[i] = _xmpp_connector(node.info)
+        connectors[i] = await gens[i].__anext__()
+    yield on
+    for gen in gens.values():
+        try:
+            await gen.__anext__()
+        except StopAsyncIteration:
+            pass
+
+
+def make_account_on(cluster: Cluster, i: int):
+    return _account_maker(_http_caller(cluster.nodes[i].info))
+
+
+def node_index(cluster: Cluster, node_id: str | int) -> int:
+    return int(node_id) - 1
+
+
+def other_node(cluster: Cluster, *avoid: int) -> int:
+    for i in range(3):
+        if i not in avoid:
+            return i
+    return 0
+
+
+def test_three_nodes_form_a_cluster_from_seeds(cluster):
+    views = cluster.wait_converged(3)
+    for view in views:
+        ids = sorted(n["id"] for n in view["nodes"])
+        assert ids == [1, 2, 3], view
+        roles = sorted(n["role"] for n in view["nodes"])
+        assert roles == ["follower", "follower", "leader"], view
+        # Bounded-load placement: 256 partitions over 3 nodes is 85 or 86 each.
+        assert all(n["partitions"] in (85, 86) for n in view["nodes"]), view
+        assert all(n["voter"] for n in view["nodes"]), view
+
+
+def test_cluster_status_and_locate_from_the_cli(cluster):
+    binary = str(cluster.nodes[0].binary)
+    info = cluster.nodes[1].info
+    out = subprocess.run([binary, "cluster", "status", "--json", "--http", f"127.0.0.1:{info.http_port}",
+                          "--admin-token", ADMIN], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert sorted(n["id"] for n in status["nodes"]) == [1, 2, 3]
+    assert all({"id", "state"} <= set(n) for n in status["nodes"])
+
+    table = subprocess.run([binary, "cluster", "status", "--http", f"127.0.0.1:{info.http_port}",
+                            "--admin-token", ADMIN], capture_output=True, text=True, timeout=30)
+    assert table.returncode == 0, table.stderr
+    assert "leader" in table.stdout and len(table.stdout.strip().splitlines()) == 5, table.stdout
+
+    jid = f"{unique('loc')}@{DOMAIN}"
+    located = subprocess.run([binary, "cluster", "locate", jid, "--http", f"127.0.0.1:{info.http_port}",
+                              "--admin-token", ADMIN], capture_output=True, text=True, timeout=30)
+    assert located.returncode == 0, located.stderr
+    where = json.loads(located.stdout)
+    assert where["jid"] == jid and where["owner"] in {"1", "2", "3"}, where
+    # Every node gives the same answer.
+    assert all(cluster.locate(i, jid)["owner"] == where["owner"] for i in range(3))
+
+    denied = subprocess.run([binary, "cluster", "status", "--http", f"127.0.0.1:{info.http_port}",
+                             "--admin-token", "wrong"], capture_output=True, text=True, timeout=30)
+    assert denied.returncode != 0 and "401" in denied.stderr, denied.stderr
+
+
+async def test_accounts_presence_and_chat_across_nodes(cluster, xmpp_on):
+    # Accounts are created through node 1's API, wherever their partition lives.
+    alice, apw = make_account_on(cluster, 0)("ca")
+    bob, bpw = make_account_on(cluster, 0)("cb")
+    # Each client connects to a node that does not own its user, and not to the other's.
+    a_owner = node_index(cluster, cluster.locate(0, f"{alice}@{DOMAIN}")["owner"])
+    b_owner = node_index(cluster, cluster.locate(0, f"{bob}@{DOMAIN}")["owner"])
+    a_node = other_node(cluster, a_owner)
+    b_node = other_node(cluster, b_owner, a_node)
+    a = await xmpp_on(a_node)(alice, apw, "laptop")
+    b = await xmpp_on(b_node)(bob, bpw, "phone")
+    a.send_presence()
+    b.send_presence()
+    await a.wait_for(is_presence(f"{alice}@{DOMAIN}/laptop"), "own presence reflected")
+    await b.wait_for(is_presence(f"{bob}@{DOMAIN}/phone"), "own presence reflected")
+
+    # Subscriptions go through both owners' rosters; presence follows.
+    mark = a.mark()
+    await subscribe_and_approve(a, b)
+    await a.wait_for(is_presence(f"{bob}@{DOMAIN}/phone"), "bob's presence after approval", since=mark)
+
+    # Chat to a full JID and to a bare JID, both ways.
+    body = unique("full")
+    a.send_message(mto=f"{bob}@{DOMAIN}/phone", mbody=body, mtype="chat")
+    await b.wait_for(is_message_with_body(body, "chat"), "message to a full JID across nodes")
+    body = unique("bare")
+    b.send_message(mto=f"{alice}@{DOMAIN}", mbody=body, mtype="chat")
+    got = await a.wait_for(is_message_with_body(body, "chat"), "message to a bare JID across nodes")
+    assert got["from"] == f"{bob}@{DOMAIN}/phone"
+
+    # A presence update reaches the subscriber on the other node.
+    mark = a.mark()
+    b.send_presence(pstatus="in a meeting")
+    await a.wait_for(is_presence(f"{bob}@{DOMAIN}/phone"), "presence update across nodes", since=mark)
+
+    # Offline storage at bob's owner: bob leaves, alice writes, bob logs in elsewhere.
+    await b.close()
+    mark = a.mark()
+    await a.wait_for(is_presence(f"{bob}@{DOMAIN}/phone", "unavailable"), "bob went offline", since=mark)
+    body = unique("offline")
+    a.send_message(mto=f"{bob}@{DOMAIN}", mbody=body, mtype="chat")
+    b2 = await xmpp_on(other_node(cluster, b_node))(bob, bpw, "tablet")
+    b2.send_presence()
+    offline = await b2.wait_for(is_message_with_body(body, "chat"), "offline message on another node")
+    assert offline.xml.find(q(NS_DELAY, "delay")) is not None, offline
+
+
+async def test_login_with_a_token_issued_by_another_node(cluster, xmpp_on):
+    user, password = make_account_on(cluster, 2)("tok")
+    session_status, session = http_request(cluster.nodes[0].info.http_base, "POST", "/auth/session",
+                                           json={"username": user, "password": password})
+    assert session_status in (200, 201), session
+    token_status, token = http_request(cluster.nodes[1].info.http_base, "POST", "/auth/xmpp-token",
+                                       bearer=session["token"])
+    assert token_status in (200, 201), token
+    client = await xmpp_on(2)(user, token["token"], "tok", sasl_mech="PLAIN")
+    assert client.boundjid.bare == f"{user}@{DOMAIN}"
+
+
+async def test_an_adhoc_room_with_members_on_every_node(cluster, xmpp_on):
+    users = [make_account_on(cluster, i)("room") for i in range(3)]
+    clients = []
+    for i, (user, pw) in enumerate(users):
+        clients.append(await xmpp_on(i)(user, pw, "pc", plugins=MUC_PLUGINS))
+    room = f"{unique('clusterroom')}@{MUC_DOMAIN}"
+    await join_room(clients[0], room, "n0", maxstanzas=0)
+    # An instant room (XEP-0045 §10.1.2): unlocked for the others.
+    await clients[0].iq_xml("set", "<query xmlns='http://jabber.org/protocol/muc#owner'>"
+                                   "<x xmlns='jabber:x:data' type='submit'/></query>", to=room)
+    for i, c in enumerate(clients[1:], start=1):
+        await join_room(c, room, f"n{i}", maxstanzas=0)
+    for i, sender in enumerate(clients):
+        text = unique(f"from{i}")
+        sender.send_message(mto=room, mbody=text, mtype="groupchat")
+        for c in clients:
+            await c.wait_for(is_groupchat(room, text, nick=f"n{i}"), f"groupchat from n{i}")
+    # History of the room from a client on each node (the archive lives with the room).
+    for c in clients:
+        page = await mam_query(c, room, max=10)
+        assert len(page.messages) >= 3, page.messages
+
+
+def test_a_fourth_node_joins_and_takes_its_share(cluster):
+    before = cluster.status(0)["ring_epoch"]
+    cluster.start_node(1)
+    views = cluster.wait_converged(4)
+    fourth = next(n for n in views[0]["nodes"] if n["id"] == 4)
+    # 256 over 4 is exactly 64 each; voters stay 3, so the new node is a learner.
+    assert fourth["partitions"] == 64, fourth
+    assert fourth["role"] == "learner" and not fourth["voter"], fourth
+    assert views[0]["ring_epoch"] > before
+    assert sorted(n["partitions"] for n in views[0]["nodes"]) == [64, 64, 64, 64]
