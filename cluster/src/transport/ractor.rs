@@ -14,8 +14,8 @@
 //! session counter and is not used as a node id.
 //!
 //! Connections: for each peer given to [`Transport::set_peers`] a dialer task keeps one
-//! session up (the lower id dials at once, the higher after a grace period, so that
-//! simultaneous connects are rare; ractor_cluster resolves them anyway), reconnecting
+//! session up (one end of each pair dials at once, the other after a grace period, so
+//! that simultaneous connects are rare; ractor_cluster resolves them anyway), reconnecting
 //! with exponential backoff. Sessions that do not authenticate within
 //! [`RactorConfig::connect_timeout`] are stopped (ractor_cluster has no handshake
 //! timeout). ractor_cluster notices only TCP loss, so the engine's pings declare a
@@ -103,8 +103,8 @@ pub struct RactorConfig {
     pub transport: TransportConfig,
     /// TCP connect plus authentication; a session not ready by then is stopped.
     pub connect_timeout: Duration,
-    /// Before its first dial (and each redial), the higher id of a pair waits this long
-    /// for the lower id to connect, so that both rarely dial at once.
+    /// Before each dial, one end of a pair waits this long for the other to connect,
+    /// so that both rarely dial at once (see `dials_first`).
     pub dial_grace: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -414,7 +414,7 @@ async fn dialer(shared: Arc<Shared>, peer: NodeId, addr: String) {
             }
             continue;
         }
-        if shared.me > peer {
+        if !dials_first(shared.me, peer) {
             tokio::time::sleep(shared.dial_grace).await;
             if shared.has_session(peer) {
                 continue;
@@ -450,6 +450,17 @@ async fn dialer(shared: Arc<Shared>, peer: NodeId, addr: String) {
             backoff = (backoff * 2).min(shared.reconnect_max);
         }
     }
+}
+
+/// Whether `me` dials `peer` at once (the other waits [`RactorConfig::dial_grace`]).
+///
+/// When both ends connect at once, ractor_cluster keeps the connection initiated by the
+/// node whose full name (`waddle-<id>@host`) sorts last, as Erlang does. That node dials
+/// first, so a duplicate connection loses its election before it is ever ready rather
+/// than replacing a ready one. Comparing `waddle-<id>@` orders the full names whatever
+/// the hosts: the names differ at or before the `@`.
+fn dials_first(me: NodeId, peer: NodeId) -> bool {
+    format!("{}@", node_name(me)) > format!("{}@", node_name(peer))
 }
 
 /// `d` plus up to a quarter of it, from the clock (no RNG dependency needed for this).
@@ -694,6 +705,16 @@ mod tests {
         assert_eq!(parse_node_name("waddle-7"), Some(7));
         assert_eq!(parse_node_name("other-7@host"), None);
         assert_eq!(parse_node_name("waddle-x@host"), None);
+    }
+
+    #[test]
+    fn exactly_one_end_of_a_pair_dials_first() {
+        for (a, b) in [(1, 2), (1, 10), (9, 10), (2, 10), (123, 45)] {
+            assert_ne!(dials_first(a, b), dials_first(b, a), "{a} {b}");
+        }
+        // As ractor_cluster's election orders full names: "waddle-1@h" > "waddle-10@h".
+        assert!(dials_first(1, 10));
+        assert!(dials_first(2, 1));
     }
 
     #[test]

@@ -308,6 +308,19 @@ pub struct PeerProcess {
 impl PeerProcess {
     /// Runs `exe args` with the peer's environment.
     pub fn spawn(exe: &std::path::Path, args: &[&str], id: u64, port: u16, secret: &str, peers: &[(u64, u16)]) -> Self {
+        Self::spawn_with(exe, args, id, port, secret, peers, &[])
+    }
+
+    /// As [`PeerProcess::spawn`], with more environment variables.
+    pub fn spawn_with(
+        exe: &std::path::Path,
+        args: &[&str],
+        id: u64,
+        port: u16,
+        secret: &str,
+        peers: &[(u64, u16)],
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let peers: Vec<String> = peers.iter().map(|(id, port)| format!("{id}=127.0.0.1:{port}")).collect();
         let mut cmd = Command::new(exe);
         cmd.args(args)
@@ -315,6 +328,7 @@ impl PeerProcess {
             .env("WADDLE_PEER_PORT", port.to_string())
             .env("WADDLE_PEER_SECRET", secret)
             .env("WADDLE_PEER_PEERS", peers.join(","))
+            .envs(extra_env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
