@@ -1,7 +1,7 @@
 //! The transport between node processes, over ractor_cluster.
 //!
 //! Per node: one `NodeServer` listening on `cluster.listen` (cookie authentication with
-//! the cluster secret; TLS if [`ClusterTls`] is given) and ONE remotable router actor,
+//! the cluster secret; TLS if [`ClusterTls`] is given, see below) and ONE remotable router actor,
 //! member of the process group `waddle.node.<id>` (scope `waddle`). ractor_cluster
 //! mirrors it on every connected node as a `RemoteActor` in that group, which is how a
 //! node finds a peer's router once their session is ready. The router's messages are our
@@ -21,6 +21,15 @@
 //! timeout). ractor_cluster notices only TCP loss, so the engine's pings declare a
 //! silent peer down after `down_after` and the link stops its session, which the dialer
 //! then re-establishes once the peer answers again.
+//!
+//! TLS: dialing uses ractor_cluster's `client_connect_enc`; accepting is done here (each
+//! handshake in its own task, bounded by `connect_timeout`) because ractor_cluster's
+//! listener performs TLS handshakes inline with no timeout, so a single silent TCP
+//! connection would stop all later accepts. The `NodeServer`'s own listener then sits on
+//! an ephemeral 127.0.0.1 port (plaintext, still cookie-authenticated): it cannot be
+//! turned off. Certificates are the caller's: [`ClusterTls`] takes built rustls
+//! configurations (client certificates are not required by this code; the cookie is
+//! the authentication, TLS gives confidentiality and server authentication).
 //!
 //! Gotchas for the binary that uses this:
 //! - This turns on ractor's `cluster` feature for the whole build: every ractor message
@@ -48,7 +57,8 @@ use futures_util::FutureExt;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{
-    BytesConvertable, IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage,
+    BoxRead, BoxWrite, BytesConvertable, ClusterBidiStream, IncomingEncryptionMode, NodeEventSubscription, NodeServer,
+    NodeServerMessage, NodeSessionMessage,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::AbortHandle;
@@ -470,6 +480,62 @@ fn jitter(d: Duration) -> Duration {
     d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
+/// An accepted TLS connection, handed to the node server as an external stream.
+struct TlsIncoming {
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+}
+
+impl ClusterBidiStream for TlsIncoming {
+    fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
+        let (r, w) = tokio::io::split(self.stream);
+        (Box::new(r), Box::new(w))
+    }
+    fn peer_label(&self) -> Option<String> {
+        Some(self.peer.to_string())
+    }
+    fn local_label(&self) -> Option<String> {
+        self.local.map(|l| l.to_string())
+    }
+}
+
+/// Accepts TLS connections, each handshake in its own task with a timeout.
+async fn accept_tls(
+    me: NodeId,
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    server: ActorRef<NodeServerMessage>,
+    handshake_timeout: Duration,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(node = me, error = %e, "inter-node accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
+        let acceptor = acceptor.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let stream = Box::new(TlsIncoming { stream, peer, local });
+                    if server.cast(NodeServerMessage::ConnectionOpenedExternal { stream, is_server: true }).is_err() {
+                        tracing::debug!(node = me, %peer, "node server stopped; dropping an accepted connection");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(node = me, %peer, error = %e, "inter-node TLS handshake failed"),
+                Err(_) => tracing::warn!(node = me, %peer, "inter-node TLS handshake timed out"),
+            }
+        });
+    }
+}
+
 /// The transport over ractor_cluster. Stops its actors and tasks when dropped.
 pub struct RactorTransport {
     core: Arc<Core>,
@@ -494,18 +560,33 @@ impl RactorTransport {
         let (router, router_handle) = Actor::spawn(None, Router { core: Arc::downgrade(&core) }, me)
             .await
             .map_err(|e| TransportError::Closed(format!("cannot start the router: {e}")))?;
-        let encryption = cfg.tls.as_ref().map(|t| IncomingEncryptionMode::Tls(t.acceptor.clone()));
+        // With TLS, this transport accepts connections itself: ractor_cluster's listener
+        // runs each TLS handshake inline, without a timeout, so one connection that never
+        // sends a ClientHello would stop every later accept. Handshakes here run as their
+        // own tasks with `connect_timeout`, and ready streams are handed to the node
+        // server. Its own (plaintext, cookie-authenticated) listener is then moved to an
+        // ephemeral loopback port.
+        let (server_listen, tls_listener) = match &cfg.tls {
+            None => (cfg.listen, None),
+            Some(tls) => match tokio::net::TcpListener::bind(cfg.listen).await {
+                Ok(l) => (SocketAddr::from(([127, 0, 0, 1], 0)), Some((l, tls.acceptor.clone()))),
+                Err(e) => {
+                    router.stop(None);
+                    return Err(TransportError::Closed(format!("cannot listen on {}: {e}", cfg.listen)));
+                }
+            },
+        };
         let max_frame =
             (cfg.transport.max_batch_bytes.max(cfg.transport.max_envelope_bytes) as u64).saturating_add(64 * 1024);
         let server = NodeServer::new(
-            cfg.listen.port(),
+            server_listen.port(),
             cfg.secret.clone(),
             node_name(me),
             cfg.advertise_host.clone(),
-            encryption,
+            Some(IncomingEncryptionMode::Raw),
             Some(NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(cfg.listen.ip())
+        .with_listen_addr(server_listen.ip())
         .with_max_inbound_frame_size(max_frame.max(ractor_cluster::DEFAULT_MAX_INBOUND_FRAME_SIZE));
         let (server, server_handle) = match Actor::spawn(None, server, ()).await {
             Ok(s) => s,
@@ -553,12 +634,17 @@ impl RactorTransport {
                 }
             }
         });
+        let mut tasks = vec![manager.abort_handle()];
+        if let Some((listener, acceptor)) = tls_listener {
+            let accept = accept_tls(me, listener, acceptor, server.clone(), cfg.connect_timeout);
+            tasks.push(tokio::spawn(accept).abort_handle());
+        }
         tracing::info!(node = me, listen = %cfg.listen, tls = cfg.tls.is_some(), "inter-node transport listening");
         Ok(Arc::new(RactorTransport {
             core,
             shared,
             router,
-            tasks: vec![manager.abort_handle()],
+            tasks,
             handles: Mutex::new(vec![router_handle, server_handle]),
         }))
     }
