@@ -543,3 +543,47 @@ async fn drain(core: Weak<Core>, peer: NodeId, mut rx: mpsc::Receiver<Envelope>)
         dropping = !ok;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::transport::Dispatcher;
+
+    struct NoLink(Mutex<Vec<NodeId>>);
+    impl Link for NoLink {
+        fn send_frame(&self, _to: NodeId, _frame: Bytes) -> Result<(), TransportError> {
+            Ok(())
+        }
+        fn reset(&self, peer: NodeId) {
+            lock(&self.0).push(peer);
+        }
+    }
+
+    #[tokio::test]
+    async fn silence_is_judged_only_when_this_node_itself_was_running() {
+        let cfg = TransportConfig {
+            ping_interval: Duration::from_millis(10),
+            down_after: Duration::from_millis(50),
+            ..TransportConfig::default()
+        };
+        let core = Core::new(1, cfg, Arc::new(Dispatcher::new()));
+        let link = Arc::new(NoLink(Mutex::new(Vec::new())));
+        // Not started: the heartbeat is driven by hand.
+        let _ = core.link.set(link.clone());
+        core.link_up(2);
+        let mut events = core.subscribe();
+        std::thread::sleep(Duration::from_millis(80));
+
+        // This node was not scheduled for a while: its own pause, not the peer's silence.
+        core.heartbeat(Duration::from_millis(500));
+        assert_eq!(core.connected(), vec![2]);
+        assert!(events.try_recv().is_err());
+
+        std::thread::sleep(Duration::from_millis(80));
+        core.heartbeat(Duration::from_millis(10));
+        assert!(core.connected().is_empty());
+        assert_eq!(events.try_recv().unwrap(), PeerEvent::Down(2));
+        assert_eq!(*lock(&link.0), vec![2], "the link was asked to reset the peer's connection");
+    }
+}

@@ -178,6 +178,19 @@ pub fn decode_response<M: Message>(env: Envelope) -> Result<M::Response, Transpo
     <M::Response as Message>::decode(env.version, &env.payload).map_err(TransportError::Decode)
 }
 
+/// [`decode_response`], logging what this node could not decode.
+fn decode_response_from<M: Message>(
+    peer: &dyn std::fmt::Display,
+    env: Envelope,
+) -> Result<M::Response, TransportError> {
+    let (kind, version) = (env.kind, env.version);
+    let r = decode_response::<M>(env);
+    if let Err(e @ (TransportError::Decode(_) | TransportError::UnexpectedResponse { .. })) = &r {
+        tracing::error!(%peer, kind, version, request_kind = M::KIND, error = %e, "cannot decode an inter-node response");
+    }
+    r
+}
+
 /// Sends `msg` to `to` as a request and decodes the typed response.
 ///
 /// The request is queued when this is called; the returned future only waits.
@@ -188,7 +201,10 @@ pub fn request<M: Message>(
     timeout: Duration,
 ) -> impl Future<Output = Result<M::Response, TransportError>> + Send + 'static {
     let call = t.call(to, request_envelope(msg), timeout);
-    async move { decode_response::<M>(call.await?) }
+    async move {
+        let env = call.await?;
+        decode_response_from::<M>(&to, env)
+    }
 }
 
 /// As [`request`], to a node known only by its address.
@@ -199,7 +215,11 @@ pub fn request_addr<M: Message>(
     timeout: Duration,
 ) -> impl Future<Output = Result<M::Response, TransportError>> + Send + 'static {
     let call = t.call_addr(addr, request_envelope(msg), timeout);
-    async move { decode_response::<M>(call.await?) }
+    let addr = addr.to_string();
+    async move {
+        let env = call.await?;
+        decode_response_from::<M>(&addr, env)
+    }
 }
 
 /// Casts `msg` to `to`.

@@ -1,7 +1,7 @@
 //! The transport between node processes, over ractor_cluster.
 //!
 //! Per node: one `NodeServer` listening on `cluster.listen` (cookie authentication with
-//! the cluster secret; TLS if [`ClusterTls`] is given) and ONE remotable router actor,
+//! the cluster secret; TLS if [`ClusterTls`] is given, see below) and ONE remotable router actor,
 //! member of the process group `waddle.node.<id>` (scope `waddle`). ractor_cluster
 //! mirrors it on every connected node as a `RemoteActor` in that group, which is how a
 //! node finds a peer's router once their session is ready. The router's messages are our
@@ -14,13 +14,22 @@
 //! session counter and is not used as a node id.
 //!
 //! Connections: for each peer given to [`Transport::set_peers`] a dialer task keeps one
-//! session up (the lower id dials at once, the higher after a grace period, so that
-//! simultaneous connects are rare; ractor_cluster resolves them anyway), reconnecting
+//! session up (one end of each pair dials at once, the other after a grace period, so
+//! that simultaneous connects are rare; ractor_cluster resolves them anyway), reconnecting
 //! with exponential backoff. Sessions that do not authenticate within
 //! [`RactorConfig::connect_timeout`] are stopped (ractor_cluster has no handshake
 //! timeout). ractor_cluster notices only TCP loss, so the engine's pings declare a
 //! silent peer down after `down_after` and the link stops its session, which the dialer
 //! then re-establishes once the peer answers again.
+//!
+//! TLS: dialing uses ractor_cluster's `client_connect_enc`; accepting is done here (each
+//! handshake in its own task, bounded by `connect_timeout`) because ractor_cluster's
+//! listener performs TLS handshakes inline with no timeout, so a single silent TCP
+//! connection would stop all later accepts. The `NodeServer`'s own listener then sits on
+//! an ephemeral 127.0.0.1 port (plaintext, still cookie-authenticated): it cannot be
+//! turned off. Certificates are the caller's: [`ClusterTls`] takes built rustls
+//! configurations (client certificates are not required by this code; the cookie is
+//! the authentication, TLS gives confidentiality and server authentication).
 //!
 //! Gotchas for the binary that uses this:
 //! - This turns on ractor's `cluster` feature for the whole build: every ractor message
@@ -48,7 +57,8 @@ use futures_util::FutureExt;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{
-    BytesConvertable, IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage,
+    BoxRead, BoxWrite, BytesConvertable, ClusterBidiStream, IncomingEncryptionMode, NodeEventSubscription, NodeServer,
+    NodeServerMessage, NodeSessionMessage,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::AbortHandle;
@@ -103,8 +113,8 @@ pub struct RactorConfig {
     pub transport: TransportConfig,
     /// TCP connect plus authentication; a session not ready by then is stopped.
     pub connect_timeout: Duration,
-    /// Before its first dial (and each redial), the higher id of a pair waits this long
-    /// for the lower id to connect, so that both rarely dial at once.
+    /// Before each dial, one end of a pair waits this long for the other to connect,
+    /// so that both rarely dial at once (see `dials_first`).
     pub dial_grace: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -414,7 +424,7 @@ async fn dialer(shared: Arc<Shared>, peer: NodeId, addr: String) {
             }
             continue;
         }
-        if shared.me > peer {
+        if !dials_first(shared.me, peer) {
             tokio::time::sleep(shared.dial_grace).await;
             if shared.has_session(peer) {
                 continue;
@@ -452,11 +462,78 @@ async fn dialer(shared: Arc<Shared>, peer: NodeId, addr: String) {
     }
 }
 
+/// Whether `me` dials `peer` at once (the other waits [`RactorConfig::dial_grace`]).
+///
+/// When both ends connect at once, ractor_cluster keeps the connection initiated by the
+/// node whose full name (`waddle-<id>@host`) sorts last, as Erlang does. That node dials
+/// first, so a duplicate connection loses its election before it is ever ready rather
+/// than replacing a ready one. Comparing `waddle-<id>@` orders the full names whatever
+/// the hosts: the names differ at or before the `@`.
+fn dials_first(me: NodeId, peer: NodeId) -> bool {
+    format!("{}@", node_name(me)) > format!("{}@", node_name(peer))
+}
+
 /// `d` plus up to a quarter of it, from the clock (no RNG dependency needed for this).
 fn jitter(d: Duration) -> Duration {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
     d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+/// An accepted TLS connection, handed to the node server as an external stream.
+struct TlsIncoming {
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+}
+
+impl ClusterBidiStream for TlsIncoming {
+    fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
+        let (r, w) = tokio::io::split(self.stream);
+        (Box::new(r), Box::new(w))
+    }
+    fn peer_label(&self) -> Option<String> {
+        Some(self.peer.to_string())
+    }
+    fn local_label(&self) -> Option<String> {
+        self.local.map(|l| l.to_string())
+    }
+}
+
+/// Accepts TLS connections, each handshake in its own task with a timeout.
+async fn accept_tls(
+    me: NodeId,
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    server: ActorRef<NodeServerMessage>,
+    handshake_timeout: Duration,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(node = me, error = %e, "inter-node accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
+        let acceptor = acceptor.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let stream = Box::new(TlsIncoming { stream, peer, local });
+                    if server.cast(NodeServerMessage::ConnectionOpenedExternal { stream, is_server: true }).is_err() {
+                        tracing::debug!(node = me, %peer, "node server stopped; dropping an accepted connection");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(node = me, %peer, error = %e, "inter-node TLS handshake failed"),
+                Err(_) => tracing::warn!(node = me, %peer, "inter-node TLS handshake timed out"),
+            }
+        });
+    }
 }
 
 /// The transport over ractor_cluster. Stops its actors and tasks when dropped.
@@ -483,18 +560,33 @@ impl RactorTransport {
         let (router, router_handle) = Actor::spawn(None, Router { core: Arc::downgrade(&core) }, me)
             .await
             .map_err(|e| TransportError::Closed(format!("cannot start the router: {e}")))?;
-        let encryption = cfg.tls.as_ref().map(|t| IncomingEncryptionMode::Tls(t.acceptor.clone()));
+        // With TLS, this transport accepts connections itself: ractor_cluster's listener
+        // runs each TLS handshake inline, without a timeout, so one connection that never
+        // sends a ClientHello would stop every later accept. Handshakes here run as their
+        // own tasks with `connect_timeout`, and ready streams are handed to the node
+        // server. Its own (plaintext, cookie-authenticated) listener is then moved to an
+        // ephemeral loopback port.
+        let (server_listen, tls_listener) = match &cfg.tls {
+            None => (cfg.listen, None),
+            Some(tls) => match tokio::net::TcpListener::bind(cfg.listen).await {
+                Ok(l) => (SocketAddr::from(([127, 0, 0, 1], 0)), Some((l, tls.acceptor.clone()))),
+                Err(e) => {
+                    router.stop(None);
+                    return Err(TransportError::Closed(format!("cannot listen on {}: {e}", cfg.listen)));
+                }
+            },
+        };
         let max_frame =
             (cfg.transport.max_batch_bytes.max(cfg.transport.max_envelope_bytes) as u64).saturating_add(64 * 1024);
         let server = NodeServer::new(
-            cfg.listen.port(),
+            server_listen.port(),
             cfg.secret.clone(),
             node_name(me),
             cfg.advertise_host.clone(),
-            encryption,
+            Some(IncomingEncryptionMode::Raw),
             Some(NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(cfg.listen.ip())
+        .with_listen_addr(server_listen.ip())
         .with_max_inbound_frame_size(max_frame.max(ractor_cluster::DEFAULT_MAX_INBOUND_FRAME_SIZE));
         let (server, server_handle) = match Actor::spawn(None, server, ()).await {
             Ok(s) => s,
@@ -542,12 +634,17 @@ impl RactorTransport {
                 }
             }
         });
+        let mut tasks = vec![manager.abort_handle()];
+        if let Some((listener, acceptor)) = tls_listener {
+            let accept = accept_tls(me, listener, acceptor, server.clone(), cfg.connect_timeout);
+            tasks.push(tokio::spawn(accept).abort_handle());
+        }
         tracing::info!(node = me, listen = %cfg.listen, tls = cfg.tls.is_some(), "inter-node transport listening");
         Ok(Arc::new(RactorTransport {
             core,
             shared,
             router,
-            tasks: vec![manager.abort_handle()],
+            tasks,
             handles: Mutex::new(vec![router_handle, server_handle]),
         }))
     }
@@ -694,6 +791,16 @@ mod tests {
         assert_eq!(parse_node_name("waddle-7"), Some(7));
         assert_eq!(parse_node_name("other-7@host"), None);
         assert_eq!(parse_node_name("waddle-x@host"), None);
+    }
+
+    #[test]
+    fn exactly_one_end_of_a_pair_dials_first() {
+        for (a, b) in [(1, 2), (1, 10), (9, 10), (2, 10), (123, 45)] {
+            assert_ne!(dials_first(a, b), dials_first(b, a), "{a} {b}");
+        }
+        // As ractor_cluster's election orders full names: "waddle-1@h" > "waddle-10@h".
+        assert!(dials_first(1, 10));
+        assert!(dials_first(2, 1));
     }
 
     #[test]

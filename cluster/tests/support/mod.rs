@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use waddle_cluster::transport::envelope::WireError;
-use waddle_cluster::transport::ractor::{RactorConfig, RactorTransport};
+use waddle_cluster::transport::ractor::{ClusterTls, RactorConfig, RactorTransport};
 use waddle_cluster::transport::{
     cast_msg, Dispatcher, Envelope, Inbound, Message, NoResponse, Transport, TransportConfig,
 };
@@ -245,6 +245,50 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// A self-signed certificate for `localhost`: (certificate DER, PKCS#8 key DER).
+pub fn test_cert() -> (Vec<u8>, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    (ck.cert.der().to_vec(), ck.key_pair.serialize_der())
+}
+
+/// TLS between nodes that all present `cert` and trust only it.
+///
+/// Built with an explicit provider: this build has both ring (the workspace's rustls
+/// features) and aws-lc-rs (ractor_cluster's tokio-rustls default features), so rustls
+/// cannot pick a default and `ServerConfig::builder()` would panic.
+pub fn cluster_tls(cert: &[u8], key: &[u8]) -> ClusterTls {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = CertificateDer::from(cert.to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec()));
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    ClusterTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        server_name: ServerName::try_from("localhost").unwrap(),
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
 /// A node in the parent process.
 pub async fn start_node(cfg: RactorConfig) -> (Arc<RactorTransport>, Arc<Recorder>) {
     let rec = Arc::new(Recorder::default());
@@ -273,6 +317,9 @@ pub async fn run_peer() {
     let mut cfg = test_config(id, port, &secret);
     if std::env::var("WADDLE_PEER_BENCH").is_ok() {
         cfg.transport = TransportConfig::default();
+    }
+    if let (Ok(cert), Ok(key)) = (std::env::var("WADDLE_PEER_TLS_CERT"), std::env::var("WADDLE_PEER_TLS_KEY")) {
+        cfg.tls = Some(cluster_tls(&unhex(&cert), &unhex(&key)));
     }
     // Exit with the parent.
     std::thread::spawn(|| {
@@ -308,6 +355,19 @@ pub struct PeerProcess {
 impl PeerProcess {
     /// Runs `exe args` with the peer's environment.
     pub fn spawn(exe: &std::path::Path, args: &[&str], id: u64, port: u16, secret: &str, peers: &[(u64, u16)]) -> Self {
+        Self::spawn_with(exe, args, id, port, secret, peers, &[])
+    }
+
+    /// As [`PeerProcess::spawn`], with more environment variables.
+    pub fn spawn_with(
+        exe: &std::path::Path,
+        args: &[&str],
+        id: u64,
+        port: u16,
+        secret: &str,
+        peers: &[(u64, u16)],
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let peers: Vec<String> = peers.iter().map(|(id, port)| format!("{id}=127.0.0.1:{port}")).collect();
         let mut cmd = Command::new(exe);
         cmd.args(args)
@@ -315,6 +375,7 @@ impl PeerProcess {
             .env("WADDLE_PEER_PORT", port.to_string())
             .env("WADDLE_PEER_SECRET", secret)
             .env("WADDLE_PEER_PEERS", peers.join(","))
+            .envs(extra_env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
