@@ -18,7 +18,7 @@ use waddle_muc::{AccessOracle, Affiliation, ChannelAccess, ChannelSettings, Outb
 use waddle_storage::{ChannelRecord, WaddleRecord};
 use waddle_xml::Element;
 
-use waddle_cluster::PlacementKey;
+use waddle_cluster::{PlacementKey, SessionAddr};
 
 use crate::ctx::Ctx;
 use crate::router::Origin;
@@ -47,7 +47,9 @@ impl ChannelBinding {
 
 #[derive(Debug)]
 pub enum RoomMsg {
-    Stanza(Element),
+    /// A stanza for the room, with the connection id of the session that sent it (none
+    /// for what the server sends on its own).
+    Stanza(Element, Option<u64>),
     /// The channel's room is deleted by the REST API.
     Destroy(String),
     /// Permissions of the channel changed: re-evaluate occupants.
@@ -136,15 +138,14 @@ pub async fn route(ctx: &Arc<Ctx>, origin: &Origin, stanza: Element, room_node: 
         return;
     };
     let room_jid = format!("{node}@{}", ctx.muc.domain);
-    let _ = origin;
     let mut stanza = stanza;
     // A temporary room may stop (last occupant left) between lookup and delivery: the
     // message comes back and the lookup runs once more, which re-creates or reloads it.
     for _ in 0..2 {
         match room_for(ctx, &room_jid, &stanza).await {
-            Ok(actor) => match actor.cast(RoomMsg::Stanza(stanza)) {
+            Ok(actor) => match actor.cast(RoomMsg::Stanza(stanza, origin.conn_id)) {
                 Ok(()) => return,
-                Err(ractor::MessagingErr::SendErr(RoomMsg::Stanza(back))) => {
+                Err(ractor::MessagingErr::SendErr(RoomMsg::Stanza(back, _))) => {
                     ctx.muc.forget(&room_jid, actor.get_id());
                     stanza = back;
                 }
@@ -365,6 +366,10 @@ struct RoomState {
     listed: Option<String>,
     /// Started on the first write; ends when the room stops, after its last write.
     persister: Option<watch::Sender<RoomWrite>>,
+    /// Where the sessions that sent presence to the room run (learnt from the origin of
+    /// their presence), so that fan-out goes straight to their nodes: one inter-node
+    /// message per node, whatever the number of occupants there.
+    sessions: HashMap<String, SessionAddr>,
 }
 
 /// The name `room` is listed under in the service's disco#items, if it is listed.
@@ -522,13 +527,52 @@ fn history_entry(row: &ArchivedRow) -> Option<waddle_muc::HistoryEntry> {
 const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
 
 impl RoomState {
+    /// Remembers (or forgets) where the session sending a presence to the room runs.
+    fn learn_session(&mut self, el: &Element, conn_id: Option<u64>) {
+        if el.name() != "presence" {
+            return;
+        }
+        let Some(from) = el.attr("from").filter(|f| f.contains('/')) else { return };
+        match (el.attr("type"), conn_id) {
+            (None, Some(conn_id)) => {
+                let addr = SessionAddr { node: crate::remote::conn_node(conn_id), conn_id };
+                self.sessions.insert(from.to_owned(), addr);
+            }
+            (Some("unavailable"), _) => {
+                self.sessions.remove(from);
+            }
+            _ => {}
+        }
+    }
+
+    /// One serialization; the sessions whose node is known get it straight from here
+    /// (batched per node), the others through their users' registry shards.
+    fn broadcast(&self, stanza: &Element, to: &[String]) {
+        if self.ctx.cluster.alone() {
+            return self.ctx.deliver_to_each(stanza, to);
+        }
+        let shared = Arc::new(waddle_xml::Unaddressed::new(stanza, ns::CLIENT));
+        let mut known = Vec::with_capacity(to.len());
+        let mut unknown = Vec::new();
+        for jid in to {
+            match self.sessions.get(jid) {
+                Some(addr) => known.push(*addr),
+                None => unknown.push(jid.clone()),
+            }
+        }
+        if !unknown.is_empty() {
+            self.ctx.deliver_shared_to_jids(&unknown, Arc::clone(&shared), 0);
+        }
+        self.ctx.cluster.deliver_each(known, shared);
+    }
+
     async fn execute(&mut self, outs: Vec<Outbound>, stamp_micros: i64, myself: &ActorRef<RoomMsg>) {
         for out in outs {
             match out {
                 Outbound::Stanza(el) => {
                     self.ctx.emit(el).await;
                 }
-                Outbound::Broadcast { stanza, to } => self.ctx.deliver_to_each(&stanza, &to),
+                Outbound::Broadcast { stanza, to } => self.broadcast(&stanza, &to),
                 Outbound::Archive(entry) => self.archive(entry, stamp_micros).await,
                 Outbound::Persist => {
                     let write = if self.room.config().persistent {
@@ -646,6 +690,7 @@ impl Actor for RoomActor {
             location,
             listed: None,
             persister: None,
+            sessions: HashMap::new(),
         };
         state.publish_listing();
         Ok(state)
@@ -659,7 +704,8 @@ impl Actor for RoomActor {
     ) -> Result<(), ActorProcessingErr> {
         let (stamp, micros) = now_stamp();
         let outs = match msg {
-            RoomMsg::Stanza(el) => {
+            RoomMsg::Stanza(el, conn_id) => {
+                state.learn_session(&el, conn_id);
                 let is_mam = el.name() == "iq"
                     && el.attr("to").is_some_and(|t| !t.contains('/'))
                     && iq_payload(&el).is_some_and(|p| p.ns() == NS_MAM);
