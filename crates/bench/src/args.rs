@@ -37,7 +37,8 @@ stream management (XEP-0198; login, chat, muc, idle):
   --sm-request-every N send <r/> after every N stanzas (default 5; 0: only the last)
   --sm-resume          ask for a resumable session and require it (never resumed)
 measurement:
-  --server-pid PID     server process: CPU per delivery and RSS from /proc
+  --server-pid PID     server process: CPU per delivery and RSS from /proc; for a
+                       cluster PID,PID,... (CPU summed over the nodes; RSS of the first)
   --label NAME         names the run in the report (default the scenario)
 ";
 
@@ -68,7 +69,9 @@ pub struct Args {
     pub concurrency: usize,
     pub room: Option<String>,
     pub hold: Duration,
-    pub server_pid: Option<u32>,
+    /// The server's processes (a cluster's nodes); the first is the one whose memory
+    /// `idle` reads.
+    pub server_pids: Vec<u32>,
     pub label: String,
     /// XEP-0198 on every session (`--sm`).
     pub sm: Option<SmConfig>,
@@ -118,7 +121,7 @@ impl Args {
             concurrency: 16,
             room: None,
             hold: Duration::ZERO,
-            server_pid: None,
+            server_pids: Vec::new(),
             label: String::new(),
             sm: None,
         };
@@ -166,7 +169,10 @@ impl Args {
                 "--concurrency" => args.concurrency = number::<usize>(&flag, &value)?.max(1),
                 "--room" => args.room = Some(value),
                 "--hold" => args.hold = Duration::from_secs_f64(number::<f64>(&flag, &value)?.max(0.0)),
-                "--server-pid" => args.server_pid = Some(number(&flag, &value)?),
+                "--server-pid" => {
+                    args.server_pids =
+                        value.split(',').map(|pid| number(&flag, pid.trim())).collect::<Result<Vec<u32>, _>>()?;
+                }
                 "--label" => args.label = value,
                 "--sm-request-every" => sm_request_every = Some(number(&flag, &value)?),
                 _ => return Err(invalid(format!("unknown option {flag}"))),

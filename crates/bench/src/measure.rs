@@ -38,6 +38,15 @@ pub fn cpu_micros(pid: Option<u32>) -> Option<f64> {
     Some((utime + stime) * 1e6 / clock_ticks())
 }
 
+/// CPU of all the server's processes together (a cluster's nodes); `None` without any,
+/// or if one cannot be read.
+pub fn servers_cpu_micros(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| cpu_micros(Some(*p))).sum()
+}
+
 /// Resident memory of a process in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -47,7 +56,7 @@ pub fn rss_kib(pid: u32) -> Option<f64> {
 
 /// CPU of the server and of the generator over one measured interval.
 pub struct CpuWindow {
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     server_start: Option<f64>,
     own_start: Option<f64>,
     started: Instant,
@@ -63,10 +72,10 @@ pub struct CpuUse {
 }
 
 impl CpuWindow {
-    pub fn start(server_pid: Option<u32>) -> CpuWindow {
+    pub fn start(server_pids: &[u32]) -> CpuWindow {
         CpuWindow {
-            server_pid,
-            server_start: server_pid.and_then(|p| cpu_micros(Some(p))),
+            server_pids: server_pids.to_vec(),
+            server_start: servers_cpu_micros(server_pids),
             own_start: cpu_micros(None),
             started: Instant::now(),
         }
@@ -76,13 +85,15 @@ impl CpuWindow {
     /// 250 ms — so that work it deferred (archive writes queued during the load) is
     /// billed to this run, as it would be on any server. Returns the time waited.
     pub async fn settle(&self, limit: Duration) -> Duration {
-        let Some(pid) = self.server_pid else { return Duration::ZERO };
+        if self.server_pids.is_empty() {
+            return Duration::ZERO;
+        }
         let started = Instant::now();
         let step = Duration::from_millis(250);
-        let mut last = cpu_micros(Some(pid));
+        let mut last = servers_cpu_micros(&self.server_pids);
         while started.elapsed() < limit {
             tokio::time::sleep(step).await;
-            let now = cpu_micros(Some(pid));
+            let now = servers_cpu_micros(&self.server_pids);
             match (last, now) {
                 (Some(a), Some(b)) if b - a < 0.05 * step.as_micros() as f64 => break,
                 (_, None) => break,
@@ -98,7 +109,7 @@ impl CpuWindow {
 
     /// Like [`CpuWindow::stop`], with the wall time measured earlier (before settling).
     pub fn stop_with_wall(&self, wall: Duration) -> CpuUse {
-        let server_end = self.server_pid.and_then(|p| cpu_micros(Some(p)));
+        let server_end = servers_cpu_micros(&self.server_pids);
         CpuUse {
             wall,
             server_micros: self.server_start.zip(server_end).map(|(a, b)| b - a),

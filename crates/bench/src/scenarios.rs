@@ -94,7 +94,7 @@ impl Bench {
         let mut report = self.report("register");
         let gate = Arc::new(Semaphore::new(self.args.concurrency));
         let mut tasks = JoinSet::new();
-        let cpu = CpuWindow::start(self.args.server_pid);
+        let cpu = CpuWindow::start(&self.args.server_pids);
         for i in 0..self.args.users {
             let (gate, connector, addr) = (Arc::clone(&gate), self.connector.clone(), self.args.target(i).to_owned());
             let (user, password) = (self.args.username(i), self.args.password.clone());
@@ -142,7 +142,7 @@ impl Bench {
         let creds = Arc::new(creds);
         let next = Arc::new(AtomicUsize::new(0));
         let deadline = Instant::now() + self.args.duration;
-        let cpu = CpuWindow::start(self.args.server_pid);
+        let cpu = CpuWindow::start(&self.args.server_pids);
         let mut tasks = JoinSet::new();
         for _ in 0..self.args.concurrency {
             let (creds, next, connector) = (Arc::clone(&creds), Arc::clone(&next), self.connector.clone());
@@ -201,12 +201,12 @@ impl Bench {
 
     pub async fn idle(&self) -> anyhow::Result<Report> {
         let mut report = self.report("idle");
-        let Some(pid) = self.args.server_pid else {
+        let Some(&pid) = self.args.server_pids.first() else {
             bail!("idle needs --server-pid to read the server's memory");
         };
         let creds = self.credentials().await?;
         let before = rss_kib(pid).ok_or_else(|| anyhow!("cannot read /proc/{pid}/status"))?;
-        let cpu = CpuWindow::start(self.args.server_pid);
+        let cpu = CpuWindow::start(&self.args.server_pids);
         let mut sessions = self.login_all(&creds).await?;
         for s in &mut sessions {
             s.stream.send_stanza(b"<presence/>").await?;
@@ -316,7 +316,7 @@ impl Bench {
         tokio::time::sleep(Duration::from_millis(500)).await;
         delivered.store(0, Ordering::Relaxed);
 
-        let cpu = CpuWindow::start(self.args.server_pid);
+        let cpu = CpuWindow::start(&self.args.server_pids);
         let start = Instant::now();
         let deadline = start + self.args.duration;
         let mut tasks = JoinSet::new();
