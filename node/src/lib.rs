@@ -73,6 +73,7 @@ pub async fn run(config: Config) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let api_state = waddle_api::ApiState {
         store: ctx.store.clone(),
+        control: Arc::new(ctx.store.clone()),
         accounts: Arc::new(ctx.accounts()),
         config: Arc::new(waddle_api::ApiConfig {
             domain: ctx.domain.clone(),
