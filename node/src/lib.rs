@@ -6,6 +6,7 @@ pub mod carbons;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod control_store;
 pub mod ctx;
 pub mod http_server;
 pub mod im;
