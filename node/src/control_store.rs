@@ -351,13 +351,15 @@ impl ControlStore for RaftControlStore {
             let body = encode(&channel)?;
             with_retries("creating a channel", || async {
                 let state = plane.state();
-                let Some((_, waddle)) = waddle_of(&state, &channel.waddle_id)? else {
-                    return Err(StorageError::NotFound);
-                };
+                // Counted first, as the local store does (a limit of 0 answers `false` even
+                // for an unknown waddle).
                 let siblings = channels_of(&state, &channel.waddle_id)?;
                 if u64::try_from(siblings.len()).unwrap_or(u64::MAX) >= max {
                     return Ok(Attempt::Done(false));
                 }
+                let Some((_, waddle)) = waddle_of(&state, &channel.waddle_id)? else {
+                    return Err(StorageError::NotFound);
+                };
                 if state.record(CHANNEL_KIND, &channel.id).is_some() || siblings.iter().any(|c| c.name == channel.name)
                 {
                     return Err(StorageError::AlreadyExists);
