@@ -8,6 +8,7 @@ pub mod cli;
 pub mod clustering;
 pub mod config;
 pub mod connection;
+pub mod control_store;
 pub mod ctx;
 pub mod http_server;
 pub mod im;
@@ -76,6 +77,7 @@ pub async fn run(config: Config) -> Result<()> {
     let clustering: Arc<std::sync::OnceLock<Arc<clustering::Clustering>>> = Arc::default();
     let api_state = waddle_api::ApiState {
         store: ctx.store.clone(),
+        control: Arc::new(ctx.store.clone()),
         accounts: Arc::new(ctx.accounts()),
         config: Arc::new(waddle_api::ApiConfig {
             domain: ctx.domain.clone(),

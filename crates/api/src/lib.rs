@@ -15,8 +15,10 @@
 //!   not `view` answers `404 not_found` exactly like an unknown id, a visible object the
 //!   caller may not change answers `403 forbidden`. Channel lifecycle events reach the
 //!   MUC side through the [`RoomControl`] trait the node implements;
-//! - [`Permissions`]: the in-memory permission index, loaded from storage at start and
-//!   kept behind it (every change is persisted first, then applied; there is no cache);
+//! - [`Permissions`]: the in-memory permission index, loaded from the [`ControlStore`] at
+//!   start and kept behind it (every change is made durable first, then applied; there is
+//!   no cache); waddles and channels also live in the [`ControlStore`] (the node's
+//!   database, or in a cluster the replicated control plane);
 //! - the account creation rules shared with in-band registration on the XMPP side
 //!   ([`create_account`]): username policy, password bounds, SCRAM-SHA-1 and
 //!   SCRAM-SHA-256 credential derivation;
@@ -35,6 +37,7 @@
 //! provides the [`RoomControl`]).
 
 pub mod accounts;
+pub mod control;
 pub mod identity;
 pub mod tokens;
 
@@ -56,9 +59,10 @@ use waddle_sasl::{FailureLimiter, LoginLimiter, SaslError, ScramCredentials, Scr
 use waddle_storage::{AccountRecord, Store, StoredScram};
 
 pub use accounts::Accounts;
+pub use control::{Commit, ControlFuture, ControlStore};
 pub use error::ApiError;
 pub use identity::IdentityError;
-pub use permissions::Permissions;
+pub use permissions::{Permissions, DEFAULT_REPLICATION_TIMEOUT};
 pub use rooms::{BoxFuture, NoRooms, RoomControl};
 pub use waddles::{is_valid_id, new_id};
 
@@ -126,6 +130,9 @@ impl std::fmt::Debug for ApiConfig {
 pub struct ApiState {
     /// The node's database.
     pub store: Store,
+    /// Waddles, channels and permission tuples: the node's database, or in a cluster the
+    /// replicated control plane.
+    pub control: Arc<dyn ControlStore>,
     /// Accounts and tokens: the node's database, or in a cluster their owners'.
     pub accounts: Arc<dyn Accounts>,
     /// API settings.
@@ -137,7 +144,7 @@ pub struct ApiState {
     pub registration_limiter: Arc<Mutex<FailureLimiter>>,
     /// Whether the node has finished starting (and is not shutting down).
     pub ready: Arc<AtomicBool>,
-    /// The permission checker (Zanzibar tuples in memory, persisted in `store`).
+    /// The permission checker (Zanzibar tuples in memory, persisted in `control`).
     pub authz: Arc<Permissions>,
     /// The MUC side of channel lifecycle events.
     pub rooms: Arc<dyn RoomControl>,

@@ -14,6 +14,7 @@ use waddle_storage::{Store, TokenKind};
 
 use crate::*;
 
+mod permissions;
 mod waddles;
 
 const ADMIN: &str = "s3cret-admin-token";
@@ -47,6 +48,7 @@ async fn start_with(config: ApiConfig, connect_info: bool) -> Server {
         authz: Arc::new(Permissions::load(store.clone()).await.unwrap()),
         rooms: rooms.clone(),
         accounts: Arc::new(store.clone()),
+        control: Arc::new(store.clone()),
         store,
         config: Arc::new(config),
         auth_limiter: Arc::new(Mutex::new(LoginLimiter::new(3, 6, Duration::from_secs(60), 1000))),

@@ -187,7 +187,7 @@ async fn visible_waddle(state: &ApiState, id: &str, user: &str) -> Result<Waddle
     if !state.authz.check(&waddle_ref(id), "view", user) {
         return Err(ApiError::NotFound);
     }
-    state.store.waddle(id).await?.ok_or(ApiError::NotFound)
+    state.control.waddle(id).await?.ok_or(ApiError::NotFound)
 }
 
 /// The channel, if it exists and `user` may view it; 404 otherwise.
@@ -195,7 +195,7 @@ async fn visible_channel(state: &ApiState, id: &str, user: &str) -> Result<Chann
     if !state.authz.check(&channel_ref(id), "view", user) {
         return Err(ApiError::NotFound);
     }
-    state.store.channel(id).await?.ok_or(ApiError::NotFound)
+    state.control.channel(id).await?.ok_or(ApiError::NotFound)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ fn waddle_json_with(w: WaddleRecord, channels: Vec<ChannelJson>) -> Result<Waddl
 
 async fn visible_channels(state: &ApiState, waddle_id: &str, user: &str) -> Result<Vec<ChannelJson>, ApiError> {
     state
-        .store
+        .control
         .channels(waddle_id)
         .await?
         .into_iter()
@@ -310,13 +310,13 @@ async fn create_channel(
     };
     let limit = state.config.max_channels_per_waddle;
     let created =
-        state.store.channel_create_limited(&channel, u64::try_from(limit).unwrap_or(u64::MAX)).await.map_err(|e| {
-            match e {
+        state.control.channel_create_limited(&channel, u64::try_from(limit).unwrap_or(u64::MAX)).await.map_err(
+            |e| match e {
                 StorageError::AlreadyExists => ApiError::ChannelExists,
                 StorageError::NotFound => ApiError::NotFound,
                 other => other.into(),
-            }
-        })?;
+            },
+        )?;
     if !created {
         return Err(ApiError::ChannelLimit(limit));
     }
@@ -342,7 +342,7 @@ async fn create_channel(
 }
 
 async fn undo_channel(state: &ApiState, channel: &ChannelRecord) {
-    if let Err(e) = state.store.channel_delete(&channel.id).await {
+    if let Err(e) = state.control.channel_delete(&channel.id).await {
         tracing::error!(channel = %channel.id, error = %e, "cannot roll back a failed channel creation");
     }
 }
@@ -358,7 +358,7 @@ async fn retire_channel(state: &ApiState, channel: &ChannelRecord, reason: &str)
 
 /// Tells the rooms of a waddle that roles changed.
 async fn access_changed(state: &ApiState, waddle: &WaddleRecord) {
-    match state.store.channels(&waddle.id).await {
+    match state.control.channels(&waddle.id).await {
         Ok(channels) => state.rooms.access_changed(waddle, &channels).await,
         Err(e) => tracing::error!(waddle = %waddle.id, error = %e, "cannot notify rooms of an access change"),
     }
@@ -394,7 +394,7 @@ pub(crate) async fn create_waddle(
     };
     let mut attempts = 0;
     loop {
-        match state.store.waddle_create(&waddle).await {
+        match state.control.waddle_create(&waddle).await {
             Ok(()) => break,
             // A 60-bit id collision: astronomically rare, but cheap to survive.
             Err(StorageError::AlreadyExists) if attempts < 3 => {
@@ -428,7 +428,7 @@ pub(crate) async fn create_waddle(
 
 /// Rolls back a waddle whose creation failed half-way.
 async fn undo_waddle(state: &ApiState, waddle: &WaddleRecord) {
-    match state.store.waddle_delete(&waddle.id).await {
+    match state.control.waddle_delete(&waddle.id).await {
         Ok(channels) => {
             // Channels that failed were already undone; these are the ones that worked.
             for channel in &channels {
@@ -448,7 +448,7 @@ pub(crate) async fn list_waddles(
 ) -> Result<Json<Vec<WaddleJson>>, ApiError> {
     let ids = state.authz.lookup_objects("waddle", "view", &user);
     let mut out = Vec::with_capacity(ids.len());
-    for waddle in state.store.waddles_by_ids(&ids).await? {
+    for waddle in state.control.waddles_by_ids(&ids).await? {
         out.push(waddle_json(&state, waddle, &user).await?);
     }
     Ok(Json(out))
@@ -497,7 +497,7 @@ pub(crate) async fn patch_waddle(
         }
         waddle.description = description;
     }
-    state.store.waddle_update(&waddle).await.map_err(|e| match e {
+    state.control.waddle_update(&waddle).await.map_err(|e| match e {
         StorageError::NotFound => ApiError::NotFound,
         other => other.into(),
     })?;
@@ -512,7 +512,7 @@ pub(crate) async fn delete_waddle(
     let id = path_id("waddle", path)?;
     visible_waddle(&state, &id, &user).await?;
     require(&state, &waddle_ref(&id), "delete", &user, "only the owner may delete a waddle")?;
-    let channels = state.store.waddle_delete(&id).await.map_err(|e| match e {
+    let channels = state.control.waddle_delete(&id).await.map_err(|e| match e {
         StorageError::NotFound => ApiError::NotFound,
         other => other.into(),
     })?;
@@ -604,7 +604,7 @@ pub(crate) async fn remove_member(
         return Err(ApiError::NotFound);
     }
     // Leaving a waddle also drops the grants the user held on its channels.
-    for channel in state.store.channels(&id).await? {
+    for channel in state.control.channels(&id).await? {
         tuples.extend(state.authz.list(&TupleFilter {
             object: Some(channel_ref(&channel.id)),
             subject: Some(subject.clone()),
@@ -702,7 +702,7 @@ pub(crate) async fn patch_channel(
         }
         channel.topic = topic;
     }
-    state.store.channel_update(&channel).await.map_err(|e| match e {
+    state.control.channel_update(&channel).await.map_err(|e| match e {
         StorageError::AlreadyExists => ApiError::ChannelExists,
         StorageError::NotFound => ApiError::NotFound,
         other => other.into(),
@@ -719,7 +719,7 @@ pub(crate) async fn delete_channel(
     let id = path_id("channel", path)?;
     let channel = visible_channel(&state, &id, &user).await?;
     require(&state, &channel_ref(&id), "delete", &user, "only channel managers may delete a channel")?;
-    state.store.channel_delete(&id).await.map_err(|e| match e {
+    state.control.channel_delete(&id).await.map_err(|e| match e {
         StorageError::NotFound => ApiError::NotFound,
         other => other.into(),
     })?;

@@ -42,7 +42,9 @@ pub mod test_util;
 mod tests;
 
 pub use error::StorageError;
-pub use model::{AccountRecord, ChannelRecord, RosterRow, StoredScram, TokenKind, TokenRecord, WaddleRecord};
+pub use model::{
+    AccountRecord, ChannelRecord, RosterRow, StoredScram, TokenKind, TokenRecord, WaddleRecord, CHANNEL_KINDS,
+};
 pub use schema::SCHEMA_VERSION;
 pub use store::Store;
 

@@ -90,7 +90,7 @@ pub struct RosterRow {
 pub(crate) const SUBSCRIPTIONS: [&str; 4] = ["none", "to", "from", "both"];
 
 /// A waddle (a community: members, roles and channels).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WaddleRecord {
     /// Opaque id (the HTTP API uses 12 characters of `a-z2-7`).
     pub id: String,
@@ -105,7 +105,7 @@ pub struct WaddleRecord {
 }
 
 /// A channel of a waddle (backed by a MUC room).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChannelRecord {
     /// Opaque id (also the MUC room's localpart).
     pub id: String,
@@ -121,4 +121,5 @@ pub struct ChannelRecord {
     pub created_at: i64,
 }
 
-pub(crate) const CHANNEL_KINDS: [&str; 2] = ["text", "announcement"];
+/// The channel kinds a [`ChannelRecord`] may have.
+pub const CHANNEL_KINDS: [&str; 2] = ["text", "announcement"];
