@@ -102,6 +102,15 @@ impl Locality {
         true
     }
 
+    /// The nodes that own partitions in the current ring, sorted.
+    pub fn members(&self) -> Vec<u64> {
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        let mut members = ring.owners.clone();
+        members.sort_unstable();
+        members.dedup();
+        members
+    }
+
     /// Whether this node owns every partition (a cluster of one): nothing needs placing.
     pub fn alone(&self) -> bool {
         self.ring.read().unwrap_or_else(|e| e.into_inner()).alone

@@ -264,6 +264,9 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
         .with_context(|| format!("opening the control plane in {}", dir.display()))?;
     let control = Arc::new(control);
     let _ = control_slot.set(Arc::clone(&control));
+    // Waddles, channels and permissions are the control plane's from now on.
+    ctx.control.set_replicated(crate::control_store::RaftControlStore::new(Arc::clone(&control)));
+    crate::control_store::spawn_feed(Arc::clone(&control), Arc::clone(&ctx.permissions));
 
     // Follow what is committed before joining, so that the first ring is adopted at once.
     tokio::spawn(follow(Arc::downgrade(ctx), Arc::clone(&control), Arc::clone(&transport)));

@@ -609,3 +609,88 @@ mod tests {
         assert!(matches!(to_control_tuple("garbage"), Err(StorageError::Invalid(_))));
     }
 }
+
+/// The node's [`ControlStore`]: its own database on a single node; on a cluster member the
+/// control plane, once the node has opened it (until then every call fails, and nothing
+/// serves clients before it is set).
+pub struct NodeControl {
+    local: waddle_storage::Store,
+    clustered: bool,
+    replicated: std::sync::OnceLock<RaftControlStore>,
+}
+
+impl NodeControl {
+    pub fn new(local: waddle_storage::Store, clustered: bool) -> NodeControl {
+        NodeControl { local, clustered, replicated: std::sync::OnceLock::new() }
+    }
+
+    pub fn set_replicated(&self, store: RaftControlStore) {
+        let _ = self.replicated.set(store);
+    }
+
+    fn target(&self) -> Result<&dyn ControlStore, StorageError> {
+        match (self.replicated.get(), self.clustered) {
+            (Some(replicated), _) => Ok(replicated),
+            (None, false) => Ok(&self.local),
+            (None, true) => Err(StorageError::Database("this node has not joined its cluster yet".into())),
+        }
+    }
+}
+
+fn not_ready<T: Send + 'static>(e: StorageError) -> ControlFuture<T> {
+    Box::pin(async move { Err(e) })
+}
+
+macro_rules! delegate {
+    ($self:ident, $method:ident ( $($arg:expr),* )) => {
+        match $self.target() {
+            Ok(target) => target.$method($($arg),*),
+            Err(e) => not_ready(e),
+        }
+    };
+}
+
+impl ControlStore for NodeControl {
+    fn tuples_all(&self) -> ControlFuture<Vec<String>> {
+        delegate!(self, tuples_all())
+    }
+    fn change_tuples(&self, write: Vec<String>, delete: Vec<String>) -> ControlFuture<Commit> {
+        delegate!(self, change_tuples(write, delete))
+    }
+    fn delete_object(&self, object: String, known: Vec<String>) -> ControlFuture<(Commit, Vec<String>)> {
+        delegate!(self, delete_object(object, known))
+    }
+    fn remove_user(&self, username: String, known: Vec<String>) -> ControlFuture<(Commit, Vec<String>)> {
+        delegate!(self, remove_user(username, known))
+    }
+    fn waddle(&self, id: &str) -> ControlFuture<Option<WaddleRecord>> {
+        delegate!(self, waddle(id))
+    }
+    fn waddles_by_ids(&self, ids: &[String]) -> ControlFuture<Vec<WaddleRecord>> {
+        delegate!(self, waddles_by_ids(ids))
+    }
+    fn waddle_create(&self, waddle: &WaddleRecord) -> ControlFuture<()> {
+        delegate!(self, waddle_create(waddle))
+    }
+    fn waddle_update(&self, waddle: &WaddleRecord) -> ControlFuture<()> {
+        delegate!(self, waddle_update(waddle))
+    }
+    fn waddle_delete(&self, id: &str) -> ControlFuture<Vec<ChannelRecord>> {
+        delegate!(self, waddle_delete(id))
+    }
+    fn channel(&self, id: &str) -> ControlFuture<Option<ChannelRecord>> {
+        delegate!(self, channel(id))
+    }
+    fn channels(&self, waddle_id: &str) -> ControlFuture<Vec<ChannelRecord>> {
+        delegate!(self, channels(waddle_id))
+    }
+    fn channel_create_limited(&self, channel: &ChannelRecord, max: u64) -> ControlFuture<bool> {
+        delegate!(self, channel_create_limited(channel, max))
+    }
+    fn channel_update(&self, channel: &ChannelRecord) -> ControlFuture<()> {
+        delegate!(self, channel_update(channel))
+    }
+    fn channel_delete(&self, id: &str) -> ControlFuture<()> {
+        delegate!(self, channel_delete(id))
+    }
+}

@@ -36,6 +36,9 @@ pub struct Ctx {
     pub muc: crate::muc::MucService,
     pub archive: waddle_mam::Archive,
     pub permissions: Arc<waddle_api::Permissions>,
+    /// Waddles, channels and permission tuples: the local database on a single node, the
+    /// control plane on a cluster member.
+    pub control: Arc<crate::control_store::NodeControl>,
     /// Serialises read-modify-write of one user's roster (subscription handshakes from
     /// two sessions at once must not lose an update).
     roster_locks: Vec<AsyncMutex<()>>,
@@ -51,6 +54,7 @@ impl Ctx {
         tls: Arc<rustls::ServerConfig>,
         archive: waddle_mam::Archive,
         permissions: Arc<waddle_api::Permissions>,
+        control: Arc<crate::control_store::NodeControl>,
         node_id: u64,
     ) -> Arc<Ctx> {
         let limiter = LoginLimiter::new(
@@ -80,6 +84,7 @@ impl Ctx {
             muc: crate::muc::MucService::new(muc_domain),
             archive,
             permissions,
+            control,
             roster_locks: (0..ROSTER_LOCKS).map(|_| AsyncMutex::new(())).collect(),
             next_stanza_id: AtomicU64::new(1),
         });

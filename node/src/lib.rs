@@ -52,9 +52,18 @@ pub async fn open_node(config: Config) -> Result<Arc<Ctx>> {
     let archive = waddle_mam::Archive::open(&archive_dir)
         .await
         .with_context(|| format!("opening archives in {}", archive_dir.display()))?;
-    let permissions = Arc::new(waddle_api::Permissions::load(store.clone()).await.context("loading permissions")?);
+    let clustered = config.cluster.enabled();
+    let control = Arc::new(control_store::NodeControl::new(store.clone(), clustered));
+    let control_dyn: Arc<dyn waddle_api::ControlStore> = control.clone();
+    // A cluster member's tuples come from the control plane once it is open
+    // (`clustering::start`); a single node's from its database.
+    let permissions = if clustered {
+        waddle_api::Permissions::from_tuples(control_dyn, Vec::new(), 0)
+    } else {
+        waddle_api::Permissions::load_from(control_dyn).await.context("loading permissions")?
+    };
     let node_id = config.server.node_id;
-    Ok(Ctx::new(config, store, tls, archive, permissions, node_id))
+    Ok(Ctx::new(config, store, tls, archive, Arc::new(permissions), control, node_id))
 }
 
 /// Runs a node until SIGINT or SIGTERM, then drains it.
@@ -77,7 +86,7 @@ pub async fn run(config: Config) -> Result<()> {
     let clustering: Arc<std::sync::OnceLock<Arc<clustering::Clustering>>> = Arc::default();
     let api_state = waddle_api::ApiState {
         store: ctx.store.clone(),
-        control: Arc::new(ctx.store.clone()),
+        control: ctx.control.clone(),
         accounts: Arc::new(ctx.accounts()),
         config: Arc::new(waddle_api::ApiConfig {
             domain: ctx.domain.clone(),

@@ -179,7 +179,7 @@ async fn room_for(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<Ac
 pub async fn room_partition(ctx: &Ctx, room_node: &str) -> waddle_cluster::PartitionId {
     let waddle = match ctx.muc.room_waddle(room_node) {
         Some(known) => known,
-        None => match ctx.store.channel(room_node).await {
+        None => match waddle_api::ControlStore::channel(ctx.control.as_ref(), room_node).await {
             Ok(channel) => {
                 let waddle = channel.map(|c| c.waddle_id);
                 ctx.muc.remember_room(room_node, waddle.as_deref());
@@ -199,7 +199,8 @@ pub async fn room_partition(ctx: &Ctx, room_node: &str) -> waddle_cluster::Parti
 /// sure one room never gets two actors).
 async fn start_room(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<ActorRef<RoomMsg>, &'static str> {
     let node = room_jid.split('@').next().unwrap_or_default().to_owned();
-    let channel = ctx.store.channel(&node).await.map_err(|_| "internal-server-error")?;
+    let channel =
+        waddle_api::ControlStore::channel(ctx.control.as_ref(), &node).await.map_err(|_| "internal-server-error")?;
     let snapshot = ctx.store.room_get(room_jid).await.map_err(|_| "internal-server-error")?;
     let binding = channel.as_ref().map(ChannelBinding::of);
     let mut room = match (&snapshot, &channel) {
@@ -289,6 +290,11 @@ async fn spawn_room(
 /// Creates (or re-creates) the room of a new channel, persisted so it survives restarts.
 pub async fn create_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord) -> Result<String, String> {
     let room_jid = ctx.muc.room_jid(&channel.id);
+    if !ctx.cluster.alone() {
+        // The room's node creates it from the channel record (in the control plane)
+        // when it first loads; its snapshot is written there.
+        return Ok(room_jid);
+    }
     let room = Room::new(&room_jid, channel_config(channel), None, true);
     ctx.store.room_put(&room_jid, &room.snapshot(), None).await.map_err(|e| e.to_string())?;
     Ok(room_jid)
@@ -772,9 +778,7 @@ impl waddle_api::RoomControl for NodeRooms {
         let channel = channel.clone();
         Box::pin(async move {
             let Some(ctx) = self.ctx.upgrade() else { return };
-            if let Some(actor) = ctx.muc.running(&self.room_jid(&channel)) {
-                let _ = actor.cast(RoomMsg::ChannelUpdated(channel));
-            }
+            tell_rooms(&ctx, RoomEvent::Updated(channel)).await;
         })
     }
 
@@ -787,7 +791,7 @@ impl waddle_api::RoomControl for NodeRooms {
         let reason = reason.to_owned();
         Box::pin(async move {
             if let Some(ctx) = self.ctx.upgrade() {
-                destroy_channel_room(&ctx, &channel, &reason).await;
+                tell_rooms(&ctx, RoomEvent::Deleted { channel, reason }).await;
             }
         })
     }
@@ -802,12 +806,56 @@ impl waddle_api::RoomControl for NodeRooms {
         let rooms: Vec<String> = channels.iter().map(|c| self.room_jid(c)).collect();
         Box::pin(async move {
             let Some(ctx) = self.ctx.upgrade() else { return };
+            tell_rooms(&ctx, RoomEvent::AccessChanged { rooms }).await;
+        })
+    }
+}
+
+/// A channel's room must learn of a change made through the REST API, on whichever node
+/// runs it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum RoomEvent {
+    Updated(ChannelRecord),
+    Deleted {
+        channel: ChannelRecord,
+        reason: String,
+    },
+    /// Membership or roles changed: these rooms re-evaluate their occupants.
+    AccessChanged {
+        rooms: Vec<String>,
+    },
+}
+
+/// Applies `event` here and, on a cluster member, sends it to every other member with
+/// the permission index it was made at (so a room re-evaluates with the change applied).
+async fn tell_rooms(ctx: &Arc<Ctx>, event: RoomEvent) {
+    if !ctx.cluster.alone() {
+        let applied = ctx.permissions.applied_index();
+        for node in ctx.cluster.members() {
+            if node != ctx.cluster.me() {
+                ctx.to_node(node, crate::remote::NodeOp::Rooms { event: event.clone(), applied });
+            }
+        }
+    }
+    apply_room_event(ctx, event).await;
+}
+
+/// What a room event does to the rooms running on this node.
+pub async fn apply_room_event(ctx: &Arc<Ctx>, event: RoomEvent) {
+    match event {
+        RoomEvent::Updated(channel) => {
+            if let Some(actor) = ctx.muc.running(&ctx.muc.room_jid(&channel.id)) {
+                let _ = actor.cast(RoomMsg::ChannelUpdated(channel));
+            }
+        }
+        RoomEvent::Deleted { channel, reason } => destroy_channel_room(ctx, &channel, &reason).await,
+        RoomEvent::AccessChanged { rooms } => {
             for room in rooms {
                 if let Some(actor) = ctx.muc.running(&room) {
                     let _ = actor.cast(RoomMsg::PolicyChanged);
                 }
             }
-        })
+        }
     }
 }
 

@@ -50,6 +50,9 @@ pub enum NodeOp {
     DeliverToJids { jids: Vec<String>, bytes: Vec<u8>, attrs_end: usize },
     /// Account work of the session `jid`/`addr`, for the node that owns its user.
     Account { jid: String, addr: SessionAddr, action: AccountAction },
+    /// A channel's room changed through the REST API of the sending node, whose
+    /// permission index was at `applied` (the receiver waits to be there too).
+    Rooms { event: crate::muc::RoomEvent, applied: u64 },
 }
 
 /// What a session asks of its account's owner.
@@ -456,6 +459,16 @@ pub fn handle(ctx: Arc<Ctx>, from_node: u64, op: NodeOp) -> BoxFuture<'static, (
                     return;
                 };
                 ctx.deliver_shared_to_jids(&jids, Arc::new(shared), 1);
+            }
+            NodeOp::Rooms { event, applied } => {
+                // Bounded: a node that cannot catch up within this applies it anyway.
+                for _ in 0..400 {
+                    if ctx.permissions.applied_index() >= applied {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                crate::muc::apply_room_event(&ctx, event).await;
             }
             NodeOp::Account { jid, addr, action } => {
                 let Ok(full) = FullJid::new(&jid) else {

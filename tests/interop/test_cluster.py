@@ -18,9 +18,17 @@ from typing import Iterator
 
 import pytest
 
-from conftest import WaddleProcess, _account_maker, _free_ports, _http_caller, _xmpp_connector
+from conftest import WaddleProcess, _account_maker, _free_ports, _http_caller, _user_maker, _xmpp_connector
 from xmpp_helpers import (
     DOMAIN,
+    add_member,
+    check_permission,
+    create_waddle,
+    is_error_from,
+    is_occupant_presence,
+    join_room_error,
+    muc_statuses,
+    stanza_error,
     MUC_DOMAIN,
     MUC_PLUGINS,
     NS_DELAY,
@@ -268,6 +276,64 @@ async def test_an_adhoc_room_with_members_on_every_node(cluster, xmpp_on):
     for c in clients:
         page = await mam_query(c, room, max=10)
         assert len(page.messages) >= 3, page.messages
+
+
+async def test_a_waddle_made_on_one_node_is_used_from_all_and_revoked_everywhere(cluster, xmpp_on):
+    http = [_http_caller(n.info) for n in cluster.nodes]
+    users = [_user_maker(http[0], _account_maker(http[0]))(p) for p in ("wa", "wb", "wc")]
+    alice, bob, carol = users
+    # Created through node 1; its rooms live with the waddle's partition.
+    w = create_waddle(http[0], alice)
+    add_member(http[0], w, alice, bob)
+    add_member(http[0], w, alice, carol)
+    general = w.room("general")
+    where = cluster.locate(1, general)
+    assert where["owner"] in {"1", "2", "3"}, where
+    # Every node knows the waddle and answers with the same channels.
+    for h in http:
+        status, body = h("GET", f"/v1/waddles/{w.id}", bearer=alice.token)
+        assert status == 200 and body["id"] == w.id, (status, body)
+
+    a = await xmpp_on(0)(alice.username, alice.password, "pc", plugins=MUC_PLUGINS)
+    b = await xmpp_on(1)(bob.username, bob.password, "pc", plugins=MUC_PLUGINS)
+    c = await xmpp_on(2)(carol.username, carol.password, "pc", plugins=MUC_PLUGINS)
+    for client, nick in ((a, "alice"), (b, "bob"), (c, "carol")):
+        await join_room(client, general, nick, maxstanzas=0)
+    text = unique("hello-waddle-")
+    b.send_message(mto=general, mbody=text, mtype="groupchat")
+    for client in (a, b, c):
+        await client.wait_for(is_groupchat(general, text, nick="bob"), "groupchat across nodes")
+    for client in (a, c):
+        page = await mam_query(client, general, max=10)
+        assert any(text in ET_text(m) for m in page.messages), page.messages
+
+    # Bob is removed through node 3's REST API: he is kicked at once, wherever the room
+    # runs, and refused after.
+    b_mark, a_mark = b.mark(), a.mark()
+    status, body = http[2]("DELETE", f"/v1/waddles/{w.id}/members/{bob.username}", bearer=alice.token)
+    assert status == 204, (status, body)
+    gone = await b.wait_for(is_occupant_presence(general, "bob", "unavailable"), "bob kicked", since=b_mark)
+    assert {110, 321} <= muc_statuses(gone), gone
+    await a.wait_for(is_occupant_presence(general, "bob", "unavailable"), "bob's removal seen by alice",
+                     since=a_mark)
+    text = unique("after-removal-")
+    b_mark = b.mark()
+    b.send_message(mto=general, mbody=text, mtype="groupchat")
+    bounced = await b.wait_for(is_error_from("message", general, text), "refused groupchat", since=b_mark)
+    assert stanza_error(bounced)[1] in ("not-acceptable", "forbidden"), bounced
+    err = await join_room_error(b, general, "bob")
+    assert stanza_error(err) == ("auth", "forbidden"), err
+    # Every node's permission check agrees within the documented bound (1 s).
+    channel = f"channel:{w.channel('general')['id']}"
+    for h in http:
+        deadline = time.monotonic() + 1.0
+        while check_permission(h, alice, channel, "view", user=bob.username):
+            assert time.monotonic() < deadline, "a node still allows the removed member after 1 s"
+            time.sleep(0.02)
+
+
+def ET_text(el) -> str:
+    return "".join(el.itertext())
 
 
 def test_a_fourth_node_joins_and_takes_its_share(cluster):
