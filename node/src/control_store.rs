@@ -545,71 +545,6 @@ pub fn spawn_feed(plane: Arc<ControlPlane>, permissions: Arc<Permissions>) -> to
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tuple(object: &str, relation: &str, subject: &str) -> Tuple {
-        Tuple::new(object, relation, subject)
-    }
-
-    fn write(write: Vec<Tuple>, delete: Vec<Tuple>) -> Command {
-        Command::WriteTuples { write, delete }
-    }
-
-    fn texts(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn tuple_changes_of_each_command() {
-        let a = tuple("waddle:w1", "member", "user:a");
-        let b = tuple("waddle:w1", "member", "user:b");
-        let ok = CommandResult::Ok { index: 3 };
-
-        let cmd = write(vec![a.clone()], vec![b.clone()]);
-        assert_eq!(
-            tuple_changes(&cmd, &ok),
-            Some((texts(&["waddle:w1#member@user:a"]), texts(&["waddle:w1#member@user:b"])))
-        );
-
-        // A removal reports what the state machine removed.
-        let removed = CommandResult::Removed(vec![a.clone()]);
-        let cmd = Command::RemoveUser { user: "a".into() };
-        assert_eq!(tuple_changes(&cmd, &removed), Some((vec![], texts(&["waddle:w1#member@user:a"]))));
-
-        // Nothing happened: nothing to apply (the index still moves).
-        let cmd = write(vec![a.clone()], vec![]);
-        assert_eq!(tuple_changes(&cmd, &CommandResult::Conflict { current_version: 1 }), Some((vec![], vec![])));
-        let cmd = Command::DeleteRecord { kind: "waddle".into(), id: "w1".into() };
-        assert_eq!(tuple_changes(&cmd, &ok), Some((vec![], vec![])));
-
-        // Writes in a batch apply in order: the last word on a tuple wins.
-        let cmd = Command::Batch(vec![
-            write(vec![a.clone(), b.clone()], vec![]),
-            Command::Batch(vec![write(vec![], vec![a.clone()])]),
-            Command::DeleteRecord { kind: "waddle".into(), id: "w1".into() },
-        ]);
-        assert_eq!(
-            tuple_changes(&cmd, &ok),
-            Some((texts(&["waddle:w1#member@user:b"]), texts(&["waddle:w1#member@user:a"])))
-        );
-
-        // Removals mixed with writes cannot be ordered from the result: rebuild.
-        let cmd =
-            Command::Batch(vec![write(vec![a.clone()], vec![]), Command::DeleteObject { object: "waddle:w1".into() }]);
-        assert_eq!(tuple_changes(&cmd, &removed), None);
-    }
-
-    #[test]
-    fn tuple_texts_round_trip_through_the_permission_model() {
-        for text in ["waddle:w1#member@user:a", "channel:c1#parent@waddle:w1", "channel:c1#viewer@waddle:w1#member"] {
-            assert_eq!(to_control_tuple(text).map(|t| tuple_text(&t)).ok().as_deref(), Some(text));
-        }
-        assert!(matches!(to_control_tuple("garbage"), Err(StorageError::Invalid(_))));
-    }
-}
-
 /// The node's [`ControlStore`]: its own database on a single node; on a cluster member the
 /// control plane, once the node has opened it (until then every call fails, and nothing
 /// serves clients before it is set).
@@ -692,5 +627,70 @@ impl ControlStore for NodeControl {
     }
     fn channel_delete(&self, id: &str) -> ControlFuture<()> {
         delegate!(self, channel_delete(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(object: &str, relation: &str, subject: &str) -> Tuple {
+        Tuple::new(object, relation, subject)
+    }
+
+    fn write(write: Vec<Tuple>, delete: Vec<Tuple>) -> Command {
+        Command::WriteTuples { write, delete }
+    }
+
+    fn texts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn tuple_changes_of_each_command() {
+        let a = tuple("waddle:w1", "member", "user:a");
+        let b = tuple("waddle:w1", "member", "user:b");
+        let ok = CommandResult::Ok { index: 3 };
+
+        let cmd = write(vec![a.clone()], vec![b.clone()]);
+        assert_eq!(
+            tuple_changes(&cmd, &ok),
+            Some((texts(&["waddle:w1#member@user:a"]), texts(&["waddle:w1#member@user:b"])))
+        );
+
+        // A removal reports what the state machine removed.
+        let removed = CommandResult::Removed(vec![a.clone()]);
+        let cmd = Command::RemoveUser { user: "a".into() };
+        assert_eq!(tuple_changes(&cmd, &removed), Some((vec![], texts(&["waddle:w1#member@user:a"]))));
+
+        // Nothing happened: nothing to apply (the index still moves).
+        let cmd = write(vec![a.clone()], vec![]);
+        assert_eq!(tuple_changes(&cmd, &CommandResult::Conflict { current_version: 1 }), Some((vec![], vec![])));
+        let cmd = Command::DeleteRecord { kind: "waddle".into(), id: "w1".into() };
+        assert_eq!(tuple_changes(&cmd, &ok), Some((vec![], vec![])));
+
+        // Writes in a batch apply in order: the last word on a tuple wins.
+        let cmd = Command::Batch(vec![
+            write(vec![a.clone(), b.clone()], vec![]),
+            Command::Batch(vec![write(vec![], vec![a.clone()])]),
+            Command::DeleteRecord { kind: "waddle".into(), id: "w1".into() },
+        ]);
+        assert_eq!(
+            tuple_changes(&cmd, &ok),
+            Some((texts(&["waddle:w1#member@user:b"]), texts(&["waddle:w1#member@user:a"])))
+        );
+
+        // Removals mixed with writes cannot be ordered from the result: rebuild.
+        let cmd =
+            Command::Batch(vec![write(vec![a.clone()], vec![]), Command::DeleteObject { object: "waddle:w1".into() }]);
+        assert_eq!(tuple_changes(&cmd, &removed), None);
+    }
+
+    #[test]
+    fn tuple_texts_round_trip_through_the_permission_model() {
+        for text in ["waddle:w1#member@user:a", "channel:c1#parent@waddle:w1", "channel:c1#viewer@waddle:w1#member"] {
+            assert_eq!(to_control_tuple(text).map(|t| tuple_text(&t)).ok().as_deref(), Some(text));
+        }
+        assert!(matches!(to_control_tuple("garbage"), Err(StorageError::Invalid(_))));
     }
 }
