@@ -105,6 +105,19 @@ pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare
     let body = msg.get_child("body", ns::CLIENT).map(Element::text);
     // Awaiting the queue (not the commit) is the archive's back-pressure: a sender that
     // outpaces the archive waits here, and its session stops reading from the socket.
+    // This node owns the recipient; the sender's archive is at the sender's owner, which
+    // keeps a copy of its own (the one copy here is indexed in both archives).
+    if let waddle_cluster::Place::Remote(node) = ctx.cluster.place(waddle_cluster::partition_of(from_bare)) {
+        let copy = crate::remote::NodeOp::ArchiveChat {
+            from: from_bare.to_owned(),
+            to: to_bare.to_owned(),
+            stanza_id: stanza_id.clone(),
+            micros,
+            payload: payload.clone(),
+            body: body.clone(),
+        };
+        ctx.to_node(node, copy);
+    }
     if let Err(e) = ctx.archive.append_chat_queued(from_bare, to_bare, &stanza_id, micros, payload, body).await {
         tracing::error!(error = %e, "chat archive write failed");
     }
@@ -119,6 +132,10 @@ async fn apply_retraction(ctx: &Ctx, sender: &str, target: &str) -> ChatVerdict 
         Target::OwnMessage => {
             if let Err(e) = ctx.archive.retract(ArchiveLocation::Users, sender, target).await {
                 tracing::error!(error = %e, "chat archive retraction failed");
+            }
+            if let waddle_cluster::Place::Remote(node) = ctx.cluster.place(waddle_cluster::partition_of(sender)) {
+                let op = crate::remote::NodeOp::RetractChat { sender: sender.to_owned(), target: target.to_owned() };
+                ctx.to_node(node, op);
             }
             ChatVerdict::Deliver
         }

@@ -50,6 +50,11 @@ pub enum NodeOp {
     DeliverToJids { jids: Vec<String>, bytes: Vec<u8>, attrs_end: usize },
     /// Account work of the session `jid`/`addr`, for the node that owns its user.
     Account { jid: String, addr: SessionAddr, action: AccountAction },
+    /// The copy of a 1:1 message for the archive of its sender, whose user the receiver
+    /// owns (the sender's node archived it for the recipient).
+    ArchiveChat { from: String, to: String, stanza_id: String, micros: i64, payload: String, body: Option<String> },
+    /// The sender retracted one of its 1:1 messages: tombstone the receiver's copy.
+    RetractChat { sender: String, target: String },
     /// A channel's room changed through the REST API of the sending node, whose
     /// permission index was at `applied` (the receiver waits to be there too).
     Rooms { event: crate::muc::RoomEvent, applied: u64 },
@@ -459,6 +464,16 @@ pub fn handle(ctx: Arc<Ctx>, from_node: u64, op: NodeOp) -> BoxFuture<'static, (
                     return;
                 };
                 ctx.deliver_shared_to_jids(&jids, Arc::new(shared), 1);
+            }
+            NodeOp::ArchiveChat { from, to, stanza_id, micros, payload, body } => {
+                if let Err(e) = ctx.archive.append_chat_queued(&from, &to, &stanza_id, micros, payload, body).await {
+                    tracing::error!(error = %e, "chat archive write (sender's copy) failed");
+                }
+            }
+            NodeOp::RetractChat { sender, target } => {
+                if let Err(e) = ctx.archive.retract(waddle_mam::ArchiveLocation::Users, &sender, &target).await {
+                    tracing::error!(error = %e, "chat archive retraction (sender's copy) failed");
+                }
             }
             NodeOp::Rooms { event, applied } => {
                 // Bounded: a node that cannot catch up within this applies it anyway.

@@ -11,6 +11,7 @@ must agree), never slept for.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -205,8 +206,8 @@ async def test_accounts_presence_and_chat_across_nodes(cluster, xmpp_on):
     b_owner = node_index(cluster, cluster.locate(0, f"{bob}@{DOMAIN}")["owner"])
     a_node = other_node(cluster, a_owner)
     b_node = other_node(cluster, b_owner, a_node)
-    a = await xmpp_on(a_node)(alice, apw, "laptop")
-    b = await xmpp_on(b_node)(bob, bpw, "phone")
+    a = await xmpp_on(a_node)(alice, apw, "laptop", plugins=MUC_PLUGINS)
+    b = await xmpp_on(b_node)(bob, bpw, "phone", plugins=MUC_PLUGINS)
     a.send_presence()
     b.send_presence()
     await a.wait_for(is_presence(f"{alice}@{DOMAIN}/laptop"), "own presence reflected")
@@ -225,6 +226,16 @@ async def test_accounts_presence_and_chat_across_nodes(cluster, xmpp_on):
     b.send_message(mto=f"{alice}@{DOMAIN}", mbody=body, mtype="chat")
     got = await a.wait_for(is_message_with_body(body, "chat"), "message to a bare JID across nodes")
     assert got["from"] == f"{bob}@{DOMAIN}/phone"
+
+    # Both users' own archives hold the conversation, each kept by its user's owner.
+    for client, expected in ((a, body), (b, body)):
+        deadline = time.monotonic() + 5
+        while True:
+            page = await mam_query(client, None, with_jid=f"{alice}@{DOMAIN}" if client is b else f"{bob}@{DOMAIN}")
+            if any(expected in ET_text(m) for m in page.messages):
+                break
+            assert time.monotonic() < deadline, f"{client.boundjid} archive lacks {expected}: {page.messages}"
+            await asyncio.sleep(0.1)
 
     # A presence update reaches the subscriber on the other node.
     mark = a.mark()
