@@ -242,6 +242,9 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
 
     let mut transport_config = RactorConfig::new(me, listen, config.cluster.secret.clone());
     transport_config.advertise_host = listen.ip().to_string();
+    if config.cluster.tls {
+        transport_config.tls = Some(crate::tls::cluster_tls(config).context("cluster.tls")?);
+    }
     let transport = RactorTransport::start(transport_config, Arc::new(dispatcher))
         .await
         .map_err(|e| anyhow::anyhow!("cluster.listen: cannot start the inter-node transport on {listen}: {e}"))?;

@@ -35,13 +35,24 @@ pub struct ClusterConfig {
     /// How many nodes vote in the control plane's Raft group (1, 3 or 5); later nodes
     /// are non-voters that serve clients and own partitions like any other.
     pub voters: usize,
-    /// TLS between nodes.
+    /// TLS between nodes, with the node's certificate (`tls.cert_path`, or the
+    /// generated one).
     pub tls: bool,
+    /// PEM file of the authority every node's certificate chains to; empty: peers must
+    /// present this node's own certificate (all nodes configured with one certificate).
+    pub tls_ca: String,
 }
 
 impl Default for ClusterConfig {
     fn default() -> ClusterConfig {
-        ClusterConfig { listen: String::new(), seeds: Vec::new(), secret: String::new(), voters: 3, tls: false }
+        ClusterConfig {
+            listen: String::new(),
+            seeds: Vec::new(),
+            secret: String::new(),
+            voters: 3,
+            tls: false,
+            tls_ca: String::new(),
+        }
     }
 }
 
@@ -399,6 +410,9 @@ impl Config {
         }
         if !self.cluster.listen.is_empty() && self.cluster.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid("cluster.listen", "must be an address such as 127.0.0.1:7400");
+        }
+        if self.cluster.tls && self.cluster.listen.is_empty() {
+            return invalid("cluster.tls", "needs cluster.listen");
         }
         if !(1..=5).contains(&self.cluster.voters) {
             return invalid("cluster.voters", "must be between 1 and 5 (3 or 5 tolerate failures)");

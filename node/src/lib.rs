@@ -138,9 +138,17 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
     if ctx.config.cluster.enabled() {
-        // Members only serve clients once they are in the cluster and know the ring.
-        let joined = clustering::start(&ctx).await?;
-        let _ = clustering.set(joined);
+        // Members only serve clients once they are in the cluster and know the ring; a
+        // signal while joining stops the node cleanly.
+        tokio::select! {
+            joined = clustering::start(&ctx) => {
+                let _ = clustering.set(joined?);
+            }
+            () = shutdown_signal() => {
+                tracing::info!("shutting down before joining the cluster");
+                return Ok(());
+            }
+        }
     }
     tokio::spawn(accept_loop(Arc::clone(&ctx), starttls, false));
     tokio::spawn(accept_loop(Arc::clone(&ctx), direct, true));

@@ -14,22 +14,74 @@ pub fn server_config_for(config: &Config) -> Result<Arc<rustls::ServerConfig>> {
     // Install one process-wide provider explicitly: two providers linked in (ring and
     // aws-lc-rs via other crates) would otherwise make rustls refuse to pick.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let (certs, key) = node_certificate(config)?;
+    let server_config = server_config(certs, key)?;
+    Ok(Arc::new(server_config))
+}
+
+/// The node's certificate chain and key: the configured files, or the self-signed pair
+/// generated in the data dir.
+fn node_certificate(config: &Config) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let (cert_path, key_path) = if config.tls.cert_path.is_empty() {
         ensure_self_signed(&config.server.data_dir.join("tls"), &config.server.domain)?
     } else {
         (PathBuf::from(&config.tls.cert_path), PathBuf::from(&config.tls.key_path))
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .with_context(|| format!("tls.cert_path: cannot read {}", cert_path.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("tls.cert_path: invalid PEM in {}", cert_path.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("tls.cert_path: no certificate in {}", cert_path.display());
-    }
+    let certs = read_certs(&cert_path, "tls.cert_path")?;
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("tls.key_path: cannot read a private key from {}", key_path.display()))?;
-    let server_config = server_config(certs, key)?;
-    Ok(Arc::new(server_config))
+    Ok((certs, key))
+}
+
+fn read_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("{field}: cannot read {}", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{field}: invalid PEM in {}", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{field}: no certificate in {}", path.display());
+    }
+    Ok(certs)
+}
+
+/// TLS between nodes (`cluster.tls`): each node presents its own certificate (the
+/// client one's, `tls.cert_path`) and accepts peers whose certificate is valid for
+/// `server.domain` and chains to `cluster.tls_ca`, or, without it, is the node's own
+/// certificate (every node configured with the same certificate). Peers authenticate
+/// with the cluster secret as well; TLS adds confidentiality and authenticates the node
+/// a connection reaches.
+pub fn cluster_tls(config: &Config) -> Result<waddle_cluster::transport::ractor::ClusterTls> {
+    use rustls::pki_types::ServerName;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (certs, key) = node_certificate(config)?;
+    let anchors = if config.cluster.tls_ca.is_empty() {
+        certs.clone()
+    } else {
+        read_certs(Path::new(&config.cluster.tls_ca), "cluster.tls_ca")?
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for anchor in anchors {
+        roots.add(anchor).context("cluster.tls_ca: not a usable trust anchor")?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls: certificate and key do not match")?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name =
+        ServerName::try_from(config.server.domain.clone()).context("server.domain: not usable as a TLS server name")?;
+    Ok(waddle_cluster::transport::ractor::ClusterTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        server_name,
+    })
 }
 
 /// The SHA-256 cipher suites, which the server prefers (see [`server_config`]).

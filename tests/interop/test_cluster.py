@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import time
 from typing import Iterator
@@ -54,7 +55,8 @@ class Cluster:
         self.nodes: list[WaddleProcess] = []
         self.cluster_ports: list[int] = []
 
-    def start_node(self, seed_index: int | None) -> WaddleProcess:
+    def start_node(self, seed_index: int | None, extra: dict | None = None,
+                   name: str = "cluster-node") -> WaddleProcess:
         node_id = len(self.nodes) + 1
         (port,) = _free_ports(1)
         env = {
@@ -65,10 +67,17 @@ class Cluster:
         }
         if seed_index is not None:
             env["WADDLE_CLUSTER_SEEDS"] = f"127.0.0.1:{self.cluster_ports[seed_index]}"
-        node = WaddleProcess(f"cluster-node{node_id}", env)
+        env.update(extra or {})
+        node = WaddleProcess(f"{name}{node_id}", env)
         self.nodes.append(node)
         self.cluster_ports.append(port)
-        node.start()  # returns once /health is 200: joined and the ring known
+        node.start()  # /health: the HTTP listener is up
+        # /ready turns 200 once the node is a member that knows the ring and serves XMPP.
+        deadline = time.monotonic() + 30
+        while http_request(node.info.http_base, "GET", "/ready")[0] != 200:
+            assert node.info.alive(), f"{node.name} exited while joining:\n{node.info.log_tail()}"
+            assert time.monotonic() < deadline, f"{node.name} not ready:\n{node.info.log_tail()}"
+            time.sleep(0.05)
         return node
 
     def status(self, i: int) -> dict:
@@ -98,7 +107,8 @@ class Cluster:
             epochs = {v["ring_epoch"] for v in views}
             leaders = {v["leader"] for v in views}
             owned = sum(node["partitions"] for node in views[0]["nodes"])
-            if ok and len(epochs) == 1 and len(leaders) == 1 and owned == 256:
+            every_node_owns = all(node["partitions"] > 0 for node in views[0]["nodes"])
+            if ok and len(epochs) == 1 and len(leaders) == 1 and owned == 256 and every_node_owns:
                 return views
             time.sleep(0.2)
         raise AssertionError(f"cluster of {n} did not converge: {json.dumps(last, indent=1)}")
@@ -357,3 +367,41 @@ def test_a_fourth_node_joins_and_takes_its_share(cluster):
     assert fourth["role"] == "learner" and not fourth["voter"], fourth
     assert views[0]["ring_epoch"] > before
     assert sorted(n["partitions"] for n in views[0]["nodes"]) == [64, 64, 64, 64]
+
+
+async def test_two_nodes_over_tls():
+    """cluster.tls: both nodes present the same certificate (node 1's, generated) and
+    accept only a peer presenting it; they form a cluster and carry a chat."""
+    c = Cluster()
+    try:
+        first = c.start_node(None, {"WADDLE_CLUSTER_TLS": "true"}, name="cluster-tls-node")
+        cert_dir = f"{first.info.data_dir}/tls"
+        second = c.start_node(0, {
+            "WADDLE_CLUSTER_TLS": "true",
+            "WADDLE_TLS_CERT_PATH": f"{cert_dir}/cert.pem",
+            "WADDLE_TLS_KEY_PATH": f"{cert_dir}/key.pem",
+        }, name="cluster-tls-node")
+        c.wait_converged(2)
+        first_log = re.sub(r"\x1b\[[0-9;]*m", "", open(first.log_path, encoding="utf-8", errors="replace").read())
+        assert "tls=true" in first_log, first_log[-2000:]
+        logs = open(second.log_path, encoding="utf-8", errors="replace").read()
+        assert "inter-node session ready" in logs, logs[-2000:]
+
+        alice, apw = make_account_on(c, 0)("tlsa")
+        bob, bpw = make_account_on(c, 1)("tlsb")
+        gens = [_xmpp_connector(n.info) for n in c.nodes]
+        connect = [await g.__anext__() for g in gens]
+        try:
+            a = await connect[0](alice, apw, "a")
+            b = await connect[1](bob, bpw, "b")
+            body = unique("over-tls")
+            a.send_message(mto=f"{bob}@{DOMAIN}/b", mbody=body, mtype="chat")
+            await b.wait_for(is_message_with_body(body, "chat"), "a message between TLS-linked nodes")
+        finally:
+            for g in gens:
+                try:
+                    await g.__anext__()
+                except StopAsyncIteration:
+                    pass
+    finally:
+        c.stop_all()
