@@ -77,7 +77,11 @@ pub fn set_enabled(ctx: &Ctx, origin: &Origin, iq: &Element, enabled: bool) -> E
         return error_reply(iq, "not-allowed", None).unwrap_or_else(|| iq_result(iq));
     };
     let bare = full.to_bare();
-    let set = ctx.local_shard(bare.as_str()).is_some_and(|s| s.set_carbons(full.resource().as_str(), conn_id, enabled));
+    let shard = ctx.local_shard(bare.as_str());
+    let set = shard.is_some_and(|s| s.set_carbons(full.resource().as_str(), conn_id, enabled));
+    if let Some(shard) = shard.filter(|_| set) {
+        ctx.hint_carbons(bare.as_str(), &shard);
+    }
     if set {
         iq_result(iq)
     } else {
@@ -101,7 +105,8 @@ impl Ctx {
             Place::Remote(node) => {
                 // The sender's registry shard is elsewhere: its owner makes the copies of
                 // what is eligible (which sessions have carbons is only known there).
-                let eligible = carbons::eligible(&facts(msg, &self.muc.domain), Direction::Sent);
+                let eligible =
+                    self.carbons_hinted(bare) && carbons::eligible(&facts(msg, &self.muc.domain), Direction::Sent);
                 if let Some(conn_id) = origin.conn_id.filter(|_| eligible) {
                     let addr = SessionAddr { node: crate::remote::conn_node(conn_id), conn_id };
                     let action =

@@ -62,10 +62,15 @@ impl Message for OpFrame {
     const VERSION: u16 = NODE_OP_VERSION;
     type Response = NoResponse;
     fn encode(&self) -> Bytes {
-        json(&self.0)
+        Bytes::from(remote::wire::encode(&self.0))
     }
     fn decode(version: u16, bytes: &[u8]) -> Result<Self, WireError> {
-        from_json(Self::KIND, version, Self::VERSION, bytes).map(OpFrame)
+        if version != Self::VERSION {
+            return Err(WireError::UnsupportedVersion { kind: Self::KIND, version });
+        }
+        remote::wire::decode(bytes)
+            .map(OpFrame)
+            .map_err(|e| WireError::Malformed { kind: Self::KIND, reason: e.to_string() })
     }
 }
 

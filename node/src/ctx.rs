@@ -42,6 +42,8 @@ pub struct Ctx {
     /// Serialises read-modify-write of one user's roster (subscription handshakes from
     /// two sessions at once must not lose an update).
     roster_locks: Vec<AsyncMutex<()>>,
+    /// Users owned elsewhere with a carbons-enabled session, as their owners hinted.
+    carbons_hints: Mutex<std::collections::HashSet<String>>,
     next_stanza_id: AtomicU64,
 }
 
@@ -86,6 +88,7 @@ impl Ctx {
             permissions,
             control,
             roster_locks: (0..ROSTER_LOCKS).map(|_| AsyncMutex::new(())).collect(),
+            carbons_hints: Mutex::default(),
             next_stanza_id: AtomicU64::new(1),
         });
         let _ = ctx.this.set(Arc::downgrade(&ctx));
@@ -113,6 +116,21 @@ impl Ctx {
 
     pub fn link(&self) -> Option<&Arc<dyn crate::remote::ClusterLink>> {
         self.link.get()
+    }
+
+    pub fn set_carbons_hint(&self, bare: &str, enabled: bool) {
+        let mut hints = self.carbons_hints.lock().unwrap_or_else(|e| e.into_inner());
+        if enabled {
+            hints.insert(bare.to_owned());
+        } else {
+            hints.remove(bare);
+        }
+    }
+
+    /// Whether `bare`'s owner said one of its sessions has carbons enabled.
+    pub fn carbons_hinted(&self, bare: &str) -> bool {
+        let hints = self.carbons_hints.lock().unwrap_or_else(|e| e.into_inner());
+        !hints.is_empty() && hints.contains(bare)
     }
 
     /// Accounts and tokens, wherever their user's partition is owned.

@@ -30,7 +30,7 @@ use crate::router::Origin;
 const MAX_HOPS: u8 = 2;
 
 /// The version of [`NodeOp`]'s encoding; a peer sending another is refused loudly.
-pub const NODE_OP_VERSION: u16 = 1;
+pub const NODE_OP_VERSION: u16 = 2;
 
 /// A one-way operation for another node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +50,9 @@ pub enum NodeOp {
     DeliverToJids { jids: Vec<String>, bytes: Vec<u8>, attrs_end: usize },
     /// Account work of the session `jid`/`addr`, for the node that owns its user.
     Account { jid: String, addr: SessionAddr, action: AccountAction },
+    /// Whether `bare` (owned by the sender) has a session with carbons enabled: the
+    /// nodes its sessions run on ask the owner for sent carbons only then.
+    CarbonsHint { bare: String, enabled: bool },
     /// The copy of a 1:1 message for the archive of its sender, whose user the receiver
     /// owns (the sender's node archived it for the recipient).
     ArchiveChat { from: String, to: String, stanza_id: String, micros: i64, payload: String, body: Option<String> },
@@ -416,6 +419,24 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// On the owner of `bare`: tells the other nodes its sessions run on whether any of
+    /// them has carbons enabled (they skip asking for sent carbons otherwise).
+    pub fn hint_carbons(&self, bare: &str, shard: &waddle_cluster::UserShard<'_>) {
+        if self.cluster.alone() {
+            return;
+        }
+        let sessions = shard.sessions();
+        let enabled = sessions.iter().any(|s| s.carbons);
+        let mut nodes: Vec<u64> = sessions.iter().map(|s| s.addr.node).filter(|n| *n != self.cluster.me()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        for node in nodes {
+            self.to_node(node, NodeOp::CarbonsHint { bare: bare.to_owned(), enabled });
+        }
+    }
+}
+
 /// The node a connection id was handed out by (see `Locality::connect`).
 pub fn conn_node(conn_id: u64) -> u64 {
     conn_id >> 40
@@ -465,6 +486,7 @@ pub fn handle(ctx: Arc<Ctx>, from_node: u64, op: NodeOp) -> BoxFuture<'static, (
                 };
                 ctx.deliver_shared_to_jids(&jids, Arc::new(shared), 1);
             }
+            NodeOp::CarbonsHint { bare, enabled } => ctx.set_carbons_hint(&bare, enabled),
             NodeOp::ArchiveChat { from, to, stanza_id, micros, payload, body } => {
                 if let Err(e) = ctx.archive.append_chat_queued(&from, &to, &stanza_id, micros, payload, body).await {
                     tracing::error!(error = %e, "chat archive write (sender's copy) failed");
@@ -538,6 +560,7 @@ async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action
             if let Some(old) = shard.bind(entry) {
                 let _ = ctx.cluster.deliver(old.addr, SessionMsg::Replaced);
             }
+            ctx.hint_carbons(bare.as_str(), &shard);
         }
         AccountAction::Rebind { available, priority, presence } => {
             if shard.addr(resource).is_some_and(|held| held != addr) {
@@ -554,9 +577,11 @@ async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action
                 roster_interested: false,
                 carbons: false,
             });
+            ctx.hint_carbons(bare.as_str(), &shard);
         }
         AccountAction::Unbind => {
             shard.unbind(resource, addr.conn_id);
+            ctx.hint_carbons(bare.as_str(), &shard);
         }
         AccountAction::Presence { available, priority, presence } => {
             let presence = presence.as_deref().and_then(parse).map(Arc::new);
@@ -632,5 +657,239 @@ mod tests {
     fn unknown_close_conditions_are_internal_errors() {
         assert_eq!(static_condition("system-shutdown"), "system-shutdown");
         assert_eq!(static_condition("made-up"), "internal-server-error");
+    }
+}
+
+/// The encoding of [`NodeOp`] on the wire ([`NODE_OP_VERSION`]): the operations of every
+/// routed stanza (route, deliver, fan-out, the sender's archive copy) in a compact binary
+/// form that carries XML as raw bytes (JSON would escape every quote of it); the rest
+/// as JSON behind tag 0.
+pub mod wire {
+    use super::NodeOp;
+
+    const JSON: u8 = 0;
+    const ROUTE: u8 = 1;
+    const DELIVER: u8 = 2;
+    const DELIVER_SHARED: u8 = 3;
+    const ARCHIVE_CHAT: u8 = 4;
+
+    /// Why bytes from a peer are not a [`NodeOp`].
+    #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+    pub enum OpDecodeError {
+        #[error("empty frame")]
+        Empty,
+        #[error("unknown operation tag {0}")]
+        UnknownTag(u8),
+        #[error("truncated operation")]
+        Truncated,
+        #[error("text that is not UTF-8")]
+        NotUtf8,
+        #[error("JSON operation: {0}")]
+        Json(String),
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
+        out.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+        for id in ids {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+    }
+
+    pub fn encode(op: &NodeOp) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        match op {
+            NodeOp::Route { from, conn_id, stanza, hops } => {
+                out.push(ROUTE);
+                put_str(&mut out, from);
+                out.push(u8::from(conn_id.is_some()));
+                out.extend_from_slice(&conn_id.unwrap_or(0).to_be_bytes());
+                out.push(*hops);
+                out.extend_from_slice(stanza.as_bytes());
+            }
+            NodeOp::Deliver { conn_ids, stanza } => {
+                out.push(DELIVER);
+                put_ids(&mut out, conn_ids);
+                out.extend_from_slice(stanza.as_bytes());
+            }
+            NodeOp::DeliverShared { conn_ids, bytes, attrs_end } => {
+                out.push(DELIVER_SHARED);
+                put_ids(&mut out, conn_ids);
+                out.extend_from_slice(&(*attrs_end as u32).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+            NodeOp::ArchiveChat { from, to, stanza_id, micros, payload, body } => {
+                out.push(ARCHIVE_CHAT);
+                put_str(&mut out, from);
+                put_str(&mut out, to);
+                put_str(&mut out, stanza_id);
+                out.extend_from_slice(&micros.to_be_bytes());
+                out.push(u8::from(body.is_some()));
+                put_str(&mut out, body.as_deref().unwrap_or(""));
+                out.extend_from_slice(payload.as_bytes());
+            }
+            other => {
+                out.push(JSON);
+                // Plain enums of strings and numbers: serializing cannot fail.
+                out.extend_from_slice(&serde_json::to_vec(other).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], OpDecodeError> {
+            if self.0.len() < n {
+                return Err(OpDecodeError::Truncated);
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(head)
+        }
+
+        fn u8(&mut self) -> Result<u8, OpDecodeError> {
+            Ok(self.take(1)?[0])
+        }
+
+        fn u32(&mut self) -> Result<u32, OpDecodeError> {
+            let b = self.take(4)?;
+            Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+
+        fn u64(&mut self) -> Result<u64, OpDecodeError> {
+            let b = self.take(8)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            Ok(u64::from_be_bytes(a))
+        }
+
+        fn string(&mut self) -> Result<String, OpDecodeError> {
+            let n = self.u32()? as usize;
+            text(self.take(n)?)
+        }
+
+        fn ids(&mut self) -> Result<Vec<u64>, OpDecodeError> {
+            let n = self.u32()? as usize;
+            // Bounded by the frame: each id is 8 bytes that must be there.
+            if self.0.len() / 8 < n {
+                return Err(OpDecodeError::Truncated);
+            }
+            (0..n).map(|_| self.u64()).collect()
+        }
+
+        fn rest(&mut self) -> &'a [u8] {
+            std::mem::take(&mut self.0)
+        }
+    }
+
+    fn text(bytes: &[u8]) -> Result<String, OpDecodeError> {
+        String::from_utf8(bytes.to_vec()).map_err(|_| OpDecodeError::NotUtf8)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<NodeOp, OpDecodeError> {
+        let mut r = Reader(bytes);
+        let tag = r.u8().map_err(|_| OpDecodeError::Empty)?;
+        Ok(match tag {
+            ROUTE => {
+                let from = r.string()?;
+                let has_conn = r.u8()? != 0;
+                let conn = r.u64()?;
+                let hops = r.u8()?;
+                NodeOp::Route { from, conn_id: has_conn.then_some(conn), hops, stanza: text(r.rest())? }
+            }
+            DELIVER => {
+                let conn_ids = r.ids()?;
+                NodeOp::Deliver { conn_ids, stanza: text(r.rest())? }
+            }
+            DELIVER_SHARED => {
+                let conn_ids = r.ids()?;
+                let attrs_end = r.u32()? as usize;
+                NodeOp::DeliverShared { conn_ids, attrs_end, bytes: r.rest().to_vec() }
+            }
+            ARCHIVE_CHAT => {
+                let from = r.string()?;
+                let to = r.string()?;
+                let stanza_id = r.string()?;
+                let micros = r.u64()? as i64;
+                let has_body = r.u8()? != 0;
+                let body = r.string()?;
+                NodeOp::ArchiveChat {
+                    from,
+                    to,
+                    stanza_id,
+                    micros,
+                    body: has_body.then_some(body),
+                    payload: text(r.rest())?,
+                }
+            }
+            JSON => serde_json::from_slice(r.rest()).map_err(|e| OpDecodeError::Json(e.to_string()))?,
+            other => return Err(OpDecodeError::UnknownTag(other)),
+        })
+    }
+
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    mod tests {
+        use super::*;
+        use crate::remote::{AccountAction, SessionAddr};
+
+        #[test]
+        fn every_form_round_trips() {
+            let ops = vec![
+                NodeOp::Route {
+                    from: "a@x/r".into(),
+                    conn_id: Some(7),
+                    stanza: "<message to='b@x'>\"'</message>".into(),
+                    hops: 1,
+                },
+                NodeOp::Route { from: "x".into(), conn_id: None, stanza: String::new(), hops: 0 },
+                NodeOp::Deliver { conn_ids: vec![1, u64::MAX], stanza: "<iq/>".into() },
+                NodeOp::DeliverShared { conn_ids: vec![], bytes: b"<message><body/></message>".to_vec(), attrs_end: 8 },
+                NodeOp::ArchiveChat {
+                    from: "a@x".into(),
+                    to: "b@x".into(),
+                    stanza_id: "id".into(),
+                    micros: -5,
+                    payload: "<message/>".into(),
+                    body: Some("hé".into()),
+                },
+                NodeOp::ArchiveChat {
+                    from: "a@x".into(),
+                    to: "b@x".into(),
+                    stanza_id: "id".into(),
+                    micros: 5,
+                    payload: String::new(),
+                    body: None,
+                },
+                NodeOp::Account {
+                    jid: "a@x/r".into(),
+                    addr: SessionAddr { node: 2, conn_id: 9 },
+                    action: AccountAction::Unbind,
+                },
+            ];
+            for op in ops {
+                assert_eq!(decode(&encode(&op)).unwrap(), op);
+            }
+        }
+
+        #[test]
+        fn garbage_is_refused_not_guessed() {
+            assert_eq!(decode(&[]), Err(OpDecodeError::Empty));
+            assert_eq!(decode(&[99]), Err(OpDecodeError::UnknownTag(99)));
+            let full = encode(&NodeOp::Deliver { conn_ids: vec![1, 2, 3], stanza: "<x/>".into() });
+            assert_eq!(decode(&full[..6]), Err(OpDecodeError::Truncated));
+            // A count far beyond the frame is refused before anything is allocated.
+            assert_eq!(decode(&[DELIVER, 0xff, 0xff, 0xff, 0xff]), Err(OpDecodeError::Truncated));
+            assert!(matches!(decode(&[JSON, b'{']), Err(OpDecodeError::Json(_))));
+            let mut bad_utf8 = encode(&NodeOp::Deliver { conn_ids: vec![], stanza: String::new() });
+            bad_utf8.push(0xff);
+            assert_eq!(decode(&bad_utf8), Err(OpDecodeError::NotUtf8));
+        }
     }
 }

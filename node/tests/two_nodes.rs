@@ -37,8 +37,7 @@ struct Link {
 impl ClusterLink for Link {
     fn send(&self, node: u64, op: NodeOp) -> bool {
         // What crosses is the encoding, as on a real wire.
-        let bytes = serde_json::to_vec(&op).unwrap();
-        let op: NodeOp = serde_json::from_slice(&bytes).unwrap();
+        let op = remote::wire::decode(&remote::wire::encode(&op)).unwrap();
         *self.net.sent.lock().unwrap() += 1;
         let queues = self.net.queues.lock().unwrap();
         queues.get(&node).is_some_and(|q| q.send((self.me, op)).is_ok())

@@ -357,6 +357,28 @@ def ET_text(el) -> str:
     return "".join(el.itertext())
 
 
+async def test_carbons_between_resources_on_different_nodes(cluster, xmpp_on):
+    from test_carbons import CARBON_PLUGINS, enable, is_carbon
+    alice, apw = make_account_on(cluster, 0)("carbx")
+    bob, bpw = make_account_on(cluster, 0)("carby")
+    owner = node_index(cluster, cluster.locate(0, f"{alice}@{DOMAIN}")["owner"])
+    n1 = other_node(cluster, owner)
+    n2 = other_node(cluster, owner, n1)
+    a1 = await xmpp_on(n1)(alice, apw, "one", plugins=CARBON_PLUGINS)
+    a2 = await xmpp_on(n2)(alice, apw, "two", plugins=CARBON_PLUGINS)
+    b = await xmpp_on(owner)(bob, bpw, "b")
+    for c in (a1, a2, b):
+        c.send_presence()
+    await enable(a2)
+    body = unique("sent-carbon")
+    a1.send_message(mto=f"{bob}@{DOMAIN}/b", mbody=body, mtype="chat")
+    await b.wait_for(is_message_with_body(body, "chat"), "the message")
+    await a2.wait_for(is_carbon("sent", body), "a sent carbon on the other node")
+    body = unique("received-carbon")
+    b.send_message(mto=f"{alice}@{DOMAIN}/one", mbody=body, mtype="chat")
+    await a2.wait_for(is_carbon("received", body), "a received carbon on the other node")
+
+
 def test_a_fourth_node_joins_and_takes_its_share(cluster):
     before = cluster.status(0)["ring_epoch"]
     cluster.start_node(1)
