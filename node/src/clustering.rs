@@ -142,6 +142,10 @@ impl Message for RaftReplyFrame {
 pub struct TransportLink(pub Arc<dyn Transport>);
 
 impl ClusterLink for TransportLink {
+    fn transport_stats(&self) -> Option<waddle_cluster::transport::TransportStats> {
+        Some(self.0.stats())
+    }
+
     fn send(&self, node: u64, op: NodeOp) -> bool {
         match cast_msg(self.0.as_ref(), node, &OpFrame(op)) {
             Ok(()) => true,

@@ -57,6 +57,23 @@ impl Metrics {
         let _ = writeln!(out, "# HELP xmpp_stream_errors_total Streams closed with a stream error.");
         let _ = writeln!(out, "# TYPE xmpp_stream_errors_total counter");
         let _ = writeln!(out, "xmpp_stream_errors_total {}", get(&self.stream_errors));
+        if let Some(stats) = ctx.link().and_then(|link| link.transport_stats()) {
+            let _ = writeln!(out, "# HELP waddle_cluster_frames_total Inter-node frames (each a batch of envelopes).");
+            let _ = writeln!(out, "# TYPE waddle_cluster_frames_total counter");
+            let _ = writeln!(out, "waddle_cluster_frames_total{{direction=\"sent\"}} {}", stats.frames_sent);
+            let _ = writeln!(out, "waddle_cluster_frames_total{{direction=\"received\"}} {}", stats.frames_received);
+            let _ = writeln!(out, "# HELP waddle_cluster_envelopes_total Inter-node messages (pings included).");
+            let _ = writeln!(out, "# TYPE waddle_cluster_envelopes_total counter");
+            let _ = writeln!(out, "waddle_cluster_envelopes_total{{direction=\"sent\"}} {}", stats.envelopes_sent);
+            let _ =
+                writeln!(out, "waddle_cluster_envelopes_total{{direction=\"received\"}} {}", stats.envelopes_received);
+            let _ = writeln!(out, "# HELP waddle_cluster_frames_dropped_total Frames lost to a dropped connection.");
+            let _ = writeln!(out, "# TYPE waddle_cluster_frames_dropped_total counter");
+            let _ = writeln!(out, "waddle_cluster_frames_dropped_total {}", stats.frames_dropped);
+            let _ = writeln!(out, "# HELP waddle_cluster_decode_errors_total Inter-node frames that did not decode.");
+            let _ = writeln!(out, "# TYPE waddle_cluster_decode_errors_total counter");
+            let _ = writeln!(out, "waddle_cluster_decode_errors_total {}", stats.decode_errors);
+        }
         out
     }
 }

@@ -195,6 +195,11 @@ pub trait ClusterLink: Send + Sync + 'static {
 
     /// Asks `node` and waits for its answer.
     fn call(&self, node: u64, call: NodeCall) -> BoxFuture<'static, Result<NodeReply, LinkError>>;
+
+    /// The transport's counters, for `/metrics`.
+    fn transport_stats(&self) -> Option<waddle_cluster::transport::TransportStats> {
+        None
+    }
 }
 
 /// Answers a call from another node.
@@ -488,7 +493,8 @@ pub fn handle(ctx: Arc<Ctx>, from_node: u64, op: NodeOp) -> BoxFuture<'static, (
             }
             NodeOp::CarbonsHint { bare, enabled } => ctx.set_carbons_hint(&bare, enabled),
             NodeOp::ArchiveChat { from, to, stanza_id, micros, payload, body } => {
-                if let Err(e) = ctx.archive.append_chat_queued(&from, &to, &stanza_id, micros, payload, body).await {
+                if let Err(e) = ctx.archive.append_chat_side_queued(&from, &to, &stanza_id, micros, payload, body).await
+                {
                     tracing::error!(error = %e, "chat archive write (sender's copy) failed");
                 }
             }

@@ -495,6 +495,9 @@ impl Drop for PendingGuard {
     }
 }
 
+/// A frame with fewer envelopes than this waits one scheduler turn for more.
+const COALESCE_BELOW: usize = 16;
+
 /// The one task per peer that drains its queue: everything queued when it wakes goes
 /// into one frame (up to the batch limits), so frames grow with the load.
 async fn drain(core: Weak<Core>, peer: NodeId, mut rx: mpsc::Receiver<Envelope>) {
@@ -514,6 +517,10 @@ async fn drain(core: Weak<Core>, peer: NodeId, mut rx: mpsc::Receiver<Envelope>)
         };
         let mut size = BATCH_HEADER_LEN + first.encoded_len();
         let mut envs = vec![first];
+        // Once more after one turn of the scheduler when the queue ran dry early: the
+        // tasks that run in that turn (sessions routing a burst) add to this frame
+        // instead of each costing one (a frame is a write and a read on both sides).
+        let mut yielded = false;
         while envs.len() < max_n {
             match rx.try_recv() {
                 Ok(env) => {
@@ -523,6 +530,10 @@ async fn drain(core: Weak<Core>, peer: NodeId, mut rx: mpsc::Receiver<Envelope>)
                     }
                     size += env.encoded_len();
                     envs.push(env);
+                }
+                Err(_) if !yielded && envs.len() < COALESCE_BELOW => {
+                    yielded = true;
+                    tokio::task::yield_now().await;
                 }
                 Err(_) => break,
             }

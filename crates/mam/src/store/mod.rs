@@ -241,6 +241,24 @@ impl Archive {
         self.queue_insert(ArchiveLocation::Users, msg, done)
     }
 
+    /// [`Archive::append_chat_queued`] indexed in `owner`'s archive only (with `with`):
+    /// the copy a cluster node keeps for the one party of a conversation it owns, when
+    /// the other party's node holds the conversation's other copy.
+    pub fn append_chat_side_queued(
+        &self,
+        owner: &str,
+        with: &str,
+        stanza_id: &str,
+        stamp_micros: i64,
+        payload: String,
+        body: Option<String>,
+    ) -> impl Future<Output = Result<(), MamError>> + Send + 'static {
+        let mut msg = chat_message(owner, with, stanza_id, stamp_micros, payload, body);
+        msg.entries.truncate(1);
+        let (done, _ack) = oneshot::channel();
+        self.queue_insert(ArchiveLocation::Users, msg, done)
+    }
+
     /// [`Archive::append`] for the hot path, as [`Archive::append_chat_queued`].
     pub fn append_queued(
         &self,

@@ -771,3 +771,19 @@ async fn a_query_reads_what_was_only_queued_before_it() {
         assert_eq!(meta.end.map(|e| e.stanza_id), Some(format!("r{round:02}")), "round {round}");
     }
 }
+
+/// The copy a cluster node keeps for the party it owns is indexed in that archive only.
+#[tokio::test]
+async fn a_one_sided_chat_copy_is_in_its_owners_archive_only() {
+    let dir = temp_dir();
+    let archive = open(&dir).await;
+    let payload = "<message type='chat'><body>hello</body></message>".to_owned();
+    archive
+        .append_chat_side_queued("romeo@m.lit", "juliet@c.lit", "s1", T0, payload, Some("hello".into()))
+        .await
+        .unwrap();
+    let romeo = archive.query(ArchiveLocation::Users, "romeo@m.lit", &q()).await.unwrap();
+    assert_eq!(ids(&romeo), ["s1"]);
+    assert_eq!(romeo.rows[0].with_jid, "juliet@c.lit");
+    assert!(archive.query(ArchiveLocation::Users, "juliet@c.lit", &q()).await.unwrap().rows.is_empty());
+}
