@@ -19,3 +19,6 @@ WADDLE_BIN="$PWD/target/debug/waddle" tests/interop/run.sh
 
 echo "== load generator smoke run (nothing lost; no timing assertions)"
 scripts/bench-smoke.sh target/debug/waddle target/debug/waddle-bench
+
+echo "== load generator over a 3-node cluster (nothing lost, duplicated or misrouted)"
+scripts/bench-cluster.sh target/debug/waddle target/debug/waddle-bench 20 2
