@@ -62,11 +62,12 @@ impl std::fmt::Debug for Locality {
 }
 
 impl Locality {
-    /// A cluster of one: `me` owns every partition at epoch 1.
+    /// A cluster of one: `me` owns every partition. Its epoch is 0, below any committed
+    /// ring, so a cluster member adopts the first ring the control plane commits.
     pub fn single(me: u64) -> Locality {
         Locality {
             me,
-            ring: RwLock::new(Arc::new(Ring { epoch: 1, owners: vec![me; PARTITIONS as usize], alone: true })),
+            ring: RwLock::new(Arc::new(Ring { epoch: 0, owners: vec![me; PARTITIONS as usize], alone: true })),
             registry: Registry::new(),
             connections: Connections::default(),
             peers: OnceLock::new(),
@@ -349,6 +350,7 @@ mod tests {
         let l = remote_owner_of_everything(1, 2);
         assert!(matches!(l.user("alice@x"), Place::Remote(2)));
         assert!(!l.set_ring(2, vec![1; PARTITIONS as usize]), "an epoch is never reused");
+        assert!(Locality::single(1).set_ring(1, vec![2; PARTITIONS as usize]), "the first committed ring is adopted");
         assert!(!l.set_ring(1, vec![1; PARTITIONS as usize]), "an older epoch is ignored");
         assert!(!l.set_ring(3, vec![1; 3]), "a table of the wrong size is ignored");
         assert!(l.set_ring(3, vec![1; PARTITIONS as usize]));

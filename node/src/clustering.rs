@@ -290,6 +290,15 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
     } else {
         join(&control, &config.cluster.seeds).await?;
     }
+    // Serve only once a committed ring is known (the leader proposes one as soon as this
+    // node is a member).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while ctx.cluster.epoch() == 0 {
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("cluster: no ring committed within 30 s of joining");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(Arc::new(Clustering { transport, control }))
 }
 

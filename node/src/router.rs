@@ -86,7 +86,8 @@ impl Ctx {
         }
         if let Some(node) = elsewhere {
             if !self.forward(node, origin, &stanza, hops) {
-                self.bounce(&stanza, "remote-server-timeout").await;
+                // The node that owns the destination is unreachable (RFC 6120 §8.3.3.14).
+                self.bounce(&stanza, "recipient-unavailable").await;
             }
             return;
         }

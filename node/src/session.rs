@@ -182,13 +182,13 @@ impl SessionState {
     }
 
     /// Broadcasts this session's presence, where its user's roster is.
-    async fn broadcast(&self, owner: Option<u64>, presence: &Element, directed: HashSet<String>) {
+    async fn broadcast(&self, owner: Option<u64>, presence: &Element, directed: &HashSet<String>) {
         match owner {
-            None => im::broadcast(&self.ctx, &self.origin, presence, &directed).await,
+            None => im::broadcast(&self.ctx, &self.origin, presence, directed).await,
             Some(node) => {
                 let action = AccountAction::Broadcast {
                     presence: presence.to_string(),
-                    directed: directed.into_iter().collect(),
+                    directed: directed.iter().cloned().collect(),
                 };
                 self.to_owner(node, action);
             }
@@ -212,7 +212,7 @@ impl SessionState {
             Element::new("presence", ns::CLIENT).with_attr("from", self.jid.as_str()).with_attr("type", "unavailable");
         let directed = std::mem::take(&mut self.directed);
         if self.available {
-            self.broadcast(owner, &unavailable, directed).await;
+            self.broadcast(owner, &unavailable, &directed).await;
         } else {
             for target in directed {
                 let mut p = unavailable.clone();
@@ -539,10 +539,10 @@ impl SessionState {
             }
         };
         let owner = self.owner_elsewhere();
-        self.presence = Some((priority, Arc::new(presence.clone())));
+        let shared = Arc::new(presence.clone());
+        self.presence = Some((priority, Arc::clone(&shared)));
         match owner {
             None => {
-                let shared = Arc::new(presence.clone());
                 if let Some(shard) = self.ctx.local_shard(&self.bare) {
                     shard.update(self.jid.resource().as_str(), self.conn_id, |e| {
                         e.available = true;
@@ -557,7 +557,7 @@ impl SessionState {
             }
         }
         self.available = true;
-        self.broadcast(owner, &presence, self.directed.clone()).await;
+        self.broadcast(owner, &presence, &self.directed).await;
         if !self.initial_presence_sent {
             self.initial_presence_sent = true;
             if let Some(node) = owner {
@@ -642,8 +642,7 @@ impl SessionState {
             }
         }
         if self.available {
-            let directed = std::mem::take(&mut self.directed);
-            self.broadcast(owner, &presence, directed).await;
+            self.broadcast(owner, &presence, &self.directed).await;
         }
         self.available = false;
         self.directed.clear();

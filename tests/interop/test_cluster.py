@@ -253,8 +253,8 @@ async def test_accounts_presence_and_chat_across_nodes(cluster, xmpp_on):
     await a.wait_for(is_presence(f"{bob}@{DOMAIN}/phone"), "presence update across nodes", since=mark)
 
     # Offline storage at bob's owner: bob leaves, alice writes, bob logs in elsewhere.
-    await b.close()
     mark = a.mark()
+    await b.close()
     await a.wait_for(is_presence(f"{bob}@{DOMAIN}/phone", "unavailable"), "bob went offline", since=mark)
     body = unique("offline")
     a.send_message(mto=f"{bob}@{DOMAIN}", mbody=body, mtype="chat")

@@ -75,7 +75,9 @@ impl ErrorType {
         match condition {
             "bad-request" | "jid-malformed" | "not-acceptable" | "policy-violation" | "redirect" => ErrorType::Modify,
             "forbidden" | "not-authorized" | "registration-required" | "subscription-required" => ErrorType::Auth,
-            "resource-constraint" | "remote-server-timeout" | "unexpected-request" => ErrorType::Wait,
+            "recipient-unavailable" | "resource-constraint" | "remote-server-timeout" | "unexpected-request" => {
+                ErrorType::Wait
+            }
             _ => ErrorType::Cancel,
         }
     }
