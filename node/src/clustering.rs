@@ -54,23 +54,31 @@ fn from_json<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(bytes).map_err(|e| WireError::Malformed { kind, reason: e.to_string() })
 }
 
-/// A [`NodeOp`] on the wire (one-way).
-pub struct OpFrame(pub NodeOp);
+/// A [`NodeOp`] on the wire (one-way), with the ring epoch its sender decided under: the
+/// receiver handles it only once it has that epoch too, so an operation sent to a new
+/// owner is never judged against the ring the new owner is about to leave.
+pub struct OpFrame {
+    pub epoch: u64,
+    pub op: NodeOp,
+}
 
 impl Message for OpFrame {
     const KIND: u16 = KIND_NODE_OP;
     const VERSION: u16 = NODE_OP_VERSION;
     type Response = NoResponse;
     fn encode(&self) -> Bytes {
-        Bytes::from(remote::wire::encode(&self.0))
+        let mut out = self.epoch.to_be_bytes().to_vec();
+        out.extend_from_slice(&remote::wire::encode(&self.op));
+        Bytes::from(out)
     }
     fn decode(version: u16, bytes: &[u8]) -> Result<Self, WireError> {
         if version != Self::VERSION {
             return Err(WireError::UnsupportedVersion { kind: Self::KIND, version });
         }
-        remote::wire::decode(bytes)
-            .map(OpFrame)
-            .map_err(|e| WireError::Malformed { kind: Self::KIND, reason: e.to_string() })
+        let malformed = |reason: String| WireError::Malformed { kind: Self::KIND, reason };
+        let (epoch, op) = bytes.split_first_chunk::<8>().ok_or_else(|| malformed("no epoch".into()))?;
+        let op = remote::wire::decode(op).map_err(|e| malformed(e.to_string()))?;
+        Ok(OpFrame { epoch: u64::from_be_bytes(*epoch), op })
     }
 }
 
@@ -138,16 +146,19 @@ impl Message for RaftReplyFrame {
     }
 }
 
-/// [`ClusterLink`] over the transport.
-pub struct TransportLink(pub Arc<dyn Transport>);
+/// [`ClusterLink`] over the transport; `epoch` reads this node's ring epoch.
+pub struct TransportLink {
+    pub transport: Arc<dyn Transport>,
+    pub epoch: Box<dyn Fn() -> u64 + Send + Sync>,
+}
 
 impl ClusterLink for TransportLink {
     fn transport_stats(&self) -> Option<waddle_cluster::transport::TransportStats> {
-        Some(self.0.stats())
+        Some(self.transport.stats())
     }
 
     fn send(&self, node: u64, op: NodeOp) -> bool {
-        match cast_msg(self.0.as_ref(), node, &OpFrame(op)) {
+        match cast_msg(self.transport.as_ref(), node, &OpFrame { epoch: (self.epoch)(), op }) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(node, error = %e, "cluster: cannot send to node");
@@ -157,7 +168,7 @@ impl ClusterLink for TransportLink {
     }
 
     fn call(&self, node: u64, call: NodeCall) -> BoxFuture<'static, Result<NodeReply, LinkError>> {
-        let answer = request(self.0.as_ref(), node, &CallFrame(call), CALL_TIMEOUT);
+        let answer = request(self.transport.as_ref(), node, &CallFrame(call), CALL_TIMEOUT);
         Box::pin(async move {
             match answer.await {
                 Ok(ReplyFrame(reply)) => Ok(reply),
@@ -227,8 +238,8 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
     let control_slot: Arc<OnceLock<Arc<ControlPlane>>> = Arc::new(OnceLock::new());
     let mut dispatcher = Dispatcher::new();
     let ops = op_queues(Arc::downgrade(ctx));
-    dispatcher.handle_cast::<OpFrame, _>(move |from, OpFrame(op)| {
-        if ops.send((from, op)).is_err() {
+    dispatcher.handle_cast::<OpFrame, _>(move |from, frame: OpFrame| {
+        if ops.send((from, frame)).is_err() {
             tracing::error!(from, "cluster: the operation queue is gone; dropped");
         }
     });
@@ -258,7 +269,9 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
         .await
         .map_err(|e| anyhow::anyhow!("cluster.listen: cannot start the inter-node transport on {listen}: {e}"))?;
     let dyn_transport: Arc<dyn Transport> = transport.clone();
-    ctx.set_link(Arc::new(TransportLink(Arc::clone(&dyn_transport))));
+    let weak = Arc::downgrade(ctx);
+    let epoch = Box::new(move || weak.upgrade().map_or(0, |ctx| ctx.cluster.epoch()));
+    ctx.set_link(Arc::new(TransportLink { transport: Arc::clone(&dyn_transport), epoch }));
 
     let http_addr = format!("{}:{}", config.server.bind_address, config.http.port);
     let record = NodeRecord {
@@ -325,26 +338,40 @@ async fn join(control: &ControlPlane, seeds: &[String]) -> Result<()> {
 
 /// One queue per sending node, handled in order by one task each, so that what a node
 /// sent arrives in the order it sent it (a bind before the presence that follows it).
-fn op_queues(ctx: Weak<Ctx>) -> mpsc::UnboundedSender<(u64, NodeOp)> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, NodeOp)>();
+fn op_queues(ctx: Weak<Ctx>) -> mpsc::UnboundedSender<(u64, OpFrame)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, OpFrame)>();
     tokio::spawn(async move {
-        let mut per_node: std::collections::HashMap<u64, mpsc::UnboundedSender<NodeOp>> = Default::default();
-        while let Some((from, op)) = rx.recv().await {
+        let mut per_node: std::collections::HashMap<u64, mpsc::UnboundedSender<OpFrame>> = Default::default();
+        while let Some((from, frame)) = rx.recv().await {
             let queue = per_node.entry(from).or_insert_with(|| {
-                let (tx, mut rx) = mpsc::unbounded_channel::<NodeOp>();
+                let (tx, mut rx) = mpsc::unbounded_channel::<OpFrame>();
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    while let Some(op) = rx.recv().await {
+                    while let Some(frame) = rx.recv().await {
                         let Some(ctx) = ctx.upgrade() else { break };
-                        remote::handle(ctx, from, op).await;
+                        wait_for_epoch(&ctx, frame.epoch).await;
+                        remote::handle(ctx, from, frame.op).await;
                     }
                 });
                 tx
             });
-            let _ = queue.send(op);
+            let _ = queue.send(frame);
         }
     });
     tx
+}
+
+/// Waits (at most 2 s) until this node has adopted ring `epoch`; a sender ahead of us
+/// decided under a ring we are about to adopt.
+async fn wait_for_epoch(ctx: &Ctx, epoch: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while ctx.cluster.epoch() < epoch {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(epoch, mine = ctx.cluster.epoch(), "cluster: a peer's ring is ahead of ours; going on");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Applies what the control plane commits to this node: the peers to connect to, the

@@ -30,7 +30,7 @@ use crate::router::Origin;
 const MAX_HOPS: u8 = 2;
 
 /// The version of [`NodeOp`]'s encoding; a peer sending another is refused loudly.
-pub const NODE_OP_VERSION: u16 = 2;
+pub const NODE_OP_VERSION: u16 = 3;
 
 /// A one-way operation for another node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +73,8 @@ pub enum AccountAction {
         available: bool,
         priority: i8,
         presence: Option<String>,
+        roster_interested: bool,
+        carbons: bool,
     },
     Unbind,
     /// The session's availability and presence changed.
@@ -568,7 +570,7 @@ async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action
             }
             ctx.hint_carbons(bare.as_str(), &shard);
         }
-        AccountAction::Rebind { available, priority, presence } => {
+        AccountAction::Rebind { available, priority, presence, roster_interested, carbons } => {
             if shard.addr(resource).is_some_and(|held| held != addr) {
                 return;
             }
@@ -580,8 +582,8 @@ async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action
                 priority,
                 available,
                 presence,
-                roster_interested: false,
-                carbons: false,
+                roster_interested,
+                carbons,
             });
             ctx.hint_carbons(bare.as_str(), &shard);
         }

@@ -132,6 +132,10 @@ pub struct SessionState {
     detached: bool,
     /// The last available presence and its priority (to announce it again).
     presence: Option<(i8, Arc<Element>)>,
+    /// What the client asked of its account that lives in the registry entry (roster
+    /// pushes, XEP-0280 carbons), to announce it again.
+    roster_interested: bool,
+    carbons: bool,
 }
 
 impl SessionState {
@@ -149,9 +153,22 @@ impl SessionState {
         self.ctx.to_node(node, NodeOp::Account { jid: self.jid.as_str().to_owned(), addr, action })
     }
 
+    /// Remembers a roster request or a carbons switch on its way to the account's owner,
+    /// whose registry entry records them, so that [`SessionState::reannounce`] can tell
+    /// a new owner.
+    fn note_account_interest(&mut self, iq: &Element) {
+        let own = iq.attr("to").is_none_or(|to| to == self.ctx.domain || to == self.bare);
+        let Some(payload) = iq_payload(iq).filter(|_| own) else { return };
+        match iq.attr("type") {
+            Some("get") if payload.is("query", ns::ROSTER) => self.roster_interested = true,
+            Some("set") if payload.is("enable", crate::carbons::NS_CARBONS) => self.carbons = true,
+            Some("set") if payload.is("disable", crate::carbons::NS_CARBONS) => self.carbons = false,
+            _ => {}
+        }
+    }
+
     /// Registers this session with its user's owner again (the ring moved, or the owner
-    /// was unreachable and forgot it). Roster interest and carbons are not carried: a
-    /// client that enabled them does so again after a reconnect.
+    /// was unreachable and forgot it), with its presence, roster interest and carbons.
     fn reannounce(&self) {
         let (available, priority, presence) = match &self.presence {
             Some((priority, presence)) if self.available => (true, *priority, Some(Arc::clone(presence))),
@@ -160,7 +177,11 @@ impl SessionState {
         match self.owner_elsewhere() {
             Some(node) => {
                 let presence = presence.map(|p| p.to_string());
-                self.to_owner(node, AccountAction::Rebind { available, priority, presence });
+                let (roster_interested, carbons) = (self.roster_interested, self.carbons);
+                self.to_owner(
+                    node,
+                    AccountAction::Rebind { available, priority, presence, roster_interested, carbons },
+                );
             }
             None => {
                 let Some(shard) = self.ctx.local_shard(&self.bare) else { return };
@@ -173,8 +194,8 @@ impl SessionState {
                         priority,
                         available,
                         presence,
-                        roster_interested: false,
-                        carbons: false,
+                        roster_interested: self.roster_interested,
+                        carbons: self.carbons,
                     });
                 }
             }
@@ -483,7 +504,10 @@ impl SessionState {
                 // RFC 3921 session establishment: a no-op kept for older clients.
                 self.reply(iq_result(&iq));
             }
-            Some("get" | "set" | "result" | "error") => self.ctx.route(&self.origin, iq).await,
+            Some("get" | "set" | "result" | "error") => {
+                self.note_account_interest(&iq);
+                self.ctx.route(&self.origin, iq).await
+            }
             _ => {
                 if let Some(err) = error_reply(&iq, "bad-request", Some("iq type must be get, set, result or error")) {
                     self.reply(err);
@@ -1073,6 +1097,8 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         held: None,
         detached: false,
         presence: None,
+        roster_interested: false,
+        carbons: false,
     };
     tokio::spawn(run(Box::new(SessionTask { state, mailbox, io: Some(read_half), parser })));
 }

@@ -379,8 +379,19 @@ async def test_carbons_between_resources_on_different_nodes(cluster, xmpp_on):
     await a2.wait_for(is_carbon("received", body), "a received carbon on the other node")
 
 
-def test_a_fourth_node_joins_and_takes_its_share(cluster):
+async def test_a_fourth_node_joins_and_sessions_follow_the_ring(cluster, xmpp_on):
+    # Sessions opened before the ring changes; a quarter of their users move to node 4.
+    users = [make_account_on(cluster, i % 3)(f"ring{i}") for i in range(16)]
+    sender_user, sender_pw = make_account_on(cluster, 0)("ringsender")
+    clients = []
+    for i, (user, pw) in enumerate(users):
+        c = await xmpp_on(i % 3)(user, pw, "r", plugins=MUC_PLUGINS)
+        c.send_presence()
+        clients.append(c)
+    sender = await xmpp_on(1)(sender_user, sender_pw, "s")
     before = cluster.status(0)["ring_epoch"]
+    moved_before = [cluster.locate(0, f"{u}@{DOMAIN}")["owner"] for u, _ in users]
+
     cluster.start_node(1)
     views = cluster.wait_converged(4)
     fourth = next(n for n in views[0]["nodes"] if n["id"] == 4)
@@ -389,6 +400,16 @@ def test_a_fourth_node_joins_and_takes_its_share(cluster):
     assert fourth["role"] == "learner" and not fourth["voter"], fourth
     assert views[0]["ring_epoch"] > before
     assert sorted(n["partitions"] for n in views[0]["nodes"]) == [64, 64, 64, 64]
+    moved = [u for (u, _), old in zip(users, moved_before) if cluster.locate(0, f"{u}@{DOMAIN}")["owner"] == "4"]
+    assert all(cluster.locate(3, f"{u}@{DOMAIN}")["owner"] == "4" for u in moved)
+
+    # Every session is still reachable, moved users included: sessions re-announced
+    # themselves to their users' new owner.
+    for (user, _), client in zip(users, clients):
+        body = unique("after-ring-change")
+        sender.send_message(mto=f"{user}@{DOMAIN}/r", mbody=body, mtype="chat")
+        await client.wait_for(is_message_with_body(body, "chat"), f"a message to {user} after the ring moved")
+    assert moved, "no user moved to the new node (16 users, a quarter of the partitions moved)"
 
 
 async def test_two_nodes_over_tls():
