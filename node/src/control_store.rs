@@ -572,6 +572,87 @@ impl NodeControl {
     }
 }
 
+/// Record kinds of persistent MUC rooms on a cluster member.
+pub const ROOM_KIND: &str = "room";
+pub const RETIRED_ROOM_KIND: &str = "retired_room";
+
+/// A persistent room's stored form in the control plane.
+#[derive(Serialize, serde::Deserialize)]
+struct RoomBody {
+    snapshot: String,
+    listed: Option<String>,
+}
+
+/// Persistent rooms (snapshots: configuration, affiliations, subject) and retired room
+/// JIDs: the local database on a single node, control-plane records on a cluster member,
+/// so a room's configuration survives the room moving to another node.
+impl NodeControl {
+    fn plane(&self) -> Result<Option<&Arc<ControlPlane>>, StorageError> {
+        match (self.replicated.get(), self.clustered) {
+            (Some(replicated), _) => Ok(Some(&replicated.plane)),
+            (None, false) => Ok(None),
+            (None, true) => Err(StorageError::Database("this node has not joined its cluster yet".into())),
+        }
+    }
+
+    pub async fn room_get(&self, jid: &str) -> Result<Option<String>, StorageError> {
+        let Some(plane) = self.plane()? else { return self.local.room_get(jid).await };
+        match plane.state().record(ROOM_KIND, jid) {
+            Some(record) => Ok(Some(decode::<RoomBody>(ROOM_KIND, jid, record)?.snapshot)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn room_put(&self, jid: &str, snapshot: &str, listed: Option<&str>) -> Result<(), StorageError> {
+        let Some(plane) = self.plane()? else { return self.local.room_put(jid, snapshot, listed).await };
+        if plane.state().record(RETIRED_ROOM_KIND, jid).is_some() {
+            // A late write of a destroyed room's actor must not bring it back.
+            return Ok(());
+        }
+        let body = encode(&RoomBody { snapshot: snapshot.to_owned(), listed: listed.map(str::to_owned) })?;
+        let cmd = Command::PutRecord { kind: ROOM_KIND.into(), id: jid.to_owned(), body, expected_version: None };
+        propose(plane, cmd).await.map(|_| ())
+    }
+
+    pub async fn room_delete(&self, jid: &str) -> Result<(), StorageError> {
+        let Some(plane) = self.plane()? else { return self.local.room_delete(jid).await };
+        propose(plane, delete(ROOM_KIND, jid)).await.map(|_| ())
+    }
+
+    /// Retires a room JID for good (its channel was deleted) and drops its snapshot.
+    pub async fn room_retire(&self, jid: &str) -> Result<(), StorageError> {
+        let Some(plane) = self.plane()? else { return self.local.room_retire(jid).await };
+        let retire = Command::PutRecord {
+            kind: RETIRED_ROOM_KIND.into(),
+            id: jid.to_owned(),
+            body: serde_json::json!({}),
+            expected_version: None,
+        };
+        propose(plane, Command::Batch(vec![retire, delete(ROOM_KIND, jid)])).await.map(|_| ())
+    }
+
+    pub async fn room_is_retired(&self, jid: &str) -> Result<bool, StorageError> {
+        let Some(plane) = self.plane()? else { return self.local.room_is_retired(jid).await };
+        Ok(plane.state().record(RETIRED_ROOM_KIND, jid).is_some())
+    }
+
+    /// Listed persistent rooms: (JID, name), at most `limit`.
+    pub async fn rooms_listed(&self, limit: u32) -> Result<Vec<(String, String)>, StorageError> {
+        let Some(plane) = self.plane()? else { return self.local.rooms_listed(limit).await };
+        let state = plane.state();
+        let mut listed = Vec::new();
+        for (jid, record) in state.records_of_kind(ROOM_KIND) {
+            if listed.len() >= limit as usize {
+                break;
+            }
+            if let Some(name) = decode::<RoomBody>(ROOM_KIND, jid, record)?.listed {
+                listed.push((jid.to_owned(), name));
+            }
+        }
+        Ok(listed)
+    }
+}
+
 fn not_ready<T: Send + 'static>(e: StorageError) -> ControlFuture<T> {
     Box::pin(async move { Err(e) })
 }

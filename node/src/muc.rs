@@ -201,7 +201,7 @@ async fn start_room(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<
     let node = room_jid.split('@').next().unwrap_or_default().to_owned();
     let channel =
         waddle_api::ControlStore::channel(ctx.control.as_ref(), &node).await.map_err(|_| "internal-server-error")?;
-    let snapshot = ctx.store.room_get(room_jid).await.map_err(|_| "internal-server-error")?;
+    let snapshot = ctx.control.room_get(room_jid).await.map_err(|_| "internal-server-error")?;
     let binding = channel.as_ref().map(ChannelBinding::of);
     let mut room = match (&snapshot, &channel) {
         (Some(s), _) => {
@@ -219,7 +219,7 @@ async fn start_room(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<
         }
         (None, Some(c)) => Room::new(room_jid, channel_config(c), None, true),
         (None, None) => {
-            if ctx.store.room_is_retired(room_jid).await.map_err(|_| "internal-server-error")? {
+            if ctx.control.room_is_retired(room_jid).await.map_err(|_| "internal-server-error")? {
                 // The room of a deleted channel: its JID is never handed to someone else.
                 return Err("gone");
             }
@@ -296,17 +296,21 @@ pub async fn create_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord) -> Res
         return Ok(room_jid);
     }
     let room = Room::new(&room_jid, channel_config(channel), None, true);
-    ctx.store.room_put(&room_jid, &room.snapshot(), None).await.map_err(|e| e.to_string())?;
+    ctx.control.room_put(&room_jid, &room.snapshot(), None).await.map_err(|e| e.to_string())?;
     Ok(room_jid)
 }
 
-pub async fn destroy_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord, reason: &str) {
+/// Destroys a deleted channel's room where it runs; `retire` (on the node the deletion
+/// was made through) also retires its JID for good.
+pub async fn destroy_channel_room(ctx: &Arc<Ctx>, channel: &ChannelRecord, reason: &str, retire: bool) {
     let room_jid = ctx.muc.room_jid(&channel.id);
-    // Load it if it is not running, so that occupants (none then) and storage are handled alike.
     if let Some(actor) = ctx.muc.running(&room_jid) {
         let _ = actor.cast(RoomMsg::Destroy(reason.to_owned()));
     }
-    if let Err(e) = ctx.store.room_retire(&room_jid).await {
+    if !retire {
+        return;
+    }
+    if let Err(e) = ctx.control.room_retire(&room_jid).await {
         tracing::error!(room = %room_jid, error = %e, "cannot retire room record");
     }
 }
@@ -338,7 +342,7 @@ async fn service_stanza(ctx: &Arc<Ctx>, stanza: &Element) {
             // Public rooms (XEP-0045 §6.3): stored persistent ones, then running ones,
             // whose live state wins. Channel rooms are never public.
             let mut rooms: BTreeMap<String, String> =
-                ctx.store.rooms_listed(MAX_LISTED_ROOMS).await.unwrap_or_default().into_iter().collect();
+                ctx.control.rooms_listed(MAX_LISTED_ROOMS).await.unwrap_or_default().into_iter().collect();
             let running = ctx.muc.listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             rooms.extend(running);
             let mut items = Element::new("query", ns::DISCO_ITEMS);
@@ -401,9 +405,9 @@ async fn run_persister(ctx: Arc<Ctx>, room: String, mut rx: watch::Receiver<Room
         let write = rx.borrow_and_update().clone();
         let result = match &write {
             RoomWrite::Put { snapshot, listed_name } => {
-                ctx.store.room_put(&room, snapshot, listed_name.as_deref()).await
+                ctx.control.room_put(&room, snapshot, listed_name.as_deref()).await
             }
-            RoomWrite::Delete => ctx.store.room_delete(&room).await,
+            RoomWrite::Delete => ctx.control.room_delete(&room).await,
         };
         if let Err(e) = result {
             tracing::error!(room = %room, error = %e, "cannot persist room");
@@ -837,18 +841,19 @@ async fn tell_rooms(ctx: &Arc<Ctx>, event: RoomEvent) {
             }
         }
     }
-    apply_room_event(ctx, event).await;
+    apply_room_event(ctx, event, true).await;
 }
 
-/// What a room event does to the rooms running on this node.
-pub async fn apply_room_event(ctx: &Arc<Ctx>, event: RoomEvent) {
+/// What a room event does to the rooms running on this node; `origin`: the change was
+/// made through this node (which retires a deleted channel's room JID).
+pub async fn apply_room_event(ctx: &Arc<Ctx>, event: RoomEvent, origin: bool) {
     match event {
         RoomEvent::Updated(channel) => {
             if let Some(actor) = ctx.muc.running(&ctx.muc.room_jid(&channel.id)) {
                 let _ = actor.cast(RoomMsg::ChannelUpdated(channel));
             }
         }
-        RoomEvent::Deleted { channel, reason } => destroy_channel_room(ctx, &channel, &reason).await,
+        RoomEvent::Deleted { channel, reason } => destroy_channel_room(ctx, &channel, &reason, origin).await,
         RoomEvent::AccessChanged { rooms } => {
             for room in rooms {
                 if let Some(actor) = ctx.muc.running(&room) {

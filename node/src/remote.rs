@@ -513,7 +513,7 @@ pub fn handle(ctx: Arc<Ctx>, from_node: u64, op: NodeOp) -> BoxFuture<'static, (
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
-                crate::muc::apply_room_event(&ctx, event).await;
+                crate::muc::apply_room_event(&ctx, event, false).await;
             }
             NodeOp::Account { jid, addr, action } => {
                 let Ok(full) = FullJid::new(&jid) else {

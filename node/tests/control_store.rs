@@ -281,3 +281,34 @@ async fn permissions_follow_the_control_plane() {
     assert!(feed.await.unwrap_err().is_cancelled());
     plane.shutdown().await.unwrap();
 }
+
+/// On a cluster member, persistent rooms and retired room JIDs are control-plane records:
+/// any node can load a room's snapshot, and a retired JID stays retired (a late write of
+/// the destroyed room's actor does not bring its snapshot back).
+#[tokio::test]
+async fn rooms_and_retirements_live_in_the_control_plane() {
+    use waddle::control_store::{NodeControl, ROOM_KIND};
+    let dir = TempDir::new("rooms");
+    let plane = one_node(&dir.0).await;
+    let local = waddle_storage::Store::open(&dir.0.join("local.db")).await.unwrap();
+    let control = NodeControl::new(local.clone(), true);
+    assert!(control.room_get("r@muc.x").await.is_err(), "a member that has not joined has no rooms to read");
+    control.set_replicated(RaftControlStore::new(Arc::clone(&plane)));
+
+    control.room_put("r@muc.x", "{\"snapshot\":1}", Some("Room R")).await.unwrap();
+    control.room_put("q@muc.x", "{\"snapshot\":2}", None).await.unwrap();
+    assert_eq!(control.room_get("r@muc.x").await.unwrap().as_deref(), Some("{\"snapshot\":1}"));
+    assert!(plane.state().record(ROOM_KIND, "r@muc.x").is_some(), "in the replicated state");
+    assert!(local.room_get("r@muc.x").await.unwrap().is_none(), "not in the node's own database");
+    assert_eq!(control.rooms_listed(10).await.unwrap(), vec![("r@muc.x".to_owned(), "Room R".to_owned())]);
+
+    control.room_retire("r@muc.x").await.unwrap();
+    assert!(control.room_is_retired("r@muc.x").await.unwrap());
+    assert!(control.room_get("r@muc.x").await.unwrap().is_none());
+    control.room_put("r@muc.x", "{\"late\":true}", None).await.unwrap();
+    assert!(control.room_get("r@muc.x").await.unwrap().is_none(), "a retired room is never written again");
+    assert!(!control.room_is_retired("q@muc.x").await.unwrap());
+    control.room_delete("q@muc.x").await.unwrap();
+    assert!(control.room_get("q@muc.x").await.unwrap().is_none());
+    plane.shutdown().await.unwrap();
+}
