@@ -370,6 +370,10 @@ async def test_carbons_between_resources_on_different_nodes(cluster, xmpp_on):
     for c in (a1, a2, b):
         c.send_presence()
     await enable(a2)
+    # The owner tells a1's node that carbons are on (a hint, sent before the answer to
+    # a2); a round trip of a1 through the owner orders that hint before what a1 sends
+    # next. Without it, a message a1 sends within that millisecond may get no carbon.
+    await a1.sync()
     body = unique("sent-carbon")
     a1.send_message(mto=f"{bob}@{DOMAIN}/b", mbody=body, mtype="chat")
     await b.wait_for(is_message_with_body(body, "chat"), "the message")
