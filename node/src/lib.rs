@@ -17,6 +17,7 @@ pub mod mam;
 pub mod metrics;
 pub mod muc;
 pub mod outbox;
+pub mod partition_data;
 pub mod remote;
 pub mod resume;
 pub mod router;

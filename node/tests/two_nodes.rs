@@ -282,3 +282,47 @@ async fn accounts_and_tokens_live_at_the_owner_of_the_user() {
     assert!(n1.accounts().account(&carol).await.is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A partition's user data moves between nodes as one file: exactly the accounts that
+/// hash to it (with what is keyed by them) leave one node's database and arrive in the
+/// other's, and logins read them there once the ring says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitions_user_data_moves_as_one_file() {
+    let dir = std::env::temp_dir().join(format!("waddle-two-nodes-move-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (n1, n2) = (node(1, &dir).await, node(2, &dir).await);
+    let net = Arc::new(Network::default());
+    attach(&net, &n1);
+    attach(&net, &n2);
+    split_ring(&[&n1, &n2]);
+    let users: Vec<String> = (0..40).map(|i| user_owned_by(2, &format!("mover{i}x"))).collect();
+    for u in &users {
+        if !n2.store.account_exists(u).await.unwrap() {
+            create_account(&n2, u).await;
+        }
+    }
+    let partition = partition_of(&format!("{}@{DOMAIN}", users[0]));
+    let expected: Vec<String> = {
+        let mut v: Vec<String> =
+            users.iter().filter(|u| partition_of(&format!("{u}@{DOMAIN}")) == partition).cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let file = dir.join("partition.db");
+    let exported = waddle::partition_data::export(&n2, partition, &file).await.unwrap();
+    assert_eq!(exported as usize, expected.len());
+    assert_eq!(waddle::partition_data::import(&n1, &file).await.unwrap() as usize, expected.len());
+    assert_eq!(n1.store.usernames().await.unwrap(), expected, "exactly the partition's users");
+    waddle::partition_data::forget(&n2, partition).await.unwrap();
+    assert!(waddle::partition_data::users_of(&n2, partition).await.unwrap().is_empty());
+
+    // The ring gives the partition to node 1: accounts are read there, through either node.
+    let owners: Vec<u64> = (0..PARTITIONS).map(|p| if p == partition || p.is_multiple_of(2) { 1 } else { 2 }).collect();
+    for n in [&n1, &n2] {
+        assert!(n.cluster.set_ring(3, owners.clone()));
+    }
+    assert!(n2.accounts().account(&expected[0]).await.unwrap().is_some());
+    assert!(n1.accounts().account(&expected[0]).await.unwrap().is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}

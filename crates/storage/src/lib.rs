@@ -30,6 +30,7 @@ pub mod db;
 mod error;
 mod inline;
 mod model;
+mod partition;
 mod schema;
 mod store;
 mod store_waddles;

@@ -691,3 +691,55 @@ async fn in_memory_databases_read_on_the_storage_thread() {
     assert_eq!(store.account("alice").await.unwrap(), Some(account("alice")));
     assert_eq!(store.worker.inline_reads(), 0);
 }
+
+/// A set of users' data leaves one database as a file and arrives whole in another:
+/// accounts, tokens, rosters (with their versions), offline messages in order, vCards;
+/// users not named stay behind; the file's users replace what the target had of them.
+#[tokio::test]
+async fn users_move_between_databases_as_one_file() {
+    let dir = temp_dir();
+    let from = Store::open(&dir.join("from.db")).await.unwrap();
+    let to = Store::open(&dir.join("to.db")).await.unwrap();
+    for user in ["alice", "bob", "carol"] {
+        from.create_account(account(user)).await.unwrap();
+    }
+    from.insert_token(TokenKind::Xmpp, H1, "alice", i64::MAX).await.unwrap();
+    from.insert_token(TokenKind::Xmpp, H2, "bob", i64::MAX).await.unwrap();
+    let alice_version = from.roster_upsert("alice", &row("bob@x", "both")).await.unwrap();
+    from.roster_upsert("bob", &row("alice@x", "both")).await.unwrap();
+    for n in 0..3 {
+        assert!(from.offline_push("alice", &format!("<message id='m{n}'/>"), 100).await.unwrap());
+    }
+    from.vcard_set("alice", "<vCard xmlns='vcard-temp'/>").await.unwrap();
+    // The target has its own users, and a stale copy of alice to be replaced.
+    to.create_account(account("dave")).await.unwrap();
+    to.create_account(account("alice")).await.unwrap();
+    to.offline_push("alice", "<message id='stale'/>", 100).await.unwrap();
+
+    let file = dir.join("partition-7.db");
+    assert_eq!(from.export_users(vec!["alice".into(), "carol".into(), "nobody".into()], &file).await.unwrap(), 2);
+    assert!(from.export_users(vec!["alice".into()], &file).await.is_err(), "never overwrites a file");
+    assert_eq!(from.usernames().await.unwrap(), ["alice", "bob", "carol"], "exporting changes nothing");
+
+    assert_eq!(to.import_users(&file).await.unwrap(), 2);
+    assert_eq!(to.usernames().await.unwrap(), ["alice", "carol", "dave"]);
+    assert_eq!(to.account("alice").await.unwrap(), Some(account("alice")));
+    assert!(to.lookup_token(TokenKind::Xmpp, H1, 0).await.unwrap().is_some());
+    assert!(to.lookup_token(TokenKind::Xmpp, H2, 0).await.unwrap().is_none(), "bob's token stayed behind");
+    let (version, roster) = to.roster("alice").await.unwrap();
+    assert_eq!((version, roster), (alice_version, vec![row("bob@x", "both")]));
+    assert_eq!(
+        to.offline_take("alice").await.unwrap(),
+        ["<message id='m0'/>", "<message id='m1'/>", "<message id='m2'/>"],
+        "in order, and the stale copy replaced"
+    );
+    assert_eq!(to.vcard_get("alice").await.unwrap().as_deref(), Some("<vCard xmlns='vcard-temp'/>"));
+    // Later roster changes get versions above the imported ones.
+    assert!(to.roster_upsert("alice", &row("carol@x", "none")).await.unwrap() > alice_version);
+
+    from.delete_users(vec!["alice".into(), "carol".into()]).await.unwrap();
+    assert_eq!(from.usernames().await.unwrap(), ["bob"]);
+    assert!(from.lookup_token(TokenKind::Xmpp, H1, 0).await.unwrap().is_none());
+    assert!(from.offline_take("alice").await.unwrap().is_empty());
+    assert!(to.import_users(&dir.join("missing.db")).await.is_err());
+}
