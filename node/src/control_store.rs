@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use waddle_api::{Commit, ControlFuture, ControlStore, Permissions};
 use waddle_control::{Applied, Command, CommandResult, ControlError, ControlPlane, ControlState, Record, Tuple};
-use waddle_storage::{ChannelRecord, StorageError, WaddleRecord, CHANNEL_KINDS};
+use waddle_storage::{ChannelRecord, StorageError, WaddleRecord};
 
 /// The record kind of waddles.
 pub const WADDLE_KIND: &str = "waddle";
@@ -119,27 +119,6 @@ pub fn tuple_text(t: &Tuple) -> String {
 
 fn to_control_tuples(texts: &[String]) -> Result<Vec<Tuple>, StorageError> {
     texts.iter().map(|t| to_control_tuple(t)).collect()
-}
-
-fn validate_waddle(w: &WaddleRecord) -> Result<(), StorageError> {
-    for (what, value) in [("waddle id", &w.id), ("waddle name", &w.name), ("waddle owner", &w.owner)] {
-        if value.is_empty() {
-            return Err(StorageError::Invalid(format!("empty {what}")));
-        }
-    }
-    Ok(())
-}
-
-fn validate_channel(c: &ChannelRecord) -> Result<(), StorageError> {
-    for (what, value) in [("channel id", &c.id), ("channel waddle id", &c.waddle_id), ("channel name", &c.name)] {
-        if value.is_empty() {
-            return Err(StorageError::Invalid(format!("empty {what}")));
-        }
-    }
-    if !CHANNEL_KINDS.contains(&c.kind.as_str()) {
-        return Err(StorageError::Invalid(format!("channel kind {:?}", c.kind)));
-    }
-    Ok(())
 }
 
 fn waddle_of(state: &ControlState, id: &str) -> Result<Option<(WaddleRecord, Record)>, StorageError> {
@@ -284,7 +263,7 @@ impl ControlStore for RaftControlStore {
     fn waddle_create(&self, waddle: &WaddleRecord) -> ControlFuture<()> {
         let (plane, waddle) = (self.plane.clone(), waddle.clone());
         Box::pin(async move {
-            validate_waddle(&waddle)?;
+            waddle.validate()?;
             match propose(&plane, put(WADDLE_KIND, &waddle.id, encode(&waddle)?, 0)).await? {
                 Attempt::Done(_) => Ok(()),
                 Attempt::Conflict => Err(StorageError::AlreadyExists),
@@ -295,7 +274,7 @@ impl ControlStore for RaftControlStore {
     fn waddle_update(&self, waddle: &WaddleRecord) -> ControlFuture<()> {
         let (plane, waddle) = (self.plane.clone(), waddle.clone());
         Box::pin(async move {
-            validate_waddle(&waddle)?;
+            waddle.validate()?;
             with_retries("updating a waddle", || async {
                 let Some((mut current, record)) = waddle_of(&plane.state(), &waddle.id)? else {
                     return Err(StorageError::NotFound);
@@ -347,7 +326,7 @@ impl ControlStore for RaftControlStore {
     fn channel_create_limited(&self, channel: &ChannelRecord, max: u64) -> ControlFuture<bool> {
         let (plane, channel) = (self.plane.clone(), channel.clone());
         Box::pin(async move {
-            validate_channel(&channel)?;
+            channel.validate()?;
             let body = encode(&channel)?;
             with_retries("creating a channel", || async {
                 let state = plane.state();
@@ -382,7 +361,7 @@ impl ControlStore for RaftControlStore {
     fn channel_update(&self, channel: &ChannelRecord) -> ControlFuture<()> {
         let (plane, channel) = (self.plane.clone(), channel.clone());
         Box::pin(async move {
-            validate_channel(&channel)?;
+            channel.validate()?;
             with_retries("updating a channel", || async {
                 let state = plane.state();
                 let Some((mut current, record)) = channel_of(&state, &channel.id)? else {

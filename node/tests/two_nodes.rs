@@ -160,15 +160,21 @@ async fn until(mut f: impl FnMut() -> bool) {
     panic!("condition not reached within 5 s");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stanzas_cross_nodes_through_the_owner_of_the_destination() {
-    let dir = std::env::temp_dir().join(format!("waddle-two-nodes-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (n1, n2) = (node(1, &dir).await, node(2, &dir).await);
+/// Nodes 1 and 2 in `dir`, linked, with the ring of [`split_ring`].
+async fn linked_pair(dir: &std::path::Path) -> (Arc<Ctx>, Arc<Ctx>, Arc<Network>) {
+    let (n1, n2) = (node(1, dir).await, node(2, dir).await);
     let net = Arc::new(Network::default());
     attach(&net, &n1);
     attach(&net, &n2);
     split_ring(&[&n1, &n2]);
+    (n1, n2, net)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stanzas_cross_nodes_through_the_owner_of_the_destination() {
+    let dir = std::env::temp_dir().join(format!("waddle-two-nodes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (n1, n2, net) = linked_pair(&dir).await;
 
     // alice's account lives on node 2, her session runs on node 1; bob's the reverse.
     let alice = user_owned_by(2, "alice");
@@ -252,11 +258,7 @@ async fn stanzas_cross_nodes_through_the_owner_of_the_destination() {
 async fn accounts_and_tokens_live_at_the_owner_of_the_user() {
     let dir = std::env::temp_dir().join(format!("waddle-two-nodes-accounts-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let (n1, n2) = (node(1, &dir).await, node(2, &dir).await);
-    let net = Arc::new(Network::default());
-    attach(&net, &n1);
-    attach(&net, &n2);
-    split_ring(&[&n1, &n2]);
+    let (n1, n2, net) = linked_pair(&dir).await;
 
     // Created through node 1 (as the HTTP API or in-band registration would), kept by
     // node 2, the owner; read from either.
@@ -290,11 +292,7 @@ async fn accounts_and_tokens_live_at_the_owner_of_the_user() {
 async fn a_partitions_user_data_moves_as_one_file() {
     let dir = std::env::temp_dir().join(format!("waddle-two-nodes-move-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let (n1, n2) = (node(1, &dir).await, node(2, &dir).await);
-    let net = Arc::new(Network::default());
-    attach(&net, &n1);
-    attach(&net, &n2);
-    split_ring(&[&n1, &n2]);
+    let (n1, n2, _net) = linked_pair(&dir).await;
     let users: Vec<String> = (0..40).map(|i| user_owned_by(2, &format!("mover{i}x"))).collect();
     for u in &users {
         if !n2.store.account_exists(u).await.unwrap() {

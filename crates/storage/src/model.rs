@@ -123,3 +123,33 @@ pub struct ChannelRecord {
 
 /// The channel kinds a [`ChannelRecord`] may have.
 pub const CHANNEL_KINDS: [&str; 2] = ["text", "announcement"];
+
+impl WaddleRecord {
+    /// Refuses a record with an empty id, name or owner (every store checks this before
+    /// writing one).
+    pub fn validate(&self) -> Result<(), crate::StorageError> {
+        for (what, value) in [("waddle id", &self.id), ("waddle name", &self.name), ("waddle owner", &self.owner)] {
+            if value.is_empty() {
+                return Err(crate::StorageError::Invalid(format!("empty {what}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChannelRecord {
+    /// Refuses a record with an empty id, waddle or name, or an unknown kind.
+    pub fn validate(&self) -> Result<(), crate::StorageError> {
+        for (what, value) in
+            [("channel id", &self.id), ("channel waddle id", &self.waddle_id), ("channel name", &self.name)]
+        {
+            if value.is_empty() {
+                return Err(crate::StorageError::Invalid(format!("empty {what}")));
+            }
+        }
+        if !CHANNEL_KINDS.contains(&self.kind.as_str()) {
+            return Err(crate::StorageError::Invalid(format!("channel kind {:?}", self.kind)));
+        }
+        Ok(())
+    }
+}

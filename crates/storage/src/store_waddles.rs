@@ -3,7 +3,6 @@
 use libsql::{Connection, Row};
 
 use crate::db::{unix_now, Tx};
-use crate::model::CHANNEL_KINDS;
 use crate::Sql;
 use crate::{ChannelRecord, StorageError, Store, WaddleRecord};
 
@@ -21,7 +20,7 @@ impl Store {
     /// Creates a waddle. [`StorageError::AlreadyExists`] if the id is taken,
     /// [`StorageError::Invalid`] for an empty id, name or owner.
     pub async fn waddle_create(&self, w: &WaddleRecord) -> Result<(), StorageError> {
-        validate_waddle(w)?;
+        w.validate()?;
         let w = w.clone();
         self.worker
             .call(move |conn| async move {
@@ -89,7 +88,7 @@ impl Store {
     /// Replaces the name, description and owner of the waddle `w.id` (`created_at` is
     /// kept). [`StorageError::NotFound`] if there is no such waddle.
     pub async fn waddle_update(&self, w: &WaddleRecord) -> Result<(), StorageError> {
-        validate_waddle(w)?;
+        w.validate()?;
         let w = w.clone();
         self.worker
             .call(move |conn| async move {
@@ -129,7 +128,7 @@ impl Store {
     /// [`StorageError::Invalid`] for an empty id or name or a kind other than `text` and
     /// `announcement`.
     pub async fn channel_create(&self, c: &ChannelRecord) -> Result<(), StorageError> {
-        validate_channel(c)?;
+        c.validate()?;
         let c = c.clone();
         self.worker.call(move |conn| async move { Sql::in_tx(&conn, Tx::Write, insert_channel(&conn, c)).await }).await
     }
@@ -138,7 +137,7 @@ impl Store {
     /// nothing is created and the answer is `Ok(false)`. The count and the insert are one
     /// transaction, so concurrent creations cannot exceed the limit.
     pub async fn channel_create_limited(&self, c: &ChannelRecord, max: u64) -> Result<bool, StorageError> {
-        validate_channel(c)?;
+        c.validate()?;
         let c = c.clone();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.worker
@@ -198,7 +197,7 @@ impl Store {
     /// time are kept). [`StorageError::NotFound`] if there is no such channel,
     /// [`StorageError::AlreadyExists`] if another channel of the waddle has that name.
     pub async fn channel_update(&self, c: &ChannelRecord) -> Result<(), StorageError> {
-        validate_channel(c)?;
+        c.validate()?;
         let c = c.clone();
         self.worker
             .call(move |conn| async move {
@@ -444,27 +443,6 @@ async fn channels_of(conn: &Connection, waddle_id: &str) -> Result<Vec<ChannelRe
         channel_from_row,
     )
     .await
-}
-
-fn validate_waddle(w: &WaddleRecord) -> Result<(), StorageError> {
-    for (what, value) in [("waddle id", &w.id), ("waddle name", &w.name), ("waddle owner", &w.owner)] {
-        if value.is_empty() {
-            return Err(StorageError::Invalid(format!("empty {what}")));
-        }
-    }
-    Ok(())
-}
-
-fn validate_channel(c: &ChannelRecord) -> Result<(), StorageError> {
-    for (what, value) in [("channel id", &c.id), ("channel waddle id", &c.waddle_id), ("channel name", &c.name)] {
-        if value.is_empty() {
-            return Err(StorageError::Invalid(format!("empty {what}")));
-        }
-    }
-    if !CHANNEL_KINDS.contains(&c.kind.as_str()) {
-        return Err(StorageError::Invalid(format!("channel kind {:?}", c.kind)));
-    }
-    Ok(())
 }
 
 fn validate_tuple(tuple: &str) -> Result<(), StorageError> {
