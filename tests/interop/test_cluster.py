@@ -357,6 +357,35 @@ def ET_text(el) -> str:
     return "".join(el.itertext())
 
 
+async def test_a_restarted_node_rejoins_with_its_state(cluster, xmpp_on):
+    http = [_http_caller(n.info) for n in cluster.nodes]
+    owner = _user_maker(http[0], _account_maker(http[0]))("rst")
+    w = create_waddle(http[0], owner)
+    before = cluster.status(1)
+    # The node that bootstrapped the cluster: it has no seeds, so had it lost its state it
+    # would bootstrap a cluster of its own and never converge with the other two.
+    node = cluster.nodes[0]
+    node.restart()  # SIGTERM (must exit 0), then the same data dir and ports
+    deadline = time.monotonic() + 30
+    while http_request(node.info.http_base, "GET", "/ready")[0] != 200:
+        assert time.monotonic() < deadline, f"restarted node not ready:\n{node.info.log_tail()}"
+        time.sleep(0.05)
+    views = cluster.wait_converged(3)
+    assert views[0]["ring_epoch"] == before["ring_epoch"], "a restart changes nothing in the ring"
+    # Its control-plane state came back from its log and snapshot: the waddle made
+    # through it before the restart is still there.
+    status, body = http[0]("GET", f"/v1/waddles/{w.id}", bearer=owner.token)
+    assert status == 200 and body["id"] == w.id, (status, body)
+    # And it serves clients again, across nodes.
+    user, pw = make_account_on(cluster, 0)("rst")
+    peer, ppw = make_account_on(cluster, 2)("rst")
+    c = await xmpp_on(0)(user, pw, "x")
+    p = await xmpp_on(2)(peer, ppw, "y")
+    body_text = unique("after-restart")
+    p.send_message(mto=f"{user}@{DOMAIN}/x", mbody=body_text, mtype="chat")
+    await c.wait_for(is_message_with_body(body_text, "chat"), "a message to the restarted node")
+
+
 async def test_carbons_between_resources_on_different_nodes(cluster, xmpp_on):
     from test_carbons import CARBON_PLUGINS, enable, is_carbon
     alice, apw = make_account_on(cluster, 0)("carbx")
