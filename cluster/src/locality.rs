@@ -140,9 +140,19 @@ impl Locality {
     /// The registry shard of the user `bare` (a normalized bare JID), if this node owns
     /// it; otherwise the node that does.
     pub fn user<'a>(&'a self, bare: &'a str) -> Place<UserShard<'a>> {
-        match self.place(partition_of(bare)) {
-            Place::Local(()) => Place::Local(UserShard { registry: &self.registry, bare }),
-            Place::Remote(node) => Place::Remote(node),
+        let owner = {
+            let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+            // A cluster of one asks on every stanza: no hashing for it.
+            if ring.alone {
+                self.me
+            } else {
+                ring.owners.get(partition_of(bare) as usize).copied().unwrap_or(self.me)
+            }
+        };
+        if owner == self.me {
+            Place::Local(UserShard { registry: &self.registry, bare })
+        } else {
+            Place::Remote(owner)
         }
     }
 

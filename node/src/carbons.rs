@@ -80,7 +80,7 @@ pub fn set_enabled(ctx: &Ctx, origin: &Origin, iq: &Element, enabled: bool) -> E
     let shard = ctx.local_shard(bare.as_str());
     let set = shard.is_some_and(|s| s.set_carbons(full.resource().as_str(), conn_id, enabled));
     if let Some(shard) = shard.filter(|_| set) {
-        ctx.hint_carbons(bare.as_str(), &shard);
+        ctx.hint_carbons(bare.as_str(), &shard, false);
     }
     if set {
         iq_result(iq)

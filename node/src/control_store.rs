@@ -542,12 +542,21 @@ impl NodeControl {
         let _ = self.replicated.set(store);
     }
 
-    fn target(&self) -> Result<&dyn ControlStore, StorageError> {
+    /// The control plane's store once set; `None` on a single node; an error on a cluster
+    /// member that has not opened it yet.
+    fn replicated(&self) -> Result<Option<&RaftControlStore>, StorageError> {
         match (self.replicated.get(), self.clustered) {
-            (Some(replicated), _) => Ok(replicated),
-            (None, false) => Ok(&self.local),
+            (Some(replicated), _) => Ok(Some(replicated)),
+            (None, false) => Ok(None),
             (None, true) => Err(StorageError::Database("this node has not joined its cluster yet".into())),
         }
+    }
+
+    fn target(&self) -> Result<&dyn ControlStore, StorageError> {
+        Ok(match self.replicated()? {
+            Some(replicated) => replicated,
+            None => &self.local,
+        })
     }
 }
 
@@ -567,11 +576,7 @@ struct RoomBody {
 /// so a room's configuration survives the room moving to another node.
 impl NodeControl {
     fn plane(&self) -> Result<Option<&Arc<ControlPlane>>, StorageError> {
-        match (self.replicated.get(), self.clustered) {
-            (Some(replicated), _) => Ok(Some(&replicated.plane)),
-            (None, false) => Ok(None),
-            (None, true) => Err(StorageError::Database("this node has not joined its cluster yet".into())),
-        }
+        Ok(self.replicated()?.map(|replicated| &replicated.plane))
     }
 
     pub async fn room_get(&self, jid: &str) -> Result<Option<String>, StorageError> {

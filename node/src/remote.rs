@@ -428,13 +428,18 @@ impl Ctx {
 
 impl Ctx {
     /// On the owner of `bare`: tells the other nodes its sessions run on whether any of
-    /// them has carbons enabled (they skip asking for sent carbons otherwise).
-    pub fn hint_carbons(&self, bare: &str, shard: &waddle_cluster::UserShard<'_>) {
+    /// them has carbons enabled (they skip asking for sent carbons otherwise). With
+    /// `only_if_enabled` (a session bound), nothing is sent while none has: a node never
+    /// told `true` needs no `false`.
+    pub fn hint_carbons(&self, bare: &str, shard: &waddle_cluster::UserShard<'_>, only_if_enabled: bool) {
         if self.cluster.alone() {
             return;
         }
         let sessions = shard.sessions();
         let enabled = sessions.iter().any(|s| s.carbons);
+        if only_if_enabled && !enabled {
+            return;
+        }
         let mut nodes: Vec<u64> = sessions.iter().map(|s| s.addr.node).filter(|n| *n != self.cluster.me()).collect();
         nodes.sort_unstable();
         nodes.dedup();
@@ -507,11 +512,10 @@ pub fn handle(ctx: Arc<Ctx>, from_node: u64, op: NodeOp) -> BoxFuture<'static, (
             }
             NodeOp::Rooms { event, applied } => {
                 // Bounded: a node that cannot catch up within this applies it anyway.
-                for _ in 0..400 {
-                    if ctx.permissions.applied_index() >= applied {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                let caught_up =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), ctx.permissions.wait_replicated(applied));
+                if !matches!(caught_up.await, Ok(Ok(()))) {
+                    tracing::warn!(from_node, applied, "cluster: room change applied before the permissions caught up");
                 }
                 crate::muc::apply_room_event(&ctx, event, false).await;
             }
@@ -545,12 +549,13 @@ fn parse(xml: &str) -> Option<Element> {
 /// Account work of the session `full` at `addr`, on the node that owns its user.
 async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action: AccountAction) {
     let bare = full.to_bare();
-    let Place::Local(shard) = ctx.cluster.user(bare.as_str()) else {
-        // The ring moved between the sender's decision and now: pass it on.
-        if let Place::Remote(node) = ctx.cluster.user(bare.as_str()) {
+    let shard = match ctx.cluster.user(bare.as_str()) {
+        Place::Local(shard) => shard,
+        Place::Remote(node) => {
+            // The ring moved between the sender's decision and now: pass it on.
             ctx.to_node(node, NodeOp::Account { jid: full.as_str().to_owned(), addr, action });
+            return;
         }
-        return;
     };
     let resource = full.resource().as_str();
     let origin = Origin { jid: Jid::from(full.clone()), conn_id: Some(addr.conn_id) };
@@ -568,7 +573,7 @@ async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action
             if let Some(old) = shard.bind(entry) {
                 let _ = ctx.cluster.deliver(old.addr, SessionMsg::Replaced);
             }
-            ctx.hint_carbons(bare.as_str(), &shard);
+            ctx.hint_carbons(bare.as_str(), &shard, true);
         }
         AccountAction::Rebind { available, priority, presence, roster_interested, carbons } => {
             if shard.addr(resource).is_some_and(|held| held != addr) {
@@ -585,11 +590,14 @@ async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action
                 roster_interested,
                 carbons,
             });
-            ctx.hint_carbons(bare.as_str(), &shard);
+            ctx.hint_carbons(bare.as_str(), &shard, true);
         }
         AccountAction::Unbind => {
-            shard.unbind(resource, addr.conn_id);
-            ctx.hint_carbons(bare.as_str(), &shard);
+            // Only a session with carbons leaving can turn the account's answer to false.
+            let had_carbons = shard.carbons_resources().iter().any(|r| r == resource);
+            if shard.unbind(resource, addr.conn_id) && had_carbons {
+                ctx.hint_carbons(bare.as_str(), &shard, false);
+            }
         }
         AccountAction::Presence { available, priority, presence } => {
             let presence = presence.as_deref().and_then(parse).map(Arc::new);

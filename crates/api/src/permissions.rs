@@ -163,8 +163,9 @@ impl Permissions {
         self.applied.send_modify(|applied| *applied = (*applied).max(index));
     }
 
-    /// Waits until the replication feed has applied log index `index` to memory.
-    async fn wait_replicated(&self, index: u64) -> Result<(), ApiError> {
+    /// Waits until the replication feed has applied log index `index` to memory (at most
+    /// the replication timeout).
+    pub async fn wait_replicated(&self, index: u64) -> Result<(), ApiError> {
         let mut rx = self.applied.subscribe();
         let waited = tokio::time::timeout(self.replication_timeout, rx.wait_for(|applied| *applied >= index))
             .await
