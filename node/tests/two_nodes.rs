@@ -324,3 +324,25 @@ async fn a_partitions_user_data_moves_as_one_file() {
     assert!(n1.accounts().account(&expected[0]).await.unwrap().is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stanza whose destination's owner cannot be reached is answered with
+/// `recipient-unavailable` of type `wait` (RFC 6120 §8.3.3.14), not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_owner_is_recipient_unavailable() {
+    let dir = std::env::temp_dir().join(format!("waddle-two-nodes-unreachable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (n1, _n2, net) = linked_pair(&dir).await;
+    let sender = user_owned_by(1, "sender");
+    create_account(&n1, &sender).await;
+    let sender_full = format!("{sender}@{DOMAIN}/pc");
+    let (origin, mut mailbox) = session(&n1, &sender_full).await;
+    net.queues.lock().unwrap().remove(&2);
+    let far = format!("{}@{DOMAIN}", user_owned_by(2, "far"));
+    n1.route(&origin, chat(&sender_full, &far, "lost?")).await;
+    let error = next_stanza(&mut mailbox).await;
+    assert_eq!((error.attr("type"), error.attr("id")), (Some("error"), Some("lost?")));
+    let condition = error.get_child("error", "jabber:client").unwrap();
+    assert_eq!(condition.attr("type"), Some("wait"));
+    assert!(condition.get_child("recipient-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas").is_some(), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
