@@ -262,6 +262,8 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
 
     let mut transport_config = RactorConfig::new(me, listen, config.cluster.secret.clone());
     transport_config.advertise_host = listen.ip().to_string();
+    transport_config.transport.ping_interval = Duration::from_millis(config.cluster.heartbeat_ms);
+    transport_config.transport.down_after = Duration::from_millis(config.cluster.down_after_ms);
     if config.cluster.tls {
         transport_config.tls = Some(crate::tls::cluster_tls(config).context("cluster.tls")?);
     }

@@ -41,6 +41,15 @@ pub struct ClusterConfig {
     /// PEM file of the authority every node's certificate chains to; empty: peers must
     /// present this node's own certificate (all nodes configured with one certificate).
     pub tls_ca: String,
+    /// How many nodes hold each partition's data (the owner and its followers); an
+    /// acknowledged write is durable on a majority of them. Capped by the node count;
+    /// `1` turns replication off.
+    pub replicas: usize,
+    /// Interval of the liveness pings between nodes.
+    pub heartbeat_ms: u64,
+    /// A node silent for this long is declared down: the transport drops its link, and the
+    /// control plane's leader marks it `down` and moves its partitions to survivors.
+    pub down_after_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -52,6 +61,9 @@ impl Default for ClusterConfig {
             voters: 3,
             tls: false,
             tls_ca: String::new(),
+            replicas: 3,
+            heartbeat_ms: 500,
+            down_after_ms: 2500,
         }
     }
 }
@@ -413,6 +425,15 @@ impl Config {
         }
         if self.cluster.tls && self.cluster.listen.is_empty() {
             return invalid("cluster.tls", "needs cluster.listen");
+        }
+        if !(1..=7).contains(&self.cluster.replicas) {
+            return invalid("cluster.replicas", "must be between 1 and 7 (3 survives the loss of one node)");
+        }
+        if self.cluster.heartbeat_ms < 10 || self.cluster.down_after_ms < 3 * self.cluster.heartbeat_ms {
+            return invalid(
+                "cluster.down_after_ms",
+                "must be at least three heartbeats (cluster.heartbeat_ms, itself at least 10)",
+            );
         }
         if !(1..=5).contains(&self.cluster.voters) {
             return invalid("cluster.voters", "must be between 1 and 5 (3 or 5 tolerate failures)");

@@ -151,6 +151,20 @@ impl Core {
         lock(&self.peers).get(&id).is_some_and(Peer::up)
     }
 
+    /// The peers whose link is up and that were heard from within `within` (a frame or a
+    /// ping), sorted. Unlike [`Core::connected`], it does not wait for the heartbeat
+    /// task: a process that was stopped sees at once that it has heard nobody lately.
+    pub(crate) fn heard_within(&self, within: Duration) -> Vec<NodeId> {
+        let now = Instant::now();
+        let mut v: Vec<NodeId> = lock(&self.peers)
+            .iter()
+            .filter(|(id, p)| **id != self.me && p.link_up && now.saturating_duration_since(p.last_heard) <= within)
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     pub(crate) fn connected(&self) -> Vec<NodeId> {
         let mut v: Vec<NodeId> =
             lock(&self.peers).iter().filter(|(id, p)| **id != self.me && p.up()).map(|(id, _)| *id).collect();

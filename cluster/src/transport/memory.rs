@@ -337,6 +337,10 @@ impl Transport for MemoryTransport {
         self.core.connected()
     }
 
+    fn heard_within(&self, within: Duration) -> Vec<NodeId> {
+        self.core.heard_within(within)
+    }
+
     fn peer_events(&self) -> broadcast::Receiver<PeerEvent> {
         self.core.subscribe()
     }

@@ -756,49 +756,82 @@ impl Room {
         now: &str,
         out: &mut Vec<Outbound>,
     ) {
+        match self.seat(st, sender, nick, oracle, false) {
+            Ok(nick) => {
+                let created = self.locked;
+                self.send_join_state(st, &nick, &sender.full, created, now, out);
+            }
+            Err((condition, text)) => push_error(out, st, condition, Some(text)),
+        }
+    }
+
+    /// Puts a session that was an occupant of this room before it moved to this node
+    /// (its previous node failed, or the room was handed over) back in, from the join
+    /// presence its session kept: the same admission checks as a join (bans, members-only,
+    /// password, nickname conflicts, a channel's view permission), but nothing is sent to
+    /// anyone, since every occupant already saw that presence and its self-presence and
+    /// history were delivered when it first joined. A locked room does not stop it: the
+    /// room's lock was its creator's business on the node that held it. `Err` is the
+    /// condition that refused it; the session's node then tells its client it left.
+    pub fn rejoin(&mut self, presence: &Element, oracle: &dyn AccessOracle) -> Result<(), &'static str> {
+        let Some(sender) = presence.attr("from").and_then(|f| waddle_jid::Jid::new(f).ok()) else {
+            return Err("jid-malformed");
+        };
+        let sender = Sender { full: sender.to_string(), bare: sender.to_bare().to_string() };
+        if self.destroyed {
+            return Err("item-not-found");
+        }
+        if self.sessions.contains_key(&sender.full) {
+            return Ok(());
+        }
+        let nick = presence
+            .attr("to")
+            .and_then(|t| waddle_jid::Jid::new(t).ok())
+            .and_then(|to| to.resource().map(|r| r.as_str().to_owned()))
+            .ok_or("jid-malformed")?;
+        self.seat(presence, &sender, &nick, oracle, true).map(|_| ()).map_err(|(condition, _)| condition)
+    }
+
+    /// Admits `sender` under `nick` and seats it: the nickname it got, or the condition
+    /// and text that refused it. `rejoining` skips the lock (see [`Room::rejoin`]).
+    fn seat(
+        &mut self,
+        st: &Element,
+        sender: &Sender,
+        nick: &str,
+        oracle: &dyn AccessOracle,
+        rejoining: bool,
+    ) -> Result<String, (&'static str, &'static str)> {
         let policy = oracle.access(&sender.bare);
         let (aff, channel) = self.effective(&sender.bare, &policy);
         if channel.is_some_and(|c| !c.can_view) {
-            push_error(out, st, "forbidden", Some("You may not enter this channel"));
-            return;
+            return Err(("forbidden", "You may not enter this channel"));
         }
-        if self.locked && aff != Affiliation::Owner {
-            push_error(out, st, "item-not-found", Some("This room is locked until its owner configures it"));
-            return;
+        if self.locked && aff != Affiliation::Owner && !rejoining {
+            return Err(("item-not-found", "This room is locked until its owner configures it"));
         }
         if aff == Affiliation::Outcast {
-            push_error(out, st, "forbidden", Some("You have been banned from this room"));
-            return;
+            return Err(("forbidden", "You have been banned from this room"));
         }
         if channel.is_none() && self.config.members_only && !aff.at_least(Affiliation::Member) {
-            push_error(out, st, "registration-required", Some("This room is members-only"));
-            return;
+            return Err(("registration-required", "This room is members-only"));
         }
         // Owners know the password they set (as ejabberd does it).
         if let Some(password) = self.config.password_required().filter(|_| aff != Affiliation::Owner) {
             let given = st.get_child("x", ns::MUC).and_then(|x| x.get_child("password", ns::MUC)).map(Element::text);
             if given.as_deref() != Some(password) {
-                push_error(out, st, "not-authorized", Some("A password is required to enter this room"));
-                return;
+                return Err(("not-authorized", "A password is required to enter this room"));
             }
         }
-        let nick = match self.claim_nick(nick, &sender.bare, None, oracle) {
-            Ok(nick) => nick,
-            Err(text) => {
-                push_error(out, st, "conflict", Some(text));
-                return;
-            }
-        };
-        let nick = nick.as_str();
-        let existing = self.occupants.get(nick);
+        let nick = self.claim_nick(nick, &sender.bare, None, oracle).map_err(|text| ("conflict", text))?;
+        let existing = self.occupants.get(nick.as_str());
         let max = usize::try_from(self.config.max_users).unwrap_or(usize::MAX);
         if existing.is_none() && max > 0 && self.occupants.len() >= max && !aff.at_least(Affiliation::Admin) {
-            push_error(out, st, "service-unavailable", Some("This room is full"));
-            return;
+            return Err(("service-unavailable", "This room is full"));
         }
         let role = self.default_role(aff, channel);
         let session = Session { full: sender.full.clone(), presence: presence_payload(st) };
-        match self.occupants.get_mut(nick) {
+        match self.occupants.get_mut(nick.as_str()) {
             Some(occ) => {
                 occ.affiliation = aff;
                 occ.set_base_role(role);
@@ -806,21 +839,20 @@ impl Room {
             }
             None => {
                 let occ = Occupant {
-                    nick: nick.to_owned(),
-                    nick_key: nick::key(nick),
-                    nick_skeleton: nick::skeleton(nick),
+                    nick: nick.clone(),
+                    nick_key: nick::key(&nick),
+                    nick_skeleton: nick::skeleton(&nick),
                     bare: sender.bare.clone(),
                     affiliation: aff,
                     role,
                     base_role: role,
                     sessions: vec![session],
                 };
-                self.occupants.insert(nick.to_owned(), occ);
+                self.occupants.insert(nick.clone(), occ);
             }
         }
-        self.sessions.insert(sender.full.clone(), nick.to_owned());
-        let created = self.locked;
-        self.send_join_state(st, nick, &sender.full, created, now, out);
+        self.sessions.insert(sender.full.clone(), nick.clone());
+        Ok(nick)
     }
 
     /// The nickname `bare` gets for requesting `requested`, or why not (`conflict`).

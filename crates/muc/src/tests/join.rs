@@ -440,3 +440,45 @@ fn normalized_nickname_is_announced_with_210() {
     assert_eq!(for_jid(&out, ALICE)[0].attr("id"), Some("u1"));
     assert_eq!(for_jid(&out, OWNER)[0].attr("id"), None);
 }
+
+#[test]
+fn a_rejoin_seats_the_session_silently_and_it_receives_messages() {
+    let mut room = room_with(RoomConfig::default());
+    let presence = xml(&join_xml(ALICE, "alice", ""));
+    assert_eq!(room.rejoin(&presence, &StandardOracle), Ok(()));
+    assert!(room.is_occupant(ALICE));
+    assert_eq!(room.nick_of(ALICE), Some("alice"));
+    // Seated without a word to anyone; the next groupchat reaches her like any occupant.
+    let out = feed(&mut room, &groupchat(OWNER, "hello"));
+    assert!(out.iter().any(|o| matches!(o, Outbound::Stanza(s) if s.attr("to") == Some(ALICE))), "{out:?}");
+}
+
+#[test]
+fn a_rejoin_of_a_seated_session_changes_nothing() {
+    let mut room = room_with(RoomConfig::default());
+    join(&mut room, ALICE, "alice");
+    let presence = xml(&join_xml(ALICE, "alice", ""));
+    assert_eq!(room.rejoin(&presence, &StandardOracle), Ok(()));
+    assert_eq!(room.occupant_count(), 2);
+}
+
+#[test]
+fn a_rejoin_passes_the_admission_checks_of_a_join() {
+    let mut room = room_with(RoomConfig { members_only: true, ..RoomConfig::default() });
+    let presence = xml(&join_xml(ALICE, "alice", ""));
+    assert_eq!(room.rejoin(&presence, &StandardOracle), Err("registration-required"));
+    assert!(!room.is_occupant(ALICE));
+    // Somebody else holds the nickname now.
+    let mut open = room_with(RoomConfig::default());
+    join(&mut open, BOB, "alice");
+    assert_eq!(open.rejoin(&presence, &StandardOracle), Err("conflict"));
+}
+
+#[test]
+fn a_locked_room_takes_back_its_occupants() {
+    let mut room = Room::new(ROOM, RoomConfig::default(), Some("owner@example.org"), false);
+    assert!(room.is_locked());
+    let presence = xml(&join_xml(ALICE, "alice", ""));
+    assert_eq!(room.rejoin(&presence, &StandardOracle), Ok(()));
+    assert!(room.is_occupant(ALICE));
+}
