@@ -53,6 +53,12 @@ pub struct Locality {
     connections: Connections,
     peers: OnceLock<Arc<dyn Peers>>,
     next_conn: AtomicU64,
+    /// Until when (ms after `clock`) this node may act as the owner of what the ring
+    /// gives it: renewed while it is in touch with a majority of the control plane's
+    /// voters. `u64::MAX` on a node that is not a cluster member (nobody to be cut off
+    /// from).
+    lease_until: AtomicU64,
+    clock: std::time::Instant,
 }
 
 impl std::fmt::Debug for Locality {
@@ -72,11 +78,36 @@ impl Locality {
             connections: Connections::default(),
             peers: OnceLock::new(),
             next_conn: AtomicU64::new(1),
+            lease_until: AtomicU64::new(u64::MAX),
+            clock: std::time::Instant::now(),
         }
     }
 
     pub fn me(&self) -> u64 {
         self.me
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// This node may act as an owner for `valid_for` more (it just confirmed that it is
+    /// in touch with a majority of the voters).
+    pub fn renew_lease(&self, valid_for: std::time::Duration) {
+        let until = self.now_ms().saturating_add(u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX));
+        self.lease_until.store(until, Ordering::Release);
+    }
+
+    /// This node is cut off (or not a member yet): it owns nothing until it renews.
+    pub fn revoke_lease(&self) {
+        self.lease_until.store(0, Ordering::Release);
+    }
+
+    /// Whether this node may serve what it owns right now: false from the moment its
+    /// lease ran out, which a process that was paused sees at once on waking (the clock
+    /// kept going), before any task of it noticed anything.
+    pub fn may_serve(&self) -> bool {
+        self.now_ms() < self.lease_until.load(Ordering::Acquire)
     }
 
     /// Sets how this node reaches sessions on other nodes (once, at start).
@@ -407,5 +438,22 @@ mod tests {
     fn without_peers_a_remote_session_is_unreachable() {
         let l = Locality::single(1);
         assert!(l.deliver(SessionAddr { node: 2, conn_id: 5 }, SessionMsg::Tick).is_err());
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_is_no_member_always_serves_and_a_member_only_under_a_live_lease() {
+        let l = Locality::single(1);
+        assert!(l.may_serve());
+        l.revoke_lease();
+        assert!(!l.may_serve());
+        l.renew_lease(std::time::Duration::from_secs(60));
+        assert!(l.may_serve());
+        l.renew_lease(std::time::Duration::ZERO);
+        assert!(!l.may_serve(), "a lease of no time is over at once");
     }
 }

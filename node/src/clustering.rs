@@ -295,9 +295,18 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
     ctx.control.set_replicated(crate::control_store::RaftControlStore::new(Arc::clone(&control)));
     crate::control_store::spawn_feed(Arc::clone(&control), Arc::clone(&ctx.permissions));
 
+    // A member owns nothing until it knows it is in touch with the others.
+    ctx.cluster.revoke_lease();
+    let ownership_path = config.server.data_dir.join("ownership.jsonl");
+    match crate::muc::OwnershipLog::open(&ownership_path, me) {
+        Ok(log) => ctx.muc.set_ownership_log(log),
+        Err(e) => tracing::warn!(path = %ownership_path.display(), error = %e, "cannot open the ownership log"),
+    }
     // Follow what is committed before joining, so that the first ring is adopted at once.
     tokio::spawn(follow(Arc::downgrade(ctx), Arc::clone(&control), Arc::clone(&transport)));
     tokio::spawn(watch_peers(Arc::downgrade(ctx), Arc::clone(&transport)));
+    let timing = Liveness::from_config(&config.cluster);
+    tokio::spawn(watch_liveness(Arc::downgrade(ctx), Arc::clone(&control), Arc::clone(&transport), timing));
 
     if config.cluster.seeds.is_empty() {
         control.bootstrap().await.context("bootstrapping the cluster")?;
@@ -401,10 +410,12 @@ async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<Racto
                 ctx.cluster.for_each_local(|s| {
                     let _ = s.cast(waddle_cluster::SessionMsg::Reannounce);
                 });
+                let ctx = Arc::clone(&ctx);
+                tokio::spawn(async move { crate::muc::release_unowned(&ctx).await });
             }
         }
         if control.status().leader == Some(control.id()) {
-            propose_ring(&control, &state).await;
+            propose_ring(&control, &state, ctx.config.cluster.replicas).await;
         }
         drop(ctx);
         // Woken by the next commit; a periodic look covers a leadership change, which
@@ -417,7 +428,7 @@ async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<Racto
 }
 
 /// On the leader: a new ring when the nodes that serve have changed.
-async fn propose_ring(control: &ControlPlane, state: &waddle_control::ControlState) {
+async fn propose_ring(control: &ControlPlane, state: &waddle_control::ControlState, replicas: usize) {
     let members: Vec<u64> = state.nodes.values().filter(|n| matches!(n.state, NodeState::Up)).map(|n| n.id).collect();
     if members.is_empty() {
         return;
@@ -438,7 +449,7 @@ async fn propose_ring(control: &ControlPlane, state: &waddle_control::ControlSta
     if previous.is_some() && current == wanted {
         return;
     }
-    let next = assign(previous.as_ref(), &members, 1);
+    let next = assign(previous.as_ref(), &members, replicas);
     let table = PartitionTable { epoch: next.epoch, replicas: next.replicas };
     match control.propose(Command::SetPartitionMap(table)).await {
         Ok(result) => tracing::info!(epoch = next.epoch, members = ?members, ?result, "cluster: new ring proposed"),
@@ -469,5 +480,186 @@ async fn watch_peers(ctx: Weak<Ctx>, transport: Arc<RactorTransport>) {
                 });
             }
         }
+    }
+}
+
+/// The timing of failure detection, from `cluster.heartbeat_ms` and `cluster.down_after_ms`.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    /// How often the watch looks.
+    pub tick: Duration,
+    /// Silence after which a peer counts as gone.
+    pub down_after: Duration,
+    /// A node keeps its lease only while it heard from a majority within this, and a
+    /// lease lasts `lease` beyond the look that renewed it: a node cut off stops serving
+    /// within `fresh + lease`, before the others declare it down (`down_after`) and
+    /// give what it owned to someone else.
+    pub fresh: Duration,
+    pub lease: Duration,
+    /// A node declared down must be heard from this long before it counts as up again.
+    pub settle: Duration,
+}
+
+impl Liveness {
+    pub fn from_config(cluster: &crate::config::ClusterConfig) -> Liveness {
+        let down_after = Duration::from_millis(cluster.down_after_ms);
+        let lease = down_after / 4;
+        Liveness {
+            tick: Duration::from_millis(cluster.heartbeat_ms).min(lease),
+            down_after,
+            fresh: down_after / 2,
+            lease,
+            settle: Duration::from_millis(cluster.heartbeat_ms * 2),
+        }
+    }
+}
+
+/// Whether this node and the voters it heard from are a majority of the voters (a node
+/// that knows of no voters yet is not cut off from anyone).
+pub fn in_touch_with_majority(voters: &[u64], me: u64, heard: &[u64]) -> bool {
+    if voters.is_empty() {
+        return true;
+    }
+    let reachable = voters.iter().filter(|v| **v == me || heard.contains(v)).count();
+    reachable * 2 > voters.len()
+}
+
+/// On the leader: which members change state, from whom it heard lately. A serving
+/// member it has not heard from is down; a down member heard from for `settle` is up
+/// again (`back_since` remembers since when, across looks).
+pub fn liveness_changes(
+    nodes: &[(u64, NodeState)],
+    me: u64,
+    heard: &[u64],
+    back_since: &mut std::collections::HashMap<u64, tokio::time::Instant>,
+    now: tokio::time::Instant,
+    settle: Duration,
+) -> Vec<(u64, NodeState)> {
+    let mut changes = Vec::new();
+    for (id, state) in nodes {
+        if *id == me {
+            continue;
+        }
+        let is_heard = heard.contains(id);
+        match state {
+            NodeState::Up if !is_heard => changes.push((*id, NodeState::Down)),
+            NodeState::Down if is_heard => {
+                let since = *back_since.entry(*id).or_insert(now);
+                if now.saturating_duration_since(since) >= settle {
+                    changes.push((*id, NodeState::Up));
+                }
+            }
+            _ => {}
+        }
+        if !is_heard || *state != NodeState::Down {
+            back_since.remove(id);
+        }
+    }
+    changes
+}
+
+/// Failure detection and the ownership lease. Every look: this node renews its lease
+/// while it hears from a majority of the voters, and when it has not for `down_after`
+/// it is on the minority side: it closes its clients' streams (they reconnect to a
+/// node that can serve them) and stops its rooms. On the control plane's leader, a
+/// member not heard from within `down_after` is marked down (the next ring leaves it
+/// out, so its partitions go to the survivors) and a down member heard from again is
+/// marked up.
+async fn watch_liveness(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<RactorTransport>, timing: Liveness) {
+    let mut back_since = std::collections::HashMap::new();
+    let mut last_touch = tokio::time::Instant::now();
+    let mut cut_off = false;
+    let proposing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut ticker = tokio::time::interval(timing.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(ctx) = ctx.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        let state = control.state();
+        let me = control.id();
+        let voters: Vec<u64> = state.nodes.values().filter(|n| n.voter).map(|n| n.id).collect();
+        let fresh = transport.heard_within(timing.fresh);
+        if in_touch_with_majority(&voters, me, &fresh) {
+            ctx.cluster.renew_lease(timing.lease);
+            last_touch = now;
+            if cut_off {
+                cut_off = false;
+                tracing::warn!(node = me, "cluster: in touch with a majority again; serving");
+                // Our sessions' registry entries may have been dropped by the others.
+                ctx.cluster.for_each_local(|s| {
+                    let _ = s.cast(waddle_cluster::SessionMsg::Reannounce);
+                });
+            }
+        } else if !cut_off && now.saturating_duration_since(last_touch) >= timing.down_after {
+            cut_off = true;
+            ctx.cluster.revoke_lease();
+            tracing::error!(node = me, heard = ?fresh, "cluster: cut off from the majority; closing client streams and rooms");
+            ctx.cluster.for_each_local(|s| {
+                let _ = s.cast(waddle_cluster::SessionMsg::Close(Some("system-shutdown")));
+            });
+            for (_, room) in ctx.muc.running_rooms() {
+                let _ = room.cast(crate::muc::RoomMsg::Release);
+            }
+        }
+        if control.status().leader != Some(me) || proposing.load(std::sync::atomic::Ordering::Acquire) {
+            continue;
+        }
+        let nodes: Vec<(u64, NodeState)> = state.nodes.values().map(|n| (n.id, n.state)).collect();
+        let alive = transport.heard_within(timing.down_after);
+        let changes = liveness_changes(&nodes, me, &alive, &mut back_since, now, timing.settle);
+        if changes.is_empty() {
+            continue;
+        }
+        proposing.store(true, std::sync::atomic::Ordering::Release);
+        let (control, proposing) = (Arc::clone(&control), Arc::clone(&proposing));
+        tokio::spawn(async move {
+            for (id, state) in changes {
+                match control.propose(Command::SetNodeState { id, state }).await {
+                    Ok(_) => tracing::warn!(node = id, ?state, "cluster: member state changed by failure detection"),
+                    Err(e) => tracing::warn!(node = id, error = %e, "cluster: cannot change a member's state"),
+                }
+            }
+            proposing.store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_majority_of_voters_counts_this_node_too() {
+        assert!(in_touch_with_majority(&[1, 2, 3], 1, &[2]));
+        assert!(!in_touch_with_majority(&[1, 2, 3], 1, &[]));
+        assert!(!in_touch_with_majority(&[1, 2, 3, 4], 1, &[2]), "half is not a majority");
+        assert!(in_touch_with_majority(&[1], 1, &[]));
+        assert!(!in_touch_with_majority(&[1, 2, 3], 4, &[1]), "a learner needs a majority of voters");
+        assert!(in_touch_with_majority(&[], 4, &[]));
+    }
+
+    #[test]
+    fn the_leader_marks_silent_members_down_and_returning_ones_up_after_settling() {
+        let t0 = tokio::time::Instant::now();
+        let settle = Duration::from_millis(1000);
+        let mut back = std::collections::HashMap::new();
+        let nodes = [(1, NodeState::Up), (2, NodeState::Up), (3, NodeState::Down), (4, NodeState::Joining)];
+        let changes = liveness_changes(&nodes, 1, &[3], &mut back, t0, settle);
+        assert_eq!(
+            changes,
+            vec![(2, NodeState::Down)],
+            "node 2 is silent; node 3 has not settled; joining is left alone"
+        );
+        let later = t0 + Duration::from_millis(999);
+        assert!(liveness_changes(&nodes, 1, &[2, 3], &mut back, later, settle).is_empty());
+        let settled = t0 + settle;
+        assert_eq!(liveness_changes(&nodes, 1, &[2, 3], &mut back, settled, settle), vec![(3, NodeState::Up)]);
+        // Silent again before settling: the clock starts over.
+        let mut back = std::collections::HashMap::new();
+        liveness_changes(&nodes, 1, &[2, 3], &mut back, t0, settle);
+        liveness_changes(&nodes, 1, &[2], &mut back, t0 + Duration::from_millis(500), settle);
+        assert!(liveness_changes(&nodes, 1, &[2, 3], &mut back, t0 + settle, settle).is_empty());
+        assert!(liveness_changes(&nodes, 1, &[], &mut back, t0, settle).iter().all(|(id, _)| *id != 1), "never itself");
     }
 }

@@ -187,6 +187,13 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, direct_tls: bool) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
+                if !ctx.cluster.may_serve() {
+                    // Cut off from the cluster: the client is better served by another
+                    // node, and a refused connection makes it try one at once.
+                    tracing::debug!(%peer, "refusing a client while cut off from the cluster");
+                    drop(tcp);
+                    continue;
+                }
                 tokio::spawn(connection::serve(Arc::clone(&ctx), tcp, peer, direct_tls));
             }
             Err(e) => {

@@ -18,7 +18,7 @@ use waddle_muc::{AccessOracle, Affiliation, ChannelAccess, ChannelSettings, Outb
 use waddle_storage::{ChannelRecord, WaddleRecord};
 use waddle_xml::Element;
 
-use waddle_cluster::{PlacementKey, SessionAddr};
+use waddle_cluster::{Place, PlacementKey, SessionAddr};
 
 use crate::ctx::Ctx;
 use crate::router::Origin;
@@ -56,6 +56,13 @@ pub enum RoomMsg {
     PolicyChanged,
     /// The channel was renamed, re-topiced or changed kind through the REST API.
     ChannelUpdated(ChannelRecord),
+    /// A session that was an occupant before the room came to this node, with its join
+    /// presence and connection id (see [`rejoin`]).
+    Rejoin(Element, u64),
+    /// The rebuild window after the start is over: handle what waited for it.
+    EndRebuild,
+    /// This node no longer owns the room's partition: stop serving it.
+    Release,
 }
 
 // Room actors are local: the cluster reaches a room through its node's router, never
@@ -73,6 +80,37 @@ pub struct MucService {
     /// room's kind never changes: channel ids are random, so no ad-hoc room can take the
     /// name of a channel created later. Bounded: emptied when it grows past the limit.
     room_waddles: std::sync::RwLock<HashMap<String, Option<String>>>,
+    /// Where room actors record the epochs they served at (cluster members only).
+    ownership: std::sync::OnceLock<OwnershipLog>,
+}
+
+/// An append-only record, one JSON line per event, of the rooms this node started and
+/// stopped serving and at which ring epoch: what an operator (or the chaos checker)
+/// reads to see that no two nodes served one room at one epoch.
+pub struct OwnershipLog {
+    node: u64,
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl OwnershipLog {
+    pub fn open(path: &std::path::Path, node: u64) -> std::io::Result<OwnershipLog> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(OwnershipLog { node, file: std::sync::Mutex::new(file) })
+    }
+
+    fn record(&self, room: &str, epoch: u64, event: &str) {
+        use std::io::Write;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let line = serde_json::json!({
+            "node": self.node, "kind": "room", "key": room, "epoch": epoch, "event": event, "at_ms": at_ms,
+        });
+        let mut file = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = writeln!(file, "{line}") {
+            tracing::warn!(error = %e, "cannot write the ownership log");
+        }
+    }
 }
 
 const MAX_REMEMBERED_ROOMS: usize = 100_000;
@@ -87,7 +125,23 @@ impl MucService {
             rooms: Running::new(),
             listed: std::sync::Mutex::new(BTreeMap::new()),
             room_waddles: std::sync::RwLock::default(),
+            ownership: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_ownership_log(&self, log: OwnershipLog) {
+        let _ = self.ownership.set(log);
+    }
+
+    fn record_ownership(&self, room: &str, epoch: u64, event: &str) {
+        if let Some(log) = self.ownership.get() {
+            log.record(room, epoch, event);
+        }
+    }
+
+    /// The JIDs and actors of the rooms running here.
+    pub fn running_rooms(&self) -> Vec<(String, ActorRef<RoomMsg>)> {
+        self.rooms.entries()
     }
 
     /// What [`room_partition`] learnt of `room_node`: `Some(waddle)` for a channel's
@@ -142,7 +196,7 @@ pub async fn route(ctx: &Arc<Ctx>, origin: &Origin, stanza: Element, room_node: 
     // A temporary room may stop (last occupant left) between lookup and delivery: the
     // message comes back and the lookup runs once more, which re-creates or reloads it.
     for _ in 0..2 {
-        match room_for(ctx, &room_jid, &stanza).await {
+        match room_for(ctx, &room_jid, &stanza, false).await {
             Ok(actor) => match actor.cast(RoomMsg::Stanza(stanza, origin.conn_id)) {
                 Ok(()) => return,
                 Err(ractor::MessagingErr::SendErr(RoomMsg::Stanza(back, _))) => {
@@ -165,13 +219,83 @@ pub async fn route(ctx: &Arc<Ctx>, origin: &Origin, stanza: Element, room_node: 
 
 /// The running actor of `room_jid`, loading a persisted room or creating an ad-hoc one
 /// on a join presence.
-async fn room_for(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<ActorRef<RoomMsg>, &'static str> {
+async fn room_for(
+    ctx: &Arc<Ctx>,
+    room_jid: &str,
+    stanza: &Element,
+    rejoin: bool,
+) -> Result<ActorRef<RoomMsg>, &'static str> {
     if let Some(actor) = ctx.muc.running(room_jid) {
         return Ok(actor);
     }
     // Boxed: starting a room awaits the database and the actor spawn, a future of a few
     // KiB that every routed stanza's future would otherwise carry.
-    Box::pin(ctx.muc.rooms.get_or_start(room_jid, || start_room(ctx, room_jid, stanza))).await
+    Box::pin(ctx.muc.rooms.get_or_start(room_jid, || start_room(ctx, room_jid, stanza, rejoin))).await
+}
+
+/// Takes a session that was in a room before the room moved (its node lost the room's
+/// partition, or died) back into the room on its owner: `presence` is the join presence
+/// the session kept, with its `from`. Forwarded to the owner when that is another node
+/// (at most twice, as a moving ring may need). A room that is not running is started by
+/// it, unlocked, since the occupants coming back are already in it.
+pub async fn rejoin(ctx: &Arc<Ctx>, presence: Element, conn_id: u64, hops: u8) {
+    let Some(room_node) = presence.attr("to").and_then(|t| t.split_once('@')).map(|(node, _)| node.to_owned()) else {
+        return;
+    };
+    if !ctx.cluster.alone() {
+        if let Place::Remote(node) = ctx.cluster.place(room_partition(ctx, &room_node).await) {
+            if hops >= 2 {
+                tracing::warn!(room = %room_node, "cluster: a room rejoin forwarded twice already; dropped");
+                return;
+            }
+            ctx.to_node(
+                node,
+                crate::remote::NodeOp::RoomRejoin { presence: presence.to_string(), conn_id, hops: hops + 1 },
+            );
+            return;
+        }
+    }
+    let room_jid = format!("{room_node}@{}", ctx.muc.domain);
+    match room_for(ctx, &room_jid, &presence, true).await {
+        Ok(actor) => {
+            let _ = actor.cast(RoomMsg::Rejoin(presence, conn_id));
+        }
+        Err(condition) => {
+            tracing::debug!(room = %room_jid, condition, "a room rejoin found no room");
+            removed_from_room(ctx, &presence, conn_id);
+        }
+    }
+}
+
+/// Tells a session that it is no longer in the room it tried to rejoin (XEP-0045 status
+/// 333: removed because of a technical problem), so its client knows to join again.
+fn removed_from_room(ctx: &Ctx, presence: &Element, conn_id: u64) {
+    let (Some(occupant), Some(to)) = (presence.attr("to"), presence.attr("from")) else { return };
+    const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+    let status = |code: &str| Element::new("status", MUC_USER).with_attr("code", code);
+    let item = Element::new("item", MUC_USER).with_attr("affiliation", "none").with_attr("role", "none");
+    let gone = Element::new("presence", ns::CLIENT)
+        .with_attr("from", occupant)
+        .with_attr("to", to)
+        .with_attr("type", "unavailable")
+        .with_child(Element::new("x", MUC_USER).with_child(item).with_child(status("110")).with_child(status("333")));
+    let addr = SessionAddr { node: crate::remote::conn_node(conn_id), conn_id };
+    if ctx.cluster.deliver(addr, waddle_cluster::SessionMsg::Deliver(Arc::new(gone))).is_err() {
+        tracing::debug!(conn_id, "the session of a refused rejoin is gone");
+    }
+}
+
+/// After this node adopted a new ring: every room it runs whose partition it no longer
+/// owns stops at once (its occupants' sessions take themselves to the new owner). A
+/// room is never served by two nodes at one epoch.
+pub async fn release_unowned(ctx: &Arc<Ctx>) {
+    for (jid, actor) in ctx.muc.running_rooms() {
+        let node = jid.split('@').next().unwrap_or_default();
+        if let Place::Remote(owner) = ctx.cluster.place(room_partition(ctx, node).await) {
+            tracing::info!(room = %jid, owner, "cluster: room released to its new owner");
+            let _ = actor.cast(RoomMsg::Release);
+        }
+    }
 }
 
 /// The partition a room lives on: its waddle's for a channel's room (a waddle's rooms
@@ -197,7 +321,12 @@ pub async fn room_partition(ctx: &Ctx, room_node: &str) -> waddle_cluster::Parti
 
 /// Loads or creates `room_jid` and spawns its actor ([`Running::get_or_start`] makes
 /// sure one room never gets two actors).
-async fn start_room(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<ActorRef<RoomMsg>, &'static str> {
+async fn start_room(
+    ctx: &Arc<Ctx>,
+    room_jid: &str,
+    stanza: &Element,
+    rejoin: bool,
+) -> Result<ActorRef<RoomMsg>, &'static str> {
     let node = room_jid.split('@').next().unwrap_or_default().to_owned();
     let channel =
         waddle_api::ControlStore::channel(ctx.control.as_ref(), &node).await.map_err(|_| "internal-server-error")?;
@@ -229,8 +358,15 @@ async fn start_room(ctx: &Arc<Ctx>, room_jid: &str, stanza: &Element) -> Result<
             if !is_join {
                 return Err("item-not-found");
             }
-            let creator = stanza.attr("from").map(|f| f.split('/').next().unwrap_or(f).to_owned());
-            Room::new(room_jid, RoomConfig::default(), creator.as_deref(), false)
+            if rejoin {
+                // A temporary room whose node failed: its affiliations were never stored,
+                // so nobody comes back as its owner (taking the first to return as one
+                // would hand the room to whoever reconnects first).
+                Room::new(room_jid, RoomConfig::default(), None, true)
+            } else {
+                let creator = stanza.attr("from").map(|f| f.split('/').next().unwrap_or(f).to_owned());
+                Room::new(room_jid, RoomConfig::default(), creator.as_deref(), false)
+            }
         }
     };
     let location = location_of(binding.as_ref());
@@ -380,7 +516,18 @@ struct RoomState {
     /// their presence), so that fan-out goes straight to their nodes: one inter-node
     /// message per node, whatever the number of occupants there.
     sessions: HashMap<String, SessionAddr>,
+    /// Until [`RoomMsg::EndRebuild`]: the room just came to this node and its occupants'
+    /// sessions are still coming back (see [`rejoin`]); groupchat from someone not seated
+    /// yet waits here for that sender's rejoin instead of being refused.
+    rebuilding: bool,
+    parked: Vec<(Element, Option<u64>)>,
 }
+
+/// How long a room that came to this node waits for its occupants to come back before
+/// it refuses groupchat from non-occupants again.
+const REBUILD_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+/// Most stanzas a rebuilding room holds; beyond it they are handled (and refused) at once.
+const MAX_PARKED: usize = 1024;
 
 /// The name `room` is listed under in the service's disco#items, if it is listed.
 fn listing_of(room: &Room) -> Option<&str> {
@@ -691,8 +838,10 @@ impl Actor for RoomActor {
     type State = RoomState;
     type Arguments = RoomArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<RoomMsg>, args: RoomArgs) -> Result<RoomState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<RoomMsg>, args: RoomArgs) -> Result<RoomState, ActorProcessingErr> {
         let location = location_of(args.binding.as_ref());
+        let rebuilding = !args.ctx.cluster.alone();
+        args.ctx.muc.record_ownership(args.room.jid(), args.ctx.cluster.epoch(), "serve");
         let mut state = RoomState {
             ctx: args.ctx,
             room: args.room,
@@ -701,7 +850,12 @@ impl Actor for RoomActor {
             listed: None,
             persister: None,
             sessions: HashMap::new(),
+            rebuilding,
+            parked: Vec::new(),
         };
+        if rebuilding {
+            myself.send_after(REBUILD_WINDOW, || RoomMsg::EndRebuild);
+        }
         state.publish_listing();
         Ok(state)
     }
@@ -712,21 +866,53 @@ impl Actor for RoomActor {
         msg: RoomMsg,
         state: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
-        let (stamp, micros) = now_stamp();
-        let outs = match msg {
+        match msg {
             RoomMsg::Stanza(el, conn_id) => {
-                state.learn_session(&el, conn_id);
-                let is_mam = el.name() == "iq"
-                    && el.attr("to").is_some_and(|t| !t.contains('/'))
-                    && iq_payload(&el).is_some_and(|p| p.ns() == NS_MAM);
-                if is_mam {
-                    state.mam_query(el).await;
+                if state.waits_for_rejoin(&el) {
+                    state.parked.push((el, conn_id));
                     return Ok(());
                 }
-                let mut next_id = new_stanza_id;
-                let RoomState { ctx, room, binding, .. } = state;
-                with_oracle(ctx, binding.as_ref(), |oracle| room.handle(&el, oracle, &stamp, &mut next_id))
+                handle_stanza(&myself, state, el, conn_id).await;
+                return Ok(());
             }
+            RoomMsg::Rejoin(presence, conn_id) => {
+                let outcome = {
+                    let RoomState { ctx, room, binding, .. } = &mut *state;
+                    with_oracle(ctx, binding.as_ref(), |oracle| room.rejoin(&presence, oracle))
+                };
+                match outcome {
+                    Ok(()) => state.learn_session(&presence, Some(conn_id)),
+                    Err(condition) => {
+                        tracing::debug!(room = %state.room.jid(), condition, "a rejoin was refused");
+                        removed_from_room(&state.ctx, &presence, conn_id);
+                    }
+                }
+                let from = presence.attr("from").unwrap_or_default().to_owned();
+                let (theirs, others): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut state.parked).into_iter().partition(|(el, _)| el.attr("from") == Some(&from));
+                state.parked = others;
+                for (el, conn_id) in theirs {
+                    handle_stanza(&myself, state, el, conn_id).await;
+                }
+                return Ok(());
+            }
+            RoomMsg::EndRebuild => {
+                state.rebuilding = false;
+                for (el, conn_id) in std::mem::take(&mut state.parked) {
+                    handle_stanza(&myself, state, el, conn_id).await;
+                }
+                return Ok(());
+            }
+            RoomMsg::Release => {
+                // Whatever waited for a rejoin goes to the new owner with its sender's
+                // next attempt; nothing of it was acknowledged.
+                myself.stop(None);
+                return Ok(());
+            }
+            RoomMsg::Destroy(_) | RoomMsg::PolicyChanged | RoomMsg::ChannelUpdated(_) => {}
+        }
+        let (_, micros) = now_stamp();
+        let outs = match msg {
             RoomMsg::Destroy(reason) => state.room.destroy(Some(&reason), None),
             RoomMsg::PolicyChanged => {
                 let RoomState { ctx, room, binding, .. } = state;
@@ -740,20 +926,62 @@ impl Actor for RoomActor {
                 state.binding = Some(binding);
                 outs
             }
+            _ => return Ok(()),
         };
-        state.execute(outs, micros, &myself).await;
-        state.publish_listing();
-        if state.room.is_empty() && !state.room.config().persistent {
-            // A temporary room ends with its last occupant (XEP-0045 §10.1.3).
-            myself.stop(None);
-        }
+        finish_turn(&myself, state, outs, micros).await;
         Ok(())
     }
 
     async fn post_stop(&self, myself: ActorRef<RoomMsg>, state: &mut RoomState) -> Result<(), ActorProcessingErr> {
+        state.ctx.muc.record_ownership(state.room.jid(), state.ctx.cluster.epoch(), "stop");
         state.ctx.muc.set_listing(state.room.jid(), None);
         state.ctx.muc.forget(state.room.jid(), myself.get_id());
         Ok(())
+    }
+}
+
+impl RoomState {
+    /// Whether `el` is groupchat from someone the room does not seat yet while it waits
+    /// for its occupants to come back.
+    fn waits_for_rejoin(&self, el: &Element) -> bool {
+        self.rebuilding
+            && self.parked.len() < MAX_PARKED
+            && el.name() == "message"
+            && el.attr("type") == Some("groupchat")
+            && el.attr("from").is_some_and(|from| !self.room.is_occupant(from))
+    }
+}
+
+async fn handle_stanza(myself: &ActorRef<RoomMsg>, state: &mut RoomState, el: Element, conn_id: Option<u64>) {
+    if !state.ctx.cluster.may_serve() {
+        // Cut off from the cluster (or just woken from a pause): another node may own
+        // the room by now, so nothing is accepted here; the sender may try again.
+        state.ctx.bounce(&el, "recipient-unavailable").await;
+        return;
+    }
+    let (stamp, micros) = now_stamp();
+    state.learn_session(&el, conn_id);
+    let is_mam = el.name() == "iq"
+        && el.attr("to").is_some_and(|t| !t.contains('/'))
+        && iq_payload(&el).is_some_and(|p| p.ns() == NS_MAM);
+    if is_mam {
+        state.mam_query(el).await;
+        return;
+    }
+    let mut next_id = new_stanza_id;
+    let outs = {
+        let RoomState { ctx, room, binding, .. } = &mut *state;
+        with_oracle(ctx, binding.as_ref(), |oracle| room.handle(&el, oracle, &stamp, &mut next_id))
+    };
+    finish_turn(myself, state, outs, micros).await;
+}
+
+async fn finish_turn(myself: &ActorRef<RoomMsg>, state: &mut RoomState, outs: Vec<Outbound>, micros: i64) {
+    state.execute(outs, micros, myself).await;
+    state.publish_listing();
+    if state.room.is_empty() && !state.room.config().persistent {
+        // A temporary room ends with its last occupant (XEP-0045 §10.1.3).
+        myself.stop(None);
     }
 }
 

@@ -30,7 +30,7 @@ use crate::router::Origin;
 const MAX_HOPS: u8 = 2;
 
 /// The version of [`NodeOp`]'s encoding; a peer sending another is refused loudly.
-pub const NODE_OP_VERSION: u16 = 3;
+pub const NODE_OP_VERSION: u16 = 4;
 
 /// A one-way operation for another node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,6 +61,9 @@ pub enum NodeOp {
     /// A channel's room changed through the REST API of the sending node, whose
     /// permission index was at `applied` (the receiver waits to be there too).
     Rooms { event: crate::muc::RoomEvent, applied: u64 },
+    /// A session of the sending node that was in a room before the room moved: take it
+    /// back in from its join presence (`crate::muc::rejoin`).
+    RoomRejoin { presence: String, conn_id: u64, hops: u8 },
 }
 
 /// What a session asks of its account's owner.
@@ -518,6 +521,13 @@ pub fn handle(ctx: Arc<Ctx>, from_node: u64, op: NodeOp) -> BoxFuture<'static, (
                     tracing::warn!(from_node, applied, "cluster: room change applied before the permissions caught up");
                 }
                 crate::muc::apply_room_event(&ctx, event, false).await;
+            }
+            NodeOp::RoomRejoin { presence, conn_id, hops } => {
+                let Some(presence) = parse(&presence) else {
+                    tracing::error!(from_node, "cluster: undecodable room rejoin");
+                    return;
+                };
+                crate::muc::rejoin(&ctx, presence, conn_id, hops).await;
             }
             NodeOp::Account { jid, addr, action } => {
                 let Ok(full) = FullJid::new(&jid) else {

@@ -29,6 +29,11 @@ impl<V: Clone> Running<V> {
         Running { live: RwLock::new(HashMap::new()), starting: Mutex::new(HashMap::new()) }
     }
 
+    /// Every running key with its value.
+    pub fn entries(&self) -> Vec<(String, V)> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// How many values are running.
     pub fn len(&self) -> usize {
         self.live.read().unwrap_or_else(|e| e.into_inner()).len()

@@ -4,7 +4,7 @@
 //! to the router, `im` and `waddle_c2s`.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,6 +136,9 @@ pub struct SessionState {
     /// pushes, XEP-0280 carbons), to announce it again.
     roster_interested: bool,
     carbons: bool,
+    /// The rooms this session is in, by occupant JID, with the join presence it sent:
+    /// what takes it back into a room that moved to another node.
+    rooms: HashMap<String, Arc<Element>>,
 }
 
 impl SessionState {
@@ -169,7 +172,46 @@ impl SessionState {
 
     /// Registers this session with its user's owner again (the ring moved, or the owner
     /// was unreachable and forgot it), with its presence, roster interest and carbons.
+    /// Remembers (or forgets) the room occupant JID `to` this session sent presence to.
+    fn track_room(&mut self, to: &str, join: Option<&Element>) {
+        let in_muc = to
+            .split_once('@')
+            .is_some_and(|(_, rest)| rest.split_once('/').is_some_and(|(domain, _)| domain == self.ctx.muc.domain));
+        if !in_muc {
+            return;
+        }
+        match join {
+            Some(presence) => {
+                self.rooms.insert(to.to_owned(), Arc::new(presence.clone()));
+            }
+            None => {
+                self.rooms.remove(to);
+            }
+        }
+    }
+
+    /// A room said this session left it (kicked, banned, a nickname change, the room
+    /// destroyed): it is not taken back there when the room moves.
+    fn note_room_exit(&mut self, stanza: &Element) {
+        if stanza.name() == "presence" && stanza.attr("type") == Some("unavailable") {
+            if let Some(from) = stanza.attr("from") {
+                self.rooms.remove(from);
+            }
+        }
+    }
+
+    /// Takes this session back into every room it is in, wherever each room runs now.
+    fn rejoin_rooms(&self) {
+        for presence in self.rooms.values() {
+            let mut presence = (**presence).clone();
+            presence.set_attr("from", self.jid.as_str());
+            let (ctx, conn_id) = (Arc::clone(&self.ctx), self.conn_id);
+            tokio::spawn(async move { crate::muc::rejoin(&ctx, presence, conn_id, 0).await });
+        }
+    }
+
     fn reannounce(&self) {
+        self.rejoin_rooms();
         let (available, priority, presence) = match &self.presence {
             Some((priority, presence)) if self.available => (true, *priority, Some(Arc::clone(presence))),
             _ => (false, 0, None),
@@ -538,6 +580,7 @@ impl SessionState {
                     } else {
                         self.directed.remove(to);
                     }
+                    self.track_room(to, ptype.is_none().then_some(&presence));
                 }
                 self.ctx.route(&self.origin, presence).await;
             }
@@ -836,7 +879,12 @@ impl SessionState {
     /// Handles one message; `Some` when serving this connection is over.
     fn handle(&mut self, msg: SessionMsg) -> Option<End> {
         match msg {
-            SessionMsg::Deliver(stanza) => (!self.send(Sent::Stanza(stanza))).then_some(End::Closed),
+            SessionMsg::Deliver(stanza) => {
+                if !self.rooms.is_empty() {
+                    self.note_room_exit(&stanza);
+                }
+                (!self.send(Sent::Stanza(stanza))).then_some(End::Closed)
+            }
             SessionMsg::DeliverUnaddressed(stanza) => (!self.send(Sent::Shared(stanza))).then_some(End::Closed),
             SessionMsg::Replaced => {
                 self.close_with(Some("conflict"), Some("Replaced by a new session with the same resource"));
@@ -1099,6 +1147,7 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         presence: None,
         roster_interested: false,
         carbons: false,
+        rooms: HashMap::new(),
     };
     tokio::spawn(run(Box::new(SessionTask { state, mailbox, io: Some(read_half), parser })));
 }

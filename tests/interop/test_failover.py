@@ -1,0 +1,147 @@
+"""Failure detection and room failover on a cluster of real ``waddle`` processes.
+
+A node that is killed (``kill -9``) or paused (``SIGSTOP``) stops answering the
+others' pings; the control plane's leader marks it ``down`` and the next ring gives
+its partitions to the survivors. The rooms it ran start on their new owners with
+their occupants rebuilt from the nodes that hold the occupants' sessions, so clients
+on surviving nodes stay in the room without rejoining and keep receiving messages.
+A paused node that wakes serves nothing it no longer owns: the ownership logs never
+show two nodes serving one room at one epoch.
+
+The cluster runs with short failure-detection timeouts (200 ms pings, down after
+1 s); readiness and convergence are waited for, never slept for.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from test_cluster import ADMIN, Cluster, make_account_on, xmpp_on  # noqa: F401 (fixture)
+from xmpp_helpers import MUC_DOMAIN, MUC_PLUGINS, http_request, is_groupchat, join_room, unique
+
+FAST = {"WADDLE_CLUSTER_HEARTBEAT_MS": "200", "WADDLE_CLUSTER_DOWN_AFTER_MS": "1000"}
+# Generous for a loaded CI machine; the figures the chaos report records are the real
+# measure of failover time.
+FAILOVER_BUDGET_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    try:
+        c.start_node(None, FAST, name="failover-node")
+        c.start_node(0, FAST, name="failover-node")
+        c.start_node(0, FAST, name="failover-node")
+        c.wait_converged(3)
+        yield c
+    finally:
+        c.stop_all()
+
+
+def node_states(cluster: Cluster, i: int) -> dict[int, str]:
+    status, body = http_request(cluster.nodes[i].info.http_base, "GET", "/v1/cluster", bearer=ADMIN)
+    assert status == 200, (status, body)
+    return {n["id"]: n["state"] for n in body["nodes"]}
+
+
+def wait_until(what: str, pred, timeout: float = FAILOVER_BUDGET_S) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if pred():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def room_owned_by(cluster: Cluster, node_id: int, prefix: str) -> str:
+    for _ in range(500):
+        room = f"{unique(prefix)}@{MUC_DOMAIN}"
+        if cluster.locate(0, room)["owner"] == str(node_id):
+            return room
+    raise AssertionError(f"no room name placed on node {node_id}")
+
+
+def ownership_events(cluster: Cluster) -> list[dict]:
+    events = []
+    for node in cluster.nodes:
+        path = Path(node.info.data_dir) / "ownership.jsonl"
+        if path.exists():
+            events += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return events
+
+
+def assert_one_owner_per_epoch(cluster: Cluster) -> None:
+    served: dict[tuple[str, int], set[int]] = {}
+    for e in ownership_events(cluster):
+        if e["event"] == "serve":
+            served.setdefault((e["key"], e["epoch"]), set()).add(e["node"])
+    twice = {k: v for k, v in served.items() if len(v) > 1}
+    assert served, "the nodes recorded no room ownership at all"
+    assert not twice, f"rooms served by two nodes at one epoch: {twice}"
+
+
+async def fail_and_check(cluster: Cluster, xmpp_on, fault: str) -> None:
+    victim = 2  # node 3; clients sit on nodes 1 and 2
+    victim_id = victim + 1
+    users = [make_account_on(cluster, i)("fo") for i in range(2)]
+    a = await xmpp_on(0)(users[0][0], users[0][1], "a", plugins=MUC_PLUGINS)
+    b = await xmpp_on(1)(users[1][0], users[1][1], "b", plugins=MUC_PLUGINS)
+    room = room_owned_by(cluster, victim_id, f"failover{fault}")
+    await join_room(a, room, "alice", maxstanzas=0)
+    await a.iq_xml("set", "<query xmlns='http://jabber.org/protocol/muc#owner'>"
+                          "<x xmlns='jabber:x:data' type='submit'/></query>", to=room)
+    await join_room(b, room, "bob", maxstanzas=0)
+    before = unique("before")
+    a.send_message(mto=room, mbody=before, mtype="groupchat")
+    await b.wait_for(is_groupchat(room, before, nick="alice"), "groupchat before the fault")
+    epoch = cluster.status(0)["ring_epoch"]
+
+    proc = cluster.nodes[victim].info.proc
+    if fault == "kill":
+        proc.kill()
+        proc.wait(timeout=10)
+    else:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(f"node {victim_id} marked down",
+                   lambda: all(node_states(cluster, i).get(victim_id) == "down" for i in (0, 1)))
+        wait_until("a ring without the failed node",
+                   lambda: all(cluster.status(i)["ring_epoch"] > epoch for i in (0, 1))
+                   and cluster.locate(0, room)["owner"] != str(victim_id))
+        # Nobody rejoined: the room on its new owner knows both occupants.
+        after = unique("after")
+        a.send_message(mto=room, mbody=after, mtype="groupchat")
+        await a.wait_for(is_groupchat(room, after, nick="alice"), "the sender's reflection after failover",
+                         timeout=FAILOVER_BUDGET_S)
+        await b.wait_for(is_groupchat(room, after, nick="alice"), "the other occupant's copy after failover")
+        reply = unique("reply")
+        b.send_message(mto=room, mbody=reply, mtype="groupchat")
+        await a.wait_for(is_groupchat(room, reply, nick="bob"), "a reply after failover")
+    finally:
+        if fault == "kill":
+            cluster.nodes[victim].start()
+        else:
+            proc.send_signal(signal.SIGCONT)
+    wait_until(f"node {victim_id} up again",
+               lambda: all(node_states(cluster, i).get(victim_id) == "up" for i in range(3)), timeout=60)
+    cluster.wait_converged(3)
+    # The room still works once the node is back (wherever the ring puts it now).
+    again = unique("again")
+    a.send_message(mto=room, mbody=again, mtype="groupchat")
+    await b.wait_for(is_groupchat(room, again, nick="alice"), "groupchat once the node is back",
+                     timeout=FAILOVER_BUDGET_S)
+    assert_one_owner_per_epoch(cluster)
+
+
+async def test_a_killed_node_is_marked_down_and_its_room_keeps_its_occupants(cluster, xmpp_on):
+    await fail_and_check(cluster, xmpp_on, "kill")
+
+
+async def test_a_paused_node_is_marked_down_and_serves_nothing_when_it_wakes(cluster, xmpp_on):
+    await fail_and_check(cluster, xmpp_on, "stop")
