@@ -317,9 +317,11 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
     // Serve only once a committed ring is known (the leader proposes one as soon as this
     // node is a member).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while ctx.cluster.epoch() == 0 {
+    while ctx.cluster.epoch() == 0 || !ctx.cluster.may_serve() {
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("cluster: no ring committed within 30 s of joining");
+            anyhow::bail!(
+                "cluster: no ring committed, or no majority of the voters heard from, within 30 s of joining"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -570,6 +572,9 @@ async fn watch_liveness(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: A
     let mut last_touch = tokio::time::Instant::now();
     let mut cut_off = false;
     let proposing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A node that just became leader (or just started) has not had the time to hear
+    // from everyone: it judges nobody before `down_after` has passed.
+    let mut leader_since: Option<tokio::time::Instant> = None;
     let mut ticker = tokio::time::interval(timing.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -602,7 +607,14 @@ async fn watch_liveness(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: A
                 let _ = room.cast(crate::muc::RoomMsg::Release);
             }
         }
-        if control.status().leader != Some(me) || proposing.load(std::sync::atomic::Ordering::Acquire) {
+        if control.status().leader != Some(me) {
+            leader_since = None;
+            continue;
+        }
+        let since = *leader_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < timing.down_after
+            || proposing.load(std::sync::atomic::Ordering::Acquire)
+        {
             continue;
         }
         let nodes: Vec<(u64, NodeState)> = state.nodes.values().map(|n| (n.id, n.state)).collect();

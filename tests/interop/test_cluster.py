@@ -371,7 +371,9 @@ async def test_a_restarted_node_rejoins_with_its_state(cluster, xmpp_on):
         assert time.monotonic() < deadline, f"restarted node not ready:\n{node.info.log_tail()}"
         time.sleep(0.05)
     views = cluster.wait_converged(3)
-    assert views[0]["ring_epoch"] == before["ring_epoch"], "a restart changes nothing in the ring"
+    # While it was away the others declared it down and moved its partitions; back, it
+    # owns partitions again (wait_converged: every node owns some) in a newer ring.
+    assert views[0]["ring_epoch"] >= before["ring_epoch"], (views[0], before)
     # Its control-plane state came back from its log and snapshot: the waddle made
     # through it before the restart is still there.
     status, body = http[0]("GET", f"/v1/waddles/{w.id}", bearer=owner.token)
