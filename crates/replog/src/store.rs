@@ -29,6 +29,8 @@ pub enum StoreError {
     Closed,
     #[error("could not start the log store thread: {0}")]
     Spawn(std::io::Error),
+    #[error("log store directory: {0}")]
+    Io(std::io::Error),
     #[error("corrupt log store: {0}")]
     Corrupt(String),
 }
