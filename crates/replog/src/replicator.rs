@@ -729,6 +729,10 @@ impl LeaderTask {
                     Stop::Fenced(p) => ReplError::Fenced { promised: *p },
                     _ => ReplError::Unavailable,
                 };
+                self.set_state(match &stop {
+                    Stop::Fenced(p) => LeadState::Fenced(*p),
+                    _ => LeadState::Failed,
+                });
                 for (_, tx) in s.waiters.drain(..) {
                     let _ = tx.send(Err(clone_err(&err)));
                 }
@@ -818,7 +822,9 @@ impl Serving<'_> {
         let (payloads, waiters): (Vec<Vec<u8>>, Vec<Waiter>) =
             if barrier { (vec![Vec::new()], Vec::new()) } else { batch.into_iter().map(|p| (p.payload, p.tx)).unzip() };
         inner.stats.leader_batches.fetch_add(1, Ordering::Relaxed);
-        self.events.push(Box::pin(async move {
+        // Spawned, not just queued in `events`: it holds the core lock across the write, and
+        // this task may wait for that lock (update_commit) while not polling `events`.
+        let write = tokio::spawn(async move {
             let mut core = part.core.lock().await;
             if core.promised > epoch {
                 return Event::Local(Err(Stop::Fenced(core.promised)), waiters);
@@ -844,7 +850,9 @@ impl Serving<'_> {
                 core.commit = c;
             }
             Event::Local(Ok(entries), waiters)
-        }));
+        });
+        self.events
+            .push(Box::pin(async move { write.await.unwrap_or_else(|_| Event::Local(Err(Stop::Closed), Vec::new())) }));
     }
 
     async fn on_event(&mut self, ev: Event) -> Result<(), Stop> {
