@@ -50,8 +50,10 @@ impl ReplTransport for Mem {
     }
 }
 
+type Applied = Vec<(Seq, Vec<u8>)>;
+
 #[derive(Clone, Default)]
-struct Rec(Arc<Mutex<Vec<(Seq, Vec<u8>)>>>);
+struct Rec(Arc<Mutex<Applied>>);
 
 impl Rec {
     fn payloads(&self) -> Vec<Vec<u8>> {
