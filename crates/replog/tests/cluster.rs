@@ -395,3 +395,33 @@ async fn other_versions_are_rejected_and_proposals_need_the_leader() {
     c.serving(1).await;
     assert!(c.node(1).propose(P, b"x".to_vec()).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_waits_for_a_majority_of_the_previous_set_and_a_newer_view_replaces_it() {
+    let c = Cluster::start("waits", &[1, 2, 3], config()).await;
+    c.view(&[1, 2, 3], 1, &[1, 2, 3], None).await;
+    c.serving(1).await;
+    let s = c.node(1).propose(P, payload(0)).await.unwrap();
+    c.applied_everywhere(&[1, 2, 3], s).await;
+
+    // Node 2 alone cannot hear a majority of {1, 2, 3}: it does not guess.
+    c.cut(1);
+    c.cut(3);
+    c.view(&[2], 2, &[2, 3, 1], Some(&[1, 2, 3])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.node(2).status(P).await.role, Role::Leader { serving: false });
+    assert!(matches!(c.node(2).propose(P, payload(1)).await, Err(ReplError::Recovering)));
+
+    // A newer view (node 3 leads) replaces that recovery; with 3 back it completes.
+    c.heal(3);
+    c.view(&[2, 3], 3, &[3, 2, 1], Some(&[1, 2, 3])).await;
+    assert_eq!(c.node(2).status(P).await.role, Role::Follower);
+    c.serving(3).await;
+    let s = c.node(3).propose(P, payload(2)).await.unwrap();
+    c.heal(1);
+    c.view(&[1], 3, &[3, 2, 1], Some(&[1, 2, 3])).await;
+    c.applied_everywhere(&[1, 2, 3], s).await;
+    for n in [1, 2, 3] {
+        assert_eq!(c.recs[&n].payloads(), vec![payload(0), payload(2)], "node {n}");
+    }
+}
