@@ -1,0 +1,1100 @@
+//! The runtime: one leader task per partition this node leads, one apply task per partition,
+//! and [`Replicator::handle`] for the requests of other nodes.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::api::{Applier, PartitionStatus, ReplConfig, ReplError, ReplStats, ReplTransport, Role};
+use crate::engine::{self, AppendDecision, EpochIndex, FenceAnswer, FenceDecision, ReplicaView};
+use crate::store::{LogStore, MetaUpdate, PartitionMeta, StoreError};
+use crate::types::*;
+
+/// Entries a leader keeps in memory for followers that are keeping up; slower ones read the
+/// store.
+const CACHE_ENTRIES: usize = 4096;
+
+/// The replicated logs of one node. Clones share it; [`Replicator::shutdown`] stops its tasks.
+#[derive(Clone)]
+pub struct Replicator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator").field("me", &self.inner.me).finish()
+    }
+}
+
+struct Inner {
+    me: NodeId,
+    store: LogStore,
+    transport: Box<dyn ReplTransport>,
+    applier: Arc<dyn Applier>,
+    config: ReplConfig,
+    parts: Mutex<HashMap<PartitionId, Arc<Part>>>,
+    apply_tasks: Mutex<Vec<AbortHandle>>,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    proposals: AtomicU64,
+    leader_batches: AtomicU64,
+    appends_with_entries: AtomicU64,
+    empty_appends: AtomicU64,
+}
+
+struct Part {
+    id: PartitionId,
+    /// The log's shape and the durable pointers; held across a store write so that memory and
+    /// disk change together.
+    core: tokio::sync::Mutex<Core>,
+    ctl: Mutex<Ctl>,
+    commit_tx: watch::Sender<Seq>,
+    applied_tx: watch::Sender<Seq>,
+    /// Lets a leader task learn at once that this node promised a newer epoch.
+    promised_tx: watch::Sender<Epoch>,
+}
+
+struct Core {
+    promised: Epoch,
+    index: EpochIndex,
+    commit: Seq,
+}
+
+#[derive(Default)]
+struct Ctl {
+    view: Option<View>,
+    leading: Option<Leading>,
+}
+
+struct View {
+    epoch: Epoch,
+    replicas: Vec<NodeId>,
+}
+
+struct Leading {
+    epoch: Epoch,
+    state: LeadState,
+    proposals: mpsc::UnboundedSender<Proposal>,
+    task: Option<AbortHandle>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeadState {
+    Recovering,
+    Serving,
+    Fenced(Epoch),
+    /// The local store failed; this node stops leading until the next view.
+    Failed,
+}
+
+struct Proposal {
+    payload: Vec<u8>,
+    tx: oneshot::Sender<Result<Seq, ReplError>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short locks leaves plain data behind, still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn reply(body: ResponseBody) -> ReplResponse {
+    ReplResponse::new(body)
+}
+
+impl Replicator {
+    /// Opens (creating) `<dir>/replog.db` and resumes every partition found there: committed
+    /// entries past `applied_seq` are applied again (at least once).
+    pub async fn open<T: ReplTransport, A: Applier>(
+        dir: &Path,
+        me: NodeId,
+        transport: T,
+        applier: A,
+        config: ReplConfig,
+    ) -> Result<Replicator, StoreError> {
+        std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
+        let store = LogStore::open(&dir.join("replog.db")).await?;
+        let metas = store.load().await?;
+        let inner = Arc::new(Inner {
+            me,
+            store,
+            transport: Box::new(transport),
+            applier: Arc::new(applier),
+            config,
+            parts: Mutex::new(HashMap::new()),
+            apply_tasks: Mutex::new(Vec::new()),
+            stats: Stats::default(),
+        });
+        for (id, meta) in metas {
+            inner.part_with(id, meta);
+        }
+        Ok(Replicator { inner })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.me
+    }
+
+    /// Stops every task of this replicator (leaders, appliers). In-flight proposals fail with
+    /// `Unavailable`; the store closes once the last handle is gone.
+    pub fn shutdown(&self) {
+        for t in lock(&self.inner.apply_tasks).drain(..) {
+            t.abort();
+        }
+        for part in lock(&self.inner.parts).values() {
+            if let Some(l) = lock(&part.ctl).leading.take() {
+                if let Some(t) = l.task {
+                    t.abort();
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> ReplStats {
+        let s = &self.inner.stats;
+        ReplStats {
+            proposals: s.proposals.load(Ordering::Relaxed),
+            leader_batches: s.leader_batches.load(Ordering::Relaxed),
+            appends_with_entries: s.appends_with_entries.load(Ordering::Relaxed),
+            empty_appends: s.empty_appends.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Adopts the ring's view of `partition` at `epoch` (views arrive in epoch order; an older
+    /// one is ignored). `replicas[0]` leads; `previous` is the replica set of the epoch before,
+    /// None for a partition that had none.
+    pub async fn set_view(
+        &self,
+        partition: PartitionId,
+        epoch: Epoch,
+        replicas: Vec<NodeId>,
+        previous: Option<Vec<NodeId>>,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let part = inner.part(partition);
+        {
+            let mut ctl = lock(&part.ctl);
+            if ctl.view.as_ref().is_some_and(|v| v.epoch > epoch) {
+                return Ok(());
+            }
+            if let Some(old) = ctl.leading.take() {
+                if let Some(t) = old.task {
+                    t.abort();
+                }
+            }
+            ctl.view = Some(View { epoch, replicas: replicas.clone() });
+        }
+        if replicas.first() != Some(&inner.me) {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = {
+            let mut core = part.core.lock().await;
+            if core.promised > epoch {
+                LeadState::Fenced(core.promised)
+            } else {
+                if core.promised < epoch {
+                    inner.store.promise(partition, epoch).await?;
+                    core.promised = epoch;
+                    part.promised_tx.send_replace(epoch);
+                }
+                LeadState::Recovering
+            }
+        };
+        let mut ctl = lock(&part.ctl);
+        if ctl.view.as_ref().map(|v| v.epoch) != Some(epoch) {
+            return Ok(());
+        }
+        let task = (state == LeadState::Recovering).then(|| {
+            let previous = previous.unwrap_or_else(|| replicas.clone());
+            let leader = LeaderTask::new(inner.clone(), part.clone(), epoch, replicas, previous);
+            tokio::spawn(leader.run(rx)).abort_handle()
+        });
+        ctl.leading = Some(Leading { epoch, state, proposals: tx, task });
+        Ok(())
+    }
+
+    /// Appends `payload` to the partition's log; resolves with its seq once a majority of the
+    /// replica set holds it durably.
+    pub async fn propose(&self, partition: PartitionId, payload: Vec<u8>) -> Result<Seq, ReplError> {
+        if payload.is_empty() {
+            return Err(ReplError::EmptyPayload);
+        }
+        let part = lock(&self.inner.parts).get(&partition).cloned().ok_or(ReplError::NotLeader { epoch: None })?;
+        let rx = {
+            let ctl = lock(&part.ctl);
+            let epoch = ctl.view.as_ref().map(|v| v.epoch);
+            match &ctl.leading {
+                Some(l) if Some(l.epoch) == epoch => match l.state {
+                    LeadState::Fenced(promised) => return Err(ReplError::Fenced { promised }),
+                    LeadState::Recovering => return Err(ReplError::Recovering),
+                    LeadState::Failed => return Err(ReplError::Unavailable),
+                    LeadState::Serving => {
+                        let (tx, rx) = oneshot::channel();
+                        l.proposals.send(Proposal { payload, tx }).map_err(|_| ReplError::Unavailable)?;
+                        rx
+                    }
+                },
+                _ => return Err(ReplError::NotLeader { epoch }),
+            }
+        };
+        self.inner.stats.proposals.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.inner.config.commit_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(ReplError::Unavailable),
+        }
+    }
+
+    /// The partition's commit index as known here.
+    pub fn committed(&self, partition: PartitionId) -> Seq {
+        lock(&self.inner.parts).get(&partition).map_or(0, |p| *p.commit_tx.borrow())
+    }
+
+    /// Waits until every entry up to `seq` has been applied on this node.
+    pub async fn wait_applied(&self, partition: PartitionId, seq: Seq) {
+        let part = self.inner.part(partition);
+        let mut rx = part.applied_tx.subscribe();
+        // The sender lives as long as `part`, which this future holds.
+        let _ = rx.wait_for(|&a| a >= seq).await;
+    }
+
+    pub async fn status(&self, partition: PartitionId) -> PartitionStatus {
+        let part = self.inner.part(partition);
+        let (promised, last, commit) = {
+            let core = part.core.lock().await;
+            (core.promised, core.index.last_pos(), core.commit)
+        };
+        let ctl = lock(&part.ctl);
+        let epoch = ctl.view.as_ref().map(|v| v.epoch);
+        let leading = ctl.leading.as_ref().filter(|l| Some(l.epoch) == epoch);
+        let role = match leading {
+            Some(l) => Role::Leader { serving: l.state == LeadState::Serving },
+            None if ctl.view.as_ref().is_some_and(|v| v.replicas.contains(&self.inner.me)) => Role::Follower,
+            None => Role::None,
+        };
+        let fenced_by = leading.and_then(|l| match l.state {
+            LeadState::Fenced(e) => Some(e),
+            _ => None,
+        });
+        let applied = *part.applied_tx.borrow();
+        PartitionStatus { role, epoch, promised, fenced_by, last, commit, applied }
+    }
+
+    /// Answers another node's request (the node's transport calls this).
+    pub async fn handle(&self, req: ReplRequest) -> ReplResponse {
+        if req.version != REPL_VERSION {
+            return reply(ResponseBody::VersionMismatch { ours: REPL_VERSION });
+        }
+        let result = match req.body {
+            RequestBody::Append(a) => self.inner.on_append(a).await,
+            RequestBody::Fence(f) => self.inner.on_fence(f).await,
+            RequestBody::Fetch(f) => self.inner.on_fetch(f).await,
+        };
+        match result {
+            Ok(body) => reply(body),
+            Err(e) => {
+                tracing::warn!(error = %e, "replog: request failed");
+                reply(ResponseBody::Failed(e.to_string()))
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn part(self: &Arc<Self>, id: PartitionId) -> Arc<Part> {
+        if let Some(p) = lock(&self.parts).get(&id) {
+            return p.clone();
+        }
+        self.part_with(id, PartitionMeta::default())
+    }
+
+    fn part_with(self: &Arc<Self>, id: PartitionId, meta: PartitionMeta) -> Arc<Part> {
+        let mut parts = lock(&self.parts);
+        if let Some(p) = parts.get(&id) {
+            return p.clone();
+        }
+        let commit = meta.commit.min(meta.index.last_seq());
+        let part = Arc::new(Part {
+            id,
+            core: tokio::sync::Mutex::new(Core { promised: meta.promised, index: meta.index, commit }),
+            ctl: Mutex::new(Ctl::default()),
+            commit_tx: watch::Sender::new(commit),
+            applied_tx: watch::Sender::new(meta.applied.min(commit)),
+            promised_tx: watch::Sender::new(meta.promised),
+        });
+        parts.insert(id, part.clone());
+        let task = tokio::spawn(run_apply(self.store.clone(), self.applier.clone(), part.clone(), self.config.clone()));
+        lock(&self.apply_tasks).push(task.abort_handle());
+        part
+    }
+
+    async fn on_append(self: &Arc<Self>, a: Append) -> Result<ResponseBody, StoreError> {
+        let part = self.part(a.partition);
+        let mut core = part.core.lock().await;
+        let view = ReplicaView { promised: core.promised, index: &core.index, commit: core.commit };
+        match engine::on_append(view, a.epoch, a.prev, &a.entries, a.commit) {
+            AppendDecision::Stale { promised } => Ok(ResponseBody::Stale { promised }),
+            AppendDecision::Invalid(why) => Ok(ResponseBody::Invalid(why.into())),
+            AppendDecision::Mismatch { last, promise } => {
+                if let Some(epoch) = promise {
+                    self.store.promise(a.partition, epoch).await?;
+                    core.promised = epoch;
+                    part.promised_tx.send_replace(epoch);
+                }
+                Ok(ResponseBody::Mismatch { last })
+            }
+            AppendDecision::Accept { promise, merge, commit, matched } => {
+                if merge.truncate_after.is_some_and(|t| t < core.commit) {
+                    // Only possible if two leaders disagree about a committed entry, i.e. the
+                    // ring broke its promise of one owner per epoch: refuse rather than lose data.
+                    tracing::error!(partition = a.partition, "replog: append would truncate committed entries");
+                    return Ok(ResponseBody::Invalid("would truncate committed entries".into()));
+                }
+                let fresh: Vec<Entry> = a.entries.into_iter().skip(merge.skip).collect();
+                let shape: Vec<(Seq, Epoch)> = fresh.iter().map(|e| (e.seq, e.epoch)).collect();
+                if merge.truncate_after.is_some() || !fresh.is_empty() || promise.is_some() {
+                    self.store
+                        .append(a.partition, merge.truncate_after, fresh, MetaUpdate { promised: promise, commit })
+                        .await?;
+                } else if let Some(c) = commit {
+                    self.store.set_commit(a.partition, c).await?;
+                }
+                if let Some(t) = merge.truncate_after {
+                    core.index.truncate_after(t);
+                }
+                for (seq, epoch) in shape {
+                    core.index.push(seq, epoch);
+                }
+                if let Some(epoch) = promise {
+                    core.promised = epoch;
+                    part.promised_tx.send_replace(epoch);
+                }
+                if let Some(c) = commit {
+                    core.commit = c;
+                    part.commit_tx.send_replace(c);
+                }
+                Ok(ResponseBody::Appended { last: matched })
+            }
+        }
+    }
+
+    async fn on_fence(self: &Arc<Self>, f: Fence) -> Result<ResponseBody, StoreError> {
+        let part = self.part(f.partition);
+        let mut core = part.core.lock().await;
+        let view = ReplicaView { promised: core.promised, index: &core.index, commit: core.commit };
+        match engine::on_fence(view, f.epoch) {
+            FenceDecision::Stale { promised } => Ok(ResponseBody::Stale { promised }),
+            FenceDecision::Fenced { raise, last, commit } => {
+                if raise {
+                    self.store.promise(f.partition, f.epoch).await?;
+                    core.promised = f.epoch;
+                    part.promised_tx.send_replace(f.epoch);
+                }
+                Ok(ResponseBody::Fenced { last, commit })
+            }
+        }
+    }
+
+    async fn on_fetch(self: &Arc<Self>, f: Fetch) -> Result<ResponseBody, StoreError> {
+        let part = self.part(f.partition);
+        // Held during the read so that a newer leader cannot change the log in between.
+        let core = part.core.lock().await;
+        if f.epoch < core.promised {
+            return Ok(ResponseBody::Stale { promised: core.promised });
+        }
+        let max = (f.max_entries as usize).min(self.config.batch_entries);
+        let entries = self.store.read(f.partition, f.from, core.index.last_seq(), max, self.config.batch_bytes).await?;
+        Ok(ResponseBody::Entries(entries))
+    }
+
+    /// One call to another node, bounded in time, with the version checked.
+    async fn call(&self, to: NodeId, body: RequestBody) -> Option<ResponseBody> {
+        let fut = self.transport.call(to, ReplRequest::new(body));
+        match tokio::time::timeout(self.config.request_timeout, fut).await {
+            Ok(Ok(resp)) if resp.version == REPL_VERSION => Some(resp.body),
+            Ok(Ok(resp)) => {
+                tracing::warn!(to, version = resp.version, "replog: peer speaks another version");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(to, error = %e, "replog: call failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+async fn run_apply(store: LogStore, applier: Arc<dyn Applier>, part: Arc<Part>, config: ReplConfig) {
+    let mut commit_rx = part.commit_tx.subscribe();
+    let pause = Duration::from_millis(100);
+    loop {
+        let applied = *part.applied_tx.borrow();
+        let commit = *commit_rx.borrow_and_update();
+        if applied >= commit {
+            if commit_rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let entries = match store.read(part.id, applied + 1, commit, config.batch_entries, config.batch_bytes).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(partition = part.id, error = %e, "replog: reading committed entries failed");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            tracing::error!(partition = part.id, applied, commit, "replog: committed entries missing from the log");
+            tokio::time::sleep(pause).await;
+            continue;
+        };
+        let batch: Vec<Entry> = entries.into_iter().filter(|e| !e.is_barrier()).collect();
+        if !batch.is_empty() {
+            while let Err(e) = applier.apply(part.id, batch.clone()).await {
+                tracing::warn!(partition = part.id, error = %e, "replog: apply failed; retrying");
+                tokio::time::sleep(pause).await;
+            }
+        }
+        if let Err(e) = store.set_applied(part.id, last).await {
+            tracing::warn!(partition = part.id, error = %e, "replog: recording the applied seq failed");
+        }
+        part.applied_tx.send_replace(last);
+    }
+}
+
+/// Why a leader stops.
+enum Stop {
+    Fenced(Epoch),
+    Failed(StoreError),
+    /// The replicator is gone.
+    Closed,
+}
+
+struct Peer {
+    id: NodeId,
+    /// The seq after which the next Append's entries start (its `prev`).
+    next_prev: Seq,
+    matched: Seq,
+    in_flight: bool,
+    sent_commit: Seq,
+    contacted: bool,
+    not_before: Option<Instant>,
+    commit_due: Option<Instant>,
+    wake_at: Option<Instant>,
+    retry: Duration,
+}
+
+enum Event {
+    Local(Result<Vec<Entry>, Stop>, Vec<oneshot::Sender<Result<Seq, ReplError>>>),
+    Reply { peer: usize, prev: Seq, sent_last: Seq, commit: Seq, answer: Option<ResponseBody> },
+    Wake(usize),
+    Done,
+}
+
+struct LeaderTask {
+    inner: Arc<Inner>,
+    part: Arc<Part>,
+    epoch: Epoch,
+    replicas: Vec<NodeId>,
+    previous: Vec<NodeId>,
+}
+
+impl LeaderTask {
+    fn new(inner: Arc<Inner>, part: Arc<Part>, epoch: Epoch, replicas: Vec<NodeId>, previous: Vec<NodeId>) -> Self {
+        LeaderTask { inner, part, epoch, replicas, previous }
+    }
+
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+        let stop = match self.recover().await {
+            Ok(hints) => self.serve(hints, &mut rx).await,
+            Err(stop) => stop,
+        };
+        let (state, error) = match stop {
+            Stop::Fenced(promised) => {
+                tracing::info!(partition = self.part.id, epoch = self.epoch, promised, "replog: fenced");
+                (LeadState::Fenced(promised), ReplError::Fenced { promised })
+            }
+            Stop::Failed(e) => {
+                tracing::error!(partition = self.part.id, error = %e, "replog: leader stopped on a store error");
+                (LeadState::Failed, ReplError::Unavailable)
+            }
+            Stop::Closed => return,
+        };
+        self.set_state(state);
+        rx.close();
+        while let Ok(p) = rx.try_recv() {
+            let _ = p.tx.send(Err(clone_err(&error)));
+        }
+    }
+
+    fn set_state(&self, state: LeadState) {
+        let mut ctl = lock(&self.part.ctl);
+        if let Some(l) = ctl.leading.as_mut().filter(|l| l.epoch == self.epoch) {
+            l.state = state;
+        }
+    }
+
+    fn check_promise(&self) -> Result<(), Stop> {
+        let promised = *self.part.promised_tx.borrow();
+        if promised > self.epoch {
+            return Err(Stop::Fenced(promised));
+        }
+        Ok(())
+    }
+
+    async fn backoff(&self, attempt: &mut u32) {
+        let c = &self.inner.config;
+        let d = c.retry_min.saturating_mul(1u32 << (*attempt).min(16)).min(c.retry_max);
+        *attempt = attempt.saturating_add(1);
+        tokio::time::sleep(d).await;
+    }
+
+    /// Fences the replicas, brings this node's log up to the most up-to-date one among a
+    /// majority of the previous replica set, and returns what it learned of every tail.
+    async fn recover(&self) -> Result<HashMap<NodeId, Option<LogPos>>, Stop> {
+        let me = self.inner.me;
+        let pid = self.part.id;
+        let mut answers = vec![FenceAnswer { node: me, last: self.part.core.lock().await.index.last_pos() }];
+        let mut targets: Vec<NodeId> = self.previous.iter().chain(self.replicas.iter()).copied().collect();
+        targets.sort_unstable();
+        targets.dedup();
+        targets.retain(|&n| n != me);
+        let mut calls: FuturesUnordered<BoxFuture<'static, (NodeId, Option<ResponseBody>)>> = FuturesUnordered::new();
+        let fence = |to: NodeId, delay: Duration| {
+            let inner = self.inner.clone();
+            let epoch = self.epoch;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                (to, inner.call(to, RequestBody::Fence(Fence { partition: pid, epoch })).await)
+            }) as BoxFuture<'static, _>
+        };
+        for &to in &targets {
+            calls.push(fence(to, Duration::ZERO));
+        }
+        let mut attempts: HashMap<NodeId, u32> = HashMap::new();
+        let source = loop {
+            self.check_promise()?;
+            if let Some(src) = engine::choose_source(&self.previous, &answers) {
+                break src;
+            }
+            let Some((from, answer)) = calls.next().await else {
+                return Err(Stop::Closed);
+            };
+            match answer {
+                Some(ResponseBody::Fenced { last, .. }) => answers.push(FenceAnswer { node: from, last }),
+                Some(ResponseBody::Stale { promised }) if promised > self.epoch => return Err(Stop::Fenced(promised)),
+                _ => {
+                    let n = attempts.entry(from).or_insert(0);
+                    let c = &self.inner.config;
+                    let delay = c.retry_min.saturating_mul(1u32 << (*n).min(16)).min(c.retry_max);
+                    *n += 1;
+                    calls.push(fence(from, delay));
+                }
+            }
+        };
+        tracing::debug!(partition = pid, epoch = self.epoch, source = source.node, "replog: recovery source chosen");
+        let mine = answers.first().and_then(|a| a.last);
+        let key = |p: Option<LogPos>| p.map(|p| (p.epoch, p.seq));
+        if source.node != me && key(source.last) > key(mine) {
+            self.fetch_from(source).await?;
+        }
+        Ok(answers.into_iter().map(|a| (a.node, a.last)).collect())
+    }
+
+    async fn fetch_from(&self, source: FenceAnswer) -> Result<(), Stop> {
+        let pid = self.part.id;
+        let Some(target) = source.last else { return Ok(()) };
+        let mut from = {
+            let core = self.part.core.lock().await;
+            engine::first_probe(&core.index, source.last).max(1)
+        };
+        let mut attempt = 0u32;
+        loop {
+            self.check_promise()?;
+            let req = Fetch {
+                partition: pid,
+                epoch: self.epoch,
+                from,
+                max_entries: u32::try_from(self.inner.config.batch_entries).unwrap_or(u32::MAX),
+            };
+            let entries = match self.inner.call(source.node, RequestBody::Fetch(req)).await {
+                Some(ResponseBody::Entries(e)) if !e.is_empty() && e.first().map(|x| x.seq) == Some(from) => e,
+                Some(ResponseBody::Stale { promised }) if promised > self.epoch => return Err(Stop::Fenced(promised)),
+                other => {
+                    tracing::debug!(partition = pid, ?other, "replog: fetch failed; retrying");
+                    self.backoff(&mut attempt).await;
+                    continue;
+                }
+            };
+            attempt = 0;
+            let mut core = self.part.core.lock().await;
+            if core.promised > self.epoch {
+                return Err(Stop::Fenced(core.promised));
+            }
+            let agree = match engine::fetch_agreement(&core.index, from, entries.first()) {
+                Ok(seq) => seq,
+                Err(back) => {
+                    from = back;
+                    continue;
+                }
+            };
+            let rest: Vec<Entry> = entries.into_iter().filter(|e| e.seq > agree && e.seq <= target.seq).collect();
+            let fetched_last = rest.last().map_or(agree, |e| e.seq);
+            let merge = engine::plan_merge(&core.index, &rest);
+            let fresh: Vec<Entry> = rest.into_iter().skip(merge.skip).collect();
+            if merge.truncate_after.is_some() || !fresh.is_empty() {
+                let shape: Vec<(Seq, Epoch)> = fresh.iter().map(|e| (e.seq, e.epoch)).collect();
+                self.inner
+                    .store
+                    .append(pid, merge.truncate_after, fresh, MetaUpdate::default())
+                    .await
+                    .map_err(Stop::Failed)?;
+                if let Some(t) = merge.truncate_after {
+                    core.index.truncate_after(t);
+                }
+                for (seq, epoch) in shape {
+                    core.index.push(seq, epoch);
+                }
+            }
+            if fetched_last >= target.seq {
+                if core.index.last_seq() > target.seq {
+                    // Cannot happen with well-formed logs (see engine::choose_source), but our
+                    // log must end where the source's does.
+                    self.inner.store.truncate_after(pid, target.seq).await.map_err(Stop::Failed)?;
+                    core.index.truncate_after(target.seq);
+                }
+                return Ok(());
+            }
+            from = fetched_last + 1;
+        }
+    }
+
+    async fn serve(&self, hints: HashMap<NodeId, Option<LogPos>>, rx: &mut mpsc::UnboundedReceiver<Proposal>) -> Stop {
+        let (index, commit) = {
+            let core = self.part.core.lock().await;
+            (core.index.clone(), core.commit)
+        };
+        let peers = self
+            .replicas
+            .iter()
+            .filter(|&&n| n != self.inner.me)
+            .map(|&id| Peer {
+                id,
+                next_prev: match hints.get(&id) {
+                    Some(&last) => engine::first_probe(&index, last),
+                    None => index.last_seq(),
+                },
+                matched: 0,
+                in_flight: false,
+                sent_commit: 0,
+                contacted: false,
+                not_before: None,
+                commit_due: None,
+                wake_at: None,
+                retry: self.inner.config.retry_min,
+            })
+            .collect();
+        let mut s = Serving {
+            t: self,
+            index,
+            commit,
+            self_durable: 0,
+            barrier: Seq::MAX,
+            peers,
+            cache: VecDeque::new(),
+            waiters: VecDeque::new(),
+            pending: Vec::new(),
+            local_busy: false,
+            events: FuturesUnordered::new(),
+            promised_rx: self.part.promised_tx.subscribe(),
+        };
+        s.self_durable = s.index.last_seq();
+        s.start_local(Vec::new(), true);
+        match s.run(rx).await {
+            Ok(()) => Stop::Closed,
+            Err(stop) => {
+                let err = match &stop {
+                    Stop::Fenced(p) => ReplError::Fenced { promised: *p },
+                    _ => ReplError::Unavailable,
+                };
+                self.set_state(match &stop {
+                    Stop::Fenced(p) => LeadState::Fenced(*p),
+                    _ => LeadState::Failed,
+                });
+                for (_, tx) in s.waiters.drain(..) {
+                    let _ = tx.send(Err(clone_err(&err)));
+                }
+                for p in s.pending.drain(..) {
+                    let _ = p.tx.send(Err(clone_err(&err)));
+                }
+                if let Stop::Fenced(p) = stop {
+                    // Remember the newer epoch so that this node refuses the older one too.
+                    let mut core = self.part.core.lock().await;
+                    if core.promised < p && self.inner.store.promise(self.part.id, p).await.is_ok() {
+                        core.promised = p;
+                        self.part.promised_tx.send_replace(p);
+                    }
+                }
+                stop
+            }
+        }
+    }
+}
+
+fn clone_err(e: &ReplError) -> ReplError {
+    match e {
+        ReplError::Fenced { promised } => ReplError::Fenced { promised: *promised },
+        _ => ReplError::Unavailable,
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Seq, ReplError>>;
+
+struct Serving<'a> {
+    t: &'a LeaderTask,
+    /// A copy of the local log's shape; only this task appends at this epoch, and anyone
+    /// else changing the log first raises the promise, which stops this task.
+    index: EpochIndex,
+    commit: Seq,
+    self_durable: Seq,
+    /// The seq of this epoch's barrier; the partition serves once it commits.
+    barrier: Seq,
+    peers: Vec<Peer>,
+    cache: VecDeque<Entry>,
+    waiters: VecDeque<(Seq, Waiter)>,
+    pending: Vec<Proposal>,
+    local_busy: bool,
+    events: FuturesUnordered<BoxFuture<'static, Event>>,
+    promised_rx: watch::Receiver<Epoch>,
+}
+
+impl Serving<'_> {
+    async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Proposal>) -> Result<(), Stop> {
+        loop {
+            if !self.local_busy && !self.pending.is_empty() {
+                let batch = std::mem::take(&mut self.pending);
+                self.start_local(batch, false);
+            }
+            for i in 0..self.peers.len() {
+                self.maybe_send(i);
+            }
+            tokio::select! {
+                p = rx.recv() => {
+                    let Some(p) = p else { return Ok(()) };
+                    self.pending.push(p);
+                    while let Ok(p) = rx.try_recv() {
+                        self.pending.push(p);
+                    }
+                }
+                Some(ev) = self.events.next() => self.on_event(ev).await?,
+                changed = self.promised_rx.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let promised = *self.promised_rx.borrow_and_update();
+                    if promised > self.t.epoch {
+                        return Err(Stop::Fenced(promised));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends a group of proposals (or the barrier) durably, as one transaction.
+    fn start_local(&mut self, batch: Vec<Proposal>, barrier: bool) {
+        self.local_busy = true;
+        let inner = self.t.inner.clone();
+        let part = self.t.part.clone();
+        let epoch = self.t.epoch;
+        let single = self.t.replicas.len() <= 1;
+        let (payloads, waiters): (Vec<Vec<u8>>, Vec<Waiter>) =
+            if barrier { (vec![Vec::new()], Vec::new()) } else { batch.into_iter().map(|p| (p.payload, p.tx)).unzip() };
+        inner.stats.leader_batches.fetch_add(1, Ordering::Relaxed);
+        // Spawned, not just queued in `events`: it holds the core lock across the write, and
+        // this task may wait for that lock (update_commit) while not polling `events`.
+        let write = tokio::spawn(async move {
+            let mut core = part.core.lock().await;
+            if core.promised > epoch {
+                return Event::Local(Err(Stop::Fenced(core.promised)), waiters);
+            }
+            let first = core.index.last_seq() + 1;
+            let entries: Vec<Entry> = payloads
+                .into_iter()
+                .enumerate()
+                .map(|(i, payload)| Entry { seq: first + i as u64, epoch, payload })
+                .collect();
+            let last = first + entries.len() as u64 - 1;
+            // With no one else to wait for, the entry commits with its own write.
+            let commit = single.then_some(last);
+            if let Err(e) =
+                inner.store.append(part.id, None, entries.clone(), MetaUpdate { promised: None, commit }).await
+            {
+                return Event::Local(Err(Stop::Failed(e)), waiters);
+            }
+            for e in &entries {
+                core.index.push(e.seq, e.epoch);
+            }
+            if let Some(c) = commit {
+                core.commit = c;
+            }
+            Event::Local(Ok(entries), waiters)
+        });
+        self.events
+            .push(Box::pin(async move { write.await.unwrap_or_else(|_| Event::Local(Err(Stop::Closed), Vec::new())) }));
+    }
+
+    async fn on_event(&mut self, ev: Event) -> Result<(), Stop> {
+        match ev {
+            Event::Local(Err(stop), waiters) => {
+                let err = match &stop {
+                    Stop::Fenced(p) => ReplError::Fenced { promised: *p },
+                    _ => ReplError::Unavailable,
+                };
+                for tx in waiters {
+                    let _ = tx.send(Err(clone_err(&err)));
+                }
+                Err(stop)
+            }
+            Event::Local(Ok(entries), waiters) => {
+                self.local_busy = false;
+                let is_barrier = waiters.is_empty() && entries.len() == 1 && entries.iter().all(Entry::is_barrier);
+                for e in &entries {
+                    self.index.push(e.seq, e.epoch);
+                }
+                if is_barrier {
+                    self.barrier = self.barrier.min(self.index.last_seq());
+                }
+                for (e, tx) in entries.iter().filter(|e| !e.is_barrier()).zip(waiters) {
+                    self.waiters.push_back((e.seq, tx));
+                }
+                self.self_durable = self.index.last_seq();
+                self.cache.extend(entries);
+                self.trim_cache();
+                self.update_commit().await;
+                Ok(())
+            }
+            Event::Reply { peer, prev, sent_last, commit, answer } => {
+                self.on_reply(peer, prev, sent_last, commit, answer).await
+            }
+            Event::Wake(i) => {
+                if let Some(p) = self.peers.get_mut(i) {
+                    p.wake_at = None;
+                }
+                Ok(())
+            }
+            Event::Done => Ok(()),
+        }
+    }
+
+    fn trim_cache(&mut self) {
+        let slowest = self.peers.iter().map(|p| p.next_prev).min().unwrap_or(self.index.last_seq());
+        while self.cache.front().is_some_and(|e| e.seq <= slowest) || self.cache.len() > CACHE_ENTRIES {
+            self.cache.pop_front();
+        }
+    }
+
+    async fn on_reply(
+        &mut self,
+        i: usize,
+        prev: Seq,
+        sent_last: Seq,
+        commit: Seq,
+        answer: Option<ResponseBody>,
+    ) -> Result<(), Stop> {
+        let epoch = self.t.epoch;
+        let config = &self.t.inner.config;
+        let Some(p) = self.peers.get_mut(i) else { return Ok(()) };
+        p.in_flight = false;
+        match answer {
+            Some(ResponseBody::Appended { last }) => {
+                p.contacted = true;
+                p.retry = config.retry_min;
+                let last = last.min(sent_last);
+                p.matched = p.matched.max(last);
+                p.next_prev = last;
+                p.sent_commit = p.sent_commit.max(commit);
+                self.trim_cache();
+                self.update_commit().await;
+            }
+            Some(ResponseBody::Mismatch { last }) if prev > 0 => {
+                p.contacted = true;
+                p.next_prev = engine::next_probe(&self.index, prev, last);
+            }
+            Some(ResponseBody::Stale { promised }) if promised > epoch => return Err(Stop::Fenced(promised)),
+            other => {
+                if let Some(body) = other {
+                    tracing::debug!(partition = self.t.part.id, peer = p.id, ?body, "replog: unexpected answer");
+                }
+                p.not_before = Some(Instant::now() + p.retry);
+                p.retry = p.retry.saturating_mul(2).min(config.retry_max);
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_commit(&mut self) {
+        let me = self.t.inner.me;
+        let peers = &self.peers;
+        let durable = self.self_durable;
+        let matched = |n: NodeId| {
+            if n == me {
+                durable
+            } else {
+                peers.iter().find(|p| p.id == n).map_or(0, |p| p.matched)
+            }
+        };
+        let c = engine::leader_commit(self.t.epoch, &self.t.replicas, matched, &self.index, self.commit);
+        if c <= self.commit {
+            return;
+        }
+        self.commit = c;
+        let single = self.t.replicas.len() <= 1;
+        {
+            let mut core = self.t.part.core.lock().await;
+            core.commit = core.commit.max(c);
+        }
+        if !single {
+            let store = self.t.inner.store.clone();
+            let pid = self.t.part.id;
+            self.events.push(Box::pin(async move {
+                if let Err(e) = store.set_commit(pid, c).await {
+                    tracing::warn!(partition = pid, error = %e, "replog: recording the commit failed");
+                }
+                Event::Done
+            }));
+        }
+        self.t.part.commit_tx.send_replace(c);
+        while self.waiters.front().is_some_and(|(s, _)| *s <= c) {
+            if let Some((s, tx)) = self.waiters.pop_front() {
+                let _ = tx.send(Ok(s));
+            }
+        }
+        if c >= self.barrier && self.barrier != Seq::MAX {
+            self.barrier = Seq::MAX;
+            self.t.set_state(LeadState::Serving);
+            tracing::info!(partition = self.t.part.id, epoch = self.t.epoch, commit = c, "replog: serving");
+        }
+    }
+
+    fn schedule_wake(&mut self, i: usize, at: Instant) {
+        let Some(p) = self.peers.get_mut(i) else { return };
+        if p.wake_at.is_some_and(|w| w <= at) {
+            return;
+        }
+        p.wake_at = Some(at);
+        self.events.push(Box::pin(async move {
+            tokio::time::sleep_until(at).await;
+            Event::Wake(i)
+        }));
+    }
+
+    fn maybe_send(&mut self, i: usize) {
+        let now = Instant::now();
+        let last = self.index.last_seq();
+        let commit = self.commit;
+        let idle = self.t.inner.config.idle_commit_interval;
+        let Some(p) = self.peers.get_mut(i) else { return };
+        if p.in_flight {
+            return;
+        }
+        if let Some(t) = p.not_before {
+            if now < t {
+                self.schedule_wake(i, t);
+                return;
+            }
+            p.not_before = None;
+        }
+        let has_entries = p.next_prev < last;
+        if p.contacted && !has_entries {
+            if p.sent_commit >= commit {
+                p.commit_due = None;
+                return;
+            }
+            match p.commit_due {
+                None => {
+                    let at = now + idle;
+                    p.commit_due = Some(at);
+                    self.schedule_wake(i, at);
+                    return;
+                }
+                Some(at) if now < at => {
+                    self.schedule_wake(i, at);
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        p.commit_due = None;
+        p.in_flight = true;
+        let prev_seq = p.next_prev.min(last);
+        let peer_id = p.id;
+        let prev = self.index.pos_at(prev_seq);
+        let config = &self.t.inner.config;
+        let from = prev_seq + 1;
+        let cached: Option<Vec<Entry>> = match self.cache.front() {
+            _ if !has_entries => Some(Vec::new()),
+            Some(f) if f.seq <= from => {
+                let skip = usize::try_from(from - f.seq).unwrap_or(usize::MAX);
+                let mut bytes = 0usize;
+                let batch: Vec<Entry> = self
+                    .cache
+                    .iter()
+                    .skip(skip)
+                    .take(config.batch_entries)
+                    .take_while(|e| {
+                        bytes = bytes.saturating_add(e.payload.len());
+                        bytes <= config.batch_bytes || bytes == e.payload.len()
+                    })
+                    .cloned()
+                    .collect();
+                Some(batch)
+            }
+            _ => None,
+        };
+        let stats = &self.t.inner.stats;
+        if has_entries {
+            stats.appends_with_entries.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.empty_appends.fetch_add(1, Ordering::Relaxed);
+        }
+        let inner = self.t.inner.clone();
+        let (pid, epoch, me) = (self.t.part.id, self.t.epoch, inner.me);
+        self.events.push(Box::pin(async move {
+            let entries = match cached {
+                Some(e) => e,
+                None => {
+                    let c = &inner.config;
+                    match inner.store.read(pid, from, last, c.batch_entries, c.batch_bytes).await {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::warn!(partition = pid, error = %e, "replog: reading entries to send failed");
+                            return Event::Reply {
+                                peer: i,
+                                prev: prev_seq,
+                                sent_last: prev_seq,
+                                commit: 0,
+                                answer: None,
+                            };
+                        }
+                    }
+                }
+            };
+            let sent_last = entries.last().map_or(prev_seq, |e| e.seq);
+            let req = Append { partition: pid, epoch, leader: me, prev, entries, commit };
+            let answer = inner.call(peer_id, RequestBody::Append(req)).await;
+            Event::Reply { peer: i, prev: prev_seq, sent_last, commit, answer }
+        }));
+    }
+}
