@@ -260,6 +260,17 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
         }
     });
 
+    let weak = Arc::downgrade(ctx);
+    dispatcher.handle_request::<crate::replication::ReplFrame, _, _>(
+        move |_from, crate::replication::ReplFrame(req)| {
+            let replication = weak.upgrade().and_then(|ctx| ctx.replication().cloned());
+            async move {
+                let replication = replication.ok_or_else(|| "this node does not replicate partitions".to_owned())?;
+                Ok(crate::replication::ReplReplyFrame(replication.replicator().handle(req).await))
+            }
+        },
+    );
+
     let mut transport_config = RactorConfig::new(me, listen, config.cluster.secret.clone());
     transport_config.advertise_host = listen.ip().to_string();
     transport_config.transport.ping_interval = Duration::from_millis(config.cluster.heartbeat_ms);
@@ -274,6 +285,11 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
     let weak = Arc::downgrade(ctx);
     let epoch = Box::new(move || weak.upgrade().map_or(0, |ctx| ctx.cluster.epoch()));
     ctx.set_link(Arc::new(TransportLink { transport: Arc::clone(&dyn_transport), epoch }));
+
+    if config.cluster.replicas > 1 {
+        let replication = crate::replication::Replication::open(ctx, Arc::clone(&dyn_transport)).await?;
+        ctx.set_replication(replication);
+    }
 
     let http_addr = format!("{}:{}", config.server.bind_address, config.http.port);
     let record = NodeRecord {
@@ -403,6 +419,11 @@ async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<Racto
         transport.set_peers(peers);
         if let Some(table) = &state.partition_map {
             let map = PartitionMap { epoch: table.epoch, replicas: table.replicas.clone() };
+            if let Some(replication) = ctx.replication() {
+                // Before the ring: a partition this node now owns starts recovering at
+                // once, and its first writes wait for that, not for a view to come.
+                replication.adopt(&map).await;
+            }
             if ctx.cluster.adopt(&map) {
                 tracing::info!(
                     epoch = map.epoch,

@@ -45,6 +45,9 @@ pub struct Ctx {
     /// Users owned elsewhere with a carbons-enabled session, as their owners hinted.
     carbons_hints: Mutex<std::collections::HashSet<String>>,
     next_stanza_id: AtomicU64,
+    /// The replicated logs of the partitions (cluster members with `cluster.replicas`
+    /// above 1); without them, writes go straight to the databases.
+    replication: OnceLock<Arc<crate::replication::Replication>>,
 }
 
 const ROSTER_LOCKS: usize = 64;
@@ -90,6 +93,7 @@ impl Ctx {
             roster_locks: (0..ROSTER_LOCKS).map(|_| AsyncMutex::new(())).collect(),
             carbons_hints: Mutex::default(),
             next_stanza_id: AtomicU64::new(1),
+            replication: OnceLock::new(),
         });
         let _ = ctx.this.set(Arc::downgrade(&ctx));
         ctx
@@ -112,6 +116,15 @@ impl Ctx {
     pub fn set_link(&self, link: Arc<dyn crate::remote::ClusterLink>) {
         self.cluster.set_peers(Arc::new(crate::remote::LinkPeers(Arc::clone(&link))));
         let _ = self.link.set(link);
+    }
+
+    pub fn set_replication(&self, replication: Arc<crate::replication::Replication>) {
+        let _ = self.replication.set(replication);
+    }
+
+    /// The replicated logs, when this node replicates its partitions.
+    pub fn replication(&self) -> Option<&Arc<crate::replication::Replication>> {
+        self.replication.get()
     }
 
     pub fn link(&self) -> Option<&Arc<dyn crate::remote::ClusterLink>> {

@@ -19,6 +19,7 @@ pub mod muc;
 pub mod outbox;
 pub mod partition_data;
 pub mod remote;
+pub mod replication;
 pub mod resume;
 pub mod router;
 pub mod running;

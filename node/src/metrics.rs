@@ -18,6 +18,9 @@ pub struct Metrics {
     pub rate_limited_stanza: AtomicU64,
     pub auth_failures: AtomicU64,
     pub stream_errors: AtomicU64,
+    /// Writes that were refused because they could not be made durable on a majority
+    /// of their partition's replicas (the client was told to try again).
+    pub refused_not_durable: AtomicU64,
 }
 
 pub fn inc(counter: &AtomicU64) {
@@ -57,6 +60,19 @@ impl Metrics {
         let _ = writeln!(out, "# HELP xmpp_stream_errors_total Streams closed with a stream error.");
         let _ = writeln!(out, "# TYPE xmpp_stream_errors_total counter");
         let _ = writeln!(out, "xmpp_stream_errors_total {}", get(&self.stream_errors));
+        let _ = writeln!(out, "# HELP waddle_refused_not_durable_total Writes refused: not durable on a majority.");
+        let _ = writeln!(out, "# TYPE waddle_refused_not_durable_total counter");
+        let _ = writeln!(out, "waddle_refused_not_durable_total {}", get(&self.refused_not_durable));
+        if let Some(replication) = ctx.replication() {
+            let stats = replication.replicator().stats();
+            let _ = writeln!(out, "# HELP waddle_replication_proposals_total Durable writes proposed here as leader.");
+            let _ = writeln!(out, "# TYPE waddle_replication_proposals_total counter");
+            let _ = writeln!(out, "waddle_replication_proposals_total {}", stats.proposals);
+            let _ =
+                writeln!(out, "# HELP waddle_replication_batches_total Local log appends (group commits) as leader.");
+            let _ = writeln!(out, "# TYPE waddle_replication_batches_total counter");
+            let _ = writeln!(out, "waddle_replication_batches_total {}", stats.leader_batches);
+        }
         if let Some(stats) = ctx.link().and_then(|link| link.transport_stats()) {
             let _ = writeln!(out, "# HELP waddle_cluster_frames_total Inter-node frames (each a batch of envelopes).");
             let _ = writeln!(out, "# TYPE waddle_cluster_frames_total counter");

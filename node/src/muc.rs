@@ -21,6 +21,7 @@ use waddle_xml::Element;
 use waddle_cluster::{Place, PlacementKey, SessionAddr};
 
 use crate::ctx::Ctx;
+use crate::replication::DurableOp;
 use crate::router::Origin;
 use crate::running::Running;
 
@@ -370,6 +371,15 @@ async fn start_room(
         }
     };
     let location = location_of(binding.as_ref());
+    if let Some(replication) = ctx.replication() {
+        // The room's history is in its partition's log: the new owner of a partition
+        // serves it only once it recovered it, and reads it only once applied.
+        let node = room_jid.split('@').next().unwrap_or_default();
+        if !replication.ready(room_partition(ctx, node).await, ROOM_START_WAIT).await {
+            tracing::warn!(room = %room_jid, "the room's partition is not ready here");
+            return Err("recipient-unavailable");
+        }
+    }
     if let Ok(history) = ctx.archive.recent(location, room_jid, room.config().history_max as usize).await {
         if !history.is_empty() {
             room.set_history(history.iter().filter_map(history_entry).collect());
@@ -413,7 +423,9 @@ async fn spawn_room(
     room: Room,
     binding: Option<ChannelBinding>,
 ) -> Result<ActorRef<RoomMsg>, &'static str> {
-    let args = RoomArgs { ctx: Arc::clone(ctx), room, binding };
+    let node = room.jid().split('@').next().unwrap_or_default().to_owned();
+    let partition = room_partition(ctx, &node).await;
+    let args = RoomArgs { ctx: Arc::clone(ctx), room, binding, partition };
     match Actor::spawn(None, RoomActor, args).await {
         Ok((actor, _)) => Ok(actor),
         Err(e) => {
@@ -501,6 +513,7 @@ struct RoomArgs {
     ctx: Arc<Ctx>,
     room: Room,
     binding: Option<ChannelBinding>,
+    partition: waddle_cluster::PartitionId,
 }
 
 struct RoomState {
@@ -521,7 +534,77 @@ struct RoomState {
     /// yet waits here for that sender's rejoin instead of being refused.
     rebuilding: bool,
     parked: Vec<(Element, Option<u64>)>,
+    /// With replication: what the room sends goes out through this queue, in order, each
+    /// turn after the durable write it waits for (see [`Publisher`]).
+    publisher: Option<tokio::sync::mpsc::Sender<Turn>>,
+    /// The room's partition (with replication: the log its messages are written to).
+    partition: waddle_cluster::PartitionId,
 }
+
+/// What one turn of a room sends, once the write it carries (if any) is durable.
+struct Turn {
+    durable: Option<futures_util::future::BoxFuture<'static, Result<(), crate::replication::DurableError>>>,
+    /// Told when the write failed: the sender's message was not accepted.
+    refusal: Option<Element>,
+    sends: Vec<Outgoing>,
+}
+
+enum Outgoing {
+    Emit(Element),
+    Local(Element, Vec<String>),
+    Fanout { shared: Arc<waddle_xml::Unaddressed>, known: Vec<SessionAddr>, unknown: Vec<String> },
+}
+
+/// Most turns a room's publisher holds before the room waits for it.
+const PUBLISHER_QUEUE: usize = 4096;
+
+/// Sends a room's turns in order, each after its durable write: a groupchat message is
+/// reflected to its sender (XEP-0045's acknowledgement) and reaches the others only
+/// once a majority of the room partition's replicas hold it; a turn whose write failed
+/// sends nothing but the refusal. Later turns wait behind an earlier one, so nothing
+/// the room says overtakes a message it has not acknowledged.
+async fn run_publisher(ctx: Arc<Ctx>, room: String, mut turns: tokio::sync::mpsc::Receiver<Turn>) {
+    while let Some(turn) = turns.recv().await {
+        if let Some(durable) = turn.durable {
+            if let Err(e) = durable.await {
+                tracing::warn!(room = %room, error = %e, "room message not durable; refused");
+                crate::metrics::inc(&ctx.metrics.refused_not_durable);
+                if let Some(refusal) = turn.refusal {
+                    ctx.emit(refusal).await;
+                }
+                continue;
+            }
+        }
+        for send in turn.sends {
+            match send {
+                Outgoing::Emit(el) => ctx.emit(el).await,
+                Outgoing::Local(el, to) => ctx.deliver_to_each(&el, &to),
+                Outgoing::Fanout { shared, known, unknown } => {
+                    if !unknown.is_empty() {
+                        ctx.deliver_shared_to_jids(&unknown, Arc::clone(&shared), 0);
+                    }
+                    ctx.cluster.deliver_each(known, shared);
+                }
+            }
+        }
+    }
+}
+
+/// What the sender of `entry` is told when its message could not be made durable:
+/// a `wait` error (RFC 6120 §8.3.3.15), so it may send it again.
+fn refusal_of(room: &str, entry: &waddle_muc::HistoryEntry) -> Option<Element> {
+    let mut original = Element::new("message", ns::CLIENT)
+        .with_attr("from", entry.from_real.as_str())
+        .with_attr("to", room)
+        .with_attr("type", "groupchat");
+    if let Some(id) = entry.message.attr("id") {
+        original.set_attr("id", id);
+    }
+    error_reply(&original, "recipient-unavailable", Some("The room could not store this message; send it again"))
+}
+
+/// How long a room's start waits for its partition's log to be recovered here.
+const ROOM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a room that came to this node waits for its occupants to come back before
 /// it refuses groupchat from non-occupants again.
@@ -705,8 +788,112 @@ impl RoomState {
     /// One serialization; the sessions whose node is known get it straight from here
     /// (batched per node), the others through their users' registry shards.
     fn broadcast(&self, stanza: &Element, to: &[String]) {
+        match self.resolve(stanza, to) {
+            Outgoing::Local(el, to) => self.ctx.deliver_to_each(&el, &to),
+            Outgoing::Fanout { shared, known, unknown } => {
+                if !unknown.is_empty() {
+                    self.ctx.deliver_shared_to_jids(&unknown, Arc::clone(&shared), 0);
+                }
+                self.ctx.cluster.deliver_each(known, shared);
+            }
+            Outgoing::Emit(_) => {}
+        }
+    }
+
+    async fn execute(&mut self, outs: Vec<Outbound>, stamp_micros: i64, myself: &ActorRef<RoomMsg>) {
+        if self.publisher.is_some() {
+            return self.execute_replicated(outs, stamp_micros, myself).await;
+        }
+        for out in outs {
+            match out {
+                Outbound::Stanza(el) => {
+                    self.ctx.emit(el).await;
+                }
+                Outbound::Broadcast { stanza, to } => self.broadcast(&stanza, &to),
+                Outbound::Archive(entry) => self.archive(entry, stamp_micros).await,
+                other => self.execute_state(other, myself),
+            }
+        }
+    }
+
+    /// [`RoomState::execute`] with replication: the turn's archive write is proposed to
+    /// the partition's log first, and what the turn sends is handed to the publisher to
+    /// go out once that write is durable.
+    async fn execute_replicated(&mut self, outs: Vec<Outbound>, stamp_micros: i64, myself: &ActorRef<RoomMsg>) {
+        let mut turn = Turn { durable: None, refusal: None, sends: Vec::new() };
+        for out in outs {
+            match out {
+                Outbound::Stanza(el) => turn.sends.push(Outgoing::Emit(el)),
+                Outbound::Broadcast { stanza, to } => turn.sends.push(self.resolve(&stanza, &to)),
+                Outbound::Archive(entry) => {
+                    if self.ctx.config.archive.enabled {
+                        turn.refusal = refusal_of(self.room.jid(), &entry);
+                        turn.durable = self.propose_archive(entry, stamp_micros);
+                    }
+                }
+                other => self.execute_state(other, myself),
+            }
+        }
+        if turn.durable.is_none() && turn.sends.is_empty() {
+            return;
+        }
+        if let Some(publisher) = &self.publisher {
+            if publisher.send(turn).await.is_err() {
+                tracing::error!(room = %self.room.jid(), "the room's publisher is gone");
+            }
+        }
+    }
+
+    /// Proposes a room message (and its retraction of an earlier one) to the log.
+    fn propose_archive(
+        &self,
+        entry: waddle_muc::HistoryEntry,
+        stamp_micros: i64,
+    ) -> Option<futures_util::future::BoxFuture<'static, Result<(), crate::replication::DurableError>>> {
+        let replication = self.ctx.replication()?;
+        let (row, retracts) = self.archived_row(entry, stamp_micros);
+        let room = row.archive.clone();
+        let write = DurableOp::RoomMessage { location: self.location.clone(), row };
+        let durable = replication.write_started(self.partition, &write);
+        let Some(target) = retracts else { return Some(durable) };
+        let retract = DurableOp::RoomRetract { location: self.location.clone(), room, target };
+        let retracted = replication.write_started(self.partition, &retract);
+        Some(Box::pin(async move {
+            durable.await?;
+            retracted.await
+        }))
+    }
+
+    /// The room's own state changes of a turn (stored snapshot, end of the room).
+    fn execute_state(&mut self, out: Outbound, myself: &ActorRef<RoomMsg>) {
+        match out {
+            Outbound::Persist => {
+                let write = if self.room.config().persistent {
+                    RoomWrite::Put {
+                        snapshot: self.room.snapshot(),
+                        listed_name: listing_of(&self.room).map(str::to_owned),
+                    }
+                } else {
+                    RoomWrite::Delete
+                };
+                self.persist(write);
+            }
+            Outbound::Destroyed => {
+                // A temporary room that never wrote anything has nothing stored.
+                if self.room.config().persistent || self.persister.is_some() {
+                    self.persist(RoomWrite::Delete);
+                }
+                myself.stop(None);
+            }
+            Outbound::Stanza(_) | Outbound::Broadcast { .. } | Outbound::Archive(_) => {}
+        }
+    }
+
+    /// Where a broadcast goes, decided now (the room's knowledge of its sessions moves
+    /// on while the publisher waits).
+    fn resolve(&self, stanza: &Element, to: &[String]) -> Outgoing {
         if self.ctx.cluster.alone() {
-            return self.ctx.deliver_to_each(stanza, to);
+            return Outgoing::Local(stanza.clone(), to.to_vec());
         }
         let shared = Arc::new(waddle_xml::Unaddressed::new(stanza, ns::CLIENT));
         let mut known = Vec::with_capacity(to.len());
@@ -717,40 +904,28 @@ impl RoomState {
                 None => unknown.push(jid.clone()),
             }
         }
-        if !unknown.is_empty() {
-            self.ctx.deliver_shared_to_jids(&unknown, Arc::clone(&shared), 0);
-        }
-        self.ctx.cluster.deliver_each(known, shared);
+        Outgoing::Fanout { shared, known, unknown }
     }
 
-    async fn execute(&mut self, outs: Vec<Outbound>, stamp_micros: i64, myself: &ActorRef<RoomMsg>) {
-        for out in outs {
-            match out {
-                Outbound::Stanza(el) => {
-                    self.ctx.emit(el).await;
-                }
-                Outbound::Broadcast { stanza, to } => self.broadcast(&stanza, &to),
-                Outbound::Archive(entry) => self.archive(entry, stamp_micros).await,
-                Outbound::Persist => {
-                    let write = if self.room.config().persistent {
-                        RoomWrite::Put {
-                            snapshot: self.room.snapshot(),
-                            listed_name: listing_of(&self.room).map(str::to_owned),
-                        }
-                    } else {
-                        RoomWrite::Delete
-                    };
-                    self.persist(write);
-                }
-                Outbound::Destroyed => {
-                    // A temporary room that never wrote anything has nothing stored.
-                    if self.room.config().persistent || self.persister.is_some() {
-                        self.persist(RoomWrite::Delete);
-                    }
-                    myself.stop(None);
-                }
-            }
-        }
+    /// The archive row of a reflected message, and the stanza id it retracts if any.
+    fn archived_row(&self, entry: waddle_muc::HistoryEntry, stamp_micros: i64) -> (ArchivedRow, Option<String>) {
+        let room = self.room.jid().to_owned();
+        let mut payload_el = entry.message.clone();
+        payload_el.remove_attr("to");
+        let payload = String::from_utf8_lossy(&payload_el.to_bytes(ns::CLIENT)).into_owned();
+        let body = entry.message.get_child("body", ns::CLIENT).map(Element::text);
+        let retracts = entry.message.get_child("retract", NS_RETRACT).and_then(|r| r.attr("id")).map(str::to_owned);
+        let row = ArchivedRow {
+            stanza_id: entry.stanza_id,
+            archive: room,
+            with_jid: entry.from_real.split('/').next().unwrap_or_default().to_owned(),
+            from_nick: Some(entry.from_nick),
+            stamp_micros,
+            payload,
+            body,
+            retracted: false,
+        };
+        (row, retracts)
     }
 
     /// Archives a reflected message after fan-out. Only the queueing is awaited (the
@@ -760,22 +935,8 @@ impl RoomState {
         if !self.ctx.config.archive.enabled {
             return;
         }
-        let room = self.room.jid().to_owned();
-        let mut payload_el = entry.message.clone();
-        payload_el.remove_attr("to");
-        let payload = String::from_utf8_lossy(&payload_el.to_bytes(ns::CLIENT)).into_owned();
-        let body = entry.message.get_child("body", ns::CLIENT).map(Element::text);
-        let retracts = entry.message.get_child("retract", NS_RETRACT).and_then(|r| r.attr("id")).map(str::to_owned);
-        let row = ArchivedRow {
-            stanza_id: entry.stanza_id,
-            archive: room.clone(),
-            with_jid: entry.from_real.split('/').next().unwrap_or_default().to_owned(),
-            from_nick: Some(entry.from_nick),
-            stamp_micros,
-            payload,
-            body,
-            retracted: false,
-        };
+        let (row, retracts) = self.archived_row(entry, stamp_micros);
+        let room = row.archive.clone();
         if let Err(e) = self.ctx.archive.append_queued(self.location.clone(), row).await {
             tracing::error!(room = %room, error = %e, "archive write failed");
         }
@@ -829,7 +990,14 @@ impl RoomState {
         let ctx = Arc::clone(&self.ctx);
         let location = self.location.clone();
         let room = self.room.jid().to_owned();
-        tokio::spawn(async move { crate::mam::answer_query(&ctx, location, &room, &room, iq).await });
+        let partition = self.partition;
+        tokio::spawn(async move {
+            if let Some(replication) = ctx.replication() {
+                // Every acknowledged message is committed; the query reads it once applied.
+                replication.caught_up(partition).await;
+            }
+            crate::mam::answer_query(&ctx, location, &room, &room, iq).await
+        });
     }
 }
 
@@ -852,7 +1020,14 @@ impl Actor for RoomActor {
             sessions: HashMap::new(),
             rebuilding,
             parked: Vec::new(),
+            publisher: None,
+            partition: args.partition,
         };
+        if state.ctx.replication().is_some() {
+            let (tx, rx) = tokio::sync::mpsc::channel(PUBLISHER_QUEUE);
+            tokio::spawn(run_publisher(Arc::clone(&state.ctx), state.room.jid().to_owned(), rx));
+            state.publisher = Some(tx);
+        }
         if rebuilding {
             myself.send_after(REBUILD_WINDOW, || RoomMsg::EndRebuild);
         }

@@ -4,7 +4,10 @@ A node that is killed (``kill -9``) or paused (``SIGSTOP``) stops answering the
 others' pings; the control plane's leader marks it ``down`` and the next ring gives
 its partitions to the survivors. The rooms it ran start on their new owners with
 their occupants rebuilt from the nodes that hold the occupants' sessions, so clients
-on surviving nodes stay in the room without rejoining and keep receiving messages.
+on surviving nodes stay in the room without rejoining and keep receiving messages,
+and the room's archive is all there: each message was replicated to a majority of the
+partition's replicas before it was reflected (with ``cluster.replicas = 1`` the message
+acknowledged before the fault is missing, which is how this test was checked).
 A paused node that wakes serves nothing it no longer owns: the ownership logs never
 show two nodes serving one room at one epoch.
 
@@ -23,7 +26,7 @@ from typing import Iterator
 import pytest
 
 from test_cluster import ADMIN, Cluster, make_account_on, xmpp_on  # noqa: F401 (fixture)
-from xmpp_helpers import MUC_DOMAIN, MUC_PLUGINS, http_request, is_groupchat, join_room, unique
+from xmpp_helpers import MUC_DOMAIN, MUC_PLUGINS, http_request, is_groupchat, join_room, mam_query, unique
 
 FAST = {"WADDLE_CLUSTER_HEARTBEAT_MS": "200", "WADDLE_CLUSTER_DOWN_AFTER_MS": "1000"}
 # Generous for a loaded CI machine; the figures the chaos report records are the real
@@ -123,6 +126,11 @@ async def fail_and_check(cluster: Cluster, xmpp_on, fault: str) -> None:
         reply = unique("reply")
         b.send_message(mto=room, mbody=reply, mtype="groupchat")
         await a.wait_for(is_groupchat(room, reply, nick="bob"), "a reply after failover")
+        # The room's archive came with it: what was acknowledged before the fault was
+        # replicated, and the new owner holds it while the old one is gone.
+        page = await mam_query(b, room, max=50)
+        bodies = page.bodies
+        assert bodies.count(before) == 1 and bodies.count(after) == 1 and bodies.count(reply) == 1, bodies
     finally:
         if fault == "kill":
             cluster.nodes[victim].start()

@@ -1,7 +1,7 @@
 //! Plain data shared by the query layer and the store.
 
 /// One archived message as stored and returned by queries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ArchivedRow {
     /// The archive's id for the message (XEP-0359 stanza id, XEP-0313 result id). Chosen
     /// by the caller; unique per archive.

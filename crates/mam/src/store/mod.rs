@@ -45,7 +45,7 @@ pub const ROOMS_FILE: &str = "rooms.db";
 pub const USERS_FILE: &str = "users.db";
 
 /// Which file an archive lives in.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ArchiveLocation {
     /// The rooms of one waddle (the id must be 1 to 128 ASCII letters, digits, `-`, `_`
     /// or `.`, not starting with `.`).
@@ -257,6 +257,23 @@ impl Archive {
         msg.entries.truncate(1);
         let (done, _ack) = oneshot::channel();
         self.queue_insert(ArchiveLocation::Users, msg, done)
+    }
+
+    /// [`Archive::append_chat`] indexed in `owner`'s archive only (with `with`), with the
+    /// same durability contract: the copy of a conversation for the one party a node
+    /// keeps when the other party's copy is elsewhere.
+    pub fn append_chat_side(
+        &self,
+        owner: &str,
+        with: &str,
+        stanza_id: &str,
+        stamp_micros: i64,
+        payload: String,
+        body: Option<String>,
+    ) -> impl Future<Output = Result<(), MamError>> + Send + 'static {
+        let mut msg = chat_message(owner, with, stanza_id, stamp_micros, payload, body);
+        msg.entries.truncate(1);
+        self.insert(ArchiveLocation::Users, msg)
     }
 
     /// [`Archive::append`] for the hot path, as [`Archive::append_chat_queued`].
