@@ -122,6 +122,36 @@ impl Ctx {
         let _ = self.replication.set(replication);
     }
 
+    /// Makes `op` durable in `partition`'s log: proposed here when this node owns the
+    /// partition, else by its owner (`NodeCall::Durable`). Proposed before this returns
+    /// when local, so writes made in order are logged in that order.
+    pub fn durable_write(
+        &self,
+        partition: waddle_cluster::PartitionId,
+        op: crate::replication::DurableOp,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), crate::replication::DurableError>> {
+        use crate::replication::DurableError;
+        let Some(replication) = self.replication() else {
+            return Box::pin(std::future::ready(Err(DurableError::Gone)));
+        };
+        match self.cluster.place(partition) {
+            waddle_cluster::Place::Local(()) => replication.write_started(partition, &op),
+            waddle_cluster::Place::Remote(node) => {
+                let Some(link) = self.link() else {
+                    return Box::pin(std::future::ready(Err(DurableError::Gone)));
+                };
+                let answer = link.call(node, crate::remote::NodeCall::Durable { partition, op });
+                Box::pin(async move {
+                    match answer.await {
+                        Ok(crate::remote::NodeReply::Done) => Ok(()),
+                        Ok(other) => Err(DurableError::Remote(format!("{other:?}"))),
+                        Err(e) => Err(DurableError::Remote(e.to_string())),
+                    }
+                })
+            }
+        }
+    }
+
     /// The replicated logs, when this node replicates its partitions.
     pub fn replication(&self) -> Option<&Arc<crate::replication::Replication>> {
         self.replication.get()

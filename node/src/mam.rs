@@ -56,6 +56,12 @@ fn archivable(msg: &Element) -> bool {
             }))
 }
 
+/// Whether a message from `origin` is 1:1 chat that its owner archives (so, with
+/// replication, makes durable before delivering it).
+pub fn needs_durable_ack(ctx: &Ctx, origin: &crate::router::Origin, msg: &Element) -> bool {
+    origin.conn_id.is_some() && ctx.config.archive.enabled && archivable(msg)
+}
+
 /// What the router does with a 1:1 message after [`archive_chat`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChatVerdict {
@@ -64,6 +70,9 @@ pub enum ChatVerdict {
     /// A XEP-0424 retraction of a message its sender did not write: bounce `forbidden`,
     /// deliver nothing, archive nothing.
     NotAuthor,
+    /// With replication: the message could not be made durable on a majority of its
+    /// partitions' replicas. Bounce `recipient-unavailable` (wait), deliver nothing.
+    NotDurable,
 }
 
 const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
@@ -86,8 +95,9 @@ pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare
     if let Some(target) = msg.get_child("retract", NS_RETRACT).and_then(|r| r.attr("id")) {
         // Boxed: a rare branch whose archive round trips would otherwise grow every
         // routed message's future (see docs/ARCHITECTURE.md).
-        if Box::pin(apply_retraction(ctx, from_bare, target)).await == ChatVerdict::NotAuthor {
-            return ChatVerdict::NotAuthor;
+        match Box::pin(apply_retraction(ctx, from_bare, to_bare, target)).await {
+            ChatVerdict::Deliver => {}
+            refused => return refused,
         }
     }
     let stanza_id = crate::muc::new_stanza_id();
@@ -103,6 +113,11 @@ pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare
     msg.append_child(Element::new("stanza-id", NS_SID).with_attr("id", stanza_id.as_str()).with_attr("by", to_bare));
     let micros = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
     let body = msg.get_child("body", ns::CLIENT).map(Element::text);
+    if let Some(replication) = ctx.replication() {
+        let copy = ChatCopy { from: from_bare, to: to_bare, stanza_id: &stanza_id, micros, payload, body };
+        // Boxed: the replicated branch's future would otherwise grow every routed message's.
+        return Box::pin(archive_chat_durably(ctx, replication, copy)).await;
+    }
     // Awaiting the queue (not the commit) is the archive's back-pressure: a sender that
     // outpaces the archive waits here, and its session stops reading from the socket.
     // This node owns the recipient; the sender's archive is at the sender's owner, which
@@ -124,11 +139,77 @@ pub async fn archive_chat(ctx: &Ctx, msg: &mut Element, from_bare: &str, to_bare
     ChatVerdict::Deliver
 }
 
+struct ChatCopy<'a> {
+    from: &'a str,
+    to: &'a str,
+    stanza_id: &'a str,
+    micros: i64,
+    payload: String,
+    body: Option<String>,
+}
+
+/// With replication: a 1:1 message is delivered only once it is durable on a majority
+/// of the replicas of its recipient's partition (one copy indexed in both archives, as
+/// without replication) and of its sender's partition (the sender's own copy; the same
+/// operation when both users share a partition). The sender's partition may be owned
+/// by another node, which is asked to make its copy durable (`NodeCall::Durable`).
+async fn archive_chat_durably(
+    ctx: &Ctx,
+    replication: &crate::replication::Replication,
+    copy: ChatCopy<'_>,
+) -> ChatVerdict {
+    use crate::replication::DurableOp;
+    let (to_partition, from_partition) =
+        (waddle_cluster::partition_of(copy.to), waddle_cluster::partition_of(copy.from));
+    let both = DurableOp::Chat {
+        from: copy.from.to_owned(),
+        to: copy.to.to_owned(),
+        stanza_id: copy.stanza_id.to_owned(),
+        micros: copy.micros,
+        payload: copy.payload.clone(),
+        body: copy.body.clone(),
+    };
+    let mut writes = vec![replication.write_started(to_partition, &both)];
+    if from_partition != to_partition {
+        let side = DurableOp::ChatSide {
+            owner: copy.from.to_owned(),
+            with: copy.to.to_owned(),
+            stanza_id: copy.stanza_id.to_owned(),
+            micros: copy.micros,
+            payload: copy.payload,
+            body: copy.body,
+        };
+        writes.push(ctx.durable_write(from_partition, side));
+    }
+    for result in futures_util::future::join_all(writes).await {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "1:1 message not durable; refused");
+            crate::metrics::inc(&ctx.metrics.refused_not_durable);
+            return ChatVerdict::NotDurable;
+        }
+    }
+    ChatVerdict::Deliver
+}
+
 /// Tombstones `target` if `sender` wrote it. Awaited before delivery (retractions are
 /// rare), so the peer's archive no longer shows the message when the retraction reaches
 /// them; the single stored copy is tombstoned, which hides it from both archives.
-async fn apply_retraction(ctx: &Ctx, sender: &str, target: &str) -> ChatVerdict {
+async fn apply_retraction(ctx: &Ctx, sender: &str, recipient: &str, target: &str) -> ChatVerdict {
     match retraction_target(ctx, sender, target).await {
+        Target::OwnMessage if ctx.replication().is_some() => {
+            use crate::replication::DurableOp;
+            let op = DurableOp::ChatRetract { archive: sender.to_owned(), target: target.to_owned() };
+            let mut partitions = vec![waddle_cluster::partition_of(recipient), waddle_cluster::partition_of(sender)];
+            partitions.dedup();
+            let writes = partitions.into_iter().map(|p| ctx.durable_write(p, op.clone()));
+            for result in futures_util::future::join_all(writes).await {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "1:1 retraction not durable; refused");
+                    return ChatVerdict::NotDurable;
+                }
+            }
+            ChatVerdict::Deliver
+        }
         Target::OwnMessage => {
             if let Err(e) = ctx.archive.retract(ArchiveLocation::Users, sender, target).await {
                 tracing::error!(error = %e, "chat archive retraction failed");

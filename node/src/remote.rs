@@ -137,6 +137,21 @@ pub enum NodeCall {
     },
     /// What runs on the node: for `waddle cluster status`.
     Stats,
+    /// Make `op` durable in `partition`'s replicated log, which the receiver owns; the
+    /// reply comes once a majority of the partition's replicas hold it.
+    Durable {
+        partition: u32,
+        op: crate::replication::DurableOp,
+    },
+    /// Route a stanza on the node that owns its destination, and answer once that is
+    /// done: a 1:1 message from a session, whose acknowledgement (XEP-0198) must wait
+    /// until the message is durable there.
+    Route {
+        from: String,
+        conn_id: Option<u64>,
+        stanza: String,
+        hops: u8,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -221,6 +236,26 @@ pub async fn answer(ctx: &Ctx, call: NodeCall) -> NodeReply {
         },
         NodeCall::Stats => {
             Ok(NodeReply::Stats { sessions: ctx.cluster.local_sessions(), rooms: ctx.muc.running_count() })
+        }
+        NodeCall::Durable { partition, op } => {
+            if !matches!(ctx.cluster.place(partition), Place::Local(())) {
+                return NodeReply::Failed(RemoteFailure::Other(format!("partition {partition} is not owned here")));
+            }
+            let Some(replication) = ctx.replication() else {
+                return NodeReply::Failed(RemoteFailure::Other("this node does not replicate".into()));
+            };
+            return match replication.write(partition, &op).await {
+                Ok(()) => NodeReply::Done,
+                Err(e) => NodeReply::Failed(RemoteFailure::Other(e.to_string())),
+            };
+        }
+        NodeCall::Route { from, conn_id, stanza, hops } => {
+            let (Ok(jid), Some(stanza)) = (Jid::new(&from), parse(&stanza)) else {
+                return NodeReply::Failed(RemoteFailure::Other("undecodable routed stanza".into()));
+            };
+            // Boxed: routing leads back into calls like this one.
+            Box::pin(ctx.route_hop(&Origin { jid, conn_id }, stanza, hops)).await;
+            return NodeReply::Done;
         }
         NodeCall::LookupToken { kind, hash, now } => match <[u8; 32]>::try_from(hash.as_slice()) {
             Ok(hash) => store.lookup_token(kind, hash, now).await.map(NodeReply::Token),
@@ -411,6 +446,34 @@ impl Ctx {
             hops: hops + 1,
         };
         self.to_node(node, op)
+    }
+
+    /// [`Ctx::forward`], waiting until the owner has routed the stanza: a session's 1:1
+    /// message is then durable (or refused) before the session handles its next stanza,
+    /// so the XEP-0198 count it acknowledges never covers a message that could be lost.
+    pub async fn forward_and_wait(&self, node: u64, origin: &Origin, stanza: Element, hops: u8) {
+        if hops >= MAX_HOPS {
+            tracing::error!(node, "cluster: a stanza was forwarded too often (the ring is moving); dropped");
+            return;
+        }
+        let Some(link) = self.link() else { return };
+        let call = NodeCall::Route {
+            from: origin.jid.as_str().to_owned(),
+            conn_id: origin.conn_id,
+            stanza: stanza.to_string(),
+            hops: hops + 1,
+        };
+        match link.call(node, call).await {
+            Ok(NodeReply::Done) => {}
+            Ok(other) => {
+                tracing::warn!(node, reply = ?other, "cluster: routing at the owner failed");
+                self.bounce(&stanza, "recipient-unavailable").await;
+            }
+            Err(e) => {
+                tracing::warn!(node, error = %e, "cluster: the owner did not route the message");
+                self.bounce(&stanza, "recipient-unavailable").await;
+            }
+        }
     }
 
     /// Account work for the session `origin`, at its user's owner: here when this node

@@ -88,6 +88,9 @@ pub enum DurableError {
     Replication(#[from] ReplError),
     #[error("the replication task ended")]
     Gone,
+    /// The partition's owner could not make it durable, or could not be asked.
+    #[error("at the partition's owner: {0}")]
+    Remote(String),
 }
 
 /// The node's replicated logs.

@@ -85,6 +85,12 @@ impl Ctx {
             self.send_sent_carbons(origin, to.as_ref(), &stanza);
         }
         if let Some(node) = elsewhere {
+            if kind == StanzaKind::Message && self.replication().is_some() && crate::mam::needs_durable_ack(self, origin, &stanza)
+            {
+                // Boxed: rare outside replicated clusters, and a call's future is large.
+                Box::pin(self.forward_and_wait(node, origin, stanza, hops)).await;
+                return;
+            }
             if !self.forward(node, origin, &stanza, hops) {
                 // The node that owns the destination is unreachable (RFC 6120 §8.3.3.14).
                 self.bounce(&stanza, "recipient-unavailable").await;
@@ -333,6 +339,10 @@ impl Ctx {
             crate::mam::ChatVerdict::Deliver => true,
             crate::mam::ChatVerdict::NotAuthor => {
                 self.bounce(stanza, "forbidden").await;
+                false
+            }
+            crate::mam::ChatVerdict::NotDurable => {
+                self.bounce(stanza, "recipient-unavailable").await;
                 false
             }
         }

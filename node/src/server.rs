@@ -71,6 +71,10 @@ async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> 
             if let Some(ctx) = ctx.arc() {
                 let iq = iq.clone();
                 tokio::spawn(async move {
+                    if let Some(replication) = ctx.replication() {
+                        // What was acknowledged is committed; read it once applied here.
+                        replication.caught_up(waddle_cluster::partition_of(&own)).await;
+                    }
                     crate::mam::answer_query(&ctx, waddle_mam::ArchiveLocation::Users, &own, &own, iq).await;
                 });
             }

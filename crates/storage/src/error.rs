@@ -27,6 +27,11 @@ pub enum StorageError {
     /// The storage thread is gone (the store was shut down or a job could not be delivered).
     #[error("the storage thread has stopped")]
     Closed,
+    /// The data is not available here right now (a cluster partition still recovering,
+    /// or a write that could not be made durable on a majority of its replicas); the
+    /// caller may try again.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<libsql::Error> for StorageError {

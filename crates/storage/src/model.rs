@@ -67,7 +67,7 @@ pub struct TokenRecord {
 
 /// One roster row (RFC 6121 §2), including rows that only carry subscription state
 /// (`in_roster == false`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RosterRow {
     /// Bare JID of the contact.
     pub contact: String,

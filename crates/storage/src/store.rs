@@ -376,6 +376,40 @@ impl Store {
             .await
     }
 
+    /// `username`'s offline messages, oldest first, without removing them.
+    pub async fn offline_peek(&self, username: &str) -> Result<Vec<String>, StorageError> {
+        let username = username.to_owned();
+        self.worker
+            .call(move |conn| async move {
+                Sql::query_all(
+                    &conn,
+                    "SELECT stanza FROM offline WHERE username = ?1 ORDER BY id",
+                    [username.as_str()],
+                    |r| Ok(r.get::<String>(0)?),
+                )
+                .await
+            })
+            .await
+    }
+
+    /// Deletes the `count` oldest offline messages of `username` (what a
+    /// [`Store::offline_peek`] returned and was delivered).
+    pub async fn offline_drop(&self, username: &str, count: u64) -> Result<(), StorageError> {
+        let username = username.to_owned();
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        self.worker
+            .call(move |conn| async move {
+                conn.execute(
+                    "DELETE FROM offline WHERE id IN \
+                     (SELECT id FROM offline WHERE username = ?1 ORDER BY id LIMIT ?2)",
+                    (username.as_str(), count),
+                )
+                .await?;
+                Ok(())
+            })
+            .await
+    }
+
     /// How many offline messages wait for `username`.
     pub async fn offline_count(&self, username: &str) -> Result<u64, StorageError> {
         let username = username.to_owned();

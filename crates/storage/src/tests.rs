@@ -743,3 +743,18 @@ async fn users_move_between_databases_as_one_file() {
     assert!(from.offline_take("alice").await.unwrap().is_empty());
     assert!(to.import_users(&dir.join("missing.db")).await.is_err());
 }
+
+#[tokio::test]
+async fn offline_peek_leaves_and_drop_removes_the_oldest() {
+    let dir = crate::test_util::TempDir::new("offline-drop");
+    let store = Store::open(&dir.join("w.db")).await.unwrap();
+    store.create_account(account("dora")).await.unwrap();
+    for m in ["<m1/>", "<m2/>", "<m3/>"] {
+        assert!(store.offline_push("dora", m, 10).await.unwrap());
+    }
+    assert_eq!(store.offline_peek("dora").await.unwrap(), vec!["<m1/>", "<m2/>", "<m3/>"]);
+    store.offline_drop("dora", 2).await.unwrap();
+    assert_eq!(store.offline_peek("dora").await.unwrap(), vec!["<m3/>"]);
+    store.offline_drop("dora", 5).await.unwrap();
+    assert!(store.offline_peek("dora").await.unwrap().is_empty());
+}
