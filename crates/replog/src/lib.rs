@@ -65,8 +65,10 @@ pub mod engine;
 mod replicator;
 pub mod store;
 pub mod types;
+pub mod wire;
 
 pub use api::*;
 pub use replicator::Replicator;
 pub use store::{LogStore, MetaUpdate, PartitionMeta, StoreError};
 pub use types::*;
+pub use wire::{decode_request, decode_response, encode_request, encode_response, WireDecodeError};
