@@ -42,6 +42,8 @@ struct Inner {
     config: ReplConfig,
     parts: Mutex<HashMap<PartitionId, Arc<Part>>>,
     apply_tasks: Mutex<Vec<AbortHandle>>,
+    /// Bumped whenever a partition's state is created (for `wait_applied`).
+    parts_created: watch::Sender<u64>,
     stats: Stats,
 }
 
@@ -133,6 +135,7 @@ impl Replicator {
             config,
             parts: Mutex::new(HashMap::new()),
             apply_tasks: Mutex::new(Vec::new()),
+            parts_created: watch::Sender::new(0),
             stats: Stats::default(),
         });
         for (id, meta) in metas {
@@ -255,21 +258,49 @@ impl Replicator {
         }
     }
 
+    /// The partitions this node holds state for (seen in a view, a peer's request or its store).
+    pub fn partitions(&self) -> Vec<PartitionId> {
+        let mut ids: Vec<PartitionId> = lock(&self.inner.parts).keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The partition's commit index as known here.
     pub fn committed(&self, partition: PartitionId) -> Seq {
         lock(&self.inner.parts).get(&partition).map_or(0, |p| *p.commit_tx.borrow())
     }
 
     /// Waits until every entry up to `seq` has been applied on this node.
+    /// A partition this node has not seen yet is waited for without creating any state.
     pub async fn wait_applied(&self, partition: PartitionId, seq: Seq) {
-        let part = self.inner.part(partition);
+        let part = loop {
+            // Subscribed before looking, so that a partition created in between is not missed.
+            let mut created = self.inner.parts_created.subscribe();
+            if let Some(p) = lock(&self.inner.parts).get(&partition).cloned() {
+                break p;
+            }
+            if seq == 0 || created.changed().await.is_err() {
+                return;
+            }
+        };
         let mut rx = part.applied_tx.subscribe();
         // The sender lives as long as `part`, which this future holds.
         let _ = rx.wait_for(|&a| a >= seq).await;
     }
 
+    /// A partition this node has not seen is reported empty, and no state is created for it.
     pub async fn status(&self, partition: PartitionId) -> PartitionStatus {
-        let part = self.inner.part(partition);
+        let Some(part) = lock(&self.inner.parts).get(&partition).cloned() else {
+            return PartitionStatus {
+                role: Role::None,
+                epoch: None,
+                promised: 0,
+                fenced_by: None,
+                last: None,
+                commit: 0,
+                applied: 0,
+            };
+        };
         let (promised, last, commit) = {
             let core = part.core.lock().await;
             (core.promised, core.index.last_pos(), core.commit)
@@ -335,6 +366,8 @@ impl Inner {
         parts.insert(id, part.clone());
         let task = tokio::spawn(run_apply(self.store.clone(), self.applier.clone(), part.clone(), self.config.clone()));
         lock(&self.apply_tasks).push(task.abort_handle());
+        drop(parts);
+        self.parts_created.send_modify(|n| *n = n.wrapping_add(1));
         part
     }
 
@@ -406,7 +439,10 @@ impl Inner {
     }
 
     async fn on_fetch(self: &Arc<Self>, f: Fetch) -> Result<ResponseBody, StoreError> {
-        let part = self.part(f.partition);
+        // A partition never seen here has promised nothing and holds nothing.
+        let Some(part) = lock(&self.parts).get(&f.partition).cloned() else {
+            return Ok(ResponseBody::Entries(Vec::new()));
+        };
         // Held during the read so that a newer leader cannot change the log in between.
         let core = part.core.lock().await;
         if f.epoch < core.promised {

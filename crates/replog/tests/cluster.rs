@@ -425,3 +425,30 @@ async fn recovery_waits_for_a_majority_of_the_previous_set_and_a_newer_view_repl
         assert_eq!(c.recs[&n].payloads(), vec![payload(0), payload(2)], "node {n}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_wait_applied_create_nothing_for_unknown_partitions() {
+    let c = Cluster::start("unknown", &[1, 2], config()).await;
+    let r = c.node(2);
+    let st = r.status(P).await;
+    assert_eq!((st.role, st.epoch, st.last, st.commit, st.applied), (Role::None, None, None, 0, 0));
+    r.wait_applied(P, 0).await;
+    let waiting = tokio::spawn({
+        let r = r.clone();
+        async move { r.wait_applied(P, 2).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished());
+    // A fetch for it is answered without creating it either.
+    let fetch = ReplRequest::new(RequestBody::Fetch(Fetch { partition: P, epoch: 1, from: 1, max_entries: 10 }));
+    assert_eq!(r.handle(fetch).await.body, ResponseBody::Entries(Vec::new()));
+    assert!(r.partitions().is_empty(), "{:?}", r.partitions());
+
+    // Once the partition exists and applies seq 2, the waiter wakes.
+    c.view(&[1, 2], 1, &[1, 2], None).await;
+    c.serving(1).await;
+    let s = c.node(1).propose(P, payload(0)).await.unwrap();
+    assert_eq!(s, 2);
+    tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    assert_eq!(r.partitions(), vec![P]);
+}
