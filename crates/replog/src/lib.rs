@@ -28,8 +28,16 @@
 //!   `Mismatch` with its tail, and the leader probes further back using its epoch boundaries
 //!   (KIP-101's lesson: logs are truncated by epoch, never to a high watermark). A conflicting
 //!   entry (same seq, other epoch) is cut on the follower together with all that follows.
+//! - **The leader's own write runs in parallel with the Appends** (Raft allows it). A
+//!   proposal gets its seq at once and goes to the followers while the leader appends it to
+//!   its own store; the leader counts itself towards a majority only for what its own write
+//!   made durable. So an entry commits on a majority of durable copies either way: with 3
+//!   replicas, the leader's write and one follower's, or both followers'; with 5, the leader
+//!   and two followers, or three followers while the leader's disk is still busy. The
+//!   leader's *local* commit index ([`Replicator::committed`], what it applies) never passes
+//!   its own durable log; the proposer is answered as soon as the entry is committed.
 //! - **Cost.** Proposals that arrive while a leader's write or a follower's Append is in
-//!   flight go out together in the next one (group commit, one Append in flight per
+//!   flight go out together in the next one of each (group commit, one Append in flight per
 //!   follower). An idle partition sends nothing, except one empty Append after the commit
 //!   index moved (within [`ReplConfig::idle_commit_interval`]) so followers apply promptly.
 //!   With one replica an entry commits with its own write.
@@ -58,7 +66,6 @@
 //! - **No compaction.** Logs are kept whole, and a fresh replica catches up by replaying the
 //!   log in bounded batches; snapshots and log truncation are a later step. Opening the store
 //!   scans the log once to rebuild each partition's epoch boundaries.
-//! - The leader writes locally before sending to followers (two fsyncs in series per round).
 
 pub mod api;
 pub mod engine;

@@ -533,8 +533,15 @@ struct Peer {
 }
 
 enum Event {
-    Local(Result<Vec<Entry>, Stop>, Vec<oneshot::Sender<Result<Seq, ReplError>>>),
-    Reply { peer: usize, prev: Seq, sent_last: Seq, commit: Seq, answer: Option<ResponseBody> },
+    /// The leader's own write ended: durable up to this seq, or stopped.
+    Local(Result<Seq, Stop>),
+    Reply {
+        peer: usize,
+        prev: Seq,
+        sent_last: Seq,
+        commit: Seq,
+        answer: Option<ResponseBody>,
+    },
     Wake(usize),
     Done,
 }
@@ -747,17 +754,19 @@ impl LeaderTask {
             index,
             commit,
             self_durable: 0,
+            local_commit: commit,
             barrier: Seq::MAX,
             peers,
             cache: VecDeque::new(),
             waiters: VecDeque::new(),
-            pending: Vec::new(),
+            unwritten: Vec::new(),
             local_busy: false,
             events: FuturesUnordered::new(),
             promised_rx: self.part.promised_tx.subscribe(),
         };
         s.self_durable = s.index.last_seq();
-        s.start_local(Vec::new(), true);
+        s.barrier = s.index.last_seq() + 1;
+        s.assign(vec![Vec::new()], Vec::new());
         match s.run(rx).await {
             Ok(()) => Stop::Closed,
             Err(stop) => {
@@ -771,9 +780,6 @@ impl LeaderTask {
                 });
                 for (_, tx) in s.waiters.drain(..) {
                     let _ = tx.send(Err(clone_err(&err)));
-                }
-                for p in s.pending.drain(..) {
-                    let _ = p.tx.send(Err(clone_err(&err)));
                 }
                 if let Stop::Fenced(p) = stop {
                     // Remember the newer epoch so that this node refuses the older one too.
@@ -804,13 +810,19 @@ struct Serving<'a> {
     /// else changing the log first raises the promise, which stops this task.
     index: EpochIndex,
     commit: Seq,
+    /// How far this node's own log is durable (its writes run alongside the Appends).
     self_durable: Seq,
+    /// The commit index as published on this node: never past `self_durable`, since the
+    /// applier reads committed entries from the local store.
+    local_commit: Seq,
     /// The seq of this epoch's barrier; the partition serves once it commits.
     barrier: Seq,
     peers: Vec<Peer>,
     cache: VecDeque<Entry>,
     waiters: VecDeque<(Seq, Waiter)>,
-    pending: Vec<Proposal>,
+    /// Entries given a seq (and sent to followers) that the local write has not taken yet.
+    unwritten: Vec<Entry>,
+    /// A local write is in flight; the next one takes everything assigned meanwhile.
     local_busy: bool,
     events: FuturesUnordered<BoxFuture<'static, Event>>,
     promised_rx: watch::Receiver<Epoch>,
@@ -819,9 +831,8 @@ struct Serving<'a> {
 impl Serving<'_> {
     async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Proposal>) -> Result<(), Stop> {
         loop {
-            if !self.local_busy && !self.pending.is_empty() {
-                let batch = std::mem::take(&mut self.pending);
-                self.start_local(batch, false);
+            if !self.local_busy && !self.unwritten.is_empty() {
+                self.start_local();
             }
             for i in 0..self.peers.len() {
                 self.maybe_send(i);
@@ -829,10 +840,12 @@ impl Serving<'_> {
             tokio::select! {
                 p = rx.recv() => {
                     let Some(p) = p else { return Ok(()) };
-                    self.pending.push(p);
+                    let mut batch = vec![p];
                     while let Ok(p) = rx.try_recv() {
-                        self.pending.push(p);
+                        batch.push(p);
                     }
+                    let (payloads, waiters) = batch.into_iter().map(|p| (p.payload, p.tx)).unzip();
+                    self.assign(payloads, waiters);
                 }
                 Some(ev) = self.events.next() => self.on_event(ev).await?,
                 changed = self.promised_rx.changed() => {
@@ -848,77 +861,76 @@ impl Serving<'_> {
         }
     }
 
-    /// Appends a group of proposals (or the barrier) durably, as one transaction.
-    fn start_local(&mut self, batch: Vec<Proposal>, barrier: bool) {
+    /// Gives proposals (or the barrier, one empty payload) their seqs. They go to the
+    /// followers at once and to the local store with the next local write: the two run in
+    /// parallel, and the leader counts itself towards a majority only for what its own write
+    /// made durable (`self_durable`).
+    fn assign(&mut self, payloads: Vec<Vec<u8>>, waiters: Vec<Waiter>) {
+        let epoch = self.t.epoch;
+        let first = self.index.last_seq() + 1;
+        let entries: Vec<Entry> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| Entry { seq: first + i as u64, epoch, payload })
+            .collect();
+        for e in &entries {
+            self.index.push(e.seq, e.epoch);
+        }
+        for (e, tx) in entries.iter().filter(|e| !e.is_barrier()).zip(waiters) {
+            self.waiters.push_back((e.seq, tx));
+        }
+        self.cache.extend(entries.iter().cloned());
+        self.unwritten.extend(entries);
+        self.trim_cache();
+    }
+
+    /// Appends everything assigned since the last local write durably, as one transaction.
+    fn start_local(&mut self) {
+        let entries = std::mem::take(&mut self.unwritten);
+        let Some(last) = entries.last().map(|e| e.seq) else { return };
         self.local_busy = true;
         let inner = self.t.inner.clone();
         let part = self.t.part.clone();
         let epoch = self.t.epoch;
         let single = self.t.replicas.len() <= 1;
-        let (payloads, waiters): (Vec<Vec<u8>>, Vec<Waiter>) =
-            if barrier { (vec![Vec::new()], Vec::new()) } else { batch.into_iter().map(|p| (p.payload, p.tx)).unzip() };
         inner.stats.leader_batches.fetch_add(1, Ordering::Relaxed);
         // Spawned, not just queued in `events`: it holds the core lock across the write, and
-        // this task may wait for that lock (update_commit) while not polling `events`.
+        // nothing this task awaits may wait behind it (see `publish_local_commit`).
         let write = tokio::spawn(async move {
             let mut core = part.core.lock().await;
             if core.promised > epoch {
-                return Event::Local(Err(Stop::Fenced(core.promised)), waiters);
+                return Event::Local(Err(Stop::Fenced(core.promised)));
             }
-            let first = core.index.last_seq() + 1;
-            let entries: Vec<Entry> = payloads
-                .into_iter()
-                .enumerate()
-                .map(|(i, payload)| Entry { seq: first + i as u64, epoch, payload })
-                .collect();
-            let last = first + entries.len() as u64 - 1;
-            // With no one else to wait for, the entry commits with its own write.
+            if entries.first().map(|e| e.seq) != Some(core.index.last_seq() + 1) {
+                // Only this task appends at this epoch, and anyone else changing the log
+                // first raises the promise (checked above).
+                let why = format!("leader log moved under it (local last {})", core.index.last_seq());
+                return Event::Local(Err(Stop::Failed(StoreError::Corrupt(why))));
+            }
+            let shape: Vec<(Seq, Epoch)> = entries.iter().map(|e| (e.seq, e.epoch)).collect();
+            // With no one else to wait for, the entries commit with their own write.
             let commit = single.then_some(last);
-            if let Err(e) =
-                inner.store.append(part.id, None, entries.clone(), MetaUpdate { promised: None, commit }).await
-            {
-                return Event::Local(Err(Stop::Failed(e)), waiters);
+            if let Err(e) = inner.store.append(part.id, None, entries, MetaUpdate { promised: None, commit }).await {
+                return Event::Local(Err(Stop::Failed(e)));
             }
-            for e in &entries {
-                core.index.push(e.seq, e.epoch);
+            for (seq, epoch) in shape {
+                core.index.push(seq, epoch);
             }
             if let Some(c) = commit {
-                core.commit = c;
+                core.commit = core.commit.max(c);
             }
-            Event::Local(Ok(entries), waiters)
+            Event::Local(Ok(last))
         });
-        self.events
-            .push(Box::pin(async move { write.await.unwrap_or_else(|_| Event::Local(Err(Stop::Closed), Vec::new())) }));
+        self.events.push(Box::pin(async move { write.await.unwrap_or(Event::Local(Err(Stop::Closed))) }));
     }
 
     async fn on_event(&mut self, ev: Event) -> Result<(), Stop> {
         match ev {
-            Event::Local(Err(stop), waiters) => {
-                let err = match &stop {
-                    Stop::Fenced(p) => ReplError::Fenced { promised: *p },
-                    _ => ReplError::Unavailable,
-                };
-                for tx in waiters {
-                    let _ = tx.send(Err(clone_err(&err)));
-                }
-                Err(stop)
-            }
-            Event::Local(Ok(entries), waiters) => {
+            Event::Local(Err(stop)) => Err(stop),
+            Event::Local(Ok(last)) => {
                 self.local_busy = false;
-                let is_barrier = waiters.is_empty() && entries.len() == 1 && entries.iter().all(Entry::is_barrier);
-                for e in &entries {
-                    self.index.push(e.seq, e.epoch);
-                }
-                if is_barrier {
-                    self.barrier = self.barrier.min(self.index.last_seq());
-                }
-                for (e, tx) in entries.iter().filter(|e| !e.is_barrier()).zip(waiters) {
-                    self.waiters.push_back((e.seq, tx));
-                }
-                self.self_durable = self.index.last_seq();
-                self.cache.extend(entries);
-                self.trim_cache();
-                self.update_commit().await;
+                self.self_durable = self.self_durable.max(last);
+                self.update_commit();
                 Ok(())
             }
             Event::Reply { peer, prev, sent_last, commit, answer } => {
@@ -962,7 +974,7 @@ impl Serving<'_> {
                 p.next_prev = last;
                 p.sent_commit = p.sent_commit.max(commit);
                 self.trim_cache();
-                self.update_commit().await;
+                self.update_commit();
             }
             Some(ResponseBody::Mismatch { last }) if prev > 0 => {
                 p.contacted = true;
@@ -980,7 +992,7 @@ impl Serving<'_> {
         Ok(())
     }
 
-    async fn update_commit(&mut self) {
+    fn update_commit(&mut self) {
         let me = self.t.inner.me;
         let peers = &self.peers;
         let durable = self.self_durable;
@@ -992,36 +1004,54 @@ impl Serving<'_> {
             }
         };
         let c = engine::leader_commit(self.t.epoch, &self.t.replicas, matched, &self.index, self.commit);
-        if c <= self.commit {
+        if c > self.commit {
+            self.commit = c;
+            self.publish_local_commit();
+            while self.waiters.front().is_some_and(|(s, _)| *s <= c) {
+                if let Some((s, tx)) = self.waiters.pop_front() {
+                    let _ = tx.send(Ok(s));
+                }
+            }
+            if c >= self.barrier && self.barrier != Seq::MAX {
+                self.barrier = Seq::MAX;
+                self.t.set_state(LeadState::Serving);
+                tracing::info!(partition = self.t.part.id, epoch = self.t.epoch, commit = c, "replog: serving");
+            }
+        } else {
+            self.publish_local_commit();
+        }
+    }
+
+    /// Moves this node's own commit index (what it applies, reports and records) up to the
+    /// commit index, but never past its own durable log. The core lock may be held by a local
+    /// write in progress, so it is taken in a future of `events`, never awaited here.
+    fn publish_local_commit(&mut self) {
+        let local = self.commit.min(self.self_durable);
+        if local <= self.local_commit {
             return;
         }
-        self.commit = c;
+        self.local_commit = local;
+        self.t.part.commit_tx.send_if_modified(|v| {
+            let moved = local > *v;
+            *v = (*v).max(local);
+            moved
+        });
         let single = self.t.replicas.len() <= 1;
-        {
-            let mut core = self.t.part.core.lock().await;
-            core.commit = core.commit.max(c);
-        }
-        if !single {
-            let store = self.t.inner.store.clone();
-            let pid = self.t.part.id;
-            self.events.push(Box::pin(async move {
-                if let Err(e) = store.set_commit(pid, c).await {
-                    tracing::warn!(partition = pid, error = %e, "replog: recording the commit failed");
-                }
-                Event::Done
-            }));
-        }
-        self.t.part.commit_tx.send_replace(c);
-        while self.waiters.front().is_some_and(|(s, _)| *s <= c) {
-            if let Some((s, tx)) = self.waiters.pop_front() {
-                let _ = tx.send(Ok(s));
+        let store = self.t.inner.store.clone();
+        let part = self.t.part.clone();
+        self.events.push(Box::pin(async move {
+            {
+                let mut core = part.core.lock().await;
+                core.commit = core.commit.max(local.min(core.index.last_seq()));
             }
-        }
-        if c >= self.barrier && self.barrier != Seq::MAX {
-            self.barrier = Seq::MAX;
-            self.t.set_state(LeadState::Serving);
-            tracing::info!(partition = self.t.part.id, epoch = self.t.epoch, commit = c, "replog: serving");
-        }
+            // A single replica recorded it with the entries.
+            if !single {
+                if let Err(e) = store.set_commit(part.id, local).await {
+                    tracing::warn!(partition = part.id, error = %e, "replog: recording the commit failed");
+                }
+            }
+            Event::Done
+        }));
     }
 
     fn schedule_wake(&mut self, i: usize, at: Instant) {

@@ -452,3 +452,48 @@ async fn status_and_wait_applied_create_nothing_for_unknown_partitions() {
     tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
     assert_eq!(r.partitions(), vec![P]);
 }
+
+/// Holds the write lock of a node's store from outside, so that its writes wait (the store
+/// waits up to its busy timeout, 10 s) while its reads and the network go on.
+async fn block_disk(c: &Cluster, id: NodeId) -> libsql::Connection {
+    let db = libsql::Builder::new_local(c.dir.join(id.to_string()).join("replog.db")).build().await.unwrap();
+    let conn = db.connect().unwrap();
+    conn.execute("BEGIN IMMEDIATE", ()).await.unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_writes_locally_in_parallel_and_counts_itself_only_once_durable() {
+    let c = Cluster::start("parallel", &[1, 2, 3, 4, 5], config()).await;
+    c.view(&[1, 2, 3, 4, 5], 1, &[1, 2, 3, 4, 5], None).await;
+    c.serving(1).await;
+    let leader = c.node(1);
+    let s0 = leader.propose(P, payload(0)).await.unwrap();
+    c.applied_everywhere(&[1, 2, 3, 4, 5], s0).await;
+
+    let blocker = block_disk(&c, 1).await;
+    // Two followers of four hold the entry, and the leader's own copy is not durable: 2 of 5
+    // is no majority.
+    c.cut(4);
+    c.cut(5);
+    let r = leader.propose(P, payload(1)).await;
+    assert!(matches!(r, Err(ReplError::Unavailable)), "{r:?}");
+    // Three followers are a majority of five without the leader: commits while its own write
+    // still waits for the disk.
+    c.heal(4);
+    let s2 = leader.propose(P, payload(2)).await.unwrap();
+    assert_eq!(s2, s0 + 2);
+    assert!(leader.committed(P) < s2, "the leader publishes only what its own log holds");
+    for n in [2, 3, 4] {
+        tokio::time::timeout(Duration::from_secs(5), c.node(n).wait_applied(P, s2)).await.unwrap();
+    }
+
+    blocker.execute("ROLLBACK", ()).await.unwrap();
+    drop(blocker);
+    c.heal(5);
+    let s3 = leader.propose(P, payload(3)).await.unwrap();
+    c.applied_everywhere(&[1, 2, 3, 4, 5], s3).await;
+    for n in [1, 2, 3, 4, 5] {
+        assert_eq!(c.recs[&n].payloads(), (0..4).map(payload).collect::<Vec<_>>(), "node {n}");
+    }
+}
