@@ -71,6 +71,8 @@ struct Core {
     promised: Epoch,
     index: EpochIndex,
     commit: Seq,
+    /// The last serving replica set this node knows of (durable).
+    serving: Option<ReplicaSet>,
 }
 
 #[derive(Default)]
@@ -357,7 +359,12 @@ impl Inner {
         let commit = meta.commit.min(meta.index.last_seq());
         let part = Arc::new(Part {
             id,
-            core: tokio::sync::Mutex::new(Core { promised: meta.promised, index: meta.index, commit }),
+            core: tokio::sync::Mutex::new(Core {
+                promised: meta.promised,
+                index: meta.index,
+                commit,
+                serving: meta.serving,
+            }),
             ctl: Mutex::new(Ctl::default()),
             commit_tx: watch::Sender::new(commit),
             applied_tx: watch::Sender::new(meta.applied.min(commit)),
@@ -371,9 +378,27 @@ impl Inner {
         part
     }
 
-    async fn on_append(self: &Arc<Self>, a: Append) -> Result<ResponseBody, StoreError> {
+    /// Records the serving set a leader announced, if it is newer than the one known here.
+    async fn record_serving(
+        &self,
+        core: &mut Core,
+        partition: PartitionId,
+        set: Option<ReplicaSet>,
+    ) -> Result<(), StoreError> {
+        let Some(set) = set else { return Ok(()) };
+        if set.replicas.is_empty() || core.serving.as_ref().is_some_and(|s| s.epoch >= set.epoch) {
+            return Ok(());
+        }
+        self.store.set_serving(partition, set.clone()).await?;
+        core.serving = Some(set);
+        Ok(())
+    }
+
+    async fn on_append(self: &Arc<Self>, mut a: Append) -> Result<ResponseBody, StoreError> {
         let part = self.part(a.partition);
         let mut core = part.core.lock().await;
+        // A leader announces only its own epoch's set.
+        let announced = a.serving.take().filter(|s| s.epoch == a.epoch);
         let view = ReplicaView { promised: core.promised, index: &core.index, commit: core.commit };
         match engine::on_append(view, a.epoch, a.prev, &a.entries, a.commit) {
             AppendDecision::Stale { promised } => Ok(ResponseBody::Stale { promised }),
@@ -384,6 +409,7 @@ impl Inner {
                     core.promised = epoch;
                     part.promised_tx.send_replace(epoch);
                 }
+                self.record_serving(&mut core, a.partition, announced).await?;
                 Ok(ResponseBody::Mismatch { last })
             }
             AppendDecision::Accept { promise, merge, commit, matched } => {
@@ -416,6 +442,7 @@ impl Inner {
                     core.commit = c;
                     part.commit_tx.send_replace(c);
                 }
+                self.record_serving(&mut core, a.partition, announced).await?;
                 Ok(ResponseBody::Appended { last: matched })
             }
         }
@@ -433,7 +460,7 @@ impl Inner {
                     core.promised = f.epoch;
                     part.promised_tx.send_replace(f.epoch);
                 }
-                Ok(ResponseBody::Fenced { last, commit })
+                Ok(ResponseBody::Fenced { last, commit, serving: core.serving.clone() })
             }
         }
     }
@@ -530,6 +557,8 @@ struct Peer {
     commit_due: Option<Instant>,
     wake_at: Option<Instant>,
     retry: Duration,
+    /// The peer acknowledged an Append that announced this epoch's serving set.
+    knows_serving: bool,
 }
 
 enum Event {
@@ -540,8 +569,11 @@ enum Event {
         prev: Seq,
         sent_last: Seq,
         commit: Seq,
+        announced: bool,
         answer: Option<ResponseBody>,
     },
+    /// This node recorded its own epoch's replica set as the last serving one.
+    ServingRecorded(Result<(), StoreError>),
     Wake(usize),
     Done,
 }
@@ -609,8 +641,18 @@ impl LeaderTask {
     async fn recover(&self) -> Result<HashMap<NodeId, Option<LogPos>>, Stop> {
         let me = self.inner.me;
         let pid = self.part.id;
-        let mut answers = vec![FenceAnswer { node: me, last: self.part.core.lock().await.index.last_pos() }];
-        let mut targets: Vec<NodeId> = self.previous.iter().chain(self.replicas.iter()).copied().collect();
+        let (mine, mut newest) = {
+            let core = self.part.core.lock().await;
+            (core.index.last_pos(), core.serving.clone())
+        };
+        let mut answers = vec![FenceAnswer { node: me, last: mine }];
+        let mut targets: Vec<NodeId> = self
+            .previous
+            .iter()
+            .chain(self.replicas.iter())
+            .chain(newest.iter().flat_map(|s| s.replicas.iter()))
+            .copied()
+            .collect();
         targets.sort_unstable();
         targets.dedup();
         targets.retain(|&n| n != me);
@@ -627,16 +669,50 @@ impl LeaderTask {
             calls.push(fence(to, Duration::ZERO));
         }
         let mut attempts: HashMap<NodeId, u32> = HashMap::new();
+        let mut prev_sorted = self.previous.clone();
+        prev_sorted.sort_unstable();
         let source = loop {
             self.check_promise()?;
-            if let Some(src) = engine::choose_source(&self.previous, &answers) {
+            // A majority of `previous`, and of the last serving set known to this node or any
+            // answer when it differs (see the crate docs).
+            let serving_set = newest.as_ref().map(|s| {
+                let mut v = s.replicas.clone();
+                v.sort_unstable();
+                v.dedup();
+                v
+            });
+            let mut required: Vec<&[NodeId]> = vec![&self.previous];
+            if let Some(set) = serving_set.as_deref().filter(|s| !s.is_empty() && *s != prev_sorted.as_slice()) {
+                required.push(set);
+            }
+            if let Some(src) = engine::choose_source_from(&required, &answers) {
                 break src;
             }
             let Some((from, answer)) = calls.next().await else {
                 return Err(Stop::Closed);
             };
             match answer {
-                Some(ResponseBody::Fenced { last, .. }) => answers.push(FenceAnswer { node: from, last }),
+                Some(ResponseBody::Fenced { last, serving, .. }) => {
+                    if answers.iter().all(|a| a.node != from) {
+                        answers.push(FenceAnswer { node: from, last });
+                    }
+                    let newer = serving.filter(|s| newest.as_ref().is_none_or(|n| s.epoch > n.epoch));
+                    if let Some(set) = newer {
+                        tracing::debug!(
+                            partition = pid,
+                            epoch = self.epoch,
+                            ?set,
+                            "replog: learned a newer serving set"
+                        );
+                        for &n in &set.replicas {
+                            if n != me && !targets.contains(&n) {
+                                targets.push(n);
+                                calls.push(fence(n, Duration::ZERO));
+                            }
+                        }
+                        newest = Some(set);
+                    }
+                }
                 Some(ResponseBody::Stale { promised }) if promised > self.epoch => return Err(Stop::Fenced(promised)),
                 _ => {
                     let n = attempts.entry(from).or_insert(0);
@@ -747,6 +823,7 @@ impl LeaderTask {
                 commit_due: None,
                 wake_at: None,
                 retry: self.inner.config.retry_min,
+                knows_serving: false,
             })
             .collect();
         let mut s = Serving {
@@ -761,6 +838,9 @@ impl LeaderTask {
             waiters: VecDeque::new(),
             unwritten: Vec::new(),
             local_busy: false,
+            announcing: false,
+            self_knows_serving: false,
+            serving: false,
             events: FuturesUnordered::new(),
             promised_rx: self.part.promised_tx.subscribe(),
         };
@@ -824,6 +904,11 @@ struct Serving<'a> {
     unwritten: Vec<Entry>,
     /// A local write is in flight; the next one takes everything assigned meanwhile.
     local_busy: bool,
+    /// The barrier is committed: Appends now announce this epoch's set as the serving one,
+    /// and the partition serves once a majority recorded it.
+    announcing: bool,
+    self_knows_serving: bool,
+    serving: bool,
     events: FuturesUnordered<BoxFuture<'static, Event>>,
     promised_rx: watch::Receiver<Epoch>,
 }
@@ -933,8 +1018,21 @@ impl Serving<'_> {
                 self.update_commit();
                 Ok(())
             }
-            Event::Reply { peer, prev, sent_last, commit, answer } => {
-                self.on_reply(peer, prev, sent_last, commit, answer).await
+            Event::Reply { peer, prev, sent_last, commit, announced, answer } => {
+                if announced && matches!(answer, Some(ResponseBody::Appended { .. })) {
+                    if let Some(p) = self.peers.get_mut(peer) {
+                        p.knows_serving = true;
+                    }
+                }
+                self.on_reply(peer, prev, sent_last, commit, answer).await?;
+                self.check_announced();
+                Ok(())
+            }
+            Event::ServingRecorded(Err(e)) => Err(Stop::Failed(e)),
+            Event::ServingRecorded(Ok(())) => {
+                self.self_knows_serving = true;
+                self.check_announced();
+                Ok(())
             }
             Event::Wake(i) => {
                 if let Some(p) = self.peers.get_mut(i) {
@@ -1014,11 +1112,54 @@ impl Serving<'_> {
             }
             if c >= self.barrier && self.barrier != Seq::MAX {
                 self.barrier = Seq::MAX;
-                self.t.set_state(LeadState::Serving);
-                tracing::info!(partition = self.t.part.id, epoch = self.t.epoch, commit = c, "replog: serving");
+                self.start_announcing();
             }
         } else {
             self.publish_local_commit();
+        }
+    }
+
+    /// The barrier committed: record this epoch's set as the last serving one here and on a
+    /// majority before serving (see the crate docs, "the recovery source set").
+    fn start_announcing(&mut self) {
+        self.announcing = true;
+        let set = ReplicaSet { epoch: self.t.epoch, replicas: self.t.replicas.clone() };
+        let store = self.t.inner.store.clone();
+        let part = self.t.part.clone();
+        self.events.push(Box::pin(async move {
+            let mut core = part.core.lock().await;
+            if core.serving.as_ref().is_some_and(|s| s.epoch >= set.epoch) {
+                return Event::ServingRecorded(Ok(()));
+            }
+            let r = store.set_serving(part.id, set.clone()).await;
+            if r.is_ok() {
+                core.serving = Some(set);
+            }
+            Event::ServingRecorded(r)
+        }));
+    }
+
+    fn check_announced(&mut self) {
+        if self.serving || !self.announcing {
+            return;
+        }
+        let me = self.t.inner.me;
+        let known = self
+            .t
+            .replicas
+            .iter()
+            .filter(|&&n| {
+                if n == me {
+                    self.self_knows_serving
+                } else {
+                    self.peers.iter().any(|p| p.id == n && p.knows_serving)
+                }
+            })
+            .count();
+        if known >= engine::majority(self.t.replicas.len()) {
+            self.serving = true;
+            self.t.set_state(LeadState::Serving);
+            tracing::info!(partition = self.t.part.id, epoch = self.t.epoch, commit = self.commit, "replog: serving");
         }
     }
 
@@ -1083,7 +1224,9 @@ impl Serving<'_> {
             p.not_before = None;
         }
         let has_entries = p.next_prev < last;
-        if p.contacted && !has_entries {
+        let announce = self.announcing;
+        // Nothing to send (but an announcement this peer has not acknowledged yet).
+        if p.contacted && !has_entries && (!announce || p.knows_serving) {
             if p.sent_commit >= commit {
                 p.commit_due = None;
                 return;
@@ -1137,6 +1280,7 @@ impl Serving<'_> {
         }
         let inner = self.t.inner.clone();
         let (pid, epoch, me) = (self.t.part.id, self.t.epoch, inner.me);
+        let serving = announce.then(|| ReplicaSet { epoch, replicas: self.t.replicas.clone() });
         self.events.push(Box::pin(async move {
             let entries = match cached {
                 Some(e) => e,
@@ -1151,6 +1295,7 @@ impl Serving<'_> {
                                 prev: prev_seq,
                                 sent_last: prev_seq,
                                 commit: 0,
+                                announced: false,
                                 answer: None,
                             };
                         }
@@ -1158,9 +1303,10 @@ impl Serving<'_> {
                 }
             };
             let sent_last = entries.last().map_or(prev_seq, |e| e.seq);
-            let req = Append { partition: pid, epoch, leader: me, prev, entries, commit };
+            let announced = serving.is_some();
+            let req = Append { partition: pid, epoch, leader: me, prev, entries, commit, serving };
             let answer = inner.call(peer_id, RequestBody::Append(req)).await;
-            Event::Reply { peer: i, prev: prev_seq, sent_last, commit, answer }
+            Event::Reply { peer: i, prev: prev_seq, sent_last, commit, announced, answer }
         }));
     }
 }

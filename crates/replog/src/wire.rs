@@ -9,19 +9,21 @@
 //! ```text
 //! request  = version:u16 tag:u8 body
 //!   1 Append  partition:u16 epoch:u64 leader:u64 prev:opt(pos) entries:list(entry) commit:u64
+//!             serving:opt(set)
 //!   2 Fence   partition:u16 epoch:u64
 //!   3 Fetch   partition:u16 epoch:u64 from:u64 max_entries:u32
 //! response = version:u16 tag:u8 body
 //!   1 Appended  last:u64
 //!   2 Stale     promised:u64
 //!   3 Mismatch  last:opt(pos)
-//!   4 Fenced    last:opt(pos) commit:u64
+//!   4 Fenced    last:opt(pos) commit:u64 serving:opt(set)
 //!   5 Entries   list(entry)
 //!   6 VersionMismatch ours:u16
 //!   7 Invalid   text
 //!   8 Failed    text
 //! pos   = epoch:u64 seq:u64
 //! entry = seq:u64 epoch:u64 payload:bytes
+//! set   = epoch:u64 replicas:list(node:u64)
 //! ```
 //!
 //! Decoding is bounded by its input: every length and count is checked against the bytes that
@@ -104,6 +106,19 @@ impl Writer {
             }
         }
     }
+    fn set(&mut self, set: Option<&ReplicaSet>) {
+        match set {
+            None => self.u8(0),
+            Some(set) => {
+                self.u8(1);
+                self.u64(set.epoch);
+                self.len(set.replicas.len());
+                for &n in &set.replicas {
+                    self.u64(n);
+                }
+            }
+        }
+    }
     fn entries(&mut self, entries: &[Entry]) {
         self.len(entries.len());
         for e in entries {
@@ -134,6 +149,7 @@ pub fn encode_request(req: &ReplRequest) -> Vec<u8> {
             w.pos(a.prev);
             w.entries(&a.entries);
             w.u64(a.commit);
+            w.set(a.serving.as_ref());
         }
         RequestBody::Fence(f) => {
             w.u8(REQ_FENCE);
@@ -172,10 +188,11 @@ pub fn encode_response(resp: &ReplResponse) -> Vec<u8> {
             w.u8(RESP_MISMATCH);
             w.pos(*last);
         }
-        ResponseBody::Fenced { last, commit } => {
+        ResponseBody::Fenced { last, commit, serving } => {
             w.u8(RESP_FENCED);
             w.pos(*last);
             w.u64(*commit);
+            w.set(serving.as_ref());
         }
         ResponseBody::Entries(entries) => {
             w.u8(RESP_ENTRIES);
@@ -259,6 +276,18 @@ impl<'a> Reader<'a> {
         }
         Ok(Some(LogPos { epoch: self.u64(what)?, seq: self.u64(what)? }))
     }
+    fn set(&mut self, what: &'static str) -> Result<Option<ReplicaSet>, WireDecodeError> {
+        if !self.flag(what)? {
+            return Ok(None);
+        }
+        let epoch = self.u64(what)?;
+        let n = self.count(8, what)?;
+        let mut replicas = Vec::with_capacity(n);
+        for _ in 0..n {
+            replicas.push(self.u64(what)?);
+        }
+        Ok(Some(ReplicaSet { epoch, replicas }))
+    }
     fn entries(&mut self) -> Result<Vec<Entry>, WireDecodeError> {
         let n = self.count(ENTRY_MIN, "entries")?;
         let mut out = Vec::with_capacity(n);
@@ -292,6 +321,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<ReplRequest, WireDecodeError> {
             prev: r.pos("prev")?,
             entries: r.entries()?,
             commit: r.u64("commit")?,
+            serving: r.set("serving")?,
         }),
         REQ_FENCE => RequestBody::Fence(Fence { partition: r.u16("partition")?, epoch: r.u64("epoch")? }),
         REQ_FETCH => RequestBody::Fetch(Fetch {
@@ -317,7 +347,9 @@ pub fn decode_response(bytes: &[u8]) -> Result<ReplResponse, WireDecodeError> {
         RESP_APPENDED => ResponseBody::Appended { last: r.u64("last")? },
         RESP_STALE => ResponseBody::Stale { promised: r.u64("promised")? },
         RESP_MISMATCH => ResponseBody::Mismatch { last: r.pos("last")? },
-        RESP_FENCED => ResponseBody::Fenced { last: r.pos("last")?, commit: r.u64("commit")? },
+        RESP_FENCED => {
+            ResponseBody::Fenced { last: r.pos("last")?, commit: r.u64("commit")?, serving: r.set("serving")? }
+        }
         RESP_ENTRIES => ResponseBody::Entries(r.entries()?),
         RESP_VERSION_MISMATCH => ResponseBody::VersionMismatch { ours: r.u16("ours")? },
         RESP_INVALID => ResponseBody::Invalid(r.text("reason")?),
@@ -346,6 +378,7 @@ mod tests {
                 prev: Some(LogPos { epoch: 2, seq: 41 }),
                 entries: vec![entry(42, 3, b""), entry(43, 3, b"\x00\xff\"\\<x/>"), entry(44, 3, &[7u8; 300])],
                 commit: 40,
+                serving: Some(ReplicaSet { epoch: 3, replicas: vec![u64::MAX, 2, 3] }),
             })),
             ReplRequest::new(RequestBody::Append(Append {
                 partition: 0,
@@ -354,6 +387,7 @@ mod tests {
                 prev: None,
                 entries: vec![],
                 commit: 0,
+                serving: None,
             })),
             ReplRequest::new(RequestBody::Fence(Fence { partition: u16::MAX, epoch: 9 })),
             ReplRequest::new(RequestBody::Fetch(Fetch { partition: 3, epoch: 9, from: 12, max_entries: 256 })),
@@ -366,8 +400,12 @@ mod tests {
             ReplResponse::new(ResponseBody::Stale { promised: 5 }),
             ReplResponse::new(ResponseBody::Mismatch { last: None }),
             ReplResponse::new(ResponseBody::Mismatch { last: Some(LogPos { epoch: 1, seq: 2 }) }),
-            ReplResponse::new(ResponseBody::Fenced { last: Some(LogPos { epoch: 4, seq: 8 }), commit: 7 }),
-            ReplResponse::new(ResponseBody::Fenced { last: None, commit: 0 }),
+            ReplResponse::new(ResponseBody::Fenced {
+                last: Some(LogPos { epoch: 4, seq: 8 }),
+                commit: 7,
+                serving: Some(ReplicaSet { epoch: 2, replicas: vec![1, 2, 3] }),
+            }),
+            ReplResponse::new(ResponseBody::Fenced { last: None, commit: 0, serving: None }),
             ReplResponse::new(ResponseBody::Entries(vec![entry(1, 1, b""), entry(2, 1, "é".as_bytes())])),
             ReplResponse::new(ResponseBody::Entries(vec![])),
             ReplResponse::new(ResponseBody::VersionMismatch { ours: REPL_VERSION }),
@@ -401,6 +439,7 @@ mod tests {
             prev: None,
             entries: vec![entry(1, 1, &payload)],
             commit: 0,
+            serving: None,
         }));
         let bytes = encode_request(&req);
         assert!(bytes.windows(payload.len()).any(|w| w == payload.as_slice()));
@@ -427,7 +466,7 @@ mod tests {
         bytes.extend_from_slice(&[0; 16]);
         bytes.push(0);
         bytes.extend_from_slice(&u32::MAX.to_be_bytes());
-        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&[0; 9]);
         assert!(matches!(decode_request(&bytes), Err(WireDecodeError::CountTooLarge { .. })));
         // A text claiming more bytes than there are.
         let mut bytes = REPL_VERSION.to_be_bytes().to_vec();
@@ -527,6 +566,7 @@ mod tests {
             prev: Some(LogPos { epoch: 4, seq: 1000 }),
             entries,
             commit: 998,
+            serving: Some(ReplicaSet { epoch: 4, replicas: vec![3, 1, 2] }),
         }));
         let bin = encode_request(&req);
         let json = serde_json::to_vec(&req).unwrap();

@@ -386,7 +386,7 @@ async fn other_versions_are_rejected_and_proposals_need_the_leader() {
     // Nothing was promised.
     assert_eq!(r.status(P).await.promised, 0);
     let ok = ReplRequest::new(RequestBody::Fence(Fence { partition: P, epoch: 9 }));
-    assert_eq!(r.handle(ok).await.body, ResponseBody::Fenced { last: None, commit: 0 });
+    assert_eq!(r.handle(ok).await.body, ResponseBody::Fenced { last: None, commit: 0, serving: None });
 
     assert!(matches!(r.propose(P, b"x".to_vec()).await, Err(ReplError::NotLeader { .. })));
     c.view(&[1, 2], 10, &[1, 2], None).await;
@@ -496,4 +496,39 @@ async fn the_leader_writes_locally_in_parallel_and_counts_itself_only_once_durab
     for n in [1, 2, 3, 4, 5] {
         assert_eq!(c.recs[&n].payloads(), (0..4).map(payload).collect::<Vec<_>>(), "node {n}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_reaches_the_last_serving_set_even_past_a_leader_that_never_recovered() {
+    let c = Cluster::start("serving-set", &[1, 2, 3, 4, 5, 6], config()).await;
+    c.view(&[1, 2, 3], 1, &[1, 2, 3], None).await;
+    c.serving(1).await;
+    let leader = c.node(1);
+    let a = leader.propose(P, payload(0)).await.unwrap();
+    c.applied_everywhere(&[1, 2, 3], a).await;
+    // Committed on {1, 2} only.
+    c.cut(3);
+    leader.propose(P, payload(1)).await.unwrap();
+    leader.propose(P, payload(2)).await.unwrap();
+
+    // Epoch 2: node 2 should lead {2, 3, 4} but is cut off and never recovers. (Node 1 learns
+    // the view first, so that it stops leading before node 3 is back: node 3 never gets m1, m2.)
+    c.cut(2);
+    c.view(&[1, 2, 3, 4], 2, &[2, 3, 4], Some(&[1, 2, 3])).await;
+    c.heal(3);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(c.node(2).status(P).await.role, Role::Leader { serving: false });
+
+    // Epoch 3: node 4 leads {4, 5, 6}, told only of {2, 3, 4}. A majority of that ({3, 4})
+    // lacks m1 and m2; node 3 knows {1, 2, 3} served at epoch 1, so node 4 must also hear
+    // from a majority of it, which with node 2 away means node 1.
+    c.view(&[3, 4, 5, 6], 3, &[4, 5, 6], Some(&[2, 3, 4])).await;
+    c.serving(4).await;
+    let d = c.node(4).propose(P, payload(3)).await.unwrap();
+    c.applied_everywhere(&[4, 5, 6], d).await;
+    for n in [4, 5, 6] {
+        assert_eq!(c.recs[&n].payloads(), (0..4).map(payload).collect::<Vec<_>>(), "node {n}");
+    }
+    // Node 1 was asked (fenced at epoch 3): it was the only source of m1 and m2.
+    assert_eq!(leader.status(P).await.promised, 3);
 }
