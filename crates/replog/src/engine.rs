@@ -257,9 +257,17 @@ pub struct FenceAnswer {
 /// least as up-to-date as that node's contains it (Raft's election restriction). None while
 /// no majority of `previous` has answered: recovery then waits rather than guess.
 pub fn choose_source(previous: &[NodeId], answers: &[FenceAnswer]) -> Option<FenceAnswer> {
-    let heard = previous.iter().filter(|n| answers.iter().any(|a| a.node == **n)).count();
-    if heard < majority(previous.len()) {
-        return None;
+    choose_source_from(&[previous], answers)
+}
+
+/// [`choose_source`] once answers from a majority of *each* of `required` are in (the
+/// previous replica set and the last serving one, when they differ).
+pub fn choose_source_from(required: &[&[NodeId]], answers: &[FenceAnswer]) -> Option<FenceAnswer> {
+    for set in required {
+        let heard = set.iter().filter(|n| answers.iter().any(|a| a.node == **n)).count();
+        if heard < majority(set.len()) {
+            return None;
+        }
     }
     answers.iter().copied().max_by(|a, b| a.last.map(|p| (p.epoch, p.seq)).cmp(&b.last.map(|p| (p.epoch, p.seq))))
 }
@@ -535,6 +543,12 @@ mod tests {
         assert_eq!(choose_source(&prev, &[a(1, pos(2, 9)), a(2, pos(2, 3))]), Some(a(1, pos(2, 9))));
         assert!(matches!(choose_source(&prev, &[a(1, None), a(3, None)]), Some(FenceAnswer { last: None, .. })));
         assert_eq!(choose_source(&[1], &[a(1, None)]), Some(a(1, None)));
+        // Two sets: a majority of each.
+        let serving = [1, 5, 6];
+        let ans = [a(1, pos(1, 9)), a(2, pos(1, 3)), a(3, None)];
+        assert_eq!(choose_source_from(&[&prev, &serving], &ans), None);
+        let ans = [a(1, pos(1, 9)), a(2, pos(1, 3)), a(5, pos(1, 12))];
+        assert_eq!(choose_source_from(&[&prev, &serving], &ans), Some(a(5, pos(1, 12))));
     }
 
     #[test]

@@ -19,17 +19,27 @@
 //!   [`Fence`] or an [`Append`] of a higher epoch, and then answers [`ResponseBody::Stale`] to
 //!   anything older. A leader that hears `Stale` stops at once, and its pending and future
 //!   proposals fail with [`ReplError::Fenced`].
-//! - **Recovery** (a new leader, [`Replicator::set_view`]): fence `previous ∪ replicas`, wait
-//!   for answers from a majority of `previous`, take the most up-to-date tail among the
+//! - **Recovery** (a new leader, [`Replicator::set_view`]): fence `previous ∪ replicas` (and
+//!   the last serving set, below), wait for answers from a majority of `previous` and of the
+//!   last serving set, take the most up-to-date tail among the
 //!   answers by (last entry's epoch, seq), fetch what is missing from that node (cutting a
 //!   divergent local suffix first), append the barrier, and serve once the barrier is
-//!   committed on a majority of the new replica set. Followers are then brought in line by
+//!   committed on a majority of the new replica set and a majority has recorded that set as
+//!   the last serving one (below). Followers are then brought in line by
 //!   Raft's consistency check: an Append carries `prev`, a follower that lacks it answers
 //!   `Mismatch` with its tail, and the leader probes further back using its epoch boundaries
 //!   (KIP-101's lesson: logs are truncated by epoch, never to a high watermark). A conflicting
 //!   entry (same seq, other epoch) is cut on the follower together with all that follows.
+//! - **The leader's own write runs in parallel with the Appends** (Raft allows it). A
+//!   proposal gets its seq at once and goes to the followers while the leader appends it to
+//!   its own store; the leader counts itself towards a majority only for what its own write
+//!   made durable. So an entry commits on a majority of durable copies either way: with 3
+//!   replicas, the leader's write and one follower's, or both followers'; with 5, the leader
+//!   and two followers, or three followers while the leader's disk is still busy. The
+//!   leader's *local* commit index ([`Replicator::committed`], what it applies) never passes
+//!   its own durable log; the proposer is answered as soon as the entry is committed.
 //! - **Cost.** Proposals that arrive while a leader's write or a follower's Append is in
-//!   flight go out together in the next one (group commit, one Append in flight per
+//!   flight go out together in the next one of each (group commit, one Append in flight per
 //!   follower). An idle partition sends nothing, except one empty Append after the commit
 //!   index moved (within [`ReplConfig::idle_commit_interval`]) so followers apply promptly.
 //!   With one replica an entry commits with its own write.
@@ -47,26 +57,57 @@
 //! epoch first, so the old leader can no longer gather a majority: it cannot commit anything
 //! the new leader did not see.
 //!
+//! # The recovery source set
+//!
+//! The argument above needs the new leader to hear from a majority of the replica set of the
+//! last epoch whose leader reached serving, `S*`: nothing is committed later than that
+//! epoch, and everything committed up to it is on a majority of `S*` (its leader's barrier,
+//! which follows every entry it recovered, committed there). The caller's `previous` is the
+//! set of the epoch just before, which is `S*` only if that epoch's leader served. So the
+//! crate tracks `S*` itself:
+//!
+//! - once its barrier commits, a leader records `(epoch, replicas)` as the last serving set
+//!   durably, and its Appends carry it ([`Append::serving`]); a follower records it durably
+//!   (keeping the newest epoch) before answering. The leader serves, i.e. takes proposals,
+//!   only once a majority of its replica set (itself included) has recorded it. Hence any
+//!   entry a client was told is committed at epoch `E` implies that a majority of `S(E)`
+//!   records `S(E)` or a newer serving set.
+//! - a replica answers a Fence with the serving set it knows ([`ResponseBody::Fenced`]);
+//!   the recovering leader starts from the set in its own store, adopts any newer one an
+//!   answer reports (fencing its members too), and needs answers from a majority of
+//!   `previous` *and* a majority of that set when the two differ.
+//!
+//! This repairs the case of a leader that never finished recovering: epoch 1 serves on
+//! {1,2,3}, epoch 2's leader of {2,3,4} never recovers, epoch 3's leader of {4,5,6} is told
+//! `previous = {2,3,4}`; the answers of {3,4} report {1,2,3}, so it must also hear from a
+//! majority of {1,2,3} before choosing a source. The remaining gap: the new leader learns
+//! `S*` only through its own store or the answers of a majority of `previous`; if none of
+//! them recorded it (e.g. two successive epochs whose replica sets share no node with `S*`
+//! and whose leaders never recovered), it falls back to `previous` alone, as before. The
+//! caller passing the last serving set as `previous` ([`PartitionStatus::role`]) still covers
+//! that.
+//!
 //! # Known limits
 //!
 //! - **Double faults.** Recovery needs answers from a majority of the previous replica set. If
 //!   it cannot reach one, it waits (retrying) rather than guess, and the partition stays
-//!   unavailable. `previous` must be the replica set that last held the committed data: if a
-//!   leader never finished recovering and the ring moved on again, the caller should pass the
-//!   replica set of the last epoch whose leader reached serving (see
-//!   [`PartitionStatus::role`]), which this crate does not track.
+//!   unavailable. See "the recovery source set" above for the case of a leader that never
+//!   finished recovering.
+//! - Starting an epoch costs one more round after the barrier commits (recording the serving
+//!   set on a majority) before proposals are taken.
 //! - **No compaction.** Logs are kept whole, and a fresh replica catches up by replaying the
 //!   log in bounded batches; snapshots and log truncation are a later step. Opening the store
 //!   scans the log once to rebuild each partition's epoch boundaries.
-//! - The leader writes locally before sending to followers (two fsyncs in series per round).
 
 pub mod api;
 pub mod engine;
 mod replicator;
 pub mod store;
 pub mod types;
+pub mod wire;
 
 pub use api::*;
 pub use replicator::Replicator;
 pub use store::{LogStore, MetaUpdate, PartitionMeta, StoreError};
 pub use types::*;
+pub use wire::{decode_request, decode_response, encode_request, encode_response, WireDecodeError};

@@ -42,6 +42,8 @@ struct Inner {
     config: ReplConfig,
     parts: Mutex<HashMap<PartitionId, Arc<Part>>>,
     apply_tasks: Mutex<Vec<AbortHandle>>,
+    /// Bumped whenever a partition's state is created (for `wait_applied`).
+    parts_created: watch::Sender<u64>,
     stats: Stats,
 }
 
@@ -69,6 +71,8 @@ struct Core {
     promised: Epoch,
     index: EpochIndex,
     commit: Seq,
+    /// The last serving replica set this node knows of (durable).
+    serving: Option<ReplicaSet>,
 }
 
 #[derive(Default)]
@@ -133,6 +137,7 @@ impl Replicator {
             config,
             parts: Mutex::new(HashMap::new()),
             apply_tasks: Mutex::new(Vec::new()),
+            parts_created: watch::Sender::new(0),
             stats: Stats::default(),
         });
         for (id, meta) in metas {
@@ -255,21 +260,49 @@ impl Replicator {
         }
     }
 
+    /// The partitions this node holds state for (seen in a view, a peer's request or its store).
+    pub fn partitions(&self) -> Vec<PartitionId> {
+        let mut ids: Vec<PartitionId> = lock(&self.inner.parts).keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The partition's commit index as known here.
     pub fn committed(&self, partition: PartitionId) -> Seq {
         lock(&self.inner.parts).get(&partition).map_or(0, |p| *p.commit_tx.borrow())
     }
 
     /// Waits until every entry up to `seq` has been applied on this node.
+    /// A partition this node has not seen yet is waited for without creating any state.
     pub async fn wait_applied(&self, partition: PartitionId, seq: Seq) {
-        let part = self.inner.part(partition);
+        let part = loop {
+            // Subscribed before looking, so that a partition created in between is not missed.
+            let mut created = self.inner.parts_created.subscribe();
+            if let Some(p) = lock(&self.inner.parts).get(&partition).cloned() {
+                break p;
+            }
+            if seq == 0 || created.changed().await.is_err() {
+                return;
+            }
+        };
         let mut rx = part.applied_tx.subscribe();
         // The sender lives as long as `part`, which this future holds.
         let _ = rx.wait_for(|&a| a >= seq).await;
     }
 
+    /// A partition this node has not seen is reported empty, and no state is created for it.
     pub async fn status(&self, partition: PartitionId) -> PartitionStatus {
-        let part = self.inner.part(partition);
+        let Some(part) = lock(&self.inner.parts).get(&partition).cloned() else {
+            return PartitionStatus {
+                role: Role::None,
+                epoch: None,
+                promised: 0,
+                fenced_by: None,
+                last: None,
+                commit: 0,
+                applied: 0,
+            };
+        };
         let (promised, last, commit) = {
             let core = part.core.lock().await;
             (core.promised, core.index.last_pos(), core.commit)
@@ -326,7 +359,12 @@ impl Inner {
         let commit = meta.commit.min(meta.index.last_seq());
         let part = Arc::new(Part {
             id,
-            core: tokio::sync::Mutex::new(Core { promised: meta.promised, index: meta.index, commit }),
+            core: tokio::sync::Mutex::new(Core {
+                promised: meta.promised,
+                index: meta.index,
+                commit,
+                serving: meta.serving,
+            }),
             ctl: Mutex::new(Ctl::default()),
             commit_tx: watch::Sender::new(commit),
             applied_tx: watch::Sender::new(meta.applied.min(commit)),
@@ -335,12 +373,32 @@ impl Inner {
         parts.insert(id, part.clone());
         let task = tokio::spawn(run_apply(self.store.clone(), self.applier.clone(), part.clone(), self.config.clone()));
         lock(&self.apply_tasks).push(task.abort_handle());
+        drop(parts);
+        self.parts_created.send_modify(|n| *n = n.wrapping_add(1));
         part
     }
 
-    async fn on_append(self: &Arc<Self>, a: Append) -> Result<ResponseBody, StoreError> {
+    /// Records the serving set a leader announced, if it is newer than the one known here.
+    async fn record_serving(
+        &self,
+        core: &mut Core,
+        partition: PartitionId,
+        set: Option<ReplicaSet>,
+    ) -> Result<(), StoreError> {
+        let Some(set) = set else { return Ok(()) };
+        if set.replicas.is_empty() || core.serving.as_ref().is_some_and(|s| s.epoch >= set.epoch) {
+            return Ok(());
+        }
+        self.store.set_serving(partition, set.clone()).await?;
+        core.serving = Some(set);
+        Ok(())
+    }
+
+    async fn on_append(self: &Arc<Self>, mut a: Append) -> Result<ResponseBody, StoreError> {
         let part = self.part(a.partition);
         let mut core = part.core.lock().await;
+        // A leader announces only its own epoch's set.
+        let announced = a.serving.take().filter(|s| s.epoch == a.epoch);
         let view = ReplicaView { promised: core.promised, index: &core.index, commit: core.commit };
         match engine::on_append(view, a.epoch, a.prev, &a.entries, a.commit) {
             AppendDecision::Stale { promised } => Ok(ResponseBody::Stale { promised }),
@@ -351,6 +409,7 @@ impl Inner {
                     core.promised = epoch;
                     part.promised_tx.send_replace(epoch);
                 }
+                self.record_serving(&mut core, a.partition, announced).await?;
                 Ok(ResponseBody::Mismatch { last })
             }
             AppendDecision::Accept { promise, merge, commit, matched } => {
@@ -383,6 +442,7 @@ impl Inner {
                     core.commit = c;
                     part.commit_tx.send_replace(c);
                 }
+                self.record_serving(&mut core, a.partition, announced).await?;
                 Ok(ResponseBody::Appended { last: matched })
             }
         }
@@ -400,13 +460,16 @@ impl Inner {
                     core.promised = f.epoch;
                     part.promised_tx.send_replace(f.epoch);
                 }
-                Ok(ResponseBody::Fenced { last, commit })
+                Ok(ResponseBody::Fenced { last, commit, serving: core.serving.clone() })
             }
         }
     }
 
     async fn on_fetch(self: &Arc<Self>, f: Fetch) -> Result<ResponseBody, StoreError> {
-        let part = self.part(f.partition);
+        // A partition never seen here has promised nothing and holds nothing.
+        let Some(part) = lock(&self.parts).get(&f.partition).cloned() else {
+            return Ok(ResponseBody::Entries(Vec::new()));
+        };
         // Held during the read so that a newer leader cannot change the log in between.
         let core = part.core.lock().await;
         if f.epoch < core.promised {
@@ -494,11 +557,23 @@ struct Peer {
     commit_due: Option<Instant>,
     wake_at: Option<Instant>,
     retry: Duration,
+    /// The peer acknowledged an Append that announced this epoch's serving set.
+    knows_serving: bool,
 }
 
 enum Event {
-    Local(Result<Vec<Entry>, Stop>, Vec<oneshot::Sender<Result<Seq, ReplError>>>),
-    Reply { peer: usize, prev: Seq, sent_last: Seq, commit: Seq, answer: Option<ResponseBody> },
+    /// The leader's own write ended: durable up to this seq, or stopped.
+    Local(Result<Seq, Stop>),
+    Reply {
+        peer: usize,
+        prev: Seq,
+        sent_last: Seq,
+        commit: Seq,
+        announced: bool,
+        answer: Option<ResponseBody>,
+    },
+    /// This node recorded its own epoch's replica set as the last serving one.
+    ServingRecorded(Result<(), StoreError>),
     Wake(usize),
     Done,
 }
@@ -566,8 +641,18 @@ impl LeaderTask {
     async fn recover(&self) -> Result<HashMap<NodeId, Option<LogPos>>, Stop> {
         let me = self.inner.me;
         let pid = self.part.id;
-        let mut answers = vec![FenceAnswer { node: me, last: self.part.core.lock().await.index.last_pos() }];
-        let mut targets: Vec<NodeId> = self.previous.iter().chain(self.replicas.iter()).copied().collect();
+        let (mine, mut newest) = {
+            let core = self.part.core.lock().await;
+            (core.index.last_pos(), core.serving.clone())
+        };
+        let mut answers = vec![FenceAnswer { node: me, last: mine }];
+        let mut targets: Vec<NodeId> = self
+            .previous
+            .iter()
+            .chain(self.replicas.iter())
+            .chain(newest.iter().flat_map(|s| s.replicas.iter()))
+            .copied()
+            .collect();
         targets.sort_unstable();
         targets.dedup();
         targets.retain(|&n| n != me);
@@ -584,16 +669,50 @@ impl LeaderTask {
             calls.push(fence(to, Duration::ZERO));
         }
         let mut attempts: HashMap<NodeId, u32> = HashMap::new();
+        let mut prev_sorted = self.previous.clone();
+        prev_sorted.sort_unstable();
         let source = loop {
             self.check_promise()?;
-            if let Some(src) = engine::choose_source(&self.previous, &answers) {
+            // A majority of `previous`, and of the last serving set known to this node or any
+            // answer when it differs (see the crate docs).
+            let serving_set = newest.as_ref().map(|s| {
+                let mut v = s.replicas.clone();
+                v.sort_unstable();
+                v.dedup();
+                v
+            });
+            let mut required: Vec<&[NodeId]> = vec![&self.previous];
+            if let Some(set) = serving_set.as_deref().filter(|s| !s.is_empty() && *s != prev_sorted.as_slice()) {
+                required.push(set);
+            }
+            if let Some(src) = engine::choose_source_from(&required, &answers) {
                 break src;
             }
             let Some((from, answer)) = calls.next().await else {
                 return Err(Stop::Closed);
             };
             match answer {
-                Some(ResponseBody::Fenced { last, .. }) => answers.push(FenceAnswer { node: from, last }),
+                Some(ResponseBody::Fenced { last, serving, .. }) => {
+                    if answers.iter().all(|a| a.node != from) {
+                        answers.push(FenceAnswer { node: from, last });
+                    }
+                    let newer = serving.filter(|s| newest.as_ref().is_none_or(|n| s.epoch > n.epoch));
+                    if let Some(set) = newer {
+                        tracing::debug!(
+                            partition = pid,
+                            epoch = self.epoch,
+                            ?set,
+                            "replog: learned a newer serving set"
+                        );
+                        for &n in &set.replicas {
+                            if n != me && !targets.contains(&n) {
+                                targets.push(n);
+                                calls.push(fence(n, Duration::ZERO));
+                            }
+                        }
+                        newest = Some(set);
+                    }
+                }
                 Some(ResponseBody::Stale { promised }) if promised > self.epoch => return Err(Stop::Fenced(promised)),
                 _ => {
                     let n = attempts.entry(from).or_insert(0);
@@ -704,6 +823,7 @@ impl LeaderTask {
                 commit_due: None,
                 wake_at: None,
                 retry: self.inner.config.retry_min,
+                knows_serving: false,
             })
             .collect();
         let mut s = Serving {
@@ -711,17 +831,22 @@ impl LeaderTask {
             index,
             commit,
             self_durable: 0,
+            local_commit: commit,
             barrier: Seq::MAX,
             peers,
             cache: VecDeque::new(),
             waiters: VecDeque::new(),
-            pending: Vec::new(),
+            unwritten: Vec::new(),
             local_busy: false,
+            announcing: false,
+            self_knows_serving: false,
+            serving: false,
             events: FuturesUnordered::new(),
             promised_rx: self.part.promised_tx.subscribe(),
         };
         s.self_durable = s.index.last_seq();
-        s.start_local(Vec::new(), true);
+        s.barrier = s.index.last_seq() + 1;
+        s.assign(vec![Vec::new()], Vec::new());
         match s.run(rx).await {
             Ok(()) => Stop::Closed,
             Err(stop) => {
@@ -735,9 +860,6 @@ impl LeaderTask {
                 });
                 for (_, tx) in s.waiters.drain(..) {
                     let _ = tx.send(Err(clone_err(&err)));
-                }
-                for p in s.pending.drain(..) {
-                    let _ = p.tx.send(Err(clone_err(&err)));
                 }
                 if let Stop::Fenced(p) = stop {
                     // Remember the newer epoch so that this node refuses the older one too.
@@ -768,14 +890,25 @@ struct Serving<'a> {
     /// else changing the log first raises the promise, which stops this task.
     index: EpochIndex,
     commit: Seq,
+    /// How far this node's own log is durable (its writes run alongside the Appends).
     self_durable: Seq,
+    /// The commit index as published on this node: never past `self_durable`, since the
+    /// applier reads committed entries from the local store.
+    local_commit: Seq,
     /// The seq of this epoch's barrier; the partition serves once it commits.
     barrier: Seq,
     peers: Vec<Peer>,
     cache: VecDeque<Entry>,
     waiters: VecDeque<(Seq, Waiter)>,
-    pending: Vec<Proposal>,
+    /// Entries given a seq (and sent to followers) that the local write has not taken yet.
+    unwritten: Vec<Entry>,
+    /// A local write is in flight; the next one takes everything assigned meanwhile.
     local_busy: bool,
+    /// The barrier is committed: Appends now announce this epoch's set as the serving one,
+    /// and the partition serves once a majority recorded it.
+    announcing: bool,
+    self_knows_serving: bool,
+    serving: bool,
     events: FuturesUnordered<BoxFuture<'static, Event>>,
     promised_rx: watch::Receiver<Epoch>,
 }
@@ -783,9 +916,8 @@ struct Serving<'a> {
 impl Serving<'_> {
     async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Proposal>) -> Result<(), Stop> {
         loop {
-            if !self.local_busy && !self.pending.is_empty() {
-                let batch = std::mem::take(&mut self.pending);
-                self.start_local(batch, false);
+            if !self.local_busy && !self.unwritten.is_empty() {
+                self.start_local();
             }
             for i in 0..self.peers.len() {
                 self.maybe_send(i);
@@ -793,10 +925,12 @@ impl Serving<'_> {
             tokio::select! {
                 p = rx.recv() => {
                     let Some(p) = p else { return Ok(()) };
-                    self.pending.push(p);
+                    let mut batch = vec![p];
                     while let Ok(p) = rx.try_recv() {
-                        self.pending.push(p);
+                        batch.push(p);
                     }
+                    let (payloads, waiters) = batch.into_iter().map(|p| (p.payload, p.tx)).unzip();
+                    self.assign(payloads, waiters);
                 }
                 Some(ev) = self.events.next() => self.on_event(ev).await?,
                 changed = self.promised_rx.changed() => {
@@ -812,81 +946,93 @@ impl Serving<'_> {
         }
     }
 
-    /// Appends a group of proposals (or the barrier) durably, as one transaction.
-    fn start_local(&mut self, batch: Vec<Proposal>, barrier: bool) {
+    /// Gives proposals (or the barrier, one empty payload) their seqs. They go to the
+    /// followers at once and to the local store with the next local write: the two run in
+    /// parallel, and the leader counts itself towards a majority only for what its own write
+    /// made durable (`self_durable`).
+    fn assign(&mut self, payloads: Vec<Vec<u8>>, waiters: Vec<Waiter>) {
+        let epoch = self.t.epoch;
+        let first = self.index.last_seq() + 1;
+        let entries: Vec<Entry> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| Entry { seq: first + i as u64, epoch, payload })
+            .collect();
+        for e in &entries {
+            self.index.push(e.seq, e.epoch);
+        }
+        for (e, tx) in entries.iter().filter(|e| !e.is_barrier()).zip(waiters) {
+            self.waiters.push_back((e.seq, tx));
+        }
+        self.cache.extend(entries.iter().cloned());
+        self.unwritten.extend(entries);
+        self.trim_cache();
+    }
+
+    /// Appends everything assigned since the last local write durably, as one transaction.
+    fn start_local(&mut self) {
+        let entries = std::mem::take(&mut self.unwritten);
+        let Some(last) = entries.last().map(|e| e.seq) else { return };
         self.local_busy = true;
         let inner = self.t.inner.clone();
         let part = self.t.part.clone();
         let epoch = self.t.epoch;
         let single = self.t.replicas.len() <= 1;
-        let (payloads, waiters): (Vec<Vec<u8>>, Vec<Waiter>) =
-            if barrier { (vec![Vec::new()], Vec::new()) } else { batch.into_iter().map(|p| (p.payload, p.tx)).unzip() };
         inner.stats.leader_batches.fetch_add(1, Ordering::Relaxed);
         // Spawned, not just queued in `events`: it holds the core lock across the write, and
-        // this task may wait for that lock (update_commit) while not polling `events`.
+        // nothing this task awaits may wait behind it (see `publish_local_commit`).
         let write = tokio::spawn(async move {
             let mut core = part.core.lock().await;
             if core.promised > epoch {
-                return Event::Local(Err(Stop::Fenced(core.promised)), waiters);
+                return Event::Local(Err(Stop::Fenced(core.promised)));
             }
-            let first = core.index.last_seq() + 1;
-            let entries: Vec<Entry> = payloads
-                .into_iter()
-                .enumerate()
-                .map(|(i, payload)| Entry { seq: first + i as u64, epoch, payload })
-                .collect();
-            let last = first + entries.len() as u64 - 1;
-            // With no one else to wait for, the entry commits with its own write.
+            if entries.first().map(|e| e.seq) != Some(core.index.last_seq() + 1) {
+                // Only this task appends at this epoch, and anyone else changing the log
+                // first raises the promise (checked above).
+                let why = format!("leader log moved under it (local last {})", core.index.last_seq());
+                return Event::Local(Err(Stop::Failed(StoreError::Corrupt(why))));
+            }
+            let shape: Vec<(Seq, Epoch)> = entries.iter().map(|e| (e.seq, e.epoch)).collect();
+            // With no one else to wait for, the entries commit with their own write.
             let commit = single.then_some(last);
-            if let Err(e) =
-                inner.store.append(part.id, None, entries.clone(), MetaUpdate { promised: None, commit }).await
-            {
-                return Event::Local(Err(Stop::Failed(e)), waiters);
+            if let Err(e) = inner.store.append(part.id, None, entries, MetaUpdate { promised: None, commit }).await {
+                return Event::Local(Err(Stop::Failed(e)));
             }
-            for e in &entries {
-                core.index.push(e.seq, e.epoch);
+            for (seq, epoch) in shape {
+                core.index.push(seq, epoch);
             }
             if let Some(c) = commit {
-                core.commit = c;
+                core.commit = core.commit.max(c);
             }
-            Event::Local(Ok(entries), waiters)
+            Event::Local(Ok(last))
         });
-        self.events
-            .push(Box::pin(async move { write.await.unwrap_or_else(|_| Event::Local(Err(Stop::Closed), Vec::new())) }));
+        self.events.push(Box::pin(async move { write.await.unwrap_or(Event::Local(Err(Stop::Closed))) }));
     }
 
     async fn on_event(&mut self, ev: Event) -> Result<(), Stop> {
         match ev {
-            Event::Local(Err(stop), waiters) => {
-                let err = match &stop {
-                    Stop::Fenced(p) => ReplError::Fenced { promised: *p },
-                    _ => ReplError::Unavailable,
-                };
-                for tx in waiters {
-                    let _ = tx.send(Err(clone_err(&err)));
-                }
-                Err(stop)
-            }
-            Event::Local(Ok(entries), waiters) => {
+            Event::Local(Err(stop)) => Err(stop),
+            Event::Local(Ok(last)) => {
                 self.local_busy = false;
-                let is_barrier = waiters.is_empty() && entries.len() == 1 && entries.iter().all(Entry::is_barrier);
-                for e in &entries {
-                    self.index.push(e.seq, e.epoch);
-                }
-                if is_barrier {
-                    self.barrier = self.barrier.min(self.index.last_seq());
-                }
-                for (e, tx) in entries.iter().filter(|e| !e.is_barrier()).zip(waiters) {
-                    self.waiters.push_back((e.seq, tx));
-                }
-                self.self_durable = self.index.last_seq();
-                self.cache.extend(entries);
-                self.trim_cache();
-                self.update_commit().await;
+                self.self_durable = self.self_durable.max(last);
+                self.update_commit();
                 Ok(())
             }
-            Event::Reply { peer, prev, sent_last, commit, answer } => {
-                self.on_reply(peer, prev, sent_last, commit, answer).await
+            Event::Reply { peer, prev, sent_last, commit, announced, answer } => {
+                if announced && matches!(answer, Some(ResponseBody::Appended { .. })) {
+                    if let Some(p) = self.peers.get_mut(peer) {
+                        p.knows_serving = true;
+                    }
+                }
+                self.on_reply(peer, prev, sent_last, commit, answer).await?;
+                self.check_announced();
+                Ok(())
+            }
+            Event::ServingRecorded(Err(e)) => Err(Stop::Failed(e)),
+            Event::ServingRecorded(Ok(())) => {
+                self.self_knows_serving = true;
+                self.check_announced();
+                Ok(())
             }
             Event::Wake(i) => {
                 if let Some(p) = self.peers.get_mut(i) {
@@ -926,7 +1072,7 @@ impl Serving<'_> {
                 p.next_prev = last;
                 p.sent_commit = p.sent_commit.max(commit);
                 self.trim_cache();
-                self.update_commit().await;
+                self.update_commit();
             }
             Some(ResponseBody::Mismatch { last }) if prev > 0 => {
                 p.contacted = true;
@@ -944,7 +1090,7 @@ impl Serving<'_> {
         Ok(())
     }
 
-    async fn update_commit(&mut self) {
+    fn update_commit(&mut self) {
         let me = self.t.inner.me;
         let peers = &self.peers;
         let durable = self.self_durable;
@@ -956,36 +1102,97 @@ impl Serving<'_> {
             }
         };
         let c = engine::leader_commit(self.t.epoch, &self.t.replicas, matched, &self.index, self.commit);
-        if c <= self.commit {
+        if c > self.commit {
+            self.commit = c;
+            self.publish_local_commit();
+            while self.waiters.front().is_some_and(|(s, _)| *s <= c) {
+                if let Some((s, tx)) = self.waiters.pop_front() {
+                    let _ = tx.send(Ok(s));
+                }
+            }
+            if c >= self.barrier && self.barrier != Seq::MAX {
+                self.barrier = Seq::MAX;
+                self.start_announcing();
+            }
+        } else {
+            self.publish_local_commit();
+        }
+    }
+
+    /// The barrier committed: record this epoch's set as the last serving one here and on a
+    /// majority before serving (see the crate docs, "the recovery source set").
+    fn start_announcing(&mut self) {
+        self.announcing = true;
+        let set = ReplicaSet { epoch: self.t.epoch, replicas: self.t.replicas.clone() };
+        let store = self.t.inner.store.clone();
+        let part = self.t.part.clone();
+        self.events.push(Box::pin(async move {
+            let mut core = part.core.lock().await;
+            if core.serving.as_ref().is_some_and(|s| s.epoch >= set.epoch) {
+                return Event::ServingRecorded(Ok(()));
+            }
+            let r = store.set_serving(part.id, set.clone()).await;
+            if r.is_ok() {
+                core.serving = Some(set);
+            }
+            Event::ServingRecorded(r)
+        }));
+    }
+
+    fn check_announced(&mut self) {
+        if self.serving || !self.announcing {
             return;
         }
-        self.commit = c;
-        let single = self.t.replicas.len() <= 1;
-        {
-            let mut core = self.t.part.core.lock().await;
-            core.commit = core.commit.max(c);
-        }
-        if !single {
-            let store = self.t.inner.store.clone();
-            let pid = self.t.part.id;
-            self.events.push(Box::pin(async move {
-                if let Err(e) = store.set_commit(pid, c).await {
-                    tracing::warn!(partition = pid, error = %e, "replog: recording the commit failed");
+        let me = self.t.inner.me;
+        let known = self
+            .t
+            .replicas
+            .iter()
+            .filter(|&&n| {
+                if n == me {
+                    self.self_knows_serving
+                } else {
+                    self.peers.iter().any(|p| p.id == n && p.knows_serving)
                 }
-                Event::Done
-            }));
-        }
-        self.t.part.commit_tx.send_replace(c);
-        while self.waiters.front().is_some_and(|(s, _)| *s <= c) {
-            if let Some((s, tx)) = self.waiters.pop_front() {
-                let _ = tx.send(Ok(s));
-            }
-        }
-        if c >= self.barrier && self.barrier != Seq::MAX {
-            self.barrier = Seq::MAX;
+            })
+            .count();
+        if known >= engine::majority(self.t.replicas.len()) {
+            self.serving = true;
             self.t.set_state(LeadState::Serving);
-            tracing::info!(partition = self.t.part.id, epoch = self.t.epoch, commit = c, "replog: serving");
+            tracing::info!(partition = self.t.part.id, epoch = self.t.epoch, commit = self.commit, "replog: serving");
         }
+    }
+
+    /// Moves this node's own commit index (what it applies, reports and records) up to the
+    /// commit index, but never past its own durable log. The core lock may be held by a local
+    /// write in progress, so it is taken in a future of `events`, never awaited here.
+    fn publish_local_commit(&mut self) {
+        let local = self.commit.min(self.self_durable);
+        if local <= self.local_commit {
+            return;
+        }
+        self.local_commit = local;
+        self.t.part.commit_tx.send_if_modified(|v| {
+            let moved = local > *v;
+            *v = (*v).max(local);
+            moved
+        });
+        let single = self.t.replicas.len() <= 1;
+        let store = self.t.inner.store.clone();
+        let part = self.t.part.clone();
+        self.events.push(Box::pin(async move {
+            {
+                let mut core = part.core.lock().await;
+                core.commit = core.commit.max(local.min(core.index.last_seq()));
+            }
+            // A single replica recorded it with the entries.
+            if !single {
+                if let Err(e) = store.set_commit(part.id, local).await {
+                    tracing::warn!(partition = part.id, error = %e, "replog: recording the commit failed");
+                }
+            }
+            Event::Done
+        }));
     }
 
     fn schedule_wake(&mut self, i: usize, at: Instant) {
@@ -1017,7 +1224,9 @@ impl Serving<'_> {
             p.not_before = None;
         }
         let has_entries = p.next_prev < last;
-        if p.contacted && !has_entries {
+        let announce = self.announcing;
+        // Nothing to send (but an announcement this peer has not acknowledged yet).
+        if p.contacted && !has_entries && (!announce || p.knows_serving) {
             if p.sent_commit >= commit {
                 p.commit_due = None;
                 return;
@@ -1071,6 +1280,7 @@ impl Serving<'_> {
         }
         let inner = self.t.inner.clone();
         let (pid, epoch, me) = (self.t.part.id, self.t.epoch, inner.me);
+        let serving = announce.then(|| ReplicaSet { epoch, replicas: self.t.replicas.clone() });
         self.events.push(Box::pin(async move {
             let entries = match cached {
                 Some(e) => e,
@@ -1085,6 +1295,7 @@ impl Serving<'_> {
                                 prev: prev_seq,
                                 sent_last: prev_seq,
                                 commit: 0,
+                                announced: false,
                                 answer: None,
                             };
                         }
@@ -1092,9 +1303,10 @@ impl Serving<'_> {
                 }
             };
             let sent_last = entries.last().map_or(prev_seq, |e| e.seq);
-            let req = Append { partition: pid, epoch, leader: me, prev, entries, commit };
+            let announced = serving.is_some();
+            let req = Append { partition: pid, epoch, leader: me, prev, entries, commit, serving };
             let answer = inner.call(peer_id, RequestBody::Append(req)).await;
-            Event::Reply { peer: i, prev: prev_seq, sent_last, commit, answer }
+            Event::Reply { peer: i, prev: prev_seq, sent_last, commit, announced, answer }
         }));
     }
 }

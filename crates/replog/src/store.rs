@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 use crate::engine::EpochIndex;
-use crate::types::{Entry, Epoch, LogPos, PartitionId, Seq};
+use crate::types::{Entry, Epoch, LogPos, NodeId, PartitionId, ReplicaSet, Seq};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,6 +51,18 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
+/// The schema version (`PRAGMA user_version`) this code writes; older files are migrated at
+/// open, and a newer one is refused.
+/// - 1: `entries`, `meta` (promised, commit, applied). Files from before versioning read 0.
+/// - 2: `meta.serving_epoch`, `meta.serving_replicas` (the last serving replica set; the
+///   replicas as big-endian u64s).
+const SCHEMA_VERSION: i64 = 2;
+
+const MIGRATE_TO_2: &str = "
+ALTER TABLE meta ADD COLUMN serving_epoch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE meta ADD COLUMN serving_replicas BLOB;
+";
+
 /// What the store knows of one partition at open.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionMeta {
@@ -58,6 +70,9 @@ pub struct PartitionMeta {
     pub commit: Seq,
     pub applied: Seq,
     pub index: EpochIndex,
+    /// The replica set of the last epoch whose leader reached serving, as far as this node
+    /// has been told.
+    pub serving: Option<ReplicaSet>,
 }
 
 /// Meta changes written in the same transaction as an append.
@@ -129,13 +144,23 @@ impl LogStore {
     pub async fn load(&self) -> Result<HashMap<PartitionId, PartitionMeta>, StoreError> {
         self.call(|conn| async move {
             let mut out: HashMap<PartitionId, PartitionMeta> = HashMap::new();
-            let mut rows =
-                conn.query("SELECT partition, promised_epoch, commit_seq, applied_seq FROM meta", ()).await?;
+            let mut rows = conn
+                .query(
+                    "SELECT partition, promised_epoch, commit_seq, applied_seq, serving_epoch, serving_replicas \
+                     FROM meta",
+                    (),
+                )
+                .await?;
             while let Some(row) = rows.next().await? {
                 let m = out.entry(partition_from_sql(row.get::<i64>(0)?)?).or_default();
                 m.promised = from_sql(row.get::<i64>(1)?, "epoch")?;
                 m.commit = from_sql(row.get::<i64>(2)?, "commit")?;
                 m.applied = from_sql(row.get::<i64>(3)?, "applied")?;
+                let serving_epoch = from_sql(row.get::<i64>(4)?, "serving epoch")?;
+                if serving_epoch > 0 {
+                    let blob = row.get::<Option<Vec<u8>>>(5)?.unwrap_or_default();
+                    m.serving = Some(ReplicaSet { epoch: serving_epoch, replicas: replicas_from_blob(&blob)? });
+                }
             }
             let mut shapes: HashMap<PartitionId, (Vec<(Epoch, Seq)>, Seq)> = HashMap::new();
             let mut rows = conn
@@ -266,6 +291,23 @@ impl LogStore {
         .await
     }
 
+    /// Records `set` as the last serving replica set, durably, unless one of a newer (or the
+    /// same) epoch is recorded already.
+    pub async fn set_serving(&self, partition: PartitionId, set: ReplicaSet) -> Result<(), StoreError> {
+        self.call(move |conn| async move {
+            let blob: Vec<u8> = set.replicas.iter().flat_map(|n| n.to_be_bytes()).collect();
+            conn.execute(
+                "INSERT INTO meta (partition, serving_epoch, serving_replicas) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (partition) DO UPDATE SET serving_epoch = excluded.serving_epoch, \
+                 serving_replicas = excluded.serving_replicas WHERE excluded.serving_epoch > meta.serving_epoch",
+                (i64::from(partition), to_sql(set.epoch), blob),
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn set_commit(&self, partition: PartitionId, seq: Seq) -> Result<(), StoreError> {
         self.set_lazy(partition, "commit_seq", seq).await
     }
@@ -284,6 +326,49 @@ impl LogStore {
         })
         .await
     }
+}
+
+fn replicas_from_blob(blob: &[u8]) -> Result<Vec<NodeId>, StoreError> {
+    if !blob.chunks_exact(8).remainder().is_empty() {
+        return Err(StoreError::Corrupt(format!("serving replicas of {} bytes", blob.len())));
+    }
+    Ok(blob
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_be_bytes(b)
+        })
+        .collect())
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], one step per version, each in a transaction.
+async fn migrate(conn: &libsql::Connection) -> Result<(), StoreError> {
+    let mut rows = conn.query("PRAGMA user_version", ()).await?;
+    let mut version = match rows.next().await? {
+        Some(row) => row.get::<i64>(0)?,
+        None => 0,
+    };
+    while rows.next().await?.is_some() {}
+    drop(rows);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!("schema version {version} is newer than this code's")));
+    }
+    while version < SCHEMA_VERSION {
+        let next = version.max(1) + 1;
+        let step = match next {
+            2 => MIGRATE_TO_2,
+            _ => "",
+        };
+        transaction(conn, || async {
+            conn.execute_batch(step).await?;
+            conn.execute(&format!("PRAGMA user_version = {next}"), ()).await?;
+            Ok(())
+        })
+        .await?;
+        version = next;
+    }
+    Ok(())
 }
 
 async fn promise(conn: &libsql::Connection, p: i64, epoch: Epoch) -> Result<(), StoreError> {
@@ -322,6 +407,7 @@ fn run(path: PathBuf, jobs: mpsc::Receiver<Job>, ready: oneshot::Sender<Result<(
         drain(&conn, "PRAGMA journal_mode=WAL").await?;
         drain(&conn, "PRAGMA synchronous=FULL").await?;
         conn.execute_batch(SCHEMA).await?;
+        migrate(&conn).await?;
         Ok::<_, StoreError>((db, conn))
     });
     let (_db, conn) = match opened {
@@ -419,6 +505,34 @@ mod tests {
         assert_eq!(meta[&4].index.last_pos(), Some(LogPos { epoch: 5, seq: 1 }));
         s.truncate_after(3, 0).await.unwrap();
         assert_eq!(s.tail(3).await.unwrap(), None);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_unversioned_store_is_migrated_and_keeps_the_newest_serving_set() {
+        let dir = temp_dir("migrate");
+        let path = dir.join("log.db");
+        {
+            // A file as the first version wrote it: no user_version, no serving columns.
+            let db = libsql::Builder::new_local(&path).build().await.unwrap();
+            let conn = db.connect().unwrap();
+            conn.execute_batch(SCHEMA).await.unwrap();
+            conn.execute("INSERT INTO meta (partition, promised_epoch, commit_seq) VALUES (3, 4, 2)", ())
+                .await
+                .unwrap();
+        }
+        let s = LogStore::open(&path).await.unwrap();
+        assert_eq!(s.load().await.unwrap()[&3].serving, None);
+        s.set_serving(3, ReplicaSet { epoch: 2, replicas: vec![1, 2, 3] }).await.unwrap();
+        s.set_serving(3, ReplicaSet { epoch: 1, replicas: vec![9] }).await.unwrap();
+        s.set_serving(5, ReplicaSet { epoch: 7, replicas: vec![u64::MAX] }).await.unwrap();
+        drop(s);
+        let s = LogStore::open(&path).await.unwrap();
+        let meta = s.load().await.unwrap();
+        assert_eq!((meta[&3].promised, meta[&3].commit), (4, 2));
+        assert_eq!(meta[&3].serving, Some(ReplicaSet { epoch: 2, replicas: vec![1, 2, 3] }));
+        assert_eq!(meta[&5].serving, Some(ReplicaSet { epoch: 7, replicas: vec![u64::MAX] }));
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }

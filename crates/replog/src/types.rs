@@ -13,7 +13,9 @@ pub type Seq = u64;
 
 /// The protocol version every message carries; a receiver answers any other with
 /// [`ResponseBody::VersionMismatch`] instead of guessing at its meaning.
-pub const REPL_VERSION: u16 = 1;
+///
+/// Version 2 added [`Append::serving`] and the `serving` of [`ResponseBody::Fenced`].
+pub const REPL_VERSION: u16 = 2;
 
 /// Where an entry sits and under which epoch it was written. Within one epoch a single
 /// leader writes each seq once, so `(epoch, seq)` names the same entry on every replica.
@@ -40,6 +42,14 @@ impl Entry {
     pub fn pos(&self) -> LogPos {
         LogPos { epoch: self.epoch, seq: self.seq }
     }
+}
+
+/// A partition's replica set at an epoch. What a node records of the last epoch whose leader
+/// reached serving: recovery must hear from a majority of it (see the crate docs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplicaSet {
+    pub epoch: Epoch,
+    pub replicas: Vec<NodeId>,
 }
 
 /// A request from one replica to another.
@@ -80,6 +90,10 @@ pub struct Append {
     pub prev: Option<LogPos>,
     pub entries: Vec<Entry>,
     pub commit: Seq,
+    /// Set once the leader's barrier is committed: its epoch and replica set, which the
+    /// follower records durably (as the last serving set) before answering.
+    #[serde(default)]
+    pub serving: Option<ReplicaSet>,
 }
 
 /// A new leader asks a replica to promise never to accept an Append of a lower epoch.
@@ -128,6 +142,9 @@ pub enum ResponseBody {
     Fenced {
         last: Option<LogPos>,
         commit: Seq,
+        /// The last serving replica set this replica knows of.
+        #[serde(default)]
+        serving: Option<ReplicaSet>,
     },
     Entries(Vec<Entry>),
     /// The sender speaks another protocol version; nothing was done.

@@ -386,7 +386,7 @@ async fn other_versions_are_rejected_and_proposals_need_the_leader() {
     // Nothing was promised.
     assert_eq!(r.status(P).await.promised, 0);
     let ok = ReplRequest::new(RequestBody::Fence(Fence { partition: P, epoch: 9 }));
-    assert_eq!(r.handle(ok).await.body, ResponseBody::Fenced { last: None, commit: 0 });
+    assert_eq!(r.handle(ok).await.body, ResponseBody::Fenced { last: None, commit: 0, serving: None });
 
     assert!(matches!(r.propose(P, b"x".to_vec()).await, Err(ReplError::NotLeader { .. })));
     c.view(&[1, 2], 10, &[1, 2], None).await;
@@ -424,4 +424,111 @@ async fn recovery_waits_for_a_majority_of_the_previous_set_and_a_newer_view_repl
     for n in [1, 2, 3] {
         assert_eq!(c.recs[&n].payloads(), vec![payload(0), payload(2)], "node {n}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_wait_applied_create_nothing_for_unknown_partitions() {
+    let c = Cluster::start("unknown", &[1, 2], config()).await;
+    let r = c.node(2);
+    let st = r.status(P).await;
+    assert_eq!((st.role, st.epoch, st.last, st.commit, st.applied), (Role::None, None, None, 0, 0));
+    r.wait_applied(P, 0).await;
+    let waiting = tokio::spawn({
+        let r = r.clone();
+        async move { r.wait_applied(P, 2).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished());
+    // A fetch for it is answered without creating it either.
+    let fetch = ReplRequest::new(RequestBody::Fetch(Fetch { partition: P, epoch: 1, from: 1, max_entries: 10 }));
+    assert_eq!(r.handle(fetch).await.body, ResponseBody::Entries(Vec::new()));
+    assert!(r.partitions().is_empty(), "{:?}", r.partitions());
+
+    // Once the partition exists and applies seq 2, the waiter wakes.
+    c.view(&[1, 2], 1, &[1, 2], None).await;
+    c.serving(1).await;
+    let s = c.node(1).propose(P, payload(0)).await.unwrap();
+    assert_eq!(s, 2);
+    tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    assert_eq!(r.partitions(), vec![P]);
+}
+
+/// Holds the write lock of a node's store from outside, so that its writes wait (the store
+/// waits up to its busy timeout, 10 s) while its reads and the network go on.
+async fn block_disk(c: &Cluster, id: NodeId) -> libsql::Connection {
+    let db = libsql::Builder::new_local(c.dir.join(id.to_string()).join("replog.db")).build().await.unwrap();
+    let conn = db.connect().unwrap();
+    conn.execute("BEGIN IMMEDIATE", ()).await.unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_writes_locally_in_parallel_and_counts_itself_only_once_durable() {
+    let c = Cluster::start("parallel", &[1, 2, 3, 4, 5], config()).await;
+    c.view(&[1, 2, 3, 4, 5], 1, &[1, 2, 3, 4, 5], None).await;
+    c.serving(1).await;
+    let leader = c.node(1);
+    let s0 = leader.propose(P, payload(0)).await.unwrap();
+    c.applied_everywhere(&[1, 2, 3, 4, 5], s0).await;
+
+    let blocker = block_disk(&c, 1).await;
+    // Two followers of four hold the entry, and the leader's own copy is not durable: 2 of 5
+    // is no majority.
+    c.cut(4);
+    c.cut(5);
+    let r = leader.propose(P, payload(1)).await;
+    assert!(matches!(r, Err(ReplError::Unavailable)), "{r:?}");
+    // Three followers are a majority of five without the leader: commits while its own write
+    // still waits for the disk.
+    c.heal(4);
+    let s2 = leader.propose(P, payload(2)).await.unwrap();
+    assert_eq!(s2, s0 + 2);
+    assert!(leader.committed(P) < s2, "the leader publishes only what its own log holds");
+    for n in [2, 3, 4] {
+        tokio::time::timeout(Duration::from_secs(5), c.node(n).wait_applied(P, s2)).await.unwrap();
+    }
+
+    blocker.execute("ROLLBACK", ()).await.unwrap();
+    drop(blocker);
+    c.heal(5);
+    let s3 = leader.propose(P, payload(3)).await.unwrap();
+    c.applied_everywhere(&[1, 2, 3, 4, 5], s3).await;
+    for n in [1, 2, 3, 4, 5] {
+        assert_eq!(c.recs[&n].payloads(), (0..4).map(payload).collect::<Vec<_>>(), "node {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_reaches_the_last_serving_set_even_past_a_leader_that_never_recovered() {
+    let c = Cluster::start("serving-set", &[1, 2, 3, 4, 5, 6], config()).await;
+    c.view(&[1, 2, 3], 1, &[1, 2, 3], None).await;
+    c.serving(1).await;
+    let leader = c.node(1);
+    let a = leader.propose(P, payload(0)).await.unwrap();
+    c.applied_everywhere(&[1, 2, 3], a).await;
+    // Committed on {1, 2} only.
+    c.cut(3);
+    leader.propose(P, payload(1)).await.unwrap();
+    leader.propose(P, payload(2)).await.unwrap();
+
+    // Epoch 2: node 2 should lead {2, 3, 4} but is cut off and never recovers. (Node 1 learns
+    // the view first, so that it stops leading before node 3 is back: node 3 never gets m1, m2.)
+    c.cut(2);
+    c.view(&[1, 2, 3, 4], 2, &[2, 3, 4], Some(&[1, 2, 3])).await;
+    c.heal(3);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(c.node(2).status(P).await.role, Role::Leader { serving: false });
+
+    // Epoch 3: node 4 leads {4, 5, 6}, told only of {2, 3, 4}. A majority of that ({3, 4})
+    // lacks m1 and m2; node 3 knows {1, 2, 3} served at epoch 1, so node 4 must also hear
+    // from a majority of it, which with node 2 away means node 1.
+    c.view(&[3, 4, 5, 6], 3, &[4, 5, 6], Some(&[2, 3, 4])).await;
+    c.serving(4).await;
+    let d = c.node(4).propose(P, payload(3)).await.unwrap();
+    c.applied_everywhere(&[4, 5, 6], d).await;
+    for n in [4, 5, 6] {
+        assert_eq!(c.recs[&n].payloads(), (0..4).map(payload).collect::<Vec<_>>(), "node {n}");
+    }
+    // Node 1 was asked (fenced at epoch 3): it was the only source of m1 and m2.
+    assert_eq!(leader.status(P).await.promised, 3);
 }
