@@ -42,6 +42,8 @@ pub struct Ctx {
     /// Serialises read-modify-write of one user's roster (subscription handshakes from
     /// two sessions at once must not lose an update).
     roster_locks: Vec<AsyncMutex<()>>,
+    /// Serialises a user's check-then-write of replicated data (`crate::user_data`).
+    user_locks: Vec<AsyncMutex<()>>,
     /// Users owned elsewhere with a carbons-enabled session, as their owners hinted.
     carbons_hints: Mutex<std::collections::HashSet<String>>,
     next_stanza_id: AtomicU64,
@@ -91,6 +93,7 @@ impl Ctx {
             permissions,
             control,
             roster_locks: (0..ROSTER_LOCKS).map(|_| AsyncMutex::new(())).collect(),
+            user_locks: (0..ROSTER_LOCKS).map(|_| AsyncMutex::new(())).collect(),
             carbons_hints: Mutex::default(),
             next_stanza_id: AtomicU64::new(1),
             replication: OnceLock::new(),
@@ -203,6 +206,12 @@ impl Ctx {
         let idx = partition_of(username) as usize % ROSTER_LOCKS;
         // idx < ROSTER_LOCKS == roster_locks.len()
         self.roster_locks[idx].lock().await
+    }
+
+    pub async fn user_lock(&self, username: &str) -> MutexGuard<'_, ()> {
+        let idx = partition_of(username) as usize % ROSTER_LOCKS;
+        // idx < ROSTER_LOCKS == user_locks.len()
+        self.user_locks[idx].lock().await
     }
 
     pub fn bare_jid(&self, username: &str) -> String {

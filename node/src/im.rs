@@ -114,7 +114,7 @@ pub async fn roster_get(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elemen
             shard.update(full.resource().as_str(), conn_id, |e| e.roster_interested = true);
         }
     }
-    let (version, rows) = match ctx.store.roster(username).await {
+    let (version, rows) = match ctx.users().roster(username).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "roster read failed");
@@ -156,7 +156,7 @@ pub async fn roster_set(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elemen
     let name = item_el.attr("name").filter(|n| !n.is_empty()).map(str::to_owned);
     let groups: Vec<String> = item_el.children().filter(|g| g.is("group", ns::ROSTER)).map(Element::text).collect();
     let guard = ctx.lock_roster(&username).await;
-    let current = match ctx.store.roster_item(&username, &contact).await {
+    let current = match ctx.users().roster_item(&username, &contact).await {
         Ok(r) => r.map(item_from_row),
         Err(e) => {
             tracing::error!(error = %e, "roster read failed");
@@ -167,7 +167,7 @@ pub async fn roster_set(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elemen
         Ok(item) => item,
         Err(e) => return error_or_result(iq, e.condition()),
     };
-    let version = match ctx.store.roster_upsert(&username, &row_from_item(&item)).await {
+    let version = match ctx.users().roster_upsert(&username, &row_from_item(&item)).await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "roster write failed");
@@ -181,7 +181,7 @@ pub async fn roster_set(ctx: &Ctx, origin: &Origin, iq: &Element, query: &Elemen
 
 async fn roster_remove(ctx: &Ctx, origin: &Origin, iq: &Element, username: &str, contact: &str) -> Element {
     let guard = ctx.lock_roster(username).await;
-    let current = match ctx.store.roster_item(username, contact).await {
+    let current = match ctx.users().roster_item(username, contact).await {
         Ok(Some(row)) if row.in_roster || row.subscription != "none" => item_from_row(row),
         Ok(_) => return error_or_result(iq, "item-not-found"),
         Err(e) => {
@@ -190,7 +190,7 @@ async fn roster_remove(ctx: &Ctx, origin: &Origin, iq: &Element, username: &str,
         }
     };
     let outcome = waddle_im::roster_remove(&current);
-    let version = match ctx.store.roster_remove(username, contact).await {
+    let version = match ctx.users().roster_remove(username, contact).await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "roster write failed");
@@ -308,7 +308,7 @@ async fn inbound_subscription(
         return;
     };
     let from_s = from.as_str().to_owned();
-    let exists = ctx.store.account_exists(&username).await.unwrap_or(false);
+    let exists = ctx.users().account_exists(&username).await.unwrap_or(false);
     if !exists {
         // No such account: refuse a subscription request (RFC 6121 §3.1.3 rule 1).
         if action == SubscriptionAction::Subscribe {
@@ -388,9 +388,9 @@ async fn transition<O: RowOutcome>(
         return Some(outcome);
     };
     let stored = if item.is_vacant() {
-        ctx.store.roster_remove(username, &item.jid).await
+        ctx.users().roster_remove(username, &item.jid).await
     } else {
-        ctx.store.roster_upsert(username, &row_from_item(item)).await
+        ctx.users().roster_upsert(username, &row_from_item(item)).await
     };
     let version = stored.map_err(|e| tracing::error!(error = %e, "roster write failed")).ok()?;
     drop(guard);
@@ -405,7 +405,7 @@ async fn answer_probe(ctx: &Ctx, prober: &Origin, user: &BareJid) {
     let prober_bare = prober.bare();
     let allowed = prober_bare == *user
         || matches!(
-            ctx.store.roster_item(username, prober_bare.as_str()).await,
+            ctx.users().roster_item(username, prober_bare.as_str()).await,
             Ok(Some(row)) if Subscription::parse(&row.subscription).is_some_and(Subscription::has_from)
         );
     if !allowed {
@@ -436,7 +436,7 @@ async fn answer_probe(ctx: &Ctx, prober: &Origin, user: &BareJid) {
 pub async fn broadcast(ctx: &Ctx, origin: &Origin, presence: &Element, directed: &HashSet<String>) {
     let bare = origin.bare();
     let Some(username) = local_username(ctx, &bare) else { return };
-    let rows = match ctx.store.roster(username).await {
+    let rows = match ctx.users().roster(username).await {
         Ok((_, rows)) => rows,
         Err(e) => {
             tracing::error!(error = %e, "roster read failed");
@@ -488,7 +488,7 @@ pub async fn after_initial_presence(ctx: &Ctx, origin: &Origin, take_offline: bo
         return Vec::new();
     };
     let Some(full) = origin.full().cloned() else { return Vec::new() };
-    let rows = ctx.store.roster(&username).await.map(|(_, r)| r).unwrap_or_default();
+    let rows = ctx.users().roster(&username).await.map(|(_, r)| r).unwrap_or_default();
     for row in &rows {
         if Subscription::parse(&row.subscription).is_some_and(Subscription::has_to) {
             let probe = Element::new("presence", ns::CLIENT)
@@ -514,7 +514,7 @@ pub async fn after_initial_presence(ctx: &Ctx, origin: &Origin, take_offline: bo
     if !take_offline {
         return Vec::new();
     }
-    match ctx.store.offline_take(&username).await {
+    match ctx.users().offline_take(&username).await {
         Ok(stored) => stored,
         Err(e) => {
             tracing::error!(error = %e, "offline read failed");
@@ -526,7 +526,7 @@ pub async fn after_initial_presence(ctx: &Ctx, origin: &Origin, take_offline: bo
 /// Puts offline messages a session could not deliver back into storage, in order.
 pub async fn restore_offline(ctx: &Ctx, username: &str, stored: impl IntoIterator<Item = String>) {
     for xml in stored {
-        match ctx.store.offline_push(username, &xml, ctx.config.limits.offline_max_per_user).await {
+        match ctx.users().offline_push(username, &xml, ctx.config.limits.offline_max_per_user).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(user = username, "offline storage full; an undelivered message was dropped"),
             Err(e) => tracing::error!(error = %e, "offline write failed"),
@@ -548,7 +548,7 @@ pub async fn store_offline(ctx: &Ctx, to: &BareJid, mut stanza: Element) {
         Element::new("delay", ns::DELAY).with_attr("from", ctx.domain.as_str()).with_attr("stamp", stamp),
     );
     let xml = String::from_utf8_lossy(&stanza.to_bytes(ns::CLIENT)).into_owned();
-    match ctx.store.offline_push(&username, &xml, ctx.config.limits.offline_max_per_user).await {
+    match ctx.users().offline_push(&username, &xml, ctx.config.limits.offline_max_per_user).await {
         Ok(true) => {}
         Ok(false) => ctx.bounce(&stanza, "service-unavailable").await,
         Err(e) => {

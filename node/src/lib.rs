@@ -27,6 +27,7 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod tls_stream;
+pub mod user_data;
 pub mod ws;
 
 use std::sync::atomic::AtomicBool;

@@ -198,10 +198,20 @@ async fn apply_retraction(ctx: &Ctx, sender: &str, recipient: &str, target: &str
     match retraction_target(ctx, sender, target).await {
         Target::OwnMessage if ctx.replication().is_some() => {
             use crate::replication::DurableOp;
-            let op = DurableOp::ChatRetract { archive: sender.to_owned(), target: target.to_owned() };
-            let mut partitions = vec![waddle_cluster::partition_of(recipient), waddle_cluster::partition_of(sender)];
-            partitions.dedup();
-            let writes = partitions.into_iter().map(|p| ctx.durable_write(p, op.clone()));
+            // Each archive has its own copy (see `DurableOp::Chat`): both are tombstoned,
+            // the recipient's by its partition, the sender's by both partitions' logs
+            // (each replica holds the copies of the partitions it replicates).
+            let retract =
+                |archive: &str| DurableOp::ChatRetract { archive: archive.to_owned(), target: target.to_owned() };
+            let (to_partition, from_partition) =
+                (waddle_cluster::partition_of(recipient), waddle_cluster::partition_of(sender));
+            let mut writes = vec![
+                ctx.durable_write(to_partition, retract(recipient)),
+                ctx.durable_write(to_partition, retract(sender)),
+            ];
+            if from_partition != to_partition {
+                writes.push(ctx.durable_write(from_partition, retract(sender)));
+            }
             for result in futures_util::future::join_all(writes).await {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "1:1 retraction not durable; refused");

@@ -224,7 +224,7 @@ pub trait ClusterLink: Send + Sync + 'static {
 
 /// Answers a call from another node.
 pub async fn answer(ctx: &Ctx, call: NodeCall) -> NodeReply {
-    let store = &ctx.store;
+    let store = ctx.users();
     let result = match call {
         NodeCall::Account { username } => store.account(&username).await.map(|a| NodeReply::Account(a.map(Box::new))),
         NodeCall::AccountExists { username } => store.account_exists(&username).await.map(NodeReply::Exists),
@@ -258,7 +258,7 @@ pub async fn answer(ctx: &Ctx, call: NodeCall) -> NodeReply {
             return NodeReply::Done;
         }
         NodeCall::LookupToken { kind, hash, now } => match <[u8; 32]>::try_from(hash.as_slice()) {
-            Ok(hash) => store.lookup_token(kind, hash, now).await.map(NodeReply::Token),
+            Ok(hash) => store.lookup_token(None, kind, hash, now).await.map(NodeReply::Token),
             Err(_) => Ok(NodeReply::Token(None)),
         },
     };
@@ -308,7 +308,7 @@ impl Accounts for ClusterAccounts {
         let located = self.owner(&username);
         Box::pin(async move {
             match located? {
-                (ctx, None) => ctx.store.account(&username).await,
+                (ctx, None) => ctx.users().account(&username).await,
                 (ctx, Some(node)) => match ClusterAccounts::ask(&ctx, node, NodeCall::Account { username }).await? {
                     NodeReply::Account(account) => Ok(account.map(|a| *a)),
                     other => unexpected(other),
@@ -322,7 +322,7 @@ impl Accounts for ClusterAccounts {
         let located = self.owner(&username);
         Box::pin(async move {
             match located? {
-                (ctx, None) => ctx.store.account_exists(&username).await,
+                (ctx, None) => ctx.users().account_exists(&username).await,
                 (ctx, Some(node)) => {
                     match ClusterAccounts::ask(&ctx, node, NodeCall::AccountExists { username }).await? {
                         NodeReply::Exists(exists) => Ok(exists),
@@ -337,7 +337,7 @@ impl Accounts for ClusterAccounts {
         let located = self.owner(&record.username);
         Box::pin(async move {
             match located? {
-                (ctx, None) => ctx.store.create_account(record).await,
+                (ctx, None) => ctx.users().create_account(record).await,
                 (ctx, Some(node)) => {
                     ClusterAccounts::ask(&ctx, node, NodeCall::CreateAccount { record }).await.map(|_| ())
                 }
@@ -350,7 +350,7 @@ impl Accounts for ClusterAccounts {
         let located = self.owner(&username);
         Box::pin(async move {
             match located? {
-                (ctx, None) => ctx.store.delete_account(&username).await,
+                (ctx, None) => ctx.users().delete_account(&username).await,
                 (ctx, Some(node)) => {
                     ClusterAccounts::ask(&ctx, node, NodeCall::DeleteAccount { username }).await.map(|_| ())
                 }
@@ -367,7 +367,7 @@ impl Accounts for ClusterAccounts {
             let token = format!("{partition}.{}", waddle_api::tokens::new_token());
             let hash = waddle_api::tokens::hash_token(&token);
             match owner {
-                None => ctx.store.insert_token(kind, hash, &username, expires_at).await?,
+                None => ctx.users().insert_token(kind, hash, &username, expires_at).await?,
                 Some(node) => {
                     let call = NodeCall::InsertToken { kind, hash: hash.to_vec(), username, expires_at };
                     ClusterAccounts::ask(&ctx, node, call).await?;
@@ -388,7 +388,7 @@ impl Accounts for ClusterAccounts {
                 _ => None,
             };
             match owner {
-                None => ctx.store.lookup_token(kind, hash, now).await,
+                None => ctx.users().lookup_token(partition, kind, hash, now).await,
                 Some(node) => {
                     let call = NodeCall::LookupToken { kind, hash: hash.to_vec(), now };
                     match ClusterAccounts::ask(&ctx, node, call).await? {

@@ -24,6 +24,7 @@ use waddle_replog::{
     Applier, ApplyError, Entry, ReplConfig, ReplError, ReplRequest, ReplResponse, ReplTransport, ReplTransportError,
     Replicator, Role,
 };
+use waddle_storage::{AccountRecord, RosterRow, StorageError, Store, TokenKind};
 
 use crate::ctx::Ctx;
 
@@ -42,16 +43,75 @@ pub const DURABLE_OP_VERSION: u8 = 1;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum DurableOp {
     /// A message of a room, in the room's archive.
-    RoomMessage { location: ArchiveLocation, row: ArchivedRow },
+    RoomMessage {
+        location: ArchiveLocation,
+        row: ArchivedRow,
+    },
     /// A room message retracted (XEP-0424) by its author: tombstone it.
-    RoomRetract { location: ArchiveLocation, room: String, target: String },
-    /// A 1:1 message, one copy indexed in both parties' archives (both owned here, or the
-    /// recipient owned here and the sender's own copy kept by its owner).
-    Chat { from: String, to: String, stanza_id: String, micros: i64, payload: String, body: Option<String> },
+    RoomRetract {
+        location: ArchiveLocation,
+        room: String,
+        target: String,
+    },
+    /// A 1:1 message, in both parties' archives (a copy for each, written by the
+    /// recipient's partition; the sender's partition carries its copy as `ChatSide`).
+    Chat {
+        from: String,
+        to: String,
+        stanza_id: String,
+        micros: i64,
+        payload: String,
+        body: Option<String>,
+    },
     /// The copy of a 1:1 message for `owner`'s archive only (with `with`).
-    ChatSide { owner: String, with: String, stanza_id: String, micros: i64, payload: String, body: Option<String> },
+    ChatSide {
+        owner: String,
+        with: String,
+        stanza_id: String,
+        micros: i64,
+        payload: String,
+        body: Option<String>,
+    },
     /// A 1:1 message retracted by its author, in `archive`.
-    ChatRetract { archive: String, target: String },
+    ChatRetract {
+        archive: String,
+        target: String,
+    },
+    CreateAccount {
+        record: AccountRecord,
+    },
+    /// The account and everything of it (roster, offline messages, tokens, vCard).
+    DeleteAccount {
+        username: String,
+    },
+    InsertToken {
+        kind: TokenKind,
+        hash: Vec<u8>,
+        username: String,
+        expires_at: i64,
+    },
+    RosterUpsert {
+        username: String,
+        row: RosterRow,
+    },
+    RosterRemove {
+        username: String,
+        contact: String,
+    },
+    OfflinePush {
+        username: String,
+        stanza: String,
+        max: u32,
+    },
+    /// The `count` oldest offline messages of `username` were delivered.
+    OfflineDrop {
+        username: String,
+        count: u64,
+    },
+    VCardSet {
+        username: String,
+        xml: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,16 +280,22 @@ impl Applier for NodeApplier {
         let ctx = self.ctx.upgrade();
         Box::pin(async move {
             let ctx = ctx.ok_or_else(|| ApplyError("the node is shutting down".into()))?;
-            // Queued in log order on the archive's writer, then awaited together: one
-            // transaction for the batch where the writer can.
-            let mut writes: Vec<BoxFuture<'static, Result<(), MamError>>> = Vec::with_capacity(entries.len());
+            // Archive writes are queued in log order on the archive's writer and awaited
+            // together (one transaction for the batch where the writer can); users' data
+            // changes are applied one after the other, in log order.
+            let mut writes: Vec<BoxFuture<'static, Result<(), MamError>>> = Vec::new();
             for entry in entries {
-                match DurableOp::decode(&entry.payload) {
-                    Ok(op) => writes.push(apply_one(&ctx, op)),
+                let op = match DurableOp::decode(&entry.payload) {
+                    Ok(op) => op,
                     Err(e) => {
                         // Retrying cannot help: a newer node wrote it. Loud, and skipped.
                         tracing::error!(partition, seq = entry.seq, error = %e, "replication: entry not applicable");
+                        continue;
                     }
+                };
+                match archive_write(&ctx, op) {
+                    Ok(write) => writes.push(write),
+                    Err(op) => apply_user_data(&ctx.store, op).await.map_err(|e| ApplyError(e.to_string()))?,
                 }
             }
             for result in futures_util::future::join_all(writes).await {
@@ -244,15 +310,30 @@ impl Applier for NodeApplier {
     }
 }
 
-fn apply_one(ctx: &Ctx, op: DurableOp) -> BoxFuture<'static, Result<(), MamError>> {
+/// The archive write of `op`, or `op` back when it is not an archive's.
+fn archive_write(ctx: &Ctx, op: DurableOp) -> Result<BoxFuture<'static, Result<(), MamError>>, DurableOp> {
     let archive = ctx.archive.clone();
-    match op {
+    Ok(match op {
         DurableOp::RoomMessage { location, row } => Box::pin(archive.append(location, row)),
         DurableOp::RoomRetract { location, room, target } => {
             Box::pin(async move { archive.retract(location, &room, &target).await.map(|_| ()) })
         }
         DurableOp::Chat { from, to, stanza_id, micros, payload, body } => {
-            Box::pin(archive.append_chat(&from, &to, &stanza_id, micros, payload, body))
+            // One copy per archive, each on its own: the sender's copy may be here
+            // already (its own partition's log carried it too, as `ChatSide`), and a
+            // copy that is there must not keep the other archive's from being written.
+            let recipients = archive.append_chat_side(&to, &from, &stanza_id, micros, payload.clone(), body.clone());
+            let senders = archive.append_chat_side(&from, &to, &stanza_id, micros, payload, body);
+            Box::pin(async move {
+                let (a, b) = futures_util::future::join(recipients, senders).await;
+                for result in [a, b] {
+                    match result {
+                        Ok(()) | Err(MamError::Duplicate(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            })
         }
         DurableOp::ChatSide { owner, with, stanza_id, micros, payload, body } => {
             Box::pin(archive.append_chat_side(&owner, &with, &stanza_id, micros, payload, body))
@@ -260,24 +341,37 @@ fn apply_one(ctx: &Ctx, op: DurableOp) -> BoxFuture<'static, Result<(), MamError
         DurableOp::ChatRetract { archive: owner, target } => {
             Box::pin(async move { archive.retract(ArchiveLocation::Users, &owner, &target).await.map(|_| ()) })
         }
-    }
+        other => return Err(other),
+    })
 }
 
-/// Until the replog crate's binary codec lands: JSON.
-mod repl_wire {
-    use waddle_replog::{ReplRequest, ReplResponse};
-
-    pub fn encode_request(r: &ReplRequest) -> Vec<u8> {
-        serde_json::to_vec(r).unwrap_or_default()
-    }
-    pub fn decode_request(b: &[u8]) -> Result<ReplRequest, serde_json::Error> {
-        serde_json::from_slice(b)
-    }
-    pub fn encode_response(r: &ReplResponse) -> Vec<u8> {
-        serde_json::to_vec(r).unwrap_or_default()
-    }
-    pub fn decode_response(b: &[u8]) -> Result<ReplResponse, serde_json::Error> {
-        serde_json::from_slice(b)
+/// Applies a change of users' data. The owner checked it before proposing it; what
+/// still fails here (an account already there, or gone) was applied before, or
+/// overtaken by a later change of the same log, and is skipped.
+async fn apply_user_data(store: &Store, op: DurableOp) -> Result<(), StorageError> {
+    let result = match op {
+        DurableOp::CreateAccount { record } => store.create_account(record).await,
+        DurableOp::DeleteAccount { username } => store.delete_account(&username).await,
+        DurableOp::InsertToken { kind, hash, username, expires_at } => match <[u8; 32]>::try_from(hash.as_slice()) {
+            Ok(hash) => store.insert_token(kind, hash, &username, expires_at).await,
+            Err(_) => Err(StorageError::Invalid("token hash of the wrong length".into())),
+        },
+        DurableOp::RosterUpsert { username, row } => store.roster_upsert(&username, &row).await.map(|_| ()),
+        DurableOp::RosterRemove { username, contact } => store.roster_remove(&username, &contact).await.map(|_| ()),
+        DurableOp::OfflinePush { username, stanza, max } => {
+            store.offline_push(&username, &stanza, max).await.map(|_| ())
+        }
+        DurableOp::OfflineDrop { username, count } => store.offline_drop(&username, count).await,
+        DurableOp::VCardSet { username, xml } => store.vcard_set(&username, &xml).await,
+        DurableOp::RoomMessage { .. }
+        | DurableOp::RoomRetract { .. }
+        | DurableOp::Chat { .. }
+        | DurableOp::ChatSide { .. }
+        | DurableOp::ChatRetract { .. } => Ok(()),
+    };
+    match result {
+        Err(StorageError::AlreadyExists | StorageError::NotFound | StorageError::Invalid(_)) | Ok(()) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -292,13 +386,13 @@ impl Message for ReplFrame {
     const VERSION: u16 = 1;
     type Response = ReplReplyFrame;
     fn encode(&self) -> Bytes {
-        Bytes::from(repl_wire::encode_request(&self.0))
+        Bytes::from(waddle_replog::wire::encode_request(&self.0))
     }
     fn decode(version: u16, bytes: &[u8]) -> Result<Self, WireError> {
         if version != Self::VERSION {
             return Err(WireError::UnsupportedVersion { kind: Self::KIND, version });
         }
-        repl_wire::decode_request(bytes)
+        waddle_replog::wire::decode_request(bytes)
             .map(ReplFrame)
             .map_err(|e| WireError::Malformed { kind: Self::KIND, reason: e.to_string() })
     }
@@ -311,13 +405,13 @@ impl Message for ReplReplyFrame {
     const VERSION: u16 = 1;
     type Response = NoResponse;
     fn encode(&self) -> Bytes {
-        Bytes::from(repl_wire::encode_response(&self.0))
+        Bytes::from(waddle_replog::wire::encode_response(&self.0))
     }
     fn decode(version: u16, bytes: &[u8]) -> Result<Self, WireError> {
         if version != Self::VERSION {
             return Err(WireError::UnsupportedVersion { kind: Self::KIND, version });
         }
-        repl_wire::decode_response(bytes)
+        waddle_replog::wire::decode_response(bytes)
             .map(ReplReplyFrame)
             .map_err(|e| WireError::Malformed { kind: Self::KIND, reason: e.to_string() })
     }

@@ -85,7 +85,9 @@ impl Ctx {
             self.send_sent_carbons(origin, to.as_ref(), &stanza);
         }
         if let Some(node) = elsewhere {
-            if kind == StanzaKind::Message && self.replication().is_some() && crate::mam::needs_durable_ack(self, origin, &stanza)
+            if kind == StanzaKind::Message
+                && self.replication().is_some()
+                && crate::mam::needs_durable_ack(self, origin, &stanza)
             {
                 // Boxed: rare outside replicated clusters, and a call's future is large.
                 Box::pin(self.forward_and_wait(node, origin, stanza, hops)).await;
@@ -246,7 +248,7 @@ impl Ctx {
 
     async fn account_exists(&self, bare: &BareJid) -> bool {
         let Some(node) = bare.node() else { return false };
-        match self.store.account_exists(node.as_str()).await {
+        match self.users().account_exists(node.as_str()).await {
             Ok(exists) => exists,
             Err(e) => {
                 tracing::error!(error = %e, "account lookup failed");

@@ -72,8 +72,12 @@ async fn server_iq(ctx: &Ctx, origin: &Origin, iq: &Element) -> Option<Element> 
                 let iq = iq.clone();
                 tokio::spawn(async move {
                     if let Some(replication) = ctx.replication() {
-                        // What was acknowledged is committed; read it once applied here.
-                        replication.caught_up(waddle_cluster::partition_of(&own)).await;
+                        // What was acknowledged is committed: read once this node serves
+                        // the partition (it may have just taken it over) and applied it.
+                        let partition = waddle_cluster::partition_of(&own);
+                        if !replication.ready(partition, std::time::Duration::from_secs(10)).await {
+                            tracing::warn!(partition, "archive query before the partition is ready here");
+                        }
                     }
                     crate::mam::answer_query(&ctx, waddle_mam::ArchiveLocation::Users, &own, &own, iq).await;
                 });
@@ -163,7 +167,7 @@ async fn vcard_get(ctx: &Ctx, iq: &Element, account: &BareJid) -> Element {
     let Some(node) = account.node() else {
         return error(iq, "item-not-found").unwrap_or_else(|| iq_result(iq));
     };
-    let stored = match ctx.store.vcard_get(node.as_str()).await {
+    let stored = match ctx.users().vcard_get(node.as_str()).await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "vcard read failed");
@@ -182,7 +186,7 @@ async fn vcard_set(ctx: &Ctx, origin: &Origin, iq: &Element, vcard: &Element) ->
         return error(iq, "forbidden").unwrap_or_else(|| iq_result(iq));
     };
     let xml = String::from_utf8_lossy(&vcard.to_bytes(ns::CLIENT)).into_owned();
-    match ctx.store.vcard_set(&node, &xml).await {
+    match ctx.users().vcard_set(&node, &xml).await {
         Ok(()) => iq_result(iq),
         Err(e) => {
             tracing::error!(error = %e, "vcard write failed");

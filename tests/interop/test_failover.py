@@ -26,7 +26,17 @@ from typing import Iterator
 import pytest
 
 from test_cluster import ADMIN, Cluster, make_account_on, xmpp_on  # noqa: F401 (fixture)
-from xmpp_helpers import MUC_DOMAIN, MUC_PLUGINS, http_request, is_groupchat, join_room, mam_query, unique
+from xmpp_helpers import (
+    DOMAIN,
+    MUC_DOMAIN,
+    MUC_PLUGINS,
+    http_request,
+    is_groupchat,
+    is_message_with_body,
+    join_room,
+    mam_query,
+    unique,
+)
 
 FAST = {"WADDLE_CLUSTER_HEARTBEAT_MS": "200", "WADDLE_CLUSTER_DOWN_AFTER_MS": "1000"}
 # Generous for a loaded CI machine; the figures the chaos report records are the real
@@ -70,6 +80,19 @@ def room_owned_by(cluster: Cluster, node_id: int, prefix: str) -> str:
     raise AssertionError(f"no room name placed on node {node_id}")
 
 
+def account_owned_by(cluster: Cluster, node_id: int, prefix: str) -> tuple[str, str]:
+    """An account (made through node 1's API) whose user's partition node `node_id` owns."""
+    for _ in range(500):
+        username = unique(prefix)
+        if cluster.locate(0, f"{username}@{DOMAIN}")["owner"] == str(node_id):
+            password = "Pw" + unique("")
+            status, body = http_request(cluster.nodes[0].info.http_base, "POST", "/v1/accounts",
+                                        json={"username": username, "password": password})
+            assert status == 201, (status, body)
+            return username, password
+    raise AssertionError(f"no user name placed on node {node_id}")
+
+
 def ownership_events(cluster: Cluster) -> list[dict]:
     events = []
     for node in cluster.nodes:
@@ -92,9 +115,14 @@ def assert_one_owner_per_epoch(cluster: Cluster) -> None:
 async def fail_and_check(cluster: Cluster, xmpp_on, fault: str) -> None:
     victim = 2  # node 3; clients sit on nodes 1 and 2
     victim_id = victim + 1
-    users = [make_account_on(cluster, i)("fo") for i in range(2)]
+    # Bob's account, roster and archive live on the node that fails.
+    users = [make_account_on(cluster, 0)("fo"), account_owned_by(cluster, victim_id, "fob")]
     a = await xmpp_on(0)(users[0][0], users[0][1], "a", plugins=MUC_PLUGINS)
     b = await xmpp_on(1)(users[1][0], users[1][1], "b", plugins=MUC_PLUGINS)
+    bob_jid = f"{users[1][0]}@{DOMAIN}/b"
+    chat_before = unique("chatbefore")
+    a.send_message(mto=bob_jid, mbody=chat_before, mtype="chat")
+    await b.wait_for(is_message_with_body(chat_before, "chat"), "a 1:1 message before the fault")
     room = room_owned_by(cluster, victim_id, f"failover{fault}")
     await join_room(a, room, "alice", maxstanzas=0)
     await a.iq_xml("set", "<query xmlns='http://jabber.org/protocol/muc#owner'>"
@@ -131,6 +159,15 @@ async def fail_and_check(cluster: Cluster, xmpp_on, fault: str) -> None:
         page = await mam_query(b, room, max=50)
         bodies = page.bodies
         assert bodies.count(before) == 1 and bodies.count(after) == 1 and bodies.count(reply) == 1, bodies
+        # Bob's own data moved too: his archive (at his user's new owner) has the 1:1
+        # message, a new message to him is archived, and he can log in again.
+        chat_after = unique("chatafter")
+        a.send_message(mto=bob_jid, mbody=chat_after, mtype="chat")
+        await b.wait_for(is_message_with_body(chat_after, "chat"), "a 1:1 message after failover")
+        own = await mam_query(b, None, max=50)
+        assert own.bodies.count(chat_before) == 1 and own.bodies.count(chat_after) == 1, own.bodies
+        again_b = await xmpp_on(0)(users[1][0], users[1][1], "b2")
+        assert again_b is not None
     finally:
         if fault == "kill":
             cluster.nodes[victim].start()

@@ -96,6 +96,8 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::AlreadyExists => ApiError::AccountExists,
+            // A cluster partition recovering, or a write not durable: try again (503).
+            StorageError::Unavailable(_) => ApiError::NotReady,
             other => ApiError::Storage(other),
         }
     }
