@@ -295,7 +295,7 @@ impl Applier for NodeApplier {
                 };
                 match archive_write(&ctx, op) {
                     Ok(write) => writes.push(write),
-                    Err(op) => apply_user_data(&ctx.store, op).await.map_err(|e| ApplyError(e.to_string()))?,
+                    Err(op) => apply_user_data(&ctx.store, *op).await.map_err(|e| ApplyError(e.to_string()))?,
                 }
             }
             for result in futures_util::future::join_all(writes).await {
@@ -311,7 +311,7 @@ impl Applier for NodeApplier {
 }
 
 /// The archive write of `op`, or `op` back when it is not an archive's.
-fn archive_write(ctx: &Ctx, op: DurableOp) -> Result<BoxFuture<'static, Result<(), MamError>>, DurableOp> {
+fn archive_write(ctx: &Ctx, op: DurableOp) -> Result<BoxFuture<'static, Result<(), MamError>>, Box<DurableOp>> {
     let archive = ctx.archive.clone();
     Ok(match op {
         DurableOp::RoomMessage { location, row } => Box::pin(archive.append(location, row)),
@@ -341,7 +341,7 @@ fn archive_write(ctx: &Ctx, op: DurableOp) -> Result<BoxFuture<'static, Result<(
         DurableOp::ChatRetract { archive: owner, target } => {
             Box::pin(async move { archive.retract(ArchiveLocation::Users, &owner, &target).await.map(|_| ()) })
         }
-        other => return Err(other),
+        other => return Err(Box::new(other)),
     })
 }
 
