@@ -194,16 +194,33 @@ async fn join(State(state): State<AdminState>, headers: HeaderMap, Json(body): J
     }
 }
 
+/// Drains this node out of the cluster: it is marked `leaving`, so the next ring gives
+/// its partitions to the others (their new leaders take the logs over from the replica
+/// sets this node was in, while it still answers); once this node has adopted that ring
+/// and owns nothing, its clients' streams are closed (they reconnect elsewhere), it
+/// leaves the control plane's membership and the process exits.
 async fn leave(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(denied) = authorized(&state.ctx, &headers) {
         return *denied;
     }
-    let Some(clustering) = state.clustering.get() else {
+    let Some(clustering) = state.clustering.get().cloned() else {
         return error(StatusCode::CONFLICT, "not_clustered", "this node is not in a cluster");
     };
     let me = state.ctx.cluster.me();
-    match clustering.control.remove_node(me).await {
-        Ok(()) => Json(json!({ "left": true, "node": me })).into_response(),
+    let leaving = waddle_control::Command::SetNodeState { id: me, state: waddle_control::NodeState::Leaving };
+    if let Err(e) = clustering.control.propose(leaving).await {
+        return error(StatusCode::BAD_GATEWAY, "leave_failed", &e.to_string());
+    }
+    match crate::clustering::drain(&state.ctx, &clustering).await {
+        Ok(drained) => {
+            let ctx = Arc::clone(&state.ctx);
+            // Answer first; the process stops right after.
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                ctx.stop.notify_one();
+            });
+            Json(json!({ "left": true, "node": me, "ring_epoch": drained })).into_response()
+        }
         Err(e) => error(StatusCode::BAD_GATEWAY, "leave_failed", &e.to_string()),
     }
 }

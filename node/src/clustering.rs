@@ -696,3 +696,52 @@ mod tests {
         assert!(liveness_changes(&nodes, 1, &[], &mut back, t0, settle).iter().all(|(id, _)| *id != 1), "never itself");
     }
 }
+
+/// How long a drain waits for the ring that leaves this node out.
+const DRAIN_WAIT: Duration = Duration::from_secs(60);
+
+/// The rest of a `leave` once this node is marked leaving: waits for a ring in which it
+/// owns no partition and holds no replica, and for the new owners to serve what it
+/// owned, then closes its clients' streams (`system-shutdown`: they reconnect to another
+/// node) and its rooms, and leaves the control plane's membership. Returns the epoch
+/// of the ring it left in.
+pub async fn drain(ctx: &Arc<Ctx>, clustering: &Clustering) -> anyhow::Result<u64> {
+    let me = ctx.cluster.me();
+    let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+    let epoch = loop {
+        let state = clustering.control.state();
+        let out_of_ring = state
+            .partition_map
+            .as_ref()
+            .is_some_and(|t| t.replicas.iter().all(|set| !set.contains(&me)) && t.epoch <= ctx.cluster.epoch());
+        if out_of_ring {
+            break ctx.cluster.epoch();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("no ring without this node within {DRAIN_WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The new leaders fence this node's logs and take them over while it still answers;
+    // wait until no partition is led here any more.
+    if let Some(replication) = ctx.replication() {
+        let replicator = replication.replicator();
+        for partition in replicator.partitions() {
+            while matches!(replicator.status(partition).await.role, waddle_replog::Role::Leader { .. }) {
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!("partition {partition} still led here after {DRAIN_WAIT:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::warn!(node = me, epoch, "cluster: drained; closing client streams and leaving");
+    ctx.cluster.for_each_local(|s| {
+        let _ = s.cast(waddle_cluster::SessionMsg::Close(Some("system-shutdown")));
+    });
+    for (_, room) in ctx.muc.running_rooms() {
+        let _ = room.cast(crate::muc::RoomMsg::Release);
+    }
+    clustering.control.remove_node(me).await.context("leaving the control plane")?;
+    Ok(epoch)
+}

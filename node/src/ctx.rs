@@ -50,6 +50,8 @@ pub struct Ctx {
     /// The replicated logs of the partitions (cluster members with `cluster.replicas`
     /// above 1); without them, writes go straight to the databases.
     replication: OnceLock<Arc<crate::replication::Replication>>,
+    /// Told when the node is to stop on its own (a drained node leaving the cluster).
+    pub stop: tokio::sync::Notify,
 }
 
 const ROSTER_LOCKS: usize = 64;
@@ -97,6 +99,7 @@ impl Ctx {
             carbons_hints: Mutex::default(),
             next_stanza_id: AtomicU64::new(1),
             replication: OnceLock::new(),
+            stop: tokio::sync::Notify::new(),
         });
         let _ = ctx.this.set(Arc::downgrade(&ctx));
         ctx

@@ -168,7 +168,10 @@ pub async fn run(config: Config) -> Result<()> {
         "waddle node ready"
     );
 
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = ctx.stop.notified() => tracing::info!("drained: leaving"),
+    }
     tracing::info!("shutting down: closing client streams");
     ready.store(false, std::sync::atomic::Ordering::SeqCst);
     ctx.cluster.for_each_local(|session| {

@@ -262,7 +262,7 @@ pub async fn rejoin(ctx: &Arc<Ctx>, presence: Element, conn_id: u64, hops: u8) {
             let _ = actor.cast(RoomMsg::Rejoin(presence, conn_id));
         }
         Err(condition) => {
-            tracing::debug!(room = %room_jid, condition, "a room rejoin found no room");
+            tracing::info!(room = %room_jid, condition, "a room rejoin found no room");
             removed_from_room(ctx, &presence, conn_id);
         }
     }
@@ -1058,7 +1058,7 @@ impl Actor for RoomActor {
                 match outcome {
                     Ok(()) => state.learn_session(&presence, Some(conn_id)),
                     Err(condition) => {
-                        tracing::debug!(room = %state.room.jid(), condition, "a rejoin was refused");
+                        tracing::info!(room = %state.room.jid(), condition, "a rejoin was refused");
                         removed_from_room(&state.ctx, &presence, conn_id);
                     }
                 }

@@ -17,6 +17,7 @@ The cluster runs with short failure-detection timeouts (200 ms pings, down after
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -190,3 +191,48 @@ async def test_a_killed_node_is_marked_down_and_its_room_keeps_its_occupants(clu
 
 async def test_a_paused_node_is_marked_down_and_serves_nothing_when_it_wakes(cluster, xmpp_on):
     await fail_and_check(cluster, xmpp_on, "stop")
+
+
+async def test_a_node_drained_by_leave_hands_over_and_exits(cluster, xmpp_on):
+    """`POST /v1/cluster/leave` (what `waddle cluster leave` calls) drains node 3: its
+    partitions go to the others with their data, its clients are told to go
+    (`system-shutdown`) and it exits cleanly; the room it ran keeps its history and the
+    occupant on another node stays in it. Runs last: the cluster has two nodes after."""
+    leaver = 2
+    leaver_id = leaver + 1
+    users = [make_account_on(cluster, 0)("dr"), account_owned_by(cluster, leaver_id, "drb")]
+    a = await xmpp_on(0)(users[0][0], users[0][1], "a", plugins=MUC_PLUGINS)
+    b = await xmpp_on(leaver)(users[1][0], users[1][1], "b", plugins=MUC_PLUGINS)
+    room = room_owned_by(cluster, leaver_id, "drain")
+    await join_room(a, room, "alice", maxstanzas=0)
+    await a.iq_xml("set", "<query xmlns='http://jabber.org/protocol/muc#owner'>"
+                          "<x xmlns='jabber:x:data' type='submit'/></query>", to=room)
+    await join_room(b, room, "bob", maxstanzas=0)
+    before = unique("beforedrain")
+    b.send_message(mto=room, mbody=before, mtype="groupchat")
+    await a.wait_for(is_groupchat(room, before, nick="bob"), "groupchat before the drain")
+
+    node = cluster.nodes[leaver]
+    status, body = http_request(node.info.http_base, "POST", "/v1/cluster/leave", bearer=ADMIN, timeout=90)
+    assert status == 200 and body["left"] is True, (status, body)
+    wait_until("the drained node exits", lambda: node.info.proc.poll() is not None, timeout=30)
+    assert node.info.proc.returncode == 0, node.info.log_tail()
+    deadline = time.monotonic() + 10
+    while "system-shutdown" not in b.stream_errors and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert "system-shutdown" in b.stream_errors, b.stream_errors
+    node.stop()
+    cluster.nodes.pop(leaver)
+    wait_until("the others forget the node",
+               lambda: all(leaver_id not in node_states(cluster, i) for i in (0, 1)), timeout=30)
+    cluster.wait_converged(2)
+
+    # Bob comes back through another node: his account came along, and so did the room.
+    b2 = await xmpp_on(1)(users[1][0], users[1][1], "b2", plugins=MUC_PLUGINS)
+    await join_room(b2, room, "bob", maxstanzas=0)
+    after = unique("afterdrain")
+    a.send_message(mto=room, mbody=after, mtype="groupchat")
+    await b2.wait_for(is_groupchat(room, after, nick="alice"), "groupchat after the drain")
+    page = await mam_query(b2, room, max=50)
+    assert page.bodies.count(before) == 1 and page.bodies.count(after) == 1, page.bodies
+    assert_one_owner_per_epoch(cluster)
