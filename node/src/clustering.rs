@@ -419,22 +419,24 @@ async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<Racto
         transport.set_peers(peers);
         if let Some(table) = &state.partition_map {
             let map = PartitionMap { epoch: table.epoch, replicas: table.replicas.clone() };
-            if let Some(replication) = ctx.replication() {
-                // Before the ring: a partition this node now owns starts recovering at
-                // once, and its first writes wait for that, not for a view to come.
-                replication.adopt(&map).await;
-            }
             if ctx.cluster.adopt(&map) {
                 tracing::info!(
                     epoch = map.epoch,
                     owned = map.partitions_of(control.id()).len(),
                     "cluster: ring adopted"
                 );
+                // At once: rooms that moved are rebuilt from these (see `muc::rejoin`).
                 ctx.cluster.for_each_local(|s| {
                     let _ = s.cast(waddle_cluster::SessionMsg::Reannounce);
                 });
-                let ctx = Arc::clone(&ctx);
-                tokio::spawn(async move { crate::muc::release_unowned(&ctx).await });
+                let released = Arc::clone(&ctx);
+                tokio::spawn(async move { crate::muc::release_unowned(&released).await });
+            }
+            if let Some(replication) = ctx.replication() {
+                // After the ring: what is routed here from now on waits (`Replication::
+                // ready`) until the partitions this node now leads are recovered; nothing
+                // is served from a log this node no longer leads.
+                replication.adopt(&map).await;
             }
         }
         if control.status().leader == Some(control.id()) {

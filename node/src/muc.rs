@@ -60,6 +60,8 @@ pub enum RoomMsg {
     /// A session that was an occupant before the room came to this node, with its join
     /// presence and connection id (see [`rejoin`]).
     Rejoin(Element, u64),
+    /// A look at whether the occupants coming back have settled (see `REBUILD_QUIET`).
+    RebuildTick,
     /// The rebuild window after the start is over: handle what waited for it.
     EndRebuild,
     /// This node no longer owns the room's partition: stop serving it.
@@ -356,10 +358,17 @@ async fn start_room(
             let is_join = stanza.name() == "presence"
                 && stanza.attr("type").is_none()
                 && stanza.attr("to").is_some_and(|t| t.contains('/'));
-            if !is_join {
+            // On a cluster, groupchat for a temporary room that is not running here may
+            // come from an occupant whose rejoin is still on its way (the room just came
+            // to this node): the room starts empty and holds it for the rebuild window
+            // (see `RoomState::waits_for_rejoin`), then refuses it as from a
+            // non-occupant, and ends if nobody came back.
+            let groupchat_in_rebuild =
+                !ctx.cluster.alone() && stanza.name() == "message" && stanza.attr("type") == Some("groupchat");
+            if !is_join && !groupchat_in_rebuild {
                 return Err("item-not-found");
             }
-            if rejoin {
+            if rejoin || groupchat_in_rebuild {
                 // A temporary room whose node failed: its affiliations were never stored,
                 // so nobody comes back as its owner (taking the first to return as one
                 // would hand the room to whoever reconnects first).
@@ -530,9 +539,13 @@ struct RoomState {
     /// message per node, whatever the number of occupants there.
     sessions: HashMap<String, SessionAddr>,
     /// Until [`RoomMsg::EndRebuild`]: the room just came to this node and its occupants'
-    /// sessions are still coming back (see [`rejoin`]); groupchat from someone not seated
-    /// yet waits here for that sender's rejoin instead of being refused.
+    /// sessions are still coming back (see [`rejoin`]). Until they have settled (no
+    /// rejoin for `REBUILD_QUIET`), all groupchat waits in `parked`, so that nobody
+    /// coming back misses a message sent meanwhile; after that, groupchat from someone
+    /// not seated yet still waits for that sender's rejoin instead of being refused.
     rebuilding: bool,
+    settled: bool,
+    last_rejoin: std::time::Instant,
     parked: Vec<(Element, Option<u64>)>,
     /// With replication: what the room sends goes out through this queue, in order, each
     /// turn after the durable write it waits for (see [`Publisher`]).
@@ -609,6 +622,10 @@ const ROOM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a room that came to this node waits for its occupants to come back before
 /// it refuses groupchat from non-occupants again.
 const REBUILD_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+/// The occupants of a room that came to this node have settled once no rejoin came for
+/// this long: the rejoins of all nodes leave when each adopts the ring, within moments
+/// of each other.
+const REBUILD_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
 /// Most stanzas a rebuilding room holds; beyond it they are handled (and refused) at once.
 const MAX_PARKED: usize = 1024;
 
@@ -1019,6 +1036,8 @@ impl Actor for RoomActor {
             persister: None,
             sessions: HashMap::new(),
             rebuilding,
+            settled: !rebuilding,
+            last_rejoin: std::time::Instant::now(),
             parked: Vec::new(),
             publisher: None,
             partition: args.partition,
@@ -1029,6 +1048,7 @@ impl Actor for RoomActor {
             state.publisher = Some(tx);
         }
         if rebuilding {
+            myself.send_after(REBUILD_QUIET, || RoomMsg::RebuildTick);
             myself.send_after(REBUILD_WINDOW, || RoomMsg::EndRebuild);
         }
         state.publish_listing();
@@ -1055,12 +1075,16 @@ impl Actor for RoomActor {
                     let RoomState { ctx, room, binding, .. } = &mut *state;
                     with_oracle(ctx, binding.as_ref(), |oracle| room.rejoin(&presence, oracle))
                 };
+                state.last_rejoin = std::time::Instant::now();
                 match outcome {
                     Ok(()) => state.learn_session(&presence, Some(conn_id)),
                     Err(condition) => {
                         tracing::info!(room = %state.room.jid(), condition, "a rejoin was refused");
                         removed_from_room(&state.ctx, &presence, conn_id);
                     }
+                }
+                if !state.settled {
+                    return Ok(());
                 }
                 let from = presence.attr("from").unwrap_or_default().to_owned();
                 let (theirs, others): (Vec<_>, Vec<_>) =
@@ -1071,8 +1095,29 @@ impl Actor for RoomActor {
                 }
                 return Ok(());
             }
+            RoomMsg::RebuildTick => {
+                if state.settled || !state.rebuilding {
+                    return Ok(());
+                }
+                let quiet_for = state.last_rejoin.elapsed();
+                if quiet_for < REBUILD_QUIET {
+                    myself.send_after(REBUILD_QUIET - quiet_for, || RoomMsg::RebuildTick);
+                    return Ok(());
+                }
+                state.settled = true;
+                // In arrival order, what seated occupants sent; the others wait on.
+                let (seated, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.parked)
+                    .into_iter()
+                    .partition(|(el, _)| el.attr("from").is_some_and(|from| state.room.is_occupant(from)));
+                state.parked = waiting;
+                for (el, conn_id) in seated {
+                    handle_stanza(&myself, state, el, conn_id).await;
+                }
+                return Ok(());
+            }
             RoomMsg::EndRebuild => {
                 state.rebuilding = false;
+                state.settled = true;
                 for (el, conn_id) in std::mem::take(&mut state.parked) {
                     handle_stanza(&myself, state, el, conn_id).await;
                 }
@@ -1116,14 +1161,14 @@ impl Actor for RoomActor {
 }
 
 impl RoomState {
-    /// Whether `el` is groupchat from someone the room does not seat yet while it waits
-    /// for its occupants to come back.
+    /// Whether `el` is groupchat that waits while the room's occupants come back: any
+    /// until they settled, then from someone the room does not seat yet.
     fn waits_for_rejoin(&self, el: &Element) -> bool {
         self.rebuilding
             && self.parked.len() < MAX_PARKED
             && el.name() == "message"
             && el.attr("type") == Some("groupchat")
-            && el.attr("from").is_some_and(|from| !self.room.is_occupant(from))
+            && (!self.settled || el.attr("from").is_some_and(|from| !self.room.is_occupant(from)))
     }
 }
 

@@ -190,6 +190,12 @@ impl Replication {
     /// Gives the replicator the views of a newly adopted ring: for each partition its
     /// replica set at this epoch and the one before (whose majority a new leader must
     /// hear from before it serves).
+    ///
+    /// A partition whose replica set is the same as in the ring adopted just before
+    /// (the previous epoch, with none missed in between) keeps its view: its leader goes
+    /// on in the epoch it started in, so a ring change costs a recovery (a round of
+    /// fencing and a barrier) only for the partitions that moved. After a gap (a node
+    /// that was paused or cut off) every partition gets the new view.
     pub async fn adopt(&self, map: &PartitionMap) {
         let previous = {
             let mut last = self.last_ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -198,37 +204,41 @@ impl Replication {
             }
             last.replace(map.clone())
         };
+        let consecutive = previous.as_ref().is_some_and(|m| m.epoch + 1 == map.epoch);
+        let mut views = Vec::new();
         for p in 0..PARTITIONS {
             let replicas = map.replicas.get(p as usize).cloned().unwrap_or_default();
             let before = previous.as_ref().and_then(|m| m.replicas.get(p as usize).cloned());
-            if replicas.is_empty() {
+            if replicas.is_empty() || (consecutive && before.as_ref() == Some(&replicas)) {
                 continue;
             }
+            views.push((p, replicas, before));
+        }
+        let views = views.into_iter().map(|(p, replicas, before)| async move {
             if let Err(e) = self.replicator.set_view(log_of(p), map.epoch, replicas, before).await {
                 tracing::error!(partition = p, epoch = map.epoch, error = %e, "replication: cannot set the view");
             }
-        }
+        });
+        futures_util::future::join_all(views).await;
     }
 
     /// Proposes `op` to `partition`'s log; `Ok` once a majority of its replicas hold it.
+    /// A partition this node was just given, and is still recovering (or has not been
+    /// told of yet), is waited for (at most [`READY_WAIT`]) before the proposal is made.
     pub async fn write(&self, partition: PartitionId, op: &DurableOp) -> Result<(), DurableError> {
-        self.replicator.propose(log_of(partition), op.encode()).await.map(|_| ()).map_err(DurableError::from)
+        propose_when_ready(self.replicator.clone(), partition, op.encode()).await
     }
 
     /// [`Replication::write`] handed to the log now (in the caller's order: the proposal
-    /// is queued before this returns), its commit awaited later: a room's messages go out
-    /// in its order and travel together (group commit) while the room goes on.
+    /// is queued before this returns when the partition is served here), its commit
+    /// awaited later: a room's messages go out in its order and travel together (group
+    /// commit) while the room goes on.
     pub fn write_started(
         &self,
         partition: PartitionId,
         op: &DurableOp,
     ) -> BoxFuture<'static, Result<(), DurableError>> {
-        let replicator = self.replicator.clone();
-        let (partition, payload) = (log_of(partition), op.encode());
-        let mut proposal: BoxFuture<'static, Result<(), DurableError>> =
-            Box::pin(
-                async move { replicator.propose(partition, payload).await.map(|_| ()).map_err(DurableError::from) },
-            );
+        let mut proposal = propose_when_ready(self.replicator.clone(), partition, op.encode());
         // `propose` queues the entry before its first wait: one poll here fixes the
         // order. Whoever awaits it later polls it again with its own waker.
         let waker = futures_util::task::noop_waker();
@@ -252,17 +262,49 @@ impl Replication {
     /// with everything committed applied: what a room or a user's data needs before the
     /// new owner answers from its databases. `false` if it did not get there in time.
     pub async fn ready(&self, partition: PartitionId, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if self.replicator.status(log_of(partition)).await.role == (Role::Leader { serving: true }) {
-                self.caught_up(partition).await;
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if !serving(&self.replicator, log_of(partition), within).await {
+            return false;
         }
+        self.caught_up(partition).await;
+        true
+    }
+}
+
+/// How long a write or a read waits for a partition this node was just given.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
+
+/// Proposes `payload`; when this node does not serve the partition yet (its view of the
+/// new ring has not come, or it is recovering), waits until it does and tries once more.
+fn propose_when_ready(
+    replicator: Replicator,
+    partition: PartitionId,
+    payload: Vec<u8>,
+) -> BoxFuture<'static, Result<(), DurableError>> {
+    Box::pin(async move {
+        let log = log_of(partition);
+        match replicator.propose(log, payload.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(ReplError::NotLeader { .. } | ReplError::Recovering) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !serving(&replicator, log, READY_WAIT).await {
+            return Err(DurableError::Replication(ReplError::Recovering));
+        }
+        replicator.propose(log, payload).await.map(|_| ()).map_err(DurableError::from)
+    })
+}
+
+/// Waits (at most `within`) until this node leads `log` and serves it.
+async fn serving(replicator: &Replicator, log: waddle_replog::PartitionId, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if replicator.status(log).await.role == (Role::Leader { serving: true }) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
