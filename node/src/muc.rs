@@ -1121,6 +1121,10 @@ impl Actor for RoomActor {
                 for (el, conn_id) in std::mem::take(&mut state.parked) {
                     handle_stanza(&myself, state, el, conn_id).await;
                 }
+                if state.room.is_empty() && !state.room.config().persistent {
+                    // Nobody came back to this temporary room (XEP-0045 §10.1.3).
+                    myself.stop(None);
+                }
                 return Ok(());
             }
             RoomMsg::Release => {
@@ -1199,7 +1203,8 @@ async fn handle_stanza(myself: &ActorRef<RoomMsg>, state: &mut RoomState, el: El
 async fn finish_turn(myself: &ActorRef<RoomMsg>, state: &mut RoomState, outs: Vec<Outbound>, micros: i64) {
     state.execute(outs, micros, myself).await;
     state.publish_listing();
-    if state.room.is_empty() && !state.room.config().persistent {
+    // While rebuilding, an empty room is one whose occupants are still on their way.
+    if state.room.is_empty() && !state.room.config().persistent && !state.rebuilding {
         // A temporary room ends with its last occupant (XEP-0045 §10.1.3).
         myself.stop(None);
     }
