@@ -72,7 +72,8 @@ impl Args {
         let mut expect_loss = false;
         let (mut nodes, mut duration, mut seed) = (None, None, None);
         let (mut users, mut rooms, mut rate) = (12usize, 4usize, 1.0f64);
-        let (mut run_dir, mut bin, mut config) = (None, PathBuf::from("target/debug/waddle"), PathBuf::from("config/waddle.toml"));
+        let (mut run_dir, mut bin, mut config) =
+            (None, PathBuf::from("target/debug/waddle"), PathBuf::from("config/waddle.toml"));
         let mut prefix = "wch".to_owned();
         let mut loopback = false;
         let mut optional_env = Vec::new();
@@ -118,10 +119,13 @@ impl Args {
         if profile == Profile::ExpectLoss && !optional_env.iter().any(|(k, _)| k == "WADDLE_CLUSTER_REPLICAS") {
             optional_env.push(("WADDLE_CLUSTER_REPLICAS".to_owned(), "1".to_owned()));
         }
-        if prefix.is_empty() || prefix.len() > 8 || !prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        if prefix.is_empty()
+            || prefix.len() > 8
+            || !prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
             bail!("--prefix: 1 to 8 lowercase letters or digits (interface names are short)");
         }
-        if !(users >= 2 && users <= 200 && rooms >= 1 && rooms <= 50 && rate > 0.0 && rate <= 20.0) {
+        if !((2..=200).contains(&users) && (1..=50).contains(&rooms) && rate > 0.0 && rate <= 20.0) {
             bail!("bounds: 2..=200 users, 1..=50 rooms, a rate in (0, 20] messages/s per client");
         }
         let nodes = nodes.unwrap_or(if profile == Profile::Soak { 5 } else { 3 });
@@ -141,7 +145,21 @@ impl Args {
         };
         let run_dir = run_dir
             .unwrap_or_else(|| PathBuf::from(format!("target/chaos/{name}-{}", crate::cluster::unix_ms() / 1000)));
-        Ok(Args { profile, nodes, duration_secs, seed, users, rooms, rate, run_dir, bin, config, prefix, loopback, optional_env })
+        Ok(Args {
+            profile,
+            nodes,
+            duration_secs,
+            seed,
+            users,
+            rooms,
+            rate,
+            run_dir,
+            bin,
+            config,
+            prefix,
+            loopback,
+            optional_env,
+        })
     }
 }
 

@@ -143,7 +143,8 @@ fn occurrences(entries: &[Entry]) -> BTreeMap<&str, u64> {
 /// reader of that room saw it. A room nobody could read counts all its messages lost.
 pub fn room_archives(sent: &[Sent], reads: &BTreeMap<String, Vec<ArchiveRead>>, damage: &mut Damage) -> Verdict {
     let mut v = Verdict::new("room_archive_exactly_once");
-    let counted: BTreeMap<&str, Vec<(&ArchiveRead, BTreeMap<&str, u64>)>> = reads
+    type Counted<'a> = Vec<(&'a ArchiveRead, BTreeMap<&'a str, u64>)>;
+    let counted: BTreeMap<&str, Counted<'_>> = reads
         .iter()
         .map(|(room, rs)| (room.as_str(), rs.iter().map(|r| (r, occurrences(&r.entries))).collect()))
         .collect();
@@ -241,10 +242,8 @@ pub fn archive_order(reads: &BTreeMap<String, Vec<ArchiveRead>>) -> Verdict {
             ));
         }
     }
-    let distinct_nodes = reads
-        .values()
-        .filter(|rs| rs.iter().map(|r| r.node).collect::<BTreeSet<_>>().len() > 1)
-        .count();
+    let distinct_nodes =
+        reads.values().filter(|rs| rs.iter().map(|r| r.node).collect::<BTreeSet<_>>().len() > 1).count();
     v.note = Some(format!("{distinct_nodes} rooms read from more than one node; {single} rooms with a single reader"));
     v
 }
@@ -395,7 +394,11 @@ mod tests {
         ArchiveRead {
             reader: reader.to_owned(),
             node,
-            entries: ids.iter().enumerate().map(|(i, id)| Entry { stanza_id: format!("s{i}"), msg_id: (*id).to_owned() }).collect(),
+            entries: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Entry { stanza_id: format!("s{i}"), msg_id: (*id).to_owned() })
+                .collect(),
             complete: true,
             error: None,
         }

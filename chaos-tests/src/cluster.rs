@@ -533,7 +533,13 @@ impl Cluster {
             return Ok(false);
         }
         let result = if on {
-            run("ip", &["netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "20%", "delay", "150ms", "50ms"])
+            run(
+                "ip",
+                &[
+                    "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "20%", "delay",
+                    "150ms", "50ms",
+                ],
+            )
         } else {
             run("ip", &["netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root"])
         };

@@ -44,6 +44,8 @@ pub struct Messages {
     pub lost: u64,
     pub duplicated: u64,
     pub lost_ids: Vec<String>,
+    /// Lost messages per room, and `1:1` for chats.
+    pub lost_by_target: BTreeMap<String, u64>,
     pub duplicated_ids: Vec<String>,
     pub delivered_live: u64,
 }
@@ -120,10 +122,12 @@ impl Report {
             lost: i.damage.lost.len() as u64,
             duplicated: i.damage.duplicated.len() as u64,
             lost_ids: i.damage.lost.iter().take(50).cloned().collect(),
+            lost_by_target: lost_by_target(i.sent, i.damage),
             duplicated_ids: i.damage.duplicated.iter().take(50).cloned().collect(),
             delivered_live: i.record.live.values().map(|s| s.len() as u64).sum(),
         };
-        let reconnect = Latency::of(i.record.reconnects.iter().map(|r| r.ready_ms.saturating_sub(r.broke_ms)).collect());
+        let reconnect =
+            Latency::of(i.record.reconnects.iter().map(|r| r.ready_ms.saturating_sub(r.broke_ms)).collect());
         Report {
             profile: format!("{:?}", i.args.profile),
             seed: i.args.seed,
@@ -167,6 +171,9 @@ impl Report {
             "messages: {} sent, {} acked ({} room / {} chat), {} lost, {} duplicated, {} live deliveries",
             m.sent, m.acked, m.room_acked, m.chat_acked, m.lost, m.duplicated, m.delivered_live
         );
+        if !m.lost_by_target.is_empty() {
+            let _ = writeln!(s, "lost by room: {:?}", m.lost_by_target);
+        }
         let _ = writeln!(
             s,
             "reconnects: {} (p50 {} ms, p99 {} ms, max {} ms)",
@@ -247,7 +254,8 @@ impl Report {
             m.room_sent, m.room_acked, m.chat_sent, m.chat_acked, m.sent, m.acked, m.lost, m.duplicated, m.delivered_live
         );
         if !m.lost_ids.is_empty() {
-            let _ = writeln!(s, "First lost: {}\n", m.lost_ids.join(", "));
+            let by: Vec<String> = m.lost_by_target.iter().map(|(t, n)| format!("{t}: {n}")).collect();
+            let _ = writeln!(s, "Lost by room: {}.\n\nFirst lost: {}\n", by.join(", "), m.lost_ids.join(", "));
         }
         let _ = writeln!(s, "## Fault timeline\n\n| t (s) | fault | kind | node | what |\n|---|---|---|---|---|");
         for step in &self.timeline {
@@ -259,7 +267,11 @@ impl Report {
                 step.kind,
                 opt(step.node),
                 step.what,
-                if step.rooms.is_empty() { String::new() } else { format!(" (rooms owned: {})", step.rooms.join(", ")) }
+                if step.rooms.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (rooms owned: {})", step.rooms.join(", "))
+                }
             );
         }
         let _ = writeln!(s, "\n## Failover\n\nFault start → every room owned by the target acknowledged a message sent after the start.\n");
@@ -296,6 +308,14 @@ impl Report {
     }
 }
 
+fn lost_by_target(sent: &[Sent], damage: &Damage) -> BTreeMap<String, u64> {
+    let mut by = BTreeMap::new();
+    for m in sent.iter().filter(|m| damage.lost.contains(&m.id)) {
+        *by.entry(room_of(m).unwrap_or("1:1").to_owned()).or_insert(0) += 1;
+    }
+    by
+}
+
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_owned())
 }
@@ -323,7 +343,14 @@ fn failovers(steps: &[Step], sent: &[Sent]) -> Vec<Failover> {
                 })
                 .collect();
             let failover_ms = per_room.iter().copied().collect::<Option<Vec<u64>>>().and_then(|v| v.into_iter().max());
-            Failover { fault: s.fault, kind: s.kind, node: s.node, start_ms: s.at_ms, rooms: s.rooms.clone(), failover_ms }
+            Failover {
+                fault: s.fault,
+                kind: s.kind,
+                node: s.node,
+                start_ms: s.at_ms,
+                rooms: s.rooms.clone(),
+                failover_ms,
+            }
         })
         .collect()
 }
@@ -343,7 +370,8 @@ mod tests {
             acked_ms: acked,
             stanza_id: None,
         };
-        let sent = [msg("a", 900, Some(950)), msg("a", 1100, Some(1400)), msg("b", 1200, Some(2500)), msg("c", 1500, None)];
+        let sent =
+            [msg("a", 900, Some(950)), msg("a", 1100, Some(1400)), msg("b", 1200, Some(2500)), msg("c", 1500, None)];
         let step = |rooms: &[&str]| Step {
             at_ms: 1000,
             fault: 0,

@@ -85,7 +85,10 @@ async fn execute(args: &Args) -> anyhow::Result<ExitCode> {
         force_loopback: args.loopback,
         optional_env: args.optional_env.clone(),
     })?;
-    println!("waddle-chaos: profile {:?}, seed {}, mode {:?} ({})", args.profile, args.seed, cluster.mode, cluster.mode_reason);
+    println!(
+        "waddle-chaos: profile {:?}, seed {}, mode {:?} ({})",
+        args.profile, args.seed, cluster.mode, cluster.mode_reason
+    );
     println!("run dir: {}", run_dir.display());
     if !cluster.leftovers_removed.is_empty() {
         println!("removed leftovers of an earlier run: {}", cluster.leftovers_removed.join(", "));
@@ -164,7 +167,13 @@ async fn execute(args: &Args) -> anyhow::Result<ExitCode> {
         match cluster.wait_converged(CONVERGE_TIMEOUT).await {
             Ok(_) => timeline.note(k, fault.kind, None, "cluster converged", Vec::new()),
             Err((why, _)) => {
-                timeline.note(k, fault.kind, None, format!("NOT converged within {CONVERGE_TIMEOUT:?}: {why}"), Vec::new());
+                timeline.note(
+                    k,
+                    fault.kind,
+                    None,
+                    format!("NOT converged within {CONVERGE_TIMEOUT:?}: {why}"),
+                    Vec::new(),
+                );
                 timeline.problems.push(format!("fault {k} ({:?}): no convergence: {why}", fault.kind));
             }
         }
@@ -261,7 +270,9 @@ async fn execute(args: &Args) -> anyhow::Result<ExitCode> {
             println!("expect-loss: the checker caught {} lost acknowledged messages: OK", report.messages.lost);
             ExitCode::SUCCESS
         } else {
-            println!("expect-loss: no loss was reported although a node's only copy was destroyed: the harness is blind");
+            println!(
+                "expect-loss: no loss was reported although a node's only copy was destroyed: the harness is blind"
+            );
             ExitCode::from(1)
         });
     }
@@ -292,7 +303,11 @@ async fn create_account(cluster: &Cluster, i: usize, name: &str) -> anyhow::Resu
 async fn session_token(base: &str, name: &str) -> anyhow::Result<String> {
     let body = json!({ "username": name, "password": PASSWORD });
     let (status, answer) = call(base, "POST", "/auth/session", None, Some(&body)).await?;
-    answer["token"].as_str().filter(|_| status == 200 || status == 201).map(str::to_owned).with_context(|| format!("POST /auth/session {name}: {status} {answer}"))
+    answer["token"]
+        .as_str()
+        .filter(|_| status == 200 || status == 201)
+        .map(str::to_owned)
+        .with_context(|| format!("POST /auth/session {name}: {status} {answer}"))
 }
 
 /// A waddle whose member is removed mid-run; the removal must then hold on every node.
@@ -310,8 +325,13 @@ impl Permission {
         create_account(cluster, 1, MEMBER).await?;
         let base = cluster.nodes[cluster.serving()[0]].http_base();
         let owner_token = session_token(&base, OWNER).await?;
-        let (status, w) = call(&base, "POST", "/v1/waddles", Some(&owner_token), Some(&json!({ "name": "chaos" }))).await?;
-        let waddle = w["id"].as_str().filter(|_| status == 201).with_context(|| format!("POST /v1/waddles: {status} {w}"))?.to_owned();
+        let (status, w) =
+            call(&base, "POST", "/v1/waddles", Some(&owner_token), Some(&json!({ "name": "chaos" }))).await?;
+        let waddle = w["id"]
+            .as_str()
+            .filter(|_| status == 201)
+            .with_context(|| format!("POST /v1/waddles: {status} {w}"))?
+            .to_owned();
         let body = json!({ "user": MEMBER, "role": "member" });
         let (status, answer) =
             call(&base, "POST", &format!("/v1/waddles/{waddle}/members"), Some(&owner_token), Some(&body)).await?;
@@ -321,9 +341,16 @@ impl Permission {
         Ok(Permission { waddle, owner_token })
     }
 
+    /// The member's `view` on the waddle as node `base` answers it, asked by the owner
+    /// with a session opened on that node now (a token from the start of the run may
+    /// not outlive the faults; a session that cannot be opened is itself a failure).
     async fn check(&self, base: &str) -> Result<bool, String> {
+        let token = match session_token(base, OWNER).await {
+            Ok(t) => t,
+            Err(e) => return Err(format!("the owner cannot open a session: {e:#}")),
+        };
         let body = json!({ "object": format!("waddle:{}", self.waddle), "permission": "view", "user": MEMBER });
-        match call(base, "POST", "/v1/permissions/check", Some(&self.owner_token), Some(&body)).await {
+        match call(base, "POST", "/v1/permissions/check", Some(&token), Some(&body)).await {
             Ok((200, answer)) => answer["allowed"].as_bool().ok_or_else(|| format!("no allowed in {answer}")),
             Ok((status, answer)) => Err(format!("{status} {answer}")),
             Err(e) => Err(e.to_string()),
@@ -336,7 +363,14 @@ impl Permission {
             let base = cluster.nodes[i].http_base();
             let path = format!("/v1/waddles/{}/members/{MEMBER}", self.waddle);
             if let Ok((204, _)) = call(&base, "DELETE", &path, Some(&self.owner_token), None).await {
-                timeline.note(0, FaultKind::Leave, Some(cluster.nodes[i].id), "permission revoked: waddle member removed", Vec::new());
+                let (id, fault) = (cluster.nodes[i].id, timeline.steps.last().map_or(0, |s| s.fault));
+                timeline.note(
+                    fault,
+                    FaultKind::Revoke,
+                    Some(id),
+                    "permission revoked: waddle member removed",
+                    Vec::new(),
+                );
                 return true;
             }
         }
@@ -387,6 +421,8 @@ async fn run_fault(cluster: &mut Cluster, k: usize, fault: &Fault, rooms: &[Stri
         }
     }
     let id = cluster.nodes[i].id;
+    let map: Vec<String> = owners.iter().map(|(r, o)| format!("{r} on {o}")).collect();
+    tl.note(k, fault.kind, None, format!("room owners before the fault: {}", map.join(", ")), Vec::new());
     let affected: Vec<String> = owners.iter().filter(|(_, o)| **o == id).map(|(r, _)| r.clone()).collect();
     let hold = Duration::from_secs(fault.hold_secs);
     let kind = fault.kind;
@@ -418,7 +454,13 @@ async fn run_fault(cluster: &mut Cluster, k: usize, fault: &Fault, rooms: &[Stri
             }
             FaultKind::Netem => {
                 if !cluster.netem(i, true)? {
-                    tl.note(k, kind, Some(id), "skipped: tc netem is not available (kernel module sch_netem)", Vec::new());
+                    tl.note(
+                        k,
+                        kind,
+                        Some(id),
+                        "skipped: tc netem is not available (kernel module sch_netem)",
+                        Vec::new(),
+                    );
                     return Ok(());
                 }
                 tl.note(k, kind, Some(id), format!("netem loss 20% delay 150±50 ms for {hold:?}"), affected.clone());
@@ -456,11 +498,18 @@ async fn run_fault(cluster: &mut Cluster, k: usize, fault: &Fault, rooms: &[Stri
                         tl.note(k, kind, Some(id), "stopped after leaving", Vec::new());
                     }
                     other => {
-                        tl.note(k, kind, Some(id), format!("leave refused ({other:?}): kill and remove"), affected.clone());
+                        tl.note(
+                            k,
+                            kind,
+                            Some(id),
+                            format!("leave refused ({other:?}): kill and remove"),
+                            affected.clone(),
+                        );
                         remove_dead(cluster, i).await?;
                     }
                 }
             }
+            FaultKind::Revoke => {}
             FaultKind::KillWipe => {
                 cluster.kill(i)?;
                 let dir = cluster.data_dir(i).to_owned();
@@ -491,7 +540,9 @@ async fn remove_dead(cluster: &mut Cluster, i: usize) -> anyhow::Result<()> {
     loop {
         for j in cluster.serving() {
             let base = cluster.nodes[j].http_base();
-            if let Ok((200, _)) = call(&base, "POST", "/v1/cluster/remove", Some(ADMIN), Some(&json!({ "node": id }))).await {
+            if let Ok((200, _)) =
+                call(&base, "POST", "/v1/cluster/remove", Some(ADMIN), Some(&json!({ "node": id }))).await
+            {
                 return Ok(());
             }
         }
@@ -513,14 +564,13 @@ async fn heal_all(cluster: &mut Cluster, tl: &mut Timeline) {
         if cluster.nodes[i].netem {
             let _ = cluster.netem(i, false);
         }
-        match cluster.nodes[i].state {
+        let state = cluster.nodes[i].state;
+        match state {
             crate::cluster::NodeState::Stopped => {
                 let _ = cluster.pause(i, false);
             }
-            crate::cluster::NodeState::Down => {
-                if cluster.start(i, READY_TIMEOUT).await.is_ok() {
-                    tl.note(usize::MAX, FaultKind::Kill, Some(id), "restarted at the end", Vec::new());
-                }
+            crate::cluster::NodeState::Down if cluster.start(i, READY_TIMEOUT).await.is_ok() => {
+                tl.note(usize::MAX, FaultKind::Kill, Some(id), "restarted at the end", Vec::new());
             }
             _ => {}
         }
@@ -534,4 +584,3 @@ pub fn room_of(m: &checker::Sent) -> Option<&str> {
         Target::Chat(_) => None,
     }
 }
-

@@ -27,6 +27,8 @@ pub enum FaultKind {
     /// SIGKILL, data dir wiped, node removed and never restarted: the loss that
     /// `--expect-loss` must detect (never in a normal schedule).
     KillWipe,
+    /// Not a fault: the timeline's mark of the mid-run permission revocation.
+    Revoke,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -55,7 +57,9 @@ pub fn schedule(profile: Profile, seed: u64, nodes: usize, duration_secs: u64) -
     let mut rng = Prng::new(seed);
     match profile {
         Profile::None => Vec::new(),
-        Profile::ExpectLoss => vec![Fault { gap_secs: 12, kind: FaultKind::KillWipe, pick: rng.next_u64(), hold_secs: 0 }],
+        Profile::ExpectLoss => {
+            vec![Fault { gap_secs: 12, kind: FaultKind::KillWipe, pick: rng.next_u64(), hold_secs: 0 }]
+        }
         Profile::Ci => [
             (FaultKind::Kill, 6),
             (FaultKind::Stop, 8),
@@ -122,10 +126,7 @@ mod tests {
     #[test]
     fn ci_has_one_of_each_required_fault() {
         let kinds: Vec<FaultKind> = schedule(Profile::Ci, 1, 3, 0).iter().map(|f| f.kind).collect();
-        assert_eq!(
-            kinds,
-            [FaultKind::Kill, FaultKind::Stop, FaultKind::Partition, FaultKind::Join, FaultKind::Leave]
-        );
+        assert_eq!(kinds, [FaultKind::Kill, FaultKind::Stop, FaultKind::Partition, FaultKind::Join, FaultKind::Leave]);
     }
 
     #[test]
@@ -139,7 +140,7 @@ mod tests {
                     _ => {}
                 }
                 assert!((4..=6).contains(&size), "seed {seed}: size {size}");
-                assert_ne!(f.kind, FaultKind::KillWipe);
+                assert!(!matches!(f.kind, FaultKind::KillWipe | FaultKind::Revoke));
             }
         }
     }

@@ -160,13 +160,15 @@ impl Conn {
     /// this stream up to and including it).
     async fn send(&self, stanza: String) -> anyhow::Result<u64> {
         let mut buf = stanza.into_bytes();
-        let mut w = tokio::time::timeout(WRITE_TIMEOUT, self.writer.lock()).await.map_err(|_| anyhow!("writer busy"))?;
+        let mut w =
+            tokio::time::timeout(WRITE_TIMEOUT, self.writer.lock()).await.map_err(|_| anyhow!("writer busy"))?;
         tokio::time::timeout(WRITE_TIMEOUT, w.send_stanza(&mut buf)).await.map_err(|_| anyhow!("write stalled"))??;
         Ok(self.sm.stats().sent)
     }
 
     async fn request_ack(&self) -> anyhow::Result<()> {
-        let mut w = tokio::time::timeout(WRITE_TIMEOUT, self.writer.lock()).await.map_err(|_| anyhow!("writer busy"))?;
+        let mut w =
+            tokio::time::timeout(WRITE_TIMEOUT, self.writer.lock()).await.map_err(|_| anyhow!("writer busy"))?;
         tokio::time::timeout(WRITE_TIMEOUT, w.request_ack()).await.map_err(|_| anyhow!("write stalled"))??;
         Ok(())
     }
@@ -240,11 +242,7 @@ impl Client {
 
     /// Logs in on the first node that takes it, healthy nodes first, starting at
     /// `start`; returns the connection and the node's index in the directory.
-    async fn connect(
-        &self,
-        start: usize,
-        salted: &mut Option<waddle_sasl::SaltedPassword>,
-    ) -> Option<(Conn, usize)> {
+    async fn connect(&self, start: usize, salted: &mut Option<waddle_sasl::SaltedPassword>) -> Option<(Conn, usize)> {
         let endpoints = self.directory.read().ok()?.clone();
         if endpoints.is_empty() {
             return None;
@@ -401,7 +399,7 @@ impl Client {
     ) -> anyhow::Result<()> {
         let joined: Vec<&String> = rooms.iter().filter(|(_, s)| **s == RoomState::In).map(|(r, _)| r).collect();
         let others: Vec<&String> = self.users.iter().filter(|u| **u != self.user.name).collect();
-        let to_room = (*seq % 2 == 0 || others.is_empty()) && !joined.is_empty();
+        let to_room = ((*seq).is_multiple_of(2) || others.is_empty()) && !joined.is_empty();
         if !to_room && others.is_empty() {
             return Ok(());
         }
@@ -480,7 +478,9 @@ impl Client {
                     _ => {
                         let codes: Vec<&str> = el
                             .get_child("x", NS_MUC_USER)
-                            .map(|x| x.children().filter(|c| c.name() == "status").filter_map(|c| c.attr("code")).collect())
+                            .map(|x| {
+                                x.children().filter(|c| c.name() == "status").filter_map(|c| c.attr("code")).collect()
+                            })
                             .unwrap_or_default();
                         if !codes.contains(&"110") {
                             return Ok(());
@@ -582,7 +582,10 @@ impl Client {
             };
             let fin = fin.get_child("fin", NS_MAM);
             let complete = fin.is_some_and(|f| matches!(f.attr("complete"), Some("true" | "1")));
-            let last = fin.and_then(|f| f.get_child("set", NS_RSM)).and_then(|s| s.get_child("last", NS_RSM)).map(Element::text);
+            let last = fin
+                .and_then(|f| f.get_child("set", NS_RSM))
+                .and_then(|s| s.get_child("last", NS_RSM))
+                .map(Element::text);
             if complete || got == 0 || last.is_none() {
                 return Ok((entries, true));
             }
