@@ -380,6 +380,11 @@ impl Cluster {
             // The workload's rate is bounded by the harness; the server's per-session
             // limits would turn a reconnect storm into refused joins.
             ("WADDLE_RATE_LIMITS_ENABLED".into(), "false".into()),
+            // Every client comes from the harness's address: a client whose account a
+            // fault destroyed must not get the others' logins (and the owner's check at
+            // the end) refused as a password-guessing address.
+            ("WADDLE_AUTH_MAX_AUTH_FAILURES".into(), "1000000".into()),
+            ("WADDLE_AUTH_ACCOUNT_FAILURE_CEILING".into(), "1000000".into()),
             ("WADDLE_LOG_LEVEL".into(), "info".into()),
         ];
         if optional {

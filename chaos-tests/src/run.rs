@@ -129,7 +129,7 @@ async fn execute(args: &Args) -> anyhow::Result<ExitCode> {
     // The clients.
     let record: Arc<Mutex<Record>> = Arc::default();
     let (phase_tx, phase_rx) = watch::channel(Phase::Load);
-    let connector = Connector::new("localhost", TlsMode::StartTls, Some(SmConfig { request_every: 1, resume: false }))?;
+    let connector = Connector::new("localhost", TlsMode::StartTls, Some(SmConfig { request_every: 1, resume: true }))?;
     let names: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let mut tasks = Vec::new();

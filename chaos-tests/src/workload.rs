@@ -72,6 +72,8 @@ pub struct Reconnect {
     pub reason: String,
     pub broke_ms: u64,
     pub ready_ms: u64,
+    /// The XEP-0198 session was resumed (else: a fresh login).
+    pub resumed: bool,
 }
 
 /// What every client records (one lock, taken briefly).
@@ -143,6 +145,7 @@ enum RoomState {
 /// One connected session: the writer, the reader's output and its SM counters.
 struct Conn {
     node: u64,
+    resumed: bool,
     writer: SharedWriter,
     rx: mpsc::Receiver<Element>,
     sm: Arc<SmShared>,
@@ -209,14 +212,22 @@ impl Client {
         let mut next_node = self.user.home;
         let mut broke: Option<(u64, u64, String)> = None;
         let mut salted = None;
+        // The broken session's counters, to resume it, and its unacknowledged messages.
+        let mut previous: Option<Arc<SmShared>> = None;
+        let mut pending: VecDeque<(u64, String)> = VecDeque::new();
+        let mut failed_rounds = 0u32;
         loop {
             if self.phase() == Phase::Done {
                 return;
             }
-            let Some((conn, at)) = self.connect(next_node, &mut salted).await else {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some((conn, at)) = self.connect(next_node, &mut salted, previous.as_deref()).await else {
+                // Every node refused: back off (an account lost with its node is
+                // refused for good, and a storm of logins is not a workload).
+                failed_rounds = (failed_rounds + 1).min(4);
+                tokio::time::sleep(Duration::from_millis(300 << failed_rounds)).await;
                 continue;
             };
+            failed_rounds = 0;
             next_node = at + 1;
             if let Some((from, broke_ms, reason)) = broke.take() {
                 let r = Reconnect {
@@ -226,11 +237,17 @@ impl Client {
                     reason,
                     broke_ms,
                     ready_ms: self.clock.ms(),
+                    resumed: conn.resumed,
                 };
                 with(&self.rec, |rec| rec.reconnects.push(r));
             }
             let node = conn.node;
-            match self.session(conn, &mut rng, &mut seq).await {
+            if !conn.resumed {
+                // A new session: what the old one left unacknowledged stays so.
+                pending.clear();
+            }
+            previous = Some(Arc::clone(&conn.sm));
+            match self.session(conn, &mut rng, &mut seq, &mut pending).await {
                 End::Finished => return,
                 End::Broken(reason) => {
                     event(&self.rec, format!("connection broken: {}", reason.split(':').next().unwrap_or_default()));
@@ -242,7 +259,12 @@ impl Client {
 
     /// Logs in on the first node that takes it, healthy nodes first, starting at
     /// `start`; returns the connection and the node's index in the directory.
-    async fn connect(&self, start: usize, salted: &mut Option<waddle_sasl::SaltedPassword>) -> Option<(Conn, usize)> {
+    async fn connect(
+        &self,
+        start: usize,
+        salted: &mut Option<waddle_sasl::SaltedPassword>,
+        mut previous: Option<&SmShared>,
+    ) -> Option<(Conn, usize)> {
         let endpoints = self.directory.read().ok()?.clone();
         if endpoints.is_empty() {
             return None;
@@ -261,6 +283,20 @@ impl Client {
                 auth: Auth::ScramSha256,
                 salted: salted.clone(),
             };
+            // Resumption first (XEP-0198), on the first node tried only: a session
+            // lives on one node, and a second node will not have it either.
+            if let Some(prev) = previous.take().filter(|p| p.resume_id().is_some()) {
+                let resume = tokio::time::timeout(LOGIN_TIMEOUT, self.connector.resume(&ep.c2s, &creds, prev)).await;
+                match resume {
+                    Ok(Ok(Some(stream))) => {
+                        event(&self.rec, "session resumed");
+                        return Some((self.spawn_reader(stream, ep.id, true)?, i));
+                    }
+                    Ok(Ok(None)) => event(&self.rec, "resume refused (<failed/>)"),
+                    Ok(Err(e)) => event(&self.rec, format!("resume failed: {}", first_words(&format!("{e:#}")))),
+                    Err(_) => event(&self.rec, "resume timed out"),
+                }
+            }
             let resource = format!("chaos{}", self.clock.ms());
             let login = tokio::time::timeout(LOGIN_TIMEOUT, self.connector.login(&ep.c2s, &creds, &resource)).await;
             let session = match login {
@@ -277,30 +313,42 @@ impl Client {
             if session.salted.is_some() {
                 salted.clone_from(&session.salted);
             }
-            let (mut reader, writer) = session.stream.into_split();
-            let Some(sm) = reader.sm_shared() else {
-                event(&self.rec, "server did not enable stream management");
-                continue;
-            };
-            let (tx, rx) = mpsc::channel(1024);
-            let task = tokio::spawn(async move {
-                while let Ok(Some(el)) = reader.next().await {
-                    if tx.send(el).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            return Some((Conn { node: ep.id, writer, rx, sm, reader: task }, i));
+            match self.spawn_reader(session.stream, ep.id, false) {
+                Some(conn) => return Some((conn, i)),
+                None => event(&self.rec, "server did not enable stream management"),
+            }
         }
         None
     }
 
-    async fn session(&mut self, mut conn: Conn, rng: &mut Prng, seq: &mut u64) -> End {
+    /// Splits a negotiated stream; its reader forwards stanzas to the session's
+    /// channel from a task of its own. `None` without stream management.
+    fn spawn_reader(&self, stream: waddle_bench::conn::XmppStream, node: u64, resumed: bool) -> Option<Conn> {
+        let (mut reader, writer) = stream.into_split();
+        let sm = reader.sm_shared()?;
+        let (tx, rx) = mpsc::channel(1024);
+        let task = tokio::spawn(async move {
+            while let Ok(Some(el)) = reader.next().await {
+                if tx.send(el).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Some(Conn { node, resumed, writer, rx, sm, reader: task })
+    }
+
+    /// `pending`: the unacknowledged 1:1 messages, (XEP-0198 number, id); a resumed
+    /// session goes on acknowledging those of the session it resumed.
+    async fn session(
+        &mut self,
+        mut conn: Conn,
+        rng: &mut Prng,
+        seq: &mut u64,
+        pending: &mut VecDeque<(u64, String)>,
+    ) -> End {
         let now = Instant::now();
         let mut rooms: BTreeMap<String, RoomState> =
             self.user.rooms.iter().map(|r| (r.clone(), RoomState::Out { retry_at: now })).collect();
-        // Unacknowledged 1:1 messages: (XEP-0198 number, id).
-        let mut pending: VecDeque<(u64, String)> = VecDeque::new();
         let mut oldest_unacked: Option<Instant> = None;
         let mut acked_seen = conn.sm.stats().acked;
         if let Err(e) = conn.send("<presence/>".to_owned()).await {
@@ -370,7 +418,7 @@ impl Client {
             match self.phase() {
                 Phase::Load if now >= next_send => {
                     next_send = now + self.interval.mul_f64(rng.range(50, 150) as f64 / 100.0);
-                    if let Err(e) = self.send_one(&conn, rng, seq, &rooms, &mut pending).await {
+                    if let Err(e) = self.send_one(&conn, rng, seq, &rooms, pending).await {
                         return End::Broken(format!("write: {e}"));
                     }
                 }
