@@ -22,3 +22,18 @@ scripts/bench-smoke.sh target/debug/waddle target/debug/waddle-bench
 
 echo "== load generator over a 3-node cluster (nothing lost, duplicated or misrouted)"
 scripts/bench-cluster.sh target/debug/waddle target/debug/waddle-bench 20 2
+
+echo "== chaos harness: baseline over a 3-node cluster, no faults (nothing lost, same order everywhere)"
+scripts/chaos-setup.sh
+cargo build -p waddle-chaos --locked
+target/debug/waddle-chaos --waddle-bin target/debug/waddle --faults none --duration 20
+
+echo "== chaos harness sees what it rules out: replication off, a node killed and its data wiped"
+WADDLE_CLUSTER_REPLICAS=1 scripts/chaos.sh --expect-loss
+
+# TODO(failover): turn on once replicated partitions and failover are in: against today's
+# server the ci profile loses acknowledged messages (a killed, removed or joining node's
+# rooms and chats lose their archives) and `POST /v1/cluster/leave` can fail with an
+# openraft panic (see chaos-tests/README.md).
+# echo "== chaos harness: ci profile (kill -9, SIGSTOP, partition, join, leave under load)"
+# scripts/chaos.sh --profile ci

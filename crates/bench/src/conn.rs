@@ -147,7 +147,11 @@ impl<I: Io> XmppStream<I> {
                         bail!("asked for a resumable session; the server enabled stream management without resumption");
                     }
                 }
-                self.sm = Some(Sm::enabled(config));
+                let sm = Sm::enabled(config);
+                if let Some(id) = el.attr("id").filter(|_| config.resume) {
+                    sm.set_resume_id(id);
+                }
+                self.sm = Some(sm);
                 return Ok(());
             }
         }
@@ -468,6 +472,41 @@ impl Connector {
             stream.enable_sm(&features, config).await?;
         }
         Ok(Session { stream, full_jid, salted })
+    }
+}
+
+impl Connector {
+    /// Connects, authenticates and resumes the XEP-0198 session `previous` describes
+    /// (its id and counters) instead of binding. `Ok(None)`: the server answered
+    /// `<failed/>` (the session is gone); the caller logs in afresh.
+    pub async fn resume(
+        &self,
+        addr: &str,
+        creds: &Credentials,
+        previous: &SmShared,
+    ) -> anyhow::Result<Option<XmppStream>> {
+        let (Some(config), Some(previd)) = (self.sm, previous.resume_id()) else {
+            bail!("the previous session was not resumable");
+        };
+        let (mut stream, features) = self.connect(addr).await?;
+        authenticate(&mut stream, &features, creds).await?;
+        let features = stream.open(&self.domain).await?;
+        if !features.has_child("sm", NS_SM) {
+            return Err(SmNotOffered.into());
+        }
+        let previd = previd.replace('&', "&amp;").replace('\'', "&apos;").replace('<', "&lt;");
+        let resume = format!("<resume xmlns='{NS_SM}' h='{}' previd='{previd}'/>", previous.handled());
+        stream.send(resume.as_bytes()).await?;
+        let answer = stream.next_stanza().await?;
+        if answer.is("failed", NS_SM) {
+            return Ok(None);
+        }
+        if !answer.is("resumed", NS_SM) {
+            bail!("expected <resumed/> or <failed/>, got <{}>", answer.name());
+        }
+        let h = answer.attr("h").and_then(|h| h.parse::<u32>().ok()).context("<resumed/> without a valid h")?;
+        stream.sm = Some(Sm::resumed(config, previous, h).map_err(|e| anyhow!("resumed: {e}"))?);
+        Ok(Some(stream))
     }
 }
 

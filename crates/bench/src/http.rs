@@ -1,4 +1,5 @@
-//! Just enough HTTP/1.1 to fetch XMPP tokens from the waddle API (`--auth token`).
+//! Just enough HTTP/1.1 for the waddle API: XMPP tokens (`--auth token`), and the
+//! accounts, waddles and cluster calls of the chaos harness.
 
 use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -11,17 +12,32 @@ pub async fn post_json(
     bearer: Option<&str>,
     body: &serde_json::Value,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
+    request(base, "POST", path, bearer, Some(body)).await
+}
+
+/// One request (`body`: JSON, or none); returns the status and the parsed JSON answer
+/// (`Null` when the answer is empty or not JSON).
+pub async fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
     let Some(authority) = base.strip_prefix("http://") else {
         bail!("--api must be an http:// URL (the API is measured on loopback)");
     };
     let authority = authority.trim_end_matches('/');
     let mut tcp = TcpStream::connect(authority).await.with_context(|| format!("connect {authority}"))?;
-    let body = body.to_string();
+    let body = body.map(serde_json::Value::to_string);
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let content = match &body {
+        Some(body) => format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()),
+        None => String::new(),
+    };
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n{auth}\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\n{content}{auth}Connection: close\r\n\r\n{}",
+        body.unwrap_or_default()
     );
     tcp.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();

@@ -5,18 +5,10 @@
 //! from /proc, so that runs against different servers compare per unit of work. The
 //! output is a table for people and one JSON line for scripts (the last line).
 
-mod args;
-mod conn;
-mod http;
-mod measure;
-mod scenarios;
-mod sm;
-mod tally;
-
 use anyhow::Context as _;
-
-use crate::args::{Args, Scenario};
-use crate::scenarios::Bench;
+use waddle_bench::args::{self, Args, Scenario};
+use waddle_bench::scenarios::Bench;
+use waddle_bench::sm;
 
 fn main() -> anyhow::Result<()> {
     if matches!(std::env::args().nth(1).as_deref(), Some("-h" | "--help" | "help")) {

@@ -1,6 +1,7 @@
 //! The client side of XEP-0198 Stream Management (`--sm`): counting, acknowledgement
 //! requests and answers, and the check that the server never acknowledges more than was
-//! sent. No resumption: a benchmark session that breaks is a failed run.
+//! sent. The generator never resumes (a benchmark session that breaks is a failed run);
+//! [`Sm::resumed`] and `Connector::resume` are for the chaos harness, whose clients do.
 //!
 //! Counting follows XEP-0198 §4: from `<enabled/>` on, the client counts the stanzas it
 //! handles (`message`, `presence`, `iq`; nonzas such as `<r/>` and `<a/>` do not count),
@@ -8,7 +9,7 @@
 //! 2^32. The generator answers every `<r/>` at once and asks for an acknowledgement
 //! itself every `--sm-request-every` stanzas, as a mobile client would.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use waddle_xml::{Element, NS_CLIENT};
@@ -81,6 +82,10 @@ pub struct SmShared {
     /// Protocol errors; the first one's description is kept for the report.
     errors: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// Inbound stanzas handled (the `h` to resume with), mirrored by the reader.
+    handled: AtomicU32,
+    /// The server's id for a resumable session (`<enabled id='…'/>`).
+    resume_id: Mutex<Option<String>>,
 }
 
 /// Totals over the sessions of a run, for the report.
@@ -140,6 +145,16 @@ impl SmShared {
 
     pub fn first_error(&self) -> Option<String> {
         self.first_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Inbound stanzas handled so far (modulo 2^32): the `h` of a `<resume/>`.
+    pub fn handled(&self) -> u32 {
+        self.handled.load(Ordering::Acquire)
+    }
+
+    /// The id to resume this session with, when the server granted resumption.
+    pub fn resume_id(&self) -> Option<String> {
+        self.resume_id.lock().ok().and_then(|id| id.clone())
     }
 
     /// Records a protocol error that did not end the session.
@@ -208,6 +223,7 @@ impl SmIn {
         if el.ns() != NS_SM {
             if el.ns() == NS_CLIENT && matches!(el.name(), "message" | "presence" | "iq") {
                 self.handled = self.handled.wrapping_add(1);
+                self.shared.handled.store(self.handled, Ordering::Release);
             }
             return Inbound::Stanza;
         }
@@ -260,7 +276,7 @@ impl Sm {
     /// As [`Sm::enabled`], with the inbound counter starting at `handled` (tests of the
     /// wrap at 2^32).
     pub fn starting_at(config: SmConfig, handled: u32) -> Sm {
-        let shared = Arc::new(SmShared::default());
+        let shared = Arc::new(SmShared { handled: AtomicU32::new(handled), ..SmShared::default() });
         Sm {
             inbound: SmIn { shared: Arc::clone(&shared), handled },
             outbound: SmOut { shared, request_every: config.request_every, since_request: 0 },
@@ -268,9 +284,59 @@ impl Sm {
     }
 }
 
+impl Sm {
+    /// State for a stream resumed (`<resumed h='server_h'/>`) from a session whose
+    /// counters were `previous`: inbound counting goes on from the `h` the client
+    /// resumed with, outbound from what the old session sent, and `server_h`
+    /// acknowledges what the server had received of it.
+    pub fn resumed(config: SmConfig, previous: &SmShared, server_h: u32) -> Result<Sm, String> {
+        let (sent, acked) = (previous.sent.load(Ordering::Acquire), previous.acked.load(Ordering::Acquire));
+        let newly = check_ack(acked, server_h, sent)?;
+        let handled = previous.handled();
+        let shared = Arc::new(SmShared {
+            sent: AtomicU64::new(sent),
+            acked: AtomicU64::new(acked + u64::from(newly)),
+            handled: AtomicU32::new(handled),
+            resume_id: Mutex::new(previous.resume_id()),
+            ..SmShared::default()
+        });
+        Ok(Sm {
+            inbound: SmIn { shared: Arc::clone(&shared), handled },
+            outbound: SmOut { shared, request_every: config.request_every, since_request: 0 },
+        })
+    }
+
+    /// Records the id a resumable session was granted.
+    pub fn set_resume_id(&self, id: &str) {
+        if let Ok(mut slot) = self.inbound.shared.resume_id.lock() {
+            *slot = Some(id.to_owned());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resumed_counters_go_on_from_the_old_session() {
+        let mut old = Sm::enabled(SmConfig { request_every: 0, resume: true });
+        old.set_resume_id("abc");
+        for _ in 0..5 {
+            old.outbound.stanza();
+        }
+        assert_eq!(old.inbound.classify(&el("<a xmlns='urn:xmpp:sm:3' h='2'/>")), Inbound::Acked);
+        old.inbound.classify(&el("<message/>"));
+        let shared = Arc::clone(old.inbound.shared());
+        assert_eq!(shared.handled(), 1);
+        let new =
+            Sm::resumed(SmConfig { request_every: 0, resume: true }, &shared, 4).unwrap_or_else(|e| panic!("{e}"));
+        let stats = new.inbound.shared().stats();
+        assert_eq!((stats.sent, stats.acked), (5, 4));
+        assert_eq!(new.inbound.handled(), 1);
+        assert_eq!(new.inbound.shared().resume_id().as_deref(), Some("abc"));
+        assert!(Sm::resumed(SmConfig { request_every: 0, resume: true }, &shared, 6).is_err());
+    }
 
     fn el(xml: &str) -> Element {
         Element::from_bytes(xml.as_bytes(), NS_CLIENT).unwrap_or_else(|e| panic!("{xml}: {e}"))
