@@ -436,7 +436,7 @@ async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<Racto
                 // After the ring: what is routed here from now on waits (`Replication::
                 // ready`) until the partitions this node now leads are recovered; nothing
                 // is served from a log this node no longer leads.
-                replication.adopt(&map).await;
+                replication.offer(&map);
             }
         }
         if control.status().leader == Some(control.id()) {

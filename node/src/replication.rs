@@ -158,6 +158,9 @@ pub struct Replication {
     replicator: Replicator,
     /// The ring whose views were last given to the replicator.
     last_ring: std::sync::Mutex<Option<PartitionMap>>,
+    /// The newest adopted ring, for the task that gives the replicator its views (the
+    /// node's ring-following loop never waits for a log).
+    rings: tokio::sync::watch::Sender<Option<PartitionMap>>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -180,7 +183,30 @@ impl Replication {
         )
         .await
         .map_err(|e| anyhow::anyhow!("opening the replicated log in {}: {e}", dir.display()))?;
-        Ok(Arc::new(Replication { replicator, last_ring: std::sync::Mutex::new(None) }))
+        let (rings, mut newest) = tokio::sync::watch::channel(None::<PartitionMap>);
+        let replication = Arc::new(Replication { replicator, last_ring: std::sync::Mutex::new(None), rings });
+        let weak = Arc::downgrade(&replication);
+        tokio::spawn(async move {
+            while newest.changed().await.is_ok() {
+                let Some(map) = newest.borrow_and_update().clone() else { continue };
+                let Some(replication) = weak.upgrade() else { return };
+                replication.adopt(&map).await;
+            }
+        });
+        Ok(replication)
+    }
+
+    /// Hands a newly adopted ring to the task that gives the replicator its views (in
+    /// epoch order; a ring overtaken by a newer one before its turn is skipped, and the
+    /// newer one then counts as a gap: every partition gets its view).
+    pub fn offer(&self, map: &PartitionMap) {
+        self.rings.send_if_modified(|newest| {
+            if newest.as_ref().is_some_and(|n| n.epoch >= map.epoch) {
+                return false;
+            }
+            *newest = Some(map.clone());
+            true
+        });
     }
 
     pub fn replicator(&self) -> &Replicator {
@@ -196,7 +222,7 @@ impl Replication {
     /// on in the epoch it started in, so a ring change costs a recovery (a round of
     /// fencing and a barrier) only for the partitions that moved. After a gap (a node
     /// that was paused or cut off) every partition gets the new view.
-    pub async fn adopt(&self, map: &PartitionMap) {
+    async fn adopt(&self, map: &PartitionMap) {
         let previous = {
             let mut last = self.last_ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.as_ref().is_some_and(|l| l.epoch >= map.epoch) {
@@ -215,8 +241,13 @@ impl Replication {
             views.push((p, replicas, before));
         }
         let views = views.into_iter().map(|(p, replicas, before)| async move {
-            if let Err(e) = self.replicator.set_view(log_of(p), map.epoch, replicas, before).await {
-                tracing::error!(partition = p, epoch = map.epoch, error = %e, "replication: cannot set the view");
+            let set = self.replicator.set_view(log_of(p), map.epoch, replicas, before);
+            match tokio::time::timeout(READY_WAIT, set).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(partition = p, epoch = map.epoch, error = %e, "replication: cannot set the view")
+                }
+                Err(_) => tracing::error!(partition = p, epoch = map.epoch, "replication: setting the view timed out"),
             }
         });
         futures_util::future::join_all(views).await;
