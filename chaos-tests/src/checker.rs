@@ -27,6 +27,18 @@ pub struct Sent {
     pub acked_ms: Option<u64>,
     /// The stanza-id the server assigned (the sender's reflection or ack path).
     pub stanza_id: Option<String>,
+    /// The server answered it with an error (e.g. `recipient-unavailable` when it could
+    /// not be made durable): whatever `<a h>` said about its receipt, the server did not
+    /// accept it, and the sender knows to send it again.
+    #[serde(default)]
+    pub refused: bool,
+}
+
+impl Sent {
+    /// Acknowledged and not refused: what the server promised to keep.
+    pub fn acknowledged(&self) -> bool {
+        self.acked_ms.is_some() && !self.refused
+    }
 }
 
 /// One entry of an archive page: the server's id and the workload's message id.
@@ -148,7 +160,7 @@ pub fn room_archives(sent: &[Sent], reads: &BTreeMap<String, Vec<ArchiveRead>>, 
         .iter()
         .map(|(room, rs)| (room.as_str(), rs.iter().map(|r| (r, occurrences(&r.entries))).collect()))
         .collect();
-    for m in sent.iter().filter(|m| m.acked_ms.is_some()) {
+    for m in sent.iter().filter(|m| m.acknowledged()) {
         let Target::Room(room) = &m.target else { continue };
         v.checked += 1;
         let Some(readers) = counted.get(room.as_str()).filter(|r| !r.is_empty()) else {
@@ -185,7 +197,7 @@ pub fn chat_archives(sent: &[Sent], reads: &BTreeMap<String, ArchiveRead>, damag
     let mut v = Verdict::new("chat_archive_exactly_once");
     let counted: BTreeMap<&str, BTreeMap<&str, u64>> =
         reads.iter().map(|(user, r)| (user.as_str(), occurrences(&r.entries))).collect();
-    for m in sent.iter().filter(|m| m.acked_ms.is_some()) {
+    for m in sent.iter().filter(|m| m.acknowledged()) {
         let Target::Chat(to) = &m.target else { continue };
         v.checked += 1;
         for owner in [&m.sender, to] {
@@ -295,7 +307,7 @@ pub fn caught_up(
             user_rooms.iter().map(|r| (r.as_str(), read_room(r))).collect();
         let own: BTreeSet<&str> =
             chat_reads.get(user).into_iter().flat_map(|r| r.entries.iter().map(|e| e.msg_id.as_str())).collect();
-        for m in sent.iter().filter(|m| m.acked_ms.is_some()) {
+        for m in sent.iter().filter(|m| m.acknowledged()) {
             let found = match &m.target {
                 Target::Room(room) => match from_rooms.get(room.as_str()) {
                     Some(read) => got_live.contains(&m.id) || read.contains(m.id.as_str()),
@@ -376,6 +388,7 @@ mod tests {
             sent_ms: 1,
             acked_ms: acked.then_some(2),
             stanza_id: None,
+            refused: false,
         }
     }
 
@@ -387,6 +400,7 @@ mod tests {
             sent_ms: 1,
             acked_ms: Some(2),
             stanza_id: None,
+            refused: false,
         }
     }
 
@@ -510,5 +524,14 @@ mod tests {
         let v = revoked_permission(Some(&[(1, Ok(false)), (2, Ok(true)), (3, Err("timeout".into()))]));
         assert_eq!(v.violation_count, 2);
         assert_eq!(revoked_permission(None).status, Status::NotChecked);
+    }
+
+    #[test]
+    fn a_message_the_server_refused_is_not_required_in_any_archive() {
+        let mut refused = chat_msg("u0-m1", "u0", "u1");
+        refused.refused = true;
+        assert!(!refused.acknowledged());
+        assert!(chat_msg("u0-m2", "u0", "u1").acknowledged());
+        assert!(!room_msg("u0-m3", "r@muc", false).acknowledged());
     }
 }

@@ -114,11 +114,11 @@ impl Report {
         let is_room = |m: &&Sent| room_of(m).is_some();
         let messages = Messages {
             sent: i.sent.len() as u64,
-            acked: i.sent.iter().filter(|m| m.acked_ms.is_some()).count() as u64,
+            acked: i.sent.iter().filter(|m| m.acknowledged()).count() as u64,
             room_sent: i.sent.iter().filter(is_room).count() as u64,
-            room_acked: i.sent.iter().filter(is_room).filter(|m| m.acked_ms.is_some()).count() as u64,
+            room_acked: i.sent.iter().filter(is_room).filter(|m| m.acknowledged()).count() as u64,
             chat_sent: i.sent.iter().filter(|m| !is_room(m)).count() as u64,
-            chat_acked: i.sent.iter().filter(|m| !is_room(m)).filter(|m| m.acked_ms.is_some()).count() as u64,
+            chat_acked: i.sent.iter().filter(|m| !is_room(m)).filter(|m| m.acknowledged()).count() as u64,
             lost: i.damage.lost.len() as u64,
             duplicated: i.damage.duplicated.len() as u64,
             lost_ids: i.damage.lost.iter().take(50).cloned().collect(),
@@ -369,6 +369,7 @@ mod tests {
             sent_ms: sent,
             acked_ms: acked,
             stanza_id: None,
+            refused: false,
         };
         let sent =
             [msg("a", 900, Some(950)), msg("a", 1100, Some(1400)), msg("b", 1200, Some(2500)), msg("c", 1500, None)];

@@ -510,8 +510,10 @@ async fn run_fault(cluster: &mut Cluster, k: usize, fault: &Fault, rooms: &[Stri
                 match call(&base, "POST", "/v1/cluster/leave", Some(ADMIN), Some(&json!({}))).await {
                     Ok((200, _)) => {
                         tl.note(k, kind, Some(id), "left (POST /v1/cluster/leave)", affected.clone());
-                        cluster.retire(i);
+                        // The node exits by itself once drained; `terminate` only makes
+                        // sure. Retired after it: stopping marks a node down, not gone.
                         cluster.terminate(i).await?;
+                        cluster.retire(i);
                         tl.note(k, kind, Some(id), "stopped after leaving", Vec::new());
                     }
                     other => {

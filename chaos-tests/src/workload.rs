@@ -470,6 +470,7 @@ impl Client {
             sent_ms: self.clock.ms(),
             acked_ms: None,
             stanza_id: None,
+            refused: false,
         };
         with(&self.rec, |r| r.sent.insert(id.clone(), sent));
         let number = conn.send(stanza).await?;
@@ -488,6 +489,13 @@ impl Client {
                 if kind == "error" {
                     let condition = error_condition(el);
                     event(&self.rec, format!("message error: {condition}"));
+                    if let Some(id) = el.attr("id") {
+                        with(&self.rec, |r| {
+                            if let Some(m) = r.sent.get_mut(id) {
+                                m.refused = true;
+                            }
+                        });
+                    }
                     if let Some(state) = rooms.get_mut(bare) {
                         *state = RoomState::Out { retry_at: Instant::now() + Duration::from_secs(1) };
                     }
