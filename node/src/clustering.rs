@@ -642,7 +642,12 @@ async fn watch_liveness(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: A
         }
         let nodes: Vec<(u64, NodeState)> = state.nodes.values().map(|n| (n.id, n.state)).collect();
         let alive = transport.heard_within(timing.down_after);
-        let changes = liveness_changes(&nodes, me, &alive, &mut back_since, now, timing.settle);
+        let mut changes = liveness_changes(&nodes, me, &alive, &mut back_since, now, timing.settle);
+        if state.nodes.get(&me).is_some_and(|n| n.state == NodeState::Down) {
+            // Declared down by an earlier leader while it could not hear this node (a
+            // partition), and leading now: it is the one to say it is back.
+            changes.push((me, NodeState::Up));
+        }
         if changes.is_empty() {
             continue;
         }

@@ -151,14 +151,17 @@ impl Core {
         lock(&self.peers).get(&id).is_some_and(Peer::up)
     }
 
-    /// The peers whose link is up and that were heard from within `within` (a frame or a
-    /// ping), sorted. Unlike [`Core::connected`], it does not wait for the heartbeat
-    /// task: a process that was stopped sees at once that it has heard nobody lately.
+    /// The peers heard from within `within` (a frame or a ping), sorted, whatever their
+    /// link's state this instant: a connection that is being replaced (ractor_cluster
+    /// drops and re-dials sessions when nodes reconnect) does not make a peer that spoke
+    /// a moment ago silent. Unlike [`Core::connected`], it does not wait for the
+    /// heartbeat task: a process that was stopped sees at once that it has heard nobody
+    /// lately.
     pub(crate) fn heard_within(&self, within: Duration) -> Vec<NodeId> {
         let now = Instant::now();
         let mut v: Vec<NodeId> = lock(&self.peers)
             .iter()
-            .filter(|(id, p)| **id != self.me && p.link_up && now.saturating_duration_since(p.last_heard) <= within)
+            .filter(|(id, p)| **id != self.me && now.saturating_duration_since(p.last_heard) <= within)
             .map(|(id, _)| *id)
             .collect();
         v.sort_unstable();

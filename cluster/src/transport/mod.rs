@@ -162,8 +162,9 @@ pub trait Transport: Send + Sync + 'static {
     fn set_peers(&self, peers: Vec<(NodeId, String)>);
     /// The peers currently up, sorted.
     fn connected(&self) -> Vec<NodeId>;
-    /// The peers heard from within `within` over a live link, sorted: what a node that
-    /// may have been paused uses to know whether it is still in touch with the others.
+    /// The peers heard from within `within`, sorted: what a node that may have been
+    /// paused uses to know whether it is still in touch with the others, and what failure
+    /// detection judges by (a link being replaced is not silence).
     fn heard_within(&self, within: Duration) -> Vec<NodeId>;
     /// Liveness changes from now on.
     fn peer_events(&self) -> broadcast::Receiver<PeerEvent>;
