@@ -453,7 +453,8 @@ impl Ctx {
     /// so the XEP-0198 count it acknowledges never covers a message that could be lost.
     pub async fn forward_and_wait(&self, node: u64, origin: &Origin, stanza: Element, hops: u8) {
         if hops >= MAX_HOPS {
-            tracing::error!(node, "cluster: a stanza was forwarded too often (the ring is moving); dropped");
+            tracing::warn!(node, "cluster: a stanza was forwarded too often (the ring is moving); bounced");
+            self.bounce(&stanza, "recipient-unavailable").await;
             return;
         }
         let Some(link) = self.link() else { return };

@@ -246,13 +246,18 @@ impl Ctx {
         (views, carbons)
     }
 
-    async fn account_exists(&self, bare: &BareJid) -> bool {
-        let Some(node) = bare.node() else { return false };
+    /// Whether `bare`'s account exists; `None` (after bouncing `stanza` with
+    /// `recipient-unavailable`, type `wait`) when that cannot be known now, such as a
+    /// partition this node was just given and has not recovered yet: an unknown answer
+    /// is never taken for "no such account", which would drop the stanza silently.
+    async fn account_exists_or_bounce(&self, bare: &BareJid, stanza: &Element) -> Option<bool> {
+        let Some(node) = bare.node() else { return Some(false) };
         match self.users().account_exists(node.as_str()).await {
-            Ok(exists) => exists,
+            Ok(exists) => Some(exists),
             Err(e) => {
-                tracing::error!(error = %e, "account lookup failed");
-                false
+                tracing::warn!(error = %e, "account lookup failed; the stanza is bounced");
+                self.bounce(stanza, "recipient-unavailable").await;
+                None
             }
         }
     }
@@ -264,7 +269,12 @@ impl Ctx {
                 let (sessions, carbons) = self.session_views(to.as_str());
                 // A bound session proves the account: the storage round trip is only
                 // needed for an account with nobody online.
-                let exists = !sessions.is_empty() || self.account_exists(to).await;
+                let exists = if sessions.is_empty() {
+                    let Some(exists) = self.account_exists_or_bounce(to, &stanza).await else { return };
+                    exists
+                } else {
+                    true
+                };
                 if exists && !self.archive_if_chat(origin, to, &mut stanza).await {
                     return;
                 }
@@ -276,10 +286,12 @@ impl Ctx {
                 if origin.bare() == *to {
                     // An IQ to one's own bare JID is handled by the server for the account.
                     Box::pin(server::handle(self, origin, kind, stanza)).await;
-                } else if self.account_exists(to).await {
-                    server::iq_on_behalf_of(self, origin, to, stanza).await;
                 } else {
-                    self.bounce(&stanza, "service-unavailable").await;
+                    match self.account_exists_or_bounce(to, &stanza).await {
+                        Some(true) => server::iq_on_behalf_of(self, origin, to, stanza).await,
+                        Some(false) => self.bounce(&stanza, "service-unavailable").await,
+                        None => {}
+                    }
                 }
             }
         }
@@ -296,8 +308,14 @@ impl Ctx {
         // Only a message needs to know whether the account exists: a bound session
         // proves it, otherwise storage is asked (never archive for a missing account,
         // or whoever registers the name later would find the message in their archive).
-        let message_to_existing_account =
-            kind == StanzaKind::Message && (session.is_some() || self.account_exists(&bare).await);
+        let message_to_existing_account = if kind != StanzaKind::Message {
+            false
+        } else if session.is_some() {
+            true
+        } else {
+            let Some(exists) = self.account_exists_or_bounce(&bare, &stanza).await else { return };
+            exists
+        };
         if message_to_existing_account && !self.archive_if_chat(origin, &bare, &mut stanza).await {
             return;
         }
