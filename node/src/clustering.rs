@@ -410,10 +410,13 @@ async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<Racto
     loop {
         let Some(ctx) = ctx.upgrade() else { return };
         let state = control.state();
+        // Down members too: a member declared down is dialled until it is removed, or
+        // two members that each think the other down would never hear of each other
+        // again (and so never declare each other up).
         let peers: Vec<(u64, String)> = state
             .nodes
             .values()
-            .filter(|n| n.id != control.id() && n.state != NodeState::Down)
+            .filter(|n| n.id != control.id())
             .map(|n| (n.id, n.cluster_addr.clone()))
             .collect();
         transport.set_peers(peers);
