@@ -413,12 +413,8 @@ async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<Racto
         // Down members too: a member declared down is dialled until it is removed, or
         // two members that each think the other down would never hear of each other
         // again (and so never declare each other up).
-        let peers: Vec<(u64, String)> = state
-            .nodes
-            .values()
-            .filter(|n| n.id != control.id())
-            .map(|n| (n.id, n.cluster_addr.clone()))
-            .collect();
+        let peers: Vec<(u64, String)> =
+            state.nodes.values().filter(|n| n.id != control.id()).map(|n| (n.id, n.cluster_addr.clone())).collect();
         transport.set_peers(peers);
         if let Some(table) = &state.partition_map {
             let map = PartitionMap { epoch: table.epoch, replicas: table.replicas.clone() };
@@ -668,45 +664,6 @@ async fn watch_liveness(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: A
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_majority_of_voters_counts_this_node_too() {
-        assert!(in_touch_with_majority(&[1, 2, 3], 1, &[2]));
-        assert!(!in_touch_with_majority(&[1, 2, 3], 1, &[]));
-        assert!(!in_touch_with_majority(&[1, 2, 3, 4], 1, &[2]), "half is not a majority");
-        assert!(in_touch_with_majority(&[1], 1, &[]));
-        assert!(!in_touch_with_majority(&[1, 2, 3], 4, &[1]), "a learner needs a majority of voters");
-        assert!(in_touch_with_majority(&[], 4, &[]));
-    }
-
-    #[test]
-    fn the_leader_marks_silent_members_down_and_returning_ones_up_after_settling() {
-        let t0 = tokio::time::Instant::now();
-        let settle = Duration::from_millis(1000);
-        let mut back = std::collections::HashMap::new();
-        let nodes = [(1, NodeState::Up), (2, NodeState::Up), (3, NodeState::Down), (4, NodeState::Joining)];
-        let changes = liveness_changes(&nodes, 1, &[3], &mut back, t0, settle);
-        assert_eq!(
-            changes,
-            vec![(2, NodeState::Down)],
-            "node 2 is silent; node 3 has not settled; joining is left alone"
-        );
-        let later = t0 + Duration::from_millis(999);
-        assert!(liveness_changes(&nodes, 1, &[2, 3], &mut back, later, settle).is_empty());
-        let settled = t0 + settle;
-        assert_eq!(liveness_changes(&nodes, 1, &[2, 3], &mut back, settled, settle), vec![(3, NodeState::Up)]);
-        // Silent again before settling: the clock starts over.
-        let mut back = std::collections::HashMap::new();
-        liveness_changes(&nodes, 1, &[2, 3], &mut back, t0, settle);
-        liveness_changes(&nodes, 1, &[2], &mut back, t0 + Duration::from_millis(500), settle);
-        assert!(liveness_changes(&nodes, 1, &[2, 3], &mut back, t0 + settle, settle).is_empty());
-        assert!(liveness_changes(&nodes, 1, &[], &mut back, t0, settle).iter().all(|(id, _)| *id != 1), "never itself");
-    }
-}
-
 /// How long a drain waits for the ring that leaves this node out.
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
 
@@ -754,4 +711,43 @@ pub async fn drain(ctx: &Arc<Ctx>, clustering: &Clustering) -> anyhow::Result<u6
     }
     clustering.control.remove_node(me).await.context("leaving the control plane")?;
     Ok(epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_majority_of_voters_counts_this_node_too() {
+        assert!(in_touch_with_majority(&[1, 2, 3], 1, &[2]));
+        assert!(!in_touch_with_majority(&[1, 2, 3], 1, &[]));
+        assert!(!in_touch_with_majority(&[1, 2, 3, 4], 1, &[2]), "half is not a majority");
+        assert!(in_touch_with_majority(&[1], 1, &[]));
+        assert!(!in_touch_with_majority(&[1, 2, 3], 4, &[1]), "a learner needs a majority of voters");
+        assert!(in_touch_with_majority(&[], 4, &[]));
+    }
+
+    #[test]
+    fn the_leader_marks_silent_members_down_and_returning_ones_up_after_settling() {
+        let t0 = tokio::time::Instant::now();
+        let settle = Duration::from_millis(1000);
+        let mut back = std::collections::HashMap::new();
+        let nodes = [(1, NodeState::Up), (2, NodeState::Up), (3, NodeState::Down), (4, NodeState::Joining)];
+        let changes = liveness_changes(&nodes, 1, &[3], &mut back, t0, settle);
+        assert_eq!(
+            changes,
+            vec![(2, NodeState::Down)],
+            "node 2 is silent; node 3 has not settled; joining is left alone"
+        );
+        let later = t0 + Duration::from_millis(999);
+        assert!(liveness_changes(&nodes, 1, &[2, 3], &mut back, later, settle).is_empty());
+        let settled = t0 + settle;
+        assert_eq!(liveness_changes(&nodes, 1, &[2, 3], &mut back, settled, settle), vec![(3, NodeState::Up)]);
+        // Silent again before settling: the clock starts over.
+        let mut back = std::collections::HashMap::new();
+        liveness_changes(&nodes, 1, &[2, 3], &mut back, t0, settle);
+        liveness_changes(&nodes, 1, &[2], &mut back, t0 + Duration::from_millis(500), settle);
+        assert!(liveness_changes(&nodes, 1, &[2, 3], &mut back, t0 + settle, settle).is_empty());
+        assert!(liveness_changes(&nodes, 1, &[], &mut back, t0, settle).iter().all(|(id, _)| *id != 1), "never itself");
+    }
 }
