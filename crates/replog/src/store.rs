@@ -82,8 +82,14 @@ pub struct MetaUpdate {
     pub commit: Option<Seq>,
 }
 
-type JobFuture = Pin<Box<dyn Future<Output = ()>>>;
+/// What a job hands back: called once the transaction it ran in is over, with the error
+/// that failed its commit if any (the caller's answer waits for durability).
+type Reply = Box<dyn FnOnce(Option<String>) + Send>;
+type JobFuture = Pin<Box<dyn Future<Output = Reply>>>;
 type Job = Box<dyn FnOnce(libsql::Connection) -> JobFuture + Send>;
+
+/// Most jobs the store's thread runs in one transaction (group commit).
+const MAX_BATCH: usize = 512;
 
 /// A handle to the store; clones share its thread, which ends with the last handle.
 #[derive(Clone)]
@@ -132,8 +138,15 @@ impl LogStore {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             Box::pin(async move {
-                // The caller may have given up; the write still happened, in order.
-                let _ = tx.send(f(conn).await);
+                let result = f(conn).await;
+                let reply: Reply = Box::new(move |commit_failed| {
+                    // The caller may have given up; the write still happened, in order.
+                    let _ = tx.send(match commit_failed {
+                        Some(why) => Err(StoreError::Corrupt(format!("group commit failed: {why}"))),
+                        None => result,
+                    });
+                });
+                reply
             })
         });
         self.jobs.send(job).map_err(|_| StoreError::Closed)?;
@@ -318,6 +331,10 @@ impl LogStore {
 
     async fn set_lazy(&self, partition: PartitionId, column: &'static str, seq: Seq) -> Result<(), StoreError> {
         self.call(move |conn| async move {
+            if !conn.is_autocommit() {
+                // In a group commit: it rides on the batch's one fsync anyway.
+                return set_pointer(&conn, i64::from(partition), column, seq).await;
+            }
             // See the module docs: these pointers ride on the next fsync instead of paying one.
             drain(&conn, "PRAGMA synchronous=NORMAL").await?;
             let r = set_pointer(&conn, i64::from(partition), column, seq).await;
@@ -420,8 +437,43 @@ fn run(path: PathBuf, jobs: mpsc::Receiver<Job>, ready: oneshot::Sender<Result<(
             return;
         }
     };
-    while let Ok(job) = jobs.recv() {
-        rt.block_on(job(conn.clone()));
+    // Group commit: whatever jobs queued while the last batch ran go together in one
+    // transaction, one fsync for all of them (each job's own transaction becomes a
+    // savepoint), and every caller hears back only after that commit. Under a ring change
+    // hundreds of partitions promise, fence and append at once.
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        rt.block_on(async {
+            if batch.len() == 1 {
+                let reply = batch.pop().map(|job| job(conn.clone()));
+                if let Some(reply) = reply {
+                    reply.await(None);
+                }
+                return;
+            }
+            let began = conn.execute("BEGIN IMMEDIATE", ()).await;
+            let mut replies = Vec::with_capacity(batch.len());
+            for job in batch {
+                replies.push(job(conn.clone()).await);
+            }
+            let committed = match began {
+                Err(e) => Err(e.to_string()),
+                Ok(_) => conn.execute("COMMIT", ()).await.map(|_| ()).map_err(|e| e.to_string()),
+            };
+            if committed.is_err() {
+                let _ = conn.execute("ROLLBACK", ()).await;
+            }
+            let failed = committed.err();
+            for reply in replies {
+                reply(failed.clone());
+            }
+        });
     }
 }
 
@@ -437,6 +489,24 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
+    if !conn.is_autocommit() {
+        // Inside the store thread's group commit: a savepoint, so that this job's changes
+        // are all or nothing while the batch commits together.
+        conn.execute("SAVEPOINT replog_job", ()).await?;
+        return match body().await {
+            Ok(v) => {
+                conn.execute("RELEASE replog_job", ()).await?;
+                Ok(v)
+            }
+            Err(e) => {
+                if let Err(re) = conn.execute("ROLLBACK TO replog_job", ()).await {
+                    tracing::error!(error = %re, "replog: rollback to savepoint failed");
+                }
+                let _ = conn.execute("RELEASE replog_job", ()).await;
+                Err(e)
+            }
+        };
+    }
     conn.execute("BEGIN IMMEDIATE", ()).await?;
     match body().await {
         Ok(v) => {
@@ -535,5 +605,37 @@ mod tests {
         assert_eq!(meta[&5].serving, Some(ReplicaSet { epoch: 7, replicas: vec![u64::MAX] }));
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_commit_together_and_each_is_all_or_nothing() {
+        let dir = temp_dir("group-commit");
+        let s = LogStore::open(&dir.join("replog.db")).await.unwrap();
+        let writes = (0u16..64).map(|p| {
+            let s = s.clone();
+            async move { s.append(p, None, vec![e(1, 1, b"x"), e(2, 1, b"y")], MetaUpdate::default()).await }
+        });
+        for r in futures_util::future::join_all(writes).await {
+            r.unwrap();
+        }
+        // A promise lower than the one held changes nothing, inside a batch or not.
+        let promises = (0u16..64).map(|p| {
+            let s = s.clone();
+            async move {
+                s.promise(p, 5).await.unwrap();
+                s.promise(p, 3).await
+            }
+        });
+        for r in futures_util::future::join_all(promises).await {
+            r.unwrap();
+        }
+        drop(s);
+        let s = LogStore::open(&dir.join("replog.db")).await.unwrap();
+        let metas = s.load().await.unwrap();
+        for p in 0u16..64 {
+            let m = &metas[&p];
+            assert_eq!(m.promised, 5, "partition {p}");
+            assert_eq!(s.tail(p).await.unwrap(), Some(LogPos { epoch: 1, seq: 2 }));
+        }
     }
 }
