@@ -454,7 +454,7 @@ impl Ctx {
     pub async fn forward_and_wait(&self, node: u64, origin: &Origin, stanza: Element, hops: u8) {
         if hops >= MAX_HOPS {
             tracing::warn!(node, "cluster: a stanza was forwarded too often (the ring is moving); bounced");
-            self.bounce(&stanza, "recipient-unavailable").await;
+            self.bounce_to(origin, &stanza, "recipient-unavailable").await;
             return;
         }
         let Some(link) = self.link() else { return };
@@ -468,11 +468,11 @@ impl Ctx {
             Ok(NodeReply::Done) => {}
             Ok(other) => {
                 tracing::warn!(node, reply = ?other, "cluster: routing at the owner failed");
-                self.bounce(&stanza, "recipient-unavailable").await;
+                self.bounce_to(origin, &stanza, "recipient-unavailable").await;
             }
             Err(e) => {
                 tracing::warn!(node, error = %e, "cluster: the owner did not route the message");
-                self.bounce(&stanza, "recipient-unavailable").await;
+                self.bounce_to(origin, &stanza, "recipient-unavailable").await;
             }
         }
     }

@@ -95,7 +95,7 @@ impl Ctx {
             }
             if !self.forward(node, origin, &stanza, hops) {
                 // The node that owns the destination is unreachable (RFC 6120 §8.3.3.14).
-                self.bounce(&stanza, "recipient-unavailable").await;
+                self.bounce_to(origin, &stanza, "recipient-unavailable").await;
             }
             return;
         }
@@ -139,6 +139,24 @@ impl Ctx {
             let origin = Origin { jid, conn_id: None };
             self.route(&origin, stanza).await;
         })
+    }
+
+    /// [`Ctx::bounce`] straight to the session `origin` when the stanza came from one:
+    /// the error must reach the client whose stanza failed even when the node that owns
+    /// its user (where [`Ctx::emit`] would route it) is the one that cannot be reached,
+    /// or the client, whose XEP-0198 count covered the stanza, would take it as kept.
+    pub async fn bounce_to(&self, origin: &Origin, original: &Element, condition: &str) {
+        if let Some(conn_id) = origin.conn_id {
+            if let Some(reply) = error_reply(original, condition, None) {
+                let addr = waddle_cluster::SessionAddr { node: crate::remote::conn_node(conn_id), conn_id };
+                match self.cluster.deliver(addr, SessionMsg::Deliver(Arc::new(reply))) {
+                    Ok(()) => return,
+                    Err(_) => tracing::debug!(conn_id, "the session of a bounced stanza is gone"),
+                }
+            }
+            return;
+        }
+        self.bounce(original, condition).await;
     }
 
     /// Sends the error reply to `original` back to its sender through [`Ctx::emit`]
@@ -250,13 +268,13 @@ impl Ctx {
     /// `recipient-unavailable`, type `wait`) when that cannot be known now, such as a
     /// partition this node was just given and has not recovered yet: an unknown answer
     /// is never taken for "no such account", which would drop the stanza silently.
-    async fn account_exists_or_bounce(&self, bare: &BareJid, stanza: &Element) -> Option<bool> {
+    async fn account_exists_or_bounce(&self, origin: &Origin, bare: &BareJid, stanza: &Element) -> Option<bool> {
         let Some(node) = bare.node() else { return Some(false) };
         match self.users().account_exists(node.as_str()).await {
             Ok(exists) => Some(exists),
             Err(e) => {
                 tracing::warn!(error = %e, "account lookup failed; the stanza is bounced");
-                self.bounce(stanza, "recipient-unavailable").await;
+                self.bounce_to(origin, stanza, "recipient-unavailable").await;
                 None
             }
         }
@@ -270,7 +288,7 @@ impl Ctx {
                 // A bound session proves the account: the storage round trip is only
                 // needed for an account with nobody online.
                 let exists = if sessions.is_empty() {
-                    let Some(exists) = self.account_exists_or_bounce(to, &stanza).await else { return };
+                    let Some(exists) = self.account_exists_or_bounce(origin, to, &stanza).await else { return };
                     exists
                 } else {
                     true
@@ -287,7 +305,7 @@ impl Ctx {
                     // An IQ to one's own bare JID is handled by the server for the account.
                     Box::pin(server::handle(self, origin, kind, stanza)).await;
                 } else {
-                    match self.account_exists_or_bounce(to, &stanza).await {
+                    match self.account_exists_or_bounce(origin, to, &stanza).await {
                         Some(true) => server::iq_on_behalf_of(self, origin, to, stanza).await,
                         Some(false) => self.bounce(&stanza, "service-unavailable").await,
                         None => {}
@@ -313,7 +331,7 @@ impl Ctx {
         } else if session.is_some() {
             true
         } else {
-            let Some(exists) = self.account_exists_or_bounce(&bare, &stanza).await else { return };
+            let Some(exists) = self.account_exists_or_bounce(origin, &bare, &stanza).await else { return };
             exists
         };
         if message_to_existing_account && !self.archive_if_chat(origin, &bare, &mut stanza).await {
@@ -362,7 +380,7 @@ impl Ctx {
                 false
             }
             crate::mam::ChatVerdict::NotDurable => {
-                self.bounce(stanza, "recipient-unavailable").await;
+                self.bounce_to(origin, stanza, "recipient-unavailable").await;
                 false
             }
         }
