@@ -830,6 +830,20 @@ impl SessionState {
                         }
                         return End::Closed;
                     };
+                    if matches!(msg, SessionMsg::Close(_)) {
+                        // What was queued for the client before the close is still written
+                        // first: an error about one of its own stanzas (a message that could
+                        // not be kept, whose XEP-0198 count the client may already hold) must
+                        // not be lost to a close that merely came earlier.
+                        while let Some(queued) = mailbox.try_recv() {
+                            if !matches!(queued, SessionMsg::Deliver(_) | SessionMsg::DeliverUnaddressed(_)) {
+                                continue;
+                            }
+                            if let Some(end) = self.handle(queued) {
+                                return end;
+                            }
+                        }
+                    }
                     if let Some(end) = self.handle(msg) {
                         return end;
                     }
