@@ -170,8 +170,6 @@ impl SessionState {
         }
     }
 
-    /// Registers this session with its user's owner again (the ring moved, or the owner
-    /// was unreachable and forgot it), with its presence, roster interest and carbons.
     /// Remembers (or forgets) the room occupant JID `to` this session sent presence to.
     fn track_room(&mut self, to: &str, join: Option<&Element>) {
         let in_muc = to
@@ -210,6 +208,9 @@ impl SessionState {
         }
     }
 
+    /// Registers this session with its user's owner again (the ring moved, or the owner
+    /// was unreachable and forgot it), with its presence, roster interest and carbons,
+    /// and takes it back into its rooms.
     fn reannounce(&self) {
         self.rejoin_rooms();
         let (available, priority, presence) = match &self.presence {
