@@ -1010,8 +1010,16 @@ impl RoomState {
         let partition = self.partition;
         tokio::spawn(async move {
             if let Some(replication) = ctx.replication() {
-                // Every acknowledged message is committed; the query reads it once applied.
-                replication.caught_up(partition).await;
+                // Every acknowledged message is committed by the partition's leader: the
+                // query is answered only by it, once applied (a room still running on a
+                // node that lost the partition would answer from a stale copy).
+                if !replication.ready(partition, crate::replication::READY_WAIT).await {
+                    if let Some(err) = error_reply(&iq, "recipient-unavailable", Some("the room is moving; ask again"))
+                    {
+                        ctx.emit(err).await;
+                    }
+                    return;
+                }
             }
             crate::mam::answer_query(&ctx, location, &room, &room, iq).await
         });

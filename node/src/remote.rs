@@ -134,6 +134,9 @@ pub enum NodeCall {
         kind: TokenKind,
         hash: Vec<u8>,
         now: i64,
+        /// The token's partition (its prefix): the owner answers once it serves it.
+        #[serde(default)]
+        partition: Option<u32>,
     },
     /// What runs on the node: for `waddle cluster status`.
     Stats,
@@ -257,8 +260,8 @@ pub async fn answer(ctx: &Ctx, call: NodeCall) -> NodeReply {
             Box::pin(ctx.route_hop(&Origin { jid, conn_id }, stanza, hops)).await;
             return NodeReply::Done;
         }
-        NodeCall::LookupToken { kind, hash, now } => match <[u8; 32]>::try_from(hash.as_slice()) {
-            Ok(hash) => store.lookup_token(None, kind, hash, now).await.map(NodeReply::Token),
+        NodeCall::LookupToken { kind, hash, now, partition } => match <[u8; 32]>::try_from(hash.as_slice()) {
+            Ok(hash) => store.lookup_token(partition, kind, hash, now).await.map(NodeReply::Token),
             Err(_) => Ok(NodeReply::Token(None)),
         },
     };
@@ -390,7 +393,7 @@ impl Accounts for ClusterAccounts {
             match owner {
                 None => ctx.users().lookup_token(partition, kind, hash, now).await,
                 Some(node) => {
-                    let call = NodeCall::LookupToken { kind, hash: hash.to_vec(), now };
+                    let call = NodeCall::LookupToken { kind, hash: hash.to_vec(), now, partition };
                     match ClusterAccounts::ask(&ctx, node, call).await? {
                         NodeReply::Token(token) => Ok(token),
                         other => unexpected(other),
