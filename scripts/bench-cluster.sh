@@ -22,6 +22,32 @@ cleanup() {
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
+ADMIN=bench-cluster-admin-token
+
+# Polls (never sleeps blindly) until the three nodes agree on three members, all up,
+# one ring epoch and every partition served: the cluster has finished forming and its
+# partitions have moved, so the runs measure a settled cluster.
+wait_converged() {
+    for _ in $(seq 1 600); do
+        if python3 - "$ADMIN" <<'PY'
+import json, sys, urllib.request
+views = []
+for n in (1, 2, 3):
+    req = urllib.request.Request(f"http://127.0.0.1:26{n}80/v1/cluster", headers={"Authorization": f"Bearer {sys.argv[1]}"})
+    try:
+        views.append(json.load(urllib.request.urlopen(req, timeout=2)))
+    except Exception:
+        sys.exit(1)
+ok = all(len(v["nodes"]) == 3 and all(x["state"] == "up" for x in v["nodes"]) for v in views)
+ok = ok and len({v["ring_epoch"] for v in views}) == 1 and sum(x["partitions"] for x in views[0]["nodes"]) == 256
+sys.exit(0 if ok else 1)
+PY
+        then return 0; fi
+        sleep 0.1
+    done
+    echo "the 3-node cluster did not converge" >&2
+    exit 1
+}
 
 # node N: XMPP 26N22, HTTP 26N80, cluster 26N40 (N = 1..3); the lone node uses N = 9.
 start_node() {
@@ -30,7 +56,7 @@ start_node() {
         WADDLE_C2S_STARTTLS_PORT=26${n}22 WADDLE_C2S_DIRECT_TLS_PORT=26${n}23 WADDLE_HTTP_PORT=26${n}80
         WADDLE_LOG_LEVEL=warn WADDLE_RATE_LIMITS_ENABLED=false WADDLE_AUTH_MAX_REGISTRATIONS_PER_ADDRESS=1000000)
     if [ "$cluster" = yes ]; then
-        env+=(WADDLE_CLUSTER_LISTEN=127.0.0.1:26${n}40 WADDLE_CLUSTER_SECRET=$SECRET)
+        env+=(WADDLE_CLUSTER_LISTEN=127.0.0.1:26${n}40 WADDLE_CLUSTER_SECRET=$SECRET WADDLE_AUTH_ADMIN_TOKEN=$ADMIN)
         [ -n "$seeds" ] && env+=(WADDLE_CLUSTER_SEEDS=$seeds)
     fi
     env "${env[@]}" "$WADDLE" --config config/waddle.toml >"$DIR/node$n.log" 2>&1 &
@@ -68,6 +94,7 @@ echo "== 3-node cluster"
 start_node 1 "" yes
 start_node 2 127.0.0.1:26140 yes
 start_node 3 127.0.0.1:26140 yes
+wait_converged
 HOSTS=127.0.0.1:26122,127.0.0.1:26222,127.0.0.1:26322
 CLUSTER_PIDS="${pids[0]},${pids[1]},${pids[2]}"
 "$BENCH" register --hosts $HOSTS --user-prefix cb --users "$USERS" >/dev/null
