@@ -667,9 +667,22 @@ pub async fn call(
     bearer: Option<&str>,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, Value)> {
-    tokio::time::timeout(Duration::from_secs(3), waddle_bench::http::request(base, method, path, bearer, body))
+    call_within(Duration::from_secs(3), base, method, path, bearer, body).await
+}
+
+/// [`call`] with its own bound: a drain (`POST /v1/cluster/leave`) answers only once the
+/// node's partitions have moved away, which takes longer than a status read.
+pub async fn call_within(
+    limit: Duration,
+    base: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Value)> {
+    tokio::time::timeout(limit, waddle_bench::http::request(base, method, path, bearer, body))
         .await
-        .map_err(|_| anyhow!("{method} {base}{path}: no answer in 3 s"))?
+        .map_err(|_| anyhow!("{method} {base}{path}: no answer in {limit:?}"))?
 }
 
 pub async fn get(base: &str, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, Value)> {

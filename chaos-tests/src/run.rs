@@ -16,7 +16,7 @@ use waddle_bench::sm::SmConfig;
 
 use crate::args::Args;
 use crate::checker::{self, Damage, Status, Target, View};
-use crate::cluster::{call, Cluster, Mode, Options, ADMIN};
+use crate::cluster::{call, call_within, Cluster, Mode, Options, ADMIN};
 use crate::prng::Prng;
 use crate::report::{self, Report};
 use crate::schedule::{schedule, Fault, FaultKind, Profile};
@@ -507,7 +507,9 @@ async fn run_fault(cluster: &mut Cluster, k: usize, fault: &Fault, rooms: &[Stri
             }
             FaultKind::Leave => {
                 let base = cluster.nodes[i].http_base();
-                match call(&base, "POST", "/v1/cluster/leave", Some(ADMIN), Some(&json!({}))).await {
+                // The server's own drain bound is 60 s.
+                let limit = Duration::from_secs(75);
+                match call_within(limit, &base, "POST", "/v1/cluster/leave", Some(ADMIN), Some(&json!({}))).await {
                     Ok((200, _)) => {
                         tl.note(k, kind, Some(id), "left (POST /v1/cluster/leave)", affected.clone());
                         // The node exits by itself once drained; `terminate` only makes

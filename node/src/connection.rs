@@ -10,7 +10,7 @@ use waddle_api::Accounts as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use waddle_c2s::{Action, AuthOutcome, NegotiationConfig, Negotiator, RegisterOutcome};
+use waddle_c2s::{Action, AuthOutcome, CredentialsUnavailable, NegotiationConfig, Negotiator, RegisterOutcome};
 use waddle_jid::FullJid;
 use waddle_sasl::{LoginDecision, ScramCredentials, ScramHash};
 use waddle_storage::{StoredScram, TokenKind};
@@ -61,7 +61,7 @@ struct Transport {
 }
 
 async fn negotiate(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     mut io: ClientIo,
     peer: SocketAddr,
     transport: Transport,
@@ -117,9 +117,11 @@ async fn negotiate(
                     // decision must not depend on this attempt: a clean address is at most
                     // delayed (see `LoginLimiter`).
                     let result = if wait_for_login(ctx, &peer_ip, &username, deadline).await {
-                        Ok(scram_credentials(ctx, &username, hash).await)
+                        scram_credentials(ctx, &username, hash)
+                            .await
+                            .map_err(|Unreadable| CredentialsUnavailable::Temporarily)
                     } else {
-                        Err(())
+                        Err(CredentialsUnavailable::Blocked)
                     };
                     pending.extend(negotiator.scram_credentials(result));
                 }
@@ -227,36 +229,59 @@ fn to_credentials(hash: ScramHash, s: StoredScram) -> ScramCredentials {
     }
 }
 
-async fn scram_credentials(ctx: &Ctx, username: &str, hash: ScramHash) -> Option<ScramCredentials> {
-    match ctx.accounts().account(username).await {
-        Ok(Some(account)) => Some(match hash {
-            ScramHash::Sha1 => to_credentials(hash, account.scram_sha1),
-            ScramHash::Sha256 => to_credentials(hash, account.scram_sha256),
-        }),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::error!(error = %e, "credential lookup failed");
-            None
+/// The account could not be read (its partition is between owners, or its owner did
+/// not answer) even after one retry: the client is told to try again later.
+struct Unreadable;
+
+/// How long a login waits before reading an account a second time: a partition's new
+/// owner is usually serving within a heartbeat or two of a ring change.
+const ACCOUNT_RETRY: Duration = Duration::from_millis(500);
+
+async fn scram_credentials(ctx: &Ctx, username: &str, hash: ScramHash) -> Result<Option<ScramCredentials>, Unreadable> {
+    let mut retried = false;
+    let account = loop {
+        match ctx.accounts().account(username).await {
+            Ok(account) => break account,
+            Err(e) if !retried => {
+                tracing::warn!(error = %e, user = %username, "credential lookup failed; retrying once");
+                retried = true;
+                tokio::time::sleep(ACCOUNT_RETRY).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, user = %username, "credential lookup failed: temporary-auth-failure");
+                return Err(Unreadable);
+            }
         }
-    }
+    };
+    Ok(account.map(|account| match hash {
+        ScramHash::Sha1 => to_credentials(hash, account.scram_sha1),
+        ScramHash::Sha256 => to_credentials(hash, account.scram_sha256),
+    }))
 }
 
 /// PLAIN carries either a session token from `POST /auth/xmpp-token` or the password.
 async fn verify_plain(ctx: &Ctx, username: &str, secret: String) -> AuthOutcome {
-    match ctx.accounts().lookup_token(TokenKind::Xmpp, &secret, unix_now()).await {
+    let token_unreadable = match ctx.accounts().lookup_token(TokenKind::Xmpp, &secret, unix_now()).await {
         Ok(Some(record)) if record.username == username => return AuthOutcome::Success,
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "token lookup failed"),
-    }
-    let Some(creds) = scram_credentials(ctx, username, ScramHash::Sha256).await else {
-        return AuthOutcome::Failure;
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, user = %username, "token lookup failed");
+            true
+        }
+    };
+    let creds = match scram_credentials(ctx, username, ScramHash::Sha256).await {
+        Ok(Some(creds)) => creds,
+        Ok(None) if token_unreadable => return AuthOutcome::Unavailable,
+        Ok(None) => return AuthOutcome::Failure,
+        Err(Unreadable) => return AuthOutcome::Unavailable,
     };
     // PBKDF2 is deliberately slow: keep it off the async workers.
     let ok = tokio::task::spawn_blocking(move || creds.verify_password(&secret)).await.unwrap_or(false);
-    if ok {
-        AuthOutcome::Success
-    } else {
-        AuthOutcome::Failure
+    match (ok, token_unreadable) {
+        (true, _) => AuthOutcome::Success,
+        // The secret may have been a valid token we could not check.
+        (false, true) => AuthOutcome::Unavailable,
+        (false, false) => AuthOutcome::Failure,
     }
 }
 

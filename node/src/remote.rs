@@ -30,7 +30,7 @@ use crate::router::Origin;
 const MAX_HOPS: u8 = 2;
 
 /// The version of [`NodeOp`]'s encoding; a peer sending another is refused loudly.
-pub const NODE_OP_VERSION: u16 = 4;
+pub const NODE_OP_VERSION: u16 = 5;
 
 /// A one-way operation for another node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +73,17 @@ pub enum AccountAction {
     /// The session again, after the ring moved or the owner was unreachable: bound
     /// unless another session holds its full JID now, with its presence.
     Rebind {
+        available: bool,
+        priority: i8,
+        presence: Option<String>,
+        roster_interested: bool,
+        carbons: bool,
+    },
+    /// The session moved here from the session `from_conn_id` (a resumption on
+    /// another node): it takes that session's entry, unless a newer session of the same
+    /// full JID holds it.
+    Moved {
+        from_conn_id: u64,
         available: bool,
         priority: i8,
         presence: Option<String>,
@@ -155,6 +166,20 @@ pub enum NodeCall {
         stanza: String,
         hops: u8,
     },
+    /// Where the session of `bare`/`resource` runs, from the registry shard the
+    /// receiver owns: a client resuming it on another node asks.
+    SessionAt {
+        bare: String,
+        resource: String,
+    },
+    /// The receiver's session `conn_id` moves to `to` (its client resumed there): its
+    /// state if `previd` is its resumption id and `h` a possible count.
+    TakeSession {
+        conn_id: u64,
+        previd: String,
+        h: u32,
+        to: SessionAddr,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -169,6 +194,8 @@ pub enum NodeReply {
     },
     /// The owner's storage refused or failed.
     Failed(RemoteFailure),
+    SessionAt(Option<SessionAddr>),
+    Session(Option<Box<crate::resume::MovedSession>>),
 }
 
 /// A storage failure as it crosses nodes.
@@ -259,6 +286,17 @@ pub async fn answer(ctx: &Ctx, call: NodeCall) -> NodeReply {
             // Boxed: routing leads back into calls like this one.
             Box::pin(ctx.route_hop(&Origin { jid, conn_id }, stanza, hops)).await;
             return NodeReply::Done;
+        }
+        NodeCall::SessionAt { bare, resource } => {
+            let addr = match ctx.cluster.user(&bare) {
+                Place::Local(shard) => shard.addr(&resource),
+                Place::Remote(_) => None,
+            };
+            return NodeReply::SessionAt(addr);
+        }
+        NodeCall::TakeSession { conn_id, previd, h, to } => {
+            let moved = crate::resume::give_away(ctx, conn_id, previd, h, to).await;
+            return NodeReply::Session(moved.map(Box::new));
         }
         NodeCall::LookupToken { kind, hash, now, partition } => match <[u8; 32]>::try_from(hash.as_slice()) {
             Ok(hash) => store.lookup_token(partition, kind, hash, now).await.map(NodeReply::Token),
@@ -607,6 +645,17 @@ pub fn handle(ctx: Arc<Ctx>, from_node: u64, op: NodeOp) -> BoxFuture<'static, (
     })
 }
 
+/// Binds `entry`, a session that moved from the session `from_conn_id`, in its place;
+/// `false` (nothing changed) when another session of the same full JID holds it.
+pub fn take_entry(shard: &waddle_cluster::UserShard<'_>, entry: SessionEntry, from_conn_id: u64) -> bool {
+    if shard.addr(&entry.resource).is_some_and(|held| held.conn_id != from_conn_id && held != entry.addr) {
+        return false;
+    }
+    // The replaced entry is the moved session's old self, which is told nothing.
+    let _ = shard.bind(entry);
+    true
+}
+
 /// A stream error condition named by a peer, as the session's static string; an
 /// unknown one closes with `internal-server-error`.
 fn static_condition(name: &str) -> &'static str {
@@ -668,6 +717,21 @@ async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action
                 carbons,
             });
             ctx.hint_carbons(bare.as_str(), &shard, true);
+        }
+        AccountAction::Moved { from_conn_id, available, priority, presence, roster_interested, carbons } => {
+            let presence = presence.as_deref().and_then(parse).map(Arc::new);
+            let entry = SessionEntry {
+                resource: resource.to_owned(),
+                addr,
+                priority,
+                available,
+                presence,
+                roster_interested,
+                carbons,
+            };
+            if take_entry(&shard, entry, from_conn_id) {
+                ctx.hint_carbons(bare.as_str(), &shard, true);
+            }
         }
         AccountAction::Unbind => {
             // Only a session with carbons leaving can turn the account's answer to false.

@@ -6,13 +6,23 @@
 //! task, which keeps running while its client is away. A new connection reaches it
 //! through the session registry (the id names the full JID), so nothing here holds
 //! session state of its own.
+//!
+//! A client may resume on another node than the one its session runs on (its node is
+//! alive, but the client reconnected elsewhere). The session cannot follow the socket,
+//! so the state follows the client, as ejabberd does: the new node asks the old one
+//! ([`NodeCall::TakeSession`](crate::remote::NodeCall)), the old session answers with a
+//! [`MovedSession`] (its counters, unacknowledged stanzas, presence, rooms) and stops
+//! without telling anyone it left, and a session starts here from that state. The old
+//! session forwards what still reaches it for a moment, while the registry learns
+//! where the session is now.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use waddle_cluster::SessionMsg;
+use waddle_cluster::{SessionAddr, SessionMsg};
 use waddle_jid::FullJid;
 use waddle_xml::{Element, StreamParser, Unaddressed};
 
@@ -38,6 +48,42 @@ pub struct Attach {
     pub reply: oneshot::Sender<Result<(), (ClientIo, StreamParser)>>,
 }
 
+/// Another node asks for this session, to resume it there (see the module docs).
+pub struct Migrate {
+    pub previd: String,
+    /// The client's count of the stanzas it handled.
+    pub h: u32,
+    /// Where the session runs from now on: what still reaches the old one goes there.
+    pub to: SessionAddr,
+    /// `None`: not this session's id, or the client's count is impossible.
+    pub reply: oneshot::Sender<Option<MovedSession>>,
+}
+
+/// Everything of a session that a client resuming on another node takes with it.
+/// Crosses nodes inside [`NodeReply::Session`](crate::remote::NodeReply), so it is
+/// versioned with the node protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedSession {
+    pub jid: String,
+    pub previd: String,
+    pub resume_secs: u64,
+    /// XEP-0198 counters: stanzas handled from the client, ours the client acknowledged
+    /// (the `h` of its `<resume/>` already applied).
+    pub handled_in: u32,
+    pub acked_out: u32,
+    /// Sent and not acknowledged, oldest first, each addressed to `jid` (what an
+    /// inactive client was spared, XEP-0352, is among them).
+    pub unacked: Vec<String>,
+    pub available: bool,
+    pub initial_presence_sent: bool,
+    pub presence: Option<(i8, String)>,
+    pub directed: Vec<String>,
+    pub roster_interested: bool,
+    pub carbons: bool,
+    /// Room occupant JID and the join presence sent to it.
+    pub rooms: Vec<(String, String)>,
+}
+
 /// The id a resumable session gives its client: its secret token and its full JID, so
 /// the registry finds the session without an index of its own.
 pub fn resumption_id(token: &str, jid: &FullJid) -> String {
@@ -48,10 +94,17 @@ pub fn resumption_id(token: &str, jid: &FullJid) -> String {
 /// answers at once, so this only bounds a session stuck handling something else.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a session on this node has to hand its state to another node: shorter than
+/// the inter-node call's own timeout, so that the asking node is still waiting when it
+/// comes (a late answer would move a session nobody takes).
+const MOVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Hands the connection to the session `previd` names, if it is `username`'s and still
-/// there. `Err` gives the connection back: the client gets `<failed/>` and may bind.
+/// there: the session takes the connection if it runs here, otherwise its state comes
+/// here and a session starts from it. `Err` gives the connection back: the client gets
+/// `<failed/>` and may bind.
 pub async fn hand_over(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     username: &str,
     previd: &str,
     h: u32,
@@ -62,13 +115,13 @@ pub async fn hand_over(
         return Err((io, parser));
     };
     let own = jid.node().is_some_and(|n| n.as_str() == username) && jid.domain().as_str() == ctx.domain;
-    // A session whose user another node owns is not found here: the client gets
-    // `item-not-found` and binds anew.
-    let addr =
-        if own { ctx.local_shard(jid.to_bare().as_str()).and_then(|s| s.addr(jid.resource().as_str())) } else { None };
+    let addr = if own { session_addr(ctx, &jid).await } else { None };
     let Some(addr) = addr else {
         return Err((io, parser));
     };
+    if addr.node != ctx.cluster.me() {
+        return crate::session::resume_moved(Arc::clone(ctx), addr, previd, h, io, parser).await;
+    }
     let (reply, answer) = oneshot::channel();
     let attach = Attach { io, parser, previd: previd.to_owned(), h, reply };
     if let Err(SessionMsg::Attach(back)) = ctx.cluster.deliver(addr, SessionMsg::Attach(Box::new(attach))) {
@@ -83,6 +136,37 @@ pub async fn hand_over(
         // Taken over; or the session ended holding the connection, which then closes.
         _ => Ok(()),
     }
+}
+
+/// Where the session `jid` runs, from its user's registry shard (here or at the owner).
+async fn session_addr(ctx: &Ctx, jid: &FullJid) -> Option<SessionAddr> {
+    let bare = jid.to_bare();
+    let resource = jid.resource().as_str().to_owned();
+    match ctx.cluster.user(bare.as_str()) {
+        waddle_cluster::Place::Local(shard) => shard.addr(&resource),
+        waddle_cluster::Place::Remote(node) => {
+            let link = ctx.link()?;
+            let call = crate::remote::NodeCall::SessionAt { bare: bare.as_str().to_owned(), resource };
+            match link.call(node, call).await {
+                Ok(crate::remote::NodeReply::SessionAt(addr)) => addr,
+                other => {
+                    tracing::info!(node, answer = ?other, "the owner did not say where a resuming session runs");
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Asks the local session `conn_id` to move to `to` (another node's
+/// [`NodeCall::TakeSession`](crate::remote::NodeCall)); `None` when it is not there or
+/// refuses (another id, an impossible count).
+pub async fn give_away(ctx: &Ctx, conn_id: u64, previd: String, h: u32, to: SessionAddr) -> Option<MovedSession> {
+    let (reply, answer) = oneshot::channel();
+    let migrate = Migrate { previd, h, to, reply };
+    let here = SessionAddr { node: ctx.cluster.me(), conn_id };
+    ctx.cluster.deliver(here, SessionMsg::Attach(Box::new(migrate))).ok()?;
+    tokio::time::timeout(MOVE_TIMEOUT, answer).await.ok()?.ok()?
 }
 
 /// Where a session's unacknowledged stanzas go when it ends without being resumed

@@ -26,7 +26,7 @@ use crate::im;
 use crate::io::ClientIo;
 use crate::outbox::{Outbox, OutboxError, OutboxHandle};
 use crate::remote::{AccountAction, NodeOp};
-use crate::resume::{Attach, Sent};
+use crate::resume::{Attach, Migrate, MovedSession, Sent};
 use crate::router::Origin;
 
 /// Bytes read per poll, into a buffer on the poll's stack: a session waiting for input
@@ -58,7 +58,13 @@ enum End {
     Unresponsive(&'static str),
     /// A new connection takes this session over (XEP-0198 resumption).
     Attach(Box<Attach>),
+    /// The client resumed on another node: the session's state goes there.
+    Migrate(Box<Migrate>),
 }
+
+/// How long a session that moved to another node forwards what still reaches it here,
+/// while the registry and its rooms learn where it is now.
+const MOVED_FORWARD_FOR: Duration = Duration::from_secs(5);
 
 /// Stream Management on a session (XEP-0198).
 struct Sm {
@@ -240,6 +246,39 @@ impl SessionState {
                         roster_interested: self.roster_interested,
                         carbons: self.carbons,
                     });
+                }
+            }
+        }
+    }
+
+    /// Takes the registry entry of the session `from_conn_id` on another node, which
+    /// moved here (a resumption), with this session's presence and interests.
+    fn take_registry_entry(&self, from_conn_id: u64) {
+        let (available, priority, presence) = match &self.presence {
+            Some((priority, presence)) if self.available => (true, *priority, Some(Arc::clone(presence))),
+            _ => (false, 0, None),
+        };
+        let (roster_interested, carbons) = (self.roster_interested, self.carbons);
+        match self.owner_elsewhere() {
+            Some(node) => {
+                let presence = presence.map(|p| p.to_string());
+                let moved =
+                    AccountAction::Moved { from_conn_id, available, priority, presence, roster_interested, carbons };
+                self.to_owner(node, moved);
+            }
+            None => {
+                let Some(shard) = self.ctx.local_shard(&self.bare) else { return };
+                let entry = waddle_cluster::SessionEntry {
+                    resource: self.jid.resource().as_str().to_owned(),
+                    addr: SessionAddr { node: self.ctx.cluster.me(), conn_id: self.conn_id },
+                    priority,
+                    available,
+                    presence,
+                    roster_interested,
+                    carbons,
+                };
+                if crate::remote::take_entry(&shard, entry, from_conn_id) {
+                    self.ctx.hint_carbons(&self.bare, &shard, true);
                 }
             }
         }
@@ -914,27 +953,42 @@ impl SessionState {
                 self.reannounce();
                 None
             }
-            SessionMsg::Attach(attach) => self.accept_attach(attach).map(End::Attach),
+            SessionMsg::Attach(attach) => self.accept_attach(attach),
         }
     }
 
-    /// A connection that asks to resume this session: taken if it names this
-    /// session's resumption id, otherwise given back to its shell.
-    fn accept_attach(&mut self, attach: Box<dyn std::any::Any + Send>) -> Option<Box<Attach>> {
-        let attach = attach.downcast::<Attach>().ok()?;
-        let ours = self.sm.as_ref().and_then(|sm| sm.resume.as_ref()).is_some_and(|(id, _)| *id == attach.previd);
-        if ours {
-            return Some(attach);
+    /// A connection that asks to resume this session, here or on another node: taken
+    /// if it names this session's resumption id (and, from another node, a possible
+    /// count), otherwise given back to its shell.
+    fn accept_attach(&mut self, attach: Box<dyn std::any::Any + Send>) -> Option<End> {
+        let resume_id = self.sm.as_ref().and_then(|sm| sm.resume.as_ref()).map(|(id, _)| id.as_str());
+        let attach = match attach.downcast::<Attach>() {
+            Ok(attach) if resume_id == Some(attach.previd.as_str()) => return Some(End::Attach(attach)),
+            Ok(attach) => {
+                let Attach { io, parser, reply, .. } = *attach;
+                let _ = reply.send(Err((io, parser)));
+                return None;
+            }
+            Err(other) => other,
+        };
+        let migrate = attach.downcast::<Migrate>().ok()?;
+        // A count the client cannot have is refused here, before anything changes: the
+        // session stays as it was and the client gets `<failed/>` there.
+        let possible = self
+            .sm
+            .as_ref()
+            .is_some_and(|sm| migrate.h.wrapping_sub(sm.state.acked_count()) as usize <= sm.state.unacked_len());
+        if resume_id == Some(migrate.previd.as_str()) && possible {
+            return Some(End::Migrate(migrate));
         }
-        let Attach { io, parser, reply, .. } = *attach;
-        let _ = reply.send(Err((io, parser)));
+        let _ = migrate.reply.send(None);
         None
     }
 
     /// Waits, with no connection, for the client to resume: deliveries are kept as
     /// unacknowledged stanzas (bounded) to be sent on resumption. `None` when the
     /// session ends instead (timeout, replaced, closed, too much waiting).
-    async fn wait_detached(&mut self, mailbox: &mut SessionMailbox) -> Option<Box<Attach>> {
+    async fn wait_detached(&mut self, mailbox: &mut SessionMailbox) -> Option<End> {
         let secs = self.sm.as_ref().and_then(|sm| sm.resume.as_ref()).map_or(0, |(_, secs)| *secs);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         tracing::debug!(jid = %self.jid, secs, "connection lost; waiting for the client to resume");
@@ -942,7 +996,7 @@ impl SessionState {
             tokio::select! {
                 msg = mailbox.recv() => match self.handle(msg?) {
                     None => {}
-                    Some(End::Attach(attach)) => return Some(attach),
+                    Some(end @ (End::Attach(_) | End::Migrate(_))) => return Some(end),
                     Some(_) => return None,
                 },
                 () = tokio::time::sleep_until(deadline) => {
@@ -951,6 +1005,66 @@ impl SessionState {
                 }
             }
         }
+    }
+
+    /// The client resumed on another node: hands this session's state over (its
+    /// connection here is already released), then forwards what still reaches it for
+    /// [`MOVED_FORWARD_FOR`]. Nobody is told the session left: it did not. `false` when
+    /// the asking node gave up waiting: nothing moved, and the session ends here as any
+    /// other does.
+    async fn move_away(&mut self, migrate: Migrate, mailbox: &mut SessionMailbox) -> bool {
+        let Migrate { previd, h, to, reply } = migrate;
+        // What an inactive client was spared is sent (and kept unacknowledged) like the rest.
+        self.flush_held();
+        self.held = None;
+        let Some(sm) = self.sm.as_deref_mut() else { return false };
+        // Checked in `accept_attach`.
+        let _ = sm.state.ack(h);
+        let own_jid = self.jid.as_str();
+        let moved = MovedSession {
+            jid: own_jid.to_owned(),
+            previd,
+            resume_secs: sm.resume.as_ref().map_or(0, |(_, secs)| *secs),
+            handled_in: sm.state.handled_count(),
+            acked_out: sm.state.acked_count(),
+            unacked: sm.state.unacked().map(|sent| sent_xml(sent, own_jid)).collect(),
+            available: self.available,
+            initial_presence_sent: self.initial_presence_sent,
+            presence: self.presence.as_ref().map(|(priority, p)| (*priority, p.to_string())),
+            directed: self.directed.iter().cloned().collect(),
+            roster_interested: self.roster_interested,
+            carbons: self.carbons,
+            rooms: self.rooms.iter().map(|(occupant, join)| (occupant.clone(), join.to_string())).collect(),
+        };
+        let unacked = moved.unacked.len();
+        if reply.send(Some(moved)).is_err() {
+            tracing::warn!(jid = %self.jid, "a move to another node was abandoned; ending the session here");
+            return false;
+        }
+        // It lives on there now: nothing of it goes where an ended session's stanzas go.
+        sm.state.take_unacked();
+        tracing::info!(jid = %self.jid, node = to.node, unacked, "session moved to another node");
+        let deadline = tokio::time::Instant::now() + MOVED_FORWARD_FOR;
+        let mut forwarded = 0usize;
+        loop {
+            let msg = tokio::select! {
+                msg = mailbox.recv() => msg,
+                () = tokio::time::sleep_until(deadline) => None,
+            };
+            let Some(msg) = msg else { break };
+            if !matches!(msg, SessionMsg::Deliver(_) | SessionMsg::DeliverUnaddressed(_)) {
+                continue;
+            }
+            match self.ctx.cluster.deliver(to, msg) {
+                Ok(()) => forwarded += 1,
+                Err(SessionMsg::Deliver(stanza)) => {
+                    crate::resume::reroute_unacked(&self.ctx, &self.bare, [Sent::Stanza(stanza)].into()).await;
+                }
+                Err(_) => {}
+            }
+        }
+        tracing::debug!(jid = %self.jid, forwarded, "moved session stopped forwarding");
+        true
     }
 
     /// Lets go of the lost connection (the socket is reset and released): the session
@@ -1072,39 +1186,105 @@ async fn run(mut session: Box<SessionTask>) {
             state.close_with(Some("internal-server-error"), None);
             break;
         };
-        let attach = match end {
-            End::Closed => break,
-            End::Attach(attach) => attach,
-            End::LinkLost | End::Unresponsive(_) if state.resumable() => {
-                Box::pin(state.detach(io.take())).await;
-                // Boxed: rare, and it would otherwise widen every session's task.
-                match Box::pin(state.wait_detached(mailbox)).await {
-                    Some(attach) => attach,
-                    None => break,
-                }
-            }
-            End::LinkLost => {
-                state.close_with(None, None);
-                break;
-            }
-            End::Unresponsive(why) => {
-                state.close_with(Some("connection-timeout"), Some(why));
-                break;
-            }
-        };
-        // A session still connected (to a dead socket, presumably) lets go of it first.
-        Box::pin(state.release(io.take(), true)).await;
-        match state.attach(*attach) {
-            Some((read_half, resumed_parser)) => {
-                *io = Some(read_half);
-                *parser = resumed_parser;
-            }
-            None => break,
+        // Boxed: rare, and it would otherwise widen every session's task.
+        match Box::pin(after_serving(state, mailbox, io, parser, end)).await {
+            Next::Serve => {}
+            Next::End => break,
+            Next::Moved => return,
         }
     }
     // Nothing queued after the end is handled; senders see the mailbox closed.
     mailbox.close();
     state.finish(io.take()).await;
+}
+
+/// What a session's task does once serving a connection ended.
+enum Next {
+    /// Serve the connection now in `io` (a resumption here).
+    Serve,
+    /// End the session: `finish` announces the departure.
+    End,
+    /// The session moved to another node: end without a word.
+    Moved,
+}
+
+/// Handles the end of serving a connection: waits for a lost client to resume if it
+/// may, takes a resuming connection over, or moves the session to another node.
+async fn after_serving(
+    state: &mut SessionState,
+    mailbox: &mut SessionMailbox,
+    io: &mut Option<ReadHalf<ClientIo>>,
+    parser: &mut StreamParser,
+    end: End,
+) -> Next {
+    let end = match end {
+        End::LinkLost | End::Unresponsive(_) if state.resumable() => {
+            state.detach(io.take()).await;
+            state.wait_detached(mailbox).await.unwrap_or(End::Closed)
+        }
+        End::LinkLost => {
+            state.close_with(None, None);
+            End::Closed
+        }
+        End::Unresponsive(why) => {
+            state.close_with(Some("connection-timeout"), Some(why));
+            End::Closed
+        }
+        other => other,
+    };
+    match end {
+        End::Attach(attach) => {
+            // A session still connected (to a dead socket, presumably) lets go of it first.
+            state.release(io.take(), true).await;
+            match state.attach(*attach) {
+                Some((read_half, resumed_parser)) => {
+                    *io = Some(read_half);
+                    *parser = resumed_parser;
+                    Next::Serve
+                }
+                None => Next::End,
+            }
+        }
+        End::Migrate(migrate) => {
+            if move_away(state, mailbox, io.take(), *migrate).await {
+                Next::Moved
+            } else {
+                Next::End
+            }
+        }
+        _ => Next::End,
+    }
+}
+
+/// The end of a session whose client resumed on another node: the connection here (a
+/// dead one, presumably) is let go at once, the state moves, and the task ends without
+/// the departure `finish` would announce. `false`: nothing moved, the session ends as
+/// any other does.
+async fn move_away(
+    state: &mut SessionState,
+    mailbox: &mut SessionMailbox,
+    read: Option<ReadHalf<ClientIo>>,
+    migrate: Migrate,
+) -> bool {
+    state.release(read, true).await;
+    if !state.move_away(migrate, mailbox).await {
+        return false;
+    }
+    mailbox.close();
+    state.ctx.cluster.disconnect(state.conn_id);
+    true
+}
+
+/// A stanza kept for the client, as XML addressed to it.
+fn sent_xml(sent: &Sent, own_jid: &str) -> String {
+    match sent {
+        Sent::Stanza(el) => el.to_string(),
+        Sent::Shared(shared) => {
+            let mut out = Vec::new();
+            shared.write_to(own_jid, &mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    }
 }
 
 /// How often every session checks its keepalive: half the ping timeout, so an unanswered
@@ -1165,6 +1345,84 @@ pub async fn start(ctx: Arc<Ctx>, io: ClientIo, parser: StreamParser, jid: FullJ
         rooms: HashMap::new(),
     };
     tokio::spawn(run(Box::new(SessionTask { state, mailbox, io: Some(read_half), parser })));
+}
+
+/// Resumes, on this node, the session `previd` names that runs at `addr` on another
+/// node (see [`crate::resume`]): its state comes here, and a session starts from it
+/// with this connection. `Err` gives the connection back (`<failed/>`).
+pub async fn resume_moved(
+    ctx: Arc<Ctx>,
+    addr: SessionAddr,
+    previd: &str,
+    h: u32,
+    io: ClientIo,
+    parser: StreamParser,
+) -> Result<(), (ClientIo, StreamParser)> {
+    let Some(link) = ctx.link().cloned() else { return Err((io, parser)) };
+    let c2s = &ctx.config.c2s;
+    // The mailbox exists before the old session is asked, so that what it forwards
+    // waits here, in order, until the session runs.
+    let (session, mailbox) = SessionRef::channel(c2s.max_outbound_queue, c2s.max_outbound_bytes);
+    let here = ctx.cluster.connect(session);
+    let call = crate::remote::NodeCall::TakeSession { conn_id: addr.conn_id, previd: previd.to_owned(), h, to: here };
+    let moved = match link.call(addr.node, call).await {
+        Ok(crate::remote::NodeReply::Session(Some(moved))) => *moved,
+        other => {
+            tracing::info!(node = addr.node, answer = ?other, "a session on another node was not handed over");
+            ctx.cluster.disconnect(here.conn_id);
+            return Err((io, parser));
+        }
+    };
+    let Ok(jid) = FullJid::new(&moved.jid) else {
+        ctx.cluster.disconnect(here.conn_id);
+        return Err((io, parser));
+    };
+    let (read_half, write_half) = tokio::io::split(io);
+    let (outbox, writer) = spawn_writer(&ctx, write_half);
+    let activity = Activity::new();
+    let policy = AckPolicy { every_stanzas: c2s.sm_ack_every_stanzas, max_unacked: c2s.sm_max_unacked };
+    let parse = |xml: &String| crate::im::parse_stored_stanza(xml).map(Arc::new);
+    let unacked = moved.unacked.iter().filter_map(parse).map(Sent::Stanza).collect();
+    let sm = Sm {
+        state: StreamManagement::restore(policy, moved.handled_in, moved.acked_out, unacked),
+        resume: Some((moved.previd.clone(), moved.resume_secs)),
+        last_request_ms: activity.now_ms(),
+    };
+    let rate_limits = &ctx.config.rate_limits;
+    let presence = moved.presence.and_then(|(priority, xml)| Some((priority, parse(&xml)?)));
+    let mut state = SessionState {
+        origin: Origin::session(jid.clone(), here.conn_id),
+        rate: rate_limits.enabled.then(|| SessionRateLimiter::new(rate_limits.limits())),
+        bare: jid.to_bare().as_str().to_owned(),
+        ctx: Arc::clone(&ctx),
+        jid,
+        conn_id: here.conn_id,
+        outbox: Some(outbox),
+        writer: Some(writer),
+        activity,
+        available: moved.available,
+        initial_presence_sent: moved.initial_presence_sent,
+        directed: moved.directed.into_iter().collect(),
+        ping: None,
+        sm: Some(Box::new(sm)),
+        held: None,
+        detached: false,
+        presence,
+        roster_interested: moved.roster_interested,
+        carbons: moved.carbons,
+        rooms: moved.rooms.iter().filter_map(|(occupant, join)| Some((occupant.clone(), parse(join)?))).collect(),
+    };
+    state.take_registry_entry(addr.conn_id);
+    state.rejoin_rooms();
+    let resumed = sm::resumed(previd, moved.handled_in);
+    state.write_nonza(&resumed);
+    let again: Vec<Sent> = state.sm.as_ref().map(|sm| sm.state.unacked().cloned().collect()).unwrap_or_default();
+    for sent in &again {
+        state.write_sent(sent);
+    }
+    tracing::info!(jid = %state.jid, from = addr.node, resent = again.len(), "session resumed from another node");
+    tokio::spawn(run(Box::new(SessionTask { state, mailbox, io: Some(read_half), parser })));
+    Ok(())
 }
 
 /// What one read from the client gave.

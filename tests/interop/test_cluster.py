@@ -19,9 +19,11 @@ import time
 from typing import Iterator
 
 import pytest
+import xml.etree.ElementTree as ET
 
 from conftest import WaddleProcess, _account_maker, _free_ports, _http_caller, _user_maker, _xmpp_connector
 from xmpp_helpers import (
+    RawStream,
     DOMAIN,
     add_member,
     check_permission,
@@ -42,6 +44,8 @@ from xmpp_helpers import (
     join_room,
     mam_query,
     q,
+    stanza_kind,
+    NS_SASL,
     subscribe_and_approve,
     unique,
 )
@@ -412,6 +416,125 @@ async def test_carbons_between_resources_on_different_nodes(cluster, xmpp_on):
     body = unique("received-carbon")
     b.send_message(mto=f"{alice}@{DOMAIN}/one", mbody=body, mtype="chat")
     await a2.wait_for(is_carbon("received", body), "a received carbon on the other node")
+
+
+NS_SM = "urn:xmpp:sm:3"
+NS_MUC = "http://jabber.org/protocol/muc"
+
+
+def _raw_on(cluster: Cluster, i: int) -> RawStream:
+    info = cluster.nodes[i].info
+    return RawStream(info.host, info.starttls_port)
+
+
+def _chat_bodies(elements) -> list[str]:
+    return [b.text for el in elements if el.tag == q("jabber:client", "message")
+            for b in [el.find(q("jabber:client", "body"))] if b is not None and el.get("type") == "chat"]
+
+
+async def test_a_live_session_resumes_on_another_node_with_its_state(cluster, xmpp_on):
+    """XEP-0198 across nodes: the client's node is alive, but the client reconnects to
+    another node and resumes there. The session's counters, its unacknowledged
+    messages, its presence and its rooms move with it; nobody sees it leave."""
+    alice, apw = make_account_on(cluster, 0)("smmove")
+    bob, bpw = make_account_on(cluster, 0)("smpeer")
+    a_node, b_node = 0, 1
+    c_node = 2
+    bob_client = await xmpp_on(b_node)(bob, bpw, "pc", plugins=MUC_PLUGINS)
+    bob_client.send_presence()
+    room = f"{unique('smroom')}@{MUC_DOMAIN}"
+    await join_room(bob_client, room, "bob", maxstanzas=0)
+    await bob_client.iq_xml("set", "<query xmlns='http://jabber.org/protocol/muc#owner'>"
+                                   "<x xmlns='jabber:x:data' type='submit'/></query>", to=room)
+
+    first = _raw_on(cluster, a_node)
+    try:
+        full = first.login(alice, apw, "phone")
+        first.send(f"<enable xmlns='{NS_SM}' resume='true'/>")
+        enabled = first.read_until(lambda el: el.tag == q(NS_SM, "enabled"))
+        previd = enabled.get("id")
+        assert previd, ET.tostring(enabled)
+        first.send("<presence/>")
+        first.read_until(lambda el: el.tag == q("jabber:client", "presence") and el.get("from") == full)
+        first.send(f"<presence to='{room}/alice'><x xmlns='{NS_MUC}'/></presence>")
+        first.read_until(lambda el: el.tag == q("jabber:client", "presence") and el.get("from") == f"{room}/alice")
+        await bob_client.wait_for(is_occupant_presence(room, "alice"), "alice in the room")
+        # Stanzas alice's first connection read: own presence, bob's and alice's room
+        # presence, and then the three messages below.
+        tag = unique("moved-")
+        for i in (1, 2, 3):
+            bob_client.send_message(mto=full, mbody=f"{tag}{i}", mtype="chat")
+        # The raw reads below block the event loop: let bob's client send first.
+        await bob_client.sync()
+        got = []
+        while len(got) < 3:
+            el = first.read_element()
+            got += [b for b in _chat_bodies([el]) if b.startswith(tag)]
+        assert got == [f"{tag}{i}" for i in (1, 2, 3)], got
+        # Ask for the server's count (our presence and the room join: 2), and tell it we
+        # handled everything up to the first message; the connection stays open.
+        first.send(f"<r xmlns='{NS_SM}'/>")
+        ack = first.read_until(lambda el: el.tag == q(NS_SM, "a"))
+        assert ack.get("h") == "2", ET.tostring(ack)
+        # Bob's room presence (maybe), alice's self-presence, her own presence, m1: we
+        # acknowledge only what precedes m2 by counting what was read before it.
+        after_enable = first.elements[first.elements.index(enabled) + 1:]
+        stanzas = [el for el in after_enable
+                   if el.tag in {q("jabber:client", t) for t in ("message", "presence", "iq")}]
+        bodies = [(_chat_bodies([el]) or [None])[0] for el in stanzas]
+        h = bodies.index(f"{tag}2")
+        first.send(f"<a xmlns='{NS_SM}' h='{h}'/>")
+        await asyncio.sleep(0.2)
+
+        # The client moves to another node while its first connection is still up.
+        second = _raw_on(cluster, c_node)
+        try:
+            second.open_stream()
+            second.starttls()
+            assert second.auth_plain(alice, apw).tag == q(NS_SASL, "success")
+            second.open_stream()
+            second.send(f"<resume xmlns='{NS_SM}' previd='{previd}' h='{h}'/>")
+            resumed = second.read_until(lambda el: el.tag in (q(NS_SM, "resumed"), q(NS_SM, "failed")))
+            assert resumed.tag == q(NS_SM, "resumed"), ET.tostring(resumed)
+            assert (resumed.get("previd"), resumed.get("h")) == (previd, "2"), ET.tostring(resumed)
+            # What the client had not acknowledged comes again, in order, once.
+            again = []
+            deadline = time.monotonic() + 5
+            while len(again) < 2 and time.monotonic() < deadline:
+                el = second.next_element(max(0.0, deadline - time.monotonic()))
+                if el is None:
+                    break
+                again += [b for b in _chat_bodies([el]) if b.startswith(tag)]
+            assert again == [f"{tag}2", f"{tag}3"], again
+            # The first connection is let go.
+            first.read_until_eof(timeout=5.0, send_close=False)
+
+            # The session lives on: chat both ways, and the room still has alice in it
+            # (no rejoin by the client; bob saw no unavailable from her).
+            mark = bob_client.mark()
+            bob_client.send_message(mto=full, mbody=f"{tag}4", mtype="chat")
+            await bob_client.sync()
+            second.read_until(lambda el: f"{tag}4" in _chat_bodies([el]))
+            second.send(f"<message to='{bob}@{DOMAIN}/pc' type='chat'><body>{tag}back</body></message>")
+            await bob_client.wait_for(is_message_with_body(f"{tag}back", "chat"), "a message from the moved session")
+            text = unique("room-after-move")
+            bob_client.send_message(mto=room, mbody=text, mtype="groupchat")
+            await bob_client.sync()
+            second.read_until(lambda el: el.get("type") == "groupchat"
+                              and (el.find(q("jabber:client", "body")) is not None)
+                              and el.find(q("jabber:client", "body")).text == text)
+            gone = [p for p in bob_client.received[mark:]
+                    if stanza_kind(p) == "presence" and p.xml.get("type") == "unavailable"
+                    and p.xml.get("from") in (full, f"{room}/alice")]
+            assert not gone, f"bob saw alice leave: {gone}"
+            # Its counter continued from the first connection's.
+            second.send(f"<r xmlns='{NS_SM}'/>")
+            ack = second.read_until(lambda el: el.tag == q(NS_SM, "a"))
+            assert ack.get("h") == "3", ET.tostring(ack)
+        finally:
+            second.close()
+    finally:
+        first.close()
 
 
 async def test_a_fourth_node_joins_and_sessions_follow_the_ring(cluster, xmpp_on):

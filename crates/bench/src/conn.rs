@@ -2,6 +2,7 @@
 //! stanza reader over the workspace's XML stream parser.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -510,17 +511,49 @@ impl Connector {
     }
 }
 
+/// A SASL `<failure/>` and its condition.
+#[derive(Debug, thiserror::Error)]
+#[error("authentication failed: {condition}")]
+pub struct SaslFailure {
+    pub condition: String,
+}
+
 async fn sasl_step(stream: &mut XmppStream) -> anyhow::Result<Element> {
     let el = stream.next_stanza().await?;
     if el.is("failure", NS_SASL) {
         let condition = el.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
-        bail!("authentication failed: {condition}");
+        return Err(SaslFailure { condition }.into());
     }
     Ok(el)
 }
 
+/// How often, and how far apart, a `temporary-auth-failure` (the account's partition is
+/// moving between nodes) is retried on the same stream, as RFC 6120 §6.5.13 advises.
+const TEMPORARY_AUTH_RETRIES: u32 = 10;
+const TEMPORARY_AUTH_BACKOFF: Duration = Duration::from_millis(500);
+
 /// SASL as configured; returns the SCRAM SaltedPassword to cache.
 async fn authenticate(
+    stream: &mut XmppStream,
+    features: &Element,
+    creds: &Credentials,
+) -> anyhow::Result<Option<SaltedPassword>> {
+    let mut attempt = 0;
+    loop {
+        match authenticate_once(stream, features, creds).await {
+            Err(e)
+                if attempt < TEMPORARY_AUTH_RETRIES
+                    && e.downcast_ref::<SaslFailure>().is_some_and(|f| f.condition == "temporary-auth-failure") =>
+            {
+                attempt += 1;
+                tokio::time::sleep(TEMPORARY_AUTH_BACKOFF).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn authenticate_once(
     stream: &mut XmppStream,
     features: &Element,
     creds: &Credentials,
@@ -585,8 +618,6 @@ async fn authenticate(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::io::DuplexStream;
 
     use super::*;
@@ -660,6 +691,35 @@ mod tests {
         // The last ack covers all four stanzas received.
         reader.final_ack().await;
         expect(&mut server, "<a xmlns='urn:xmpp:sm:3' h='4'/>").await;
+    }
+
+    #[tokio::test]
+    async fn a_temporary_auth_failure_is_retried_and_a_final_one_is_not() {
+        let (mut stream, mut server) = pair();
+        let features = Element::new("features", "http://etherx.jabber.org/streams").with_child(
+            Element::new("mechanisms", NS_SASL).with_child(Element::new("mechanism", NS_SASL).with_text("PLAIN")),
+        );
+        let creds = Credentials { username: "u".into(), secret: "p".into(), auth: Auth::Plain, salted: None };
+        let client = tokio::spawn(async move { authenticate(&mut stream, &features, &creds).await.map(|_| ()) });
+        let auth = format!("<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{}</auth>", B64.encode(b"\0u\0p"));
+        expect(&mut server, &auth).await;
+        let temporary = format!("<failure xmlns='{NS_SASL}'><temporary-auth-failure/></failure>");
+        server.write_all(temporary.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+        expect(&mut server, &auth).await;
+        server.write_all(format!("<success xmlns='{NS_SASL}'/>").as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+        client.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
+
+        let (mut stream, mut server) = pair();
+        let features = Element::new("features", "http://etherx.jabber.org/streams").with_child(
+            Element::new("mechanisms", NS_SASL).with_child(Element::new("mechanism", NS_SASL).with_text("PLAIN")),
+        );
+        let creds = Credentials { username: "u".into(), secret: "p".into(), auth: Auth::Plain, salted: None };
+        let client = tokio::spawn(async move { authenticate(&mut stream, &features, &creds).await.map(|_| ()) });
+        expect(&mut server, &auth).await;
+        let refused = format!("<failure xmlns='{NS_SASL}'><not-authorized/></failure>");
+        server.write_all(refused.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+        let err = client.await.unwrap_or_else(|e| panic!("{e}")).err().unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(err.downcast_ref::<SaslFailure>().map(|f| f.condition.as_str()), Some("not-authorized"));
     }
 
     #[tokio::test]

@@ -18,4 +18,4 @@ pub mod stanza;
 pub mod stream;
 pub mod websocket;
 
-pub use negotiation::{Action, AuthOutcome, NegotiationConfig, Negotiator, RegisterOutcome};
+pub use negotiation::{Action, AuthOutcome, CredentialsUnavailable, NegotiationConfig, Negotiator, RegisterOutcome};

@@ -83,6 +83,19 @@ pub enum AuthOutcome {
     Failure,
     /// Too many recent failures for this client or account.
     Blocked,
+    /// The account could not be read just now (its partition is moving to another
+    /// node): `temporary-auth-failure`, which asks the client to try again later
+    /// (RFC 6120 §6.5.13), and not counted as a failed attempt.
+    Unavailable,
+}
+
+/// Why the shell has no answer to [`Action::LookupScram`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialsUnavailable {
+    /// Too many recent failures for this client or account.
+    Blocked,
+    /// The account could not be read just now; see [`AuthOutcome::Unavailable`].
+    Temporarily,
 }
 
 /// The shell's answer to [`Action::Register`].
@@ -386,6 +399,7 @@ impl Negotiator {
             AuthOutcome::Success => self.sasl_success(username, &[]),
             AuthOutcome::Failure => self.sasl_failure("not-authorized", Some(username)),
             AuthOutcome::Blocked => self.sasl_blocked(),
+            AuthOutcome::Unavailable => self.sasl_temporary_failure(),
         }
     }
 
@@ -408,14 +422,19 @@ impl Negotiator {
     }
 
     /// Answer to [`Action::LookupScram`]: `Ok(None)` for an unknown user (the exchange
-    /// continues with fake parameters and fails at the end), `Err(())` when blocked.
-    pub fn scram_credentials(&mut self, creds: Result<Option<ScramCredentials>, ()>) -> Vec<Action> {
+    /// continues with fake parameters and fails at the end).
+    pub fn scram_credentials(
+        &mut self,
+        creds: Result<Option<ScramCredentials>, CredentialsUnavailable>,
+    ) -> Vec<Action> {
         let State::ScramAwaitCredentials(mut server, username) = std::mem::replace(&mut self.state, State::Closed)
         else {
             return Vec::new();
         };
-        let Ok(creds) = creds else {
-            return self.sasl_blocked();
+        let creds = match creds {
+            Ok(creds) => creds,
+            Err(CredentialsUnavailable::Blocked) => return self.sasl_blocked(),
+            Err(CredentialsUnavailable::Temporarily) => return self.sasl_temporary_failure(),
         };
         let server_first = server.server_first(creds.as_ref());
         self.state = State::ScramAwaitFinal(server, username);
@@ -440,6 +459,15 @@ impl Negotiator {
             out.extend(self.fail_stream("policy-violation", Some("too many failed authentication attempts")));
         }
         out
+    }
+
+    /// The client may authenticate again on this stream; the attempt is not counted.
+    fn sasl_temporary_failure(&mut self) -> Vec<Action> {
+        self.state = State::AwaitNegotiation;
+        vec![Action::Send(sasl_failure_element(
+            "temporary-auth-failure",
+            Some("the account is moving between nodes; try again shortly"),
+        ))]
     }
 
     fn sasl_blocked(&mut self) -> Vec<Action> {

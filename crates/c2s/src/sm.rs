@@ -140,6 +140,18 @@ impl<T> StreamManagement<T> {
         std::mem::take(&mut self.unacked)
     }
 
+    /// How many of our stanzas the client has acknowledged (the last `h` it reported).
+    pub fn acked_count(&self) -> u32 {
+        self.acked_out
+    }
+
+    /// The state of a stream that was kept elsewhere (a session moved from another
+    /// node): its two counters and what the client has not acknowledged, oldest first.
+    /// Nothing is outstanding, as after [`StreamManagement::resumed`].
+    pub fn restore(policy: AckPolicy, handled_in: u32, acked_out: u32, unacked: VecDeque<T>) -> StreamManagement<T> {
+        StreamManagement { handled_in, acked_out, unacked, policy, since_request: 0, awaiting_ack: false }
+    }
+
     /// After a resumption nothing is outstanding: the old connection's request died with it.
     pub fn resumed(&mut self) {
         self.awaiting_ack = false;
@@ -322,5 +334,24 @@ mod tests {
         assert_eq!(resume_timeout(Some("6000"), 300), 300);
         assert_eq!(resume_timeout(Some("x"), 300), 300);
         assert_eq!(resume_timeout(None, 300), 300);
+    }
+
+    #[test]
+    fn a_restored_stream_continues_the_counts_of_the_one_it_came_from() {
+        let policy = AckPolicy { every_stanzas: 0, max_unacked: 10 };
+        let mut kept: StreamManagement<u32> = StreamManagement::new(policy);
+        for stanza in 1..=5 {
+            assert_eq!(kept.sent(stanza), Ok(false));
+        }
+        kept.handled();
+        kept.handled();
+        assert_eq!(kept.ack(2), Ok(2));
+        let mut moved =
+            StreamManagement::restore(policy, kept.handled_count(), kept.acked_count(), kept.take_unacked());
+        assert_eq!((moved.handled_count(), moved.acked_count(), moved.sent_count()), (2, 2, 5));
+        assert_eq!(moved.unacked().copied().collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(moved.ack(4), Ok(2));
+        assert_eq!(moved.unacked().copied().collect::<Vec<_>>(), [5]);
+        assert!(matches!(moved.ack(9), Err(SmError::HandledCountTooHigh { h: 9, sent: 5 })));
     }
 }

@@ -341,3 +341,46 @@ fn registration_needs_tls_when_tls_is_required() {
     ));
     assert_eq!(out.last(), Some(&Action::Close));
 }
+
+#[test]
+fn an_unreadable_account_is_a_temporary_failure_that_may_be_retried() {
+    let (mut n, mut peer) = secure_negotiator();
+    let auth = format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        B64.encode(b"\0alice\0pw")
+    );
+    // More unavailable answers than the attempt limit: none of them counts as a failure.
+    for _ in 0..5 {
+        n.on_event(stanza(&auth));
+        let out = n.plain_verdict(AuthOutcome::Unavailable);
+        let replies = stanzas(peer.read(&out));
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert!(replies[0].has_child("temporary-auth-failure", ns::SASL));
+        assert!(!out.iter().any(|a| matches!(a, Action::AuthFailed { .. } | Action::Close)));
+    }
+    n.on_event(stanza(&auth));
+    let out = n.plain_verdict(AuthOutcome::Success);
+    assert!(stanzas(peer.read(&out))[0].is("success", ns::SASL));
+}
+
+#[test]
+fn scram_with_unreadable_credentials_is_a_temporary_failure() {
+    for hash in [ScramHash::Sha1, ScramHash::Sha256] {
+        let (mut n, mut peer) = secure_negotiator();
+        let mechanism = hash.mechanism_name();
+        let out = n.on_event(stanza(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{}</auth>",
+            B64.encode(b"n,,n=alice,r=abcdef")
+        )));
+        assert_eq!(out, vec![Action::LookupScram { username: "alice".into(), hash }]);
+        let out = n.scram_credentials(Err(CredentialsUnavailable::Temporarily));
+        let replies = stanzas(peer.read(&out));
+        assert!(replies[0].has_child("temporary-auth-failure", ns::SASL));
+        assert!(!out.contains(&Action::Close));
+        let out = n.on_event(stanza(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{}</auth>",
+            B64.encode(b"n,,n=alice,r=abcdef")
+        )));
+        assert_eq!(out, vec![Action::LookupScram { username: "alice".into(), hash }], "a retry is allowed");
+    }
+}
