@@ -160,7 +160,12 @@ async fn execute(args: &Args) -> anyhow::Result<ExitCode> {
             break;
         }
         tokio::time::sleep(Duration::from_secs(fault.gap_secs)).await;
-        if k == revoke_after && !revoked {
+        // A soak's list is longer than its duration: its revocation comes halfway in time.
+        let halfway = match args.profile {
+            Profile::Soak => started.elapsed() >= Duration::from_secs(args.duration_secs / 2),
+            _ => k == revoke_after,
+        };
+        if halfway && !revoked {
             revoked = permission.revoke(&cluster, &mut timeline).await;
         }
         run_fault(&mut cluster, k, fault, &rooms, &mut timeline).await;

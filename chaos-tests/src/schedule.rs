@@ -79,9 +79,10 @@ pub fn schedule(profile: Profile, seed: u64, nodes: usize, duration_secs: u64) -
         Profile::Soak => {
             let mut faults = Vec::new();
             let mut size = nodes;
-            // A rough cost per fault (gap + hold + convergence) that bounds the list;
-            // the runner also stops starting faults once the duration is over.
-            let mut budget = duration_secs;
+            // A rough cost per fault (gap + hold + convergence) bounds the list, three
+            // times over: faults often take less than that, and the runner stops
+            // starting faults once the duration is over, so the soak lasts its duration.
+            let mut budget = duration_secs.saturating_mul(3);
             while budget > 0 {
                 let gap = rng.range(2, 6);
                 let hold = rng.range(3, 10);

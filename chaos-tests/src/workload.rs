@@ -496,7 +496,11 @@ impl Client {
                             }
                         });
                     }
-                    if let Some(state) = rooms.get_mut(bare) {
+                    // `wait` (the room is moving to another node): still an occupant, as
+                    // the room rebuilds its occupants; sending goes on, as a person
+                    // would. Anything else may mean we are out of the room: join again.
+                    let temporary = el.get_child("error", NS_CLIENT).and_then(|e| e.attr("type")) == Some("wait");
+                    if let Some(state) = rooms.get_mut(bare).filter(|_| !temporary) {
                         *state = RoomState::Out { retry_at: Instant::now() + Duration::from_secs(1) };
                     }
                     return Ok(());

@@ -594,8 +594,13 @@ async fn watch_liveness(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: A
     let mut last_touch = tokio::time::Instant::now();
     let mut cut_off = false;
     let proposing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // A node that just became leader (or just started) has not had the time to hear
-    // from everyone: it judges nobody before `down_after` has passed.
+    // Every node hears every peer (the transport's heartbeats), leader or not, so a new
+    // leader already knows who went silent: it judges only once this process has
+    // listened for `down_after` (a node that just started has heard nobody yet), and
+    // after `settle` as leader (links dropped in an election's turmoil re-dial). Waiting
+    // `down_after` again after every election made the failover of a node that was
+    // also the control plane's leader take twice the detection time.
+    let watching_since = tokio::time::Instant::now();
     let mut leader_since: Option<tokio::time::Instant> = None;
     let mut ticker = tokio::time::interval(timing.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -634,7 +639,8 @@ async fn watch_liveness(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: A
             continue;
         }
         let since = *leader_since.get_or_insert(now);
-        if now.saturating_duration_since(since) < timing.down_after
+        if now.saturating_duration_since(watching_since) < timing.down_after
+            || now.saturating_duration_since(since) < timing.settle
             || proposing.load(std::sync::atomic::Ordering::Acquire)
         {
             continue;
