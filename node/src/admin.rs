@@ -221,7 +221,7 @@ async fn leave(State(state): State<AdminState>, headers: HeaderMap) -> Response 
             });
             Json(json!({ "left": true, "node": me, "ring_epoch": drained })).into_response()
         }
-        Err(e) => error(StatusCode::BAD_GATEWAY, "leave_failed", &e.to_string()),
+        Err(e) => error(StatusCode::BAD_GATEWAY, "leave_failed", &format!("{e:#}")),
     }
 }
 

@@ -394,7 +394,7 @@ async fn start_room(
             room.set_history(history.iter().filter_map(history_entry).collect());
         }
     }
-    spawn_room(ctx, room, binding).await
+    spawn_room(ctx, room, binding, snapshot.is_some()).await
 }
 
 fn location_of(binding: Option<&ChannelBinding>) -> ArchiveLocation {
@@ -431,10 +431,11 @@ async fn spawn_room(
     ctx: &Arc<Ctx>,
     room: Room,
     binding: Option<ChannelBinding>,
+    stored: bool,
 ) -> Result<ActorRef<RoomMsg>, &'static str> {
     let node = room.jid().split('@').next().unwrap_or_default().to_owned();
     let partition = room_partition(ctx, &node).await;
-    let args = RoomArgs { ctx: Arc::clone(ctx), room, binding, partition };
+    let args = RoomArgs { ctx: Arc::clone(ctx), room, binding, partition, stored };
     match Actor::spawn(None, RoomActor, args).await {
         Ok((actor, _)) => Ok(actor),
         Err(e) => {
@@ -523,6 +524,8 @@ struct RoomArgs {
     room: Room,
     binding: Option<ChannelBinding>,
     partition: waddle_cluster::PartitionId,
+    /// The room was restored from a stored snapshot.
+    stored: bool,
 }
 
 struct RoomState {
@@ -534,6 +537,8 @@ struct RoomState {
     listed: Option<String>,
     /// Started on the first write; ends when the room stops, after its last write.
     persister: Option<watch::Sender<RoomWrite>>,
+    /// Something of this room is in the store (it was restored from it, or written).
+    stored: bool,
     /// Where the sessions that sent presence to the room run (learnt from the origin of
     /// their presence), so that fan-out goes straight to their nodes: one inter-node
     /// message per node, whatever the number of occupants there.
@@ -890,6 +895,12 @@ impl RoomState {
                         snapshot: self.room.snapshot(),
                         listed_name: listing_of(&self.room).map(str::to_owned),
                     }
+                } else if !self.ctx.cluster.alone() {
+                    // A temporary room is kept too while it lives (unlisted): if its node
+                    // fails, the room its occupants are rebuilt into on the new owner
+                    // keeps its configuration and affiliations (a members-only or
+                    // password-protected room must not come back open, nor ownerless).
+                    RoomWrite::Put { snapshot: self.room.snapshot(), listed_name: None }
                 } else {
                     RoomWrite::Delete
                 };
@@ -897,7 +908,7 @@ impl RoomState {
             }
             Outbound::Destroyed => {
                 // A temporary room that never wrote anything has nothing stored.
-                if self.room.config().persistent || self.persister.is_some() {
+                if self.room.config().persistent || self.stored || self.persister.is_some() {
                     self.persist(RoomWrite::Delete);
                 }
                 myself.stop(None);
@@ -980,6 +991,16 @@ impl RoomState {
 
     /// Hands a write to the room's persister: writes reach the store in order, and a
     /// burst of changes is coalesced into its latest state.
+    /// Ends a temporary room (its last occupant left, or nobody came back after it
+    /// moved here): what was stored of it goes too, so the next room of that name is a
+    /// new one.
+    fn end_temporary(&mut self, myself: &ActorRef<RoomMsg>) {
+        if self.stored || self.persister.is_some() {
+            self.persist(RoomWrite::Delete);
+        }
+        myself.stop(None);
+    }
+
     fn persist(&mut self, write: RoomWrite) {
         let sender = self.persister.get_or_insert_with(|| {
             let (tx, rx) = watch::channel(RoomWrite::Delete);
@@ -1042,6 +1063,7 @@ impl Actor for RoomActor {
             location,
             listed: None,
             persister: None,
+            stored: args.stored,
             sessions: HashMap::new(),
             rebuilding,
             settled: !rebuilding,
@@ -1131,7 +1153,7 @@ impl Actor for RoomActor {
                 }
                 if state.room.is_empty() && !state.room.config().persistent {
                     // Nobody came back to this temporary room (XEP-0045 §10.1.3).
-                    myself.stop(None);
+                    state.end_temporary(&myself);
                 }
                 return Ok(());
             }
@@ -1214,7 +1236,7 @@ async fn finish_turn(myself: &ActorRef<RoomMsg>, state: &mut RoomState, outs: Ve
     // While rebuilding, an empty room is one whose occupants are still on their way.
     if state.room.is_empty() && !state.room.config().persistent && !state.rebuilding {
         // A temporary room ends with its last occupant (XEP-0045 §10.1.3).
-        myself.stop(None);
+        state.end_temporary(myself);
     }
 }
 

@@ -35,9 +35,24 @@ from xmpp_helpers import (
     is_groupchat,
     is_message_with_body,
     join_room,
+    join_room_error,
     mam_query,
+    q,
+    stanza_error,
     unique,
 )
+
+NS_MUC_OWNER = "http://jabber.org/protocol/muc#owner"
+NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
+NS_DATA = "jabber:x:data"
+
+
+def room_config_form(name: str) -> str:
+    """An owner's configuration: members-only, with a name."""
+    fields = {"FORM_TYPE": "http://jabber.org/protocol/muc#roomconfig",
+              "muc#roomconfig_roomname": name, "muc#roomconfig_membersonly": "1"}
+    xml = "".join(f"<field var='{var}'><value>{value}</value></field>" for var, value in fields.items())
+    return f"<query xmlns='{NS_MUC_OWNER}'><x xmlns='{NS_DATA}' type='submit'>{xml}</x></query>"
 
 FAST = {"WADDLE_CLUSTER_HEARTBEAT_MS": "200", "WADDLE_CLUSTER_DOWN_AFTER_MS": "1000"}
 # Generous for a loaded CI machine; the figures the chaos report records are the real
@@ -126,8 +141,14 @@ async def fail_and_check(cluster: Cluster, xmpp_on, fault: str) -> None:
     await b.wait_for(is_message_with_body(chat_before, "chat"), "a 1:1 message before the fault")
     room = room_owned_by(cluster, victim_id, f"failover{fault}")
     await join_room(a, room, "alice", maxstanzas=0)
-    await a.iq_xml("set", "<query xmlns='http://jabber.org/protocol/muc#owner'>"
-                          "<x xmlns='jabber:x:data' type='submit'/></query>", to=room)
+    # A temporary room with a configuration and affiliations of its own: members-only,
+    # alice its owner, bob a member.
+    room_name = unique("Failover room ")
+    configured = await a.iq_xml("set", room_config_form(room_name), to=room)
+    assert configured["type"] == "result", configured
+    made_member = await a.iq_xml("set", f"<query xmlns='{NS_MUC_ADMIN}'><item affiliation='member' "
+                                        f"jid='{users[1][0]}@{DOMAIN}'/></query>", to=room)
+    assert made_member["type"] == "result", made_member
     await join_room(b, room, "bob", maxstanzas=0)
     before = unique("before")
     a.send_message(mto=room, mbody=before, mtype="groupchat")
@@ -155,6 +176,18 @@ async def fail_and_check(cluster: Cluster, xmpp_on, fault: str) -> None:
         reply = unique("reply")
         b.send_message(mto=room, mbody=reply, mtype="groupchat")
         await a.wait_for(is_groupchat(room, reply, nick="bob"), "a reply after failover")
+        # The room came back as it was, not as a new open room without an owner: it is
+        # still members-only (a stranger is refused), alice still owns it, its name kept.
+        stranger, stranger_pw = make_account_on(cluster, 0)("fostranger")
+        c = await xmpp_on(1)(stranger, stranger_pw, "c", plugins=MUC_PLUGINS)
+        refused = await join_room_error(c, room, "stranger")
+        assert stanza_error(refused)[1] == "registration-required", refused
+        form = await a.iq_xml("get", f"<query xmlns='{NS_MUC_OWNER}'/>", to=room)
+        assert form["type"] == "result", form
+        values = {f.get("var"): [v.text for v in f.iter(q(NS_DATA, "value"))]
+                  for f in form.xml.iter(q(NS_DATA, "field"))}
+        assert values.get("muc#roomconfig_roomname") == [room_name], values
+        assert values.get("muc#roomconfig_membersonly") in (["1"], ["true"]), values
         # The room's archive came with it: what was acknowledged before the fault was
         # replicated, and the new owner holds it while the old one is gone.
         page = await mam_query(b, room, max=50)

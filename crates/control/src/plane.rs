@@ -592,6 +592,9 @@ impl ControlPlane {
         if self.state().nodes.contains_key(&id) {
             self.write(Entry::new(Command::SetNodeState { id, state: NodeState::Leaving }), deadline).await?;
         }
+        if id == self.id() {
+            return self.leader_remove_self(deadline).await;
+        }
         let membership = m.membership_config.membership().clone();
         if membership.voter_ids().any(|v| v == id) {
             self.change_members(ChangeMembers::RemoveVoters(BTreeSet::from([id])), deadline).await?;
@@ -617,6 +620,36 @@ impl ControlPlane {
                     self.write(Entry::new(Command::AddNode(promoted)), deadline).await?;
                 }
             }
+        }
+        Ok(index)
+    }
+
+    /// The leader removing itself (`waddle cluster leave` on the leader): everything
+    /// that needs a leader is done while it still is one, since once it has left the
+    /// membership it hears from nobody, not even who leads next. Its record goes first,
+    /// then a caught-up learner is promoted if the voters would fall below the configured
+    /// number, and last it leaves the Raft membership (and so the leadership).
+    async fn leader_remove_self(&self, deadline: Instant) -> Result<u64, ControlError> {
+        let id = self.id();
+        let (index, _) = self.write(Entry::new(Command::RemoveNode { id }), deadline).await?;
+        let m = self.metrics();
+        let membership = m.membership_config.membership().clone();
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        let voters_after = membership.voter_ids().count() - usize::from(is_voter);
+        let state = self.state();
+        let candidate =
+            membership.learner_ids().find(|l| state.nodes.get(l).is_some_and(|n| n.state == NodeState::Up && *l != id));
+        if let (true, Some(l)) = (is_voter && voters_after < self.inner.config.voters, candidate) {
+            self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([l])), deadline).await?;
+            if let Some(record) = state.nodes.get(&l) {
+                let promoted = NodeRecord { voter: true, ..record.clone() };
+                self.write(Entry::new(Command::AddNode(promoted)), deadline).await?;
+            }
+        }
+        if is_voter {
+            self.change_members(ChangeMembers::RemoveVoters(BTreeSet::from([id])), deadline).await?;
+        } else if membership.get_node(&id).is_some() {
+            self.change_members(ChangeMembers::RemoveNodes(BTreeSet::from([id])), deadline).await?;
         }
         Ok(index)
     }

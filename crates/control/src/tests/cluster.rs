@@ -101,6 +101,33 @@ async fn three_nodes_replicate_fail_over_and_recover() {
     assert!(state.nodes[&4].voter);
 }
 
+/// The leader removes itself (a drain of the node that leads): its record goes, the
+/// learner is promoted so the voters stay three, and the others elect a leader that
+/// takes writes. Once out of the membership the old leader hears from nobody, so all
+/// of that must be done before it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_removes_itself_and_a_learner_takes_its_vote() {
+    let mut c = Cluster::new(test_config());
+    c.start(1).await.bootstrap().await.unwrap();
+    for id in [2, 3, 4] {
+        c.start(id).await.join_via("node1:7946").await.unwrap();
+    }
+    let leader = c.leader().await;
+    assert_eq!(c.plane(leader).status().learners, vec![4]);
+    c.plane(leader).remove_node(leader).await.unwrap();
+    c.kill(leader).await;
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    let status = c.plane(new_leader).status();
+    let expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != leader).collect();
+    assert_eq!(status.voters, expected);
+    assert!(status.learners.is_empty());
+    let state = c.converged(new_leader).await;
+    assert!(!state.nodes.contains_key(&leader), "{:?}", state.nodes.keys());
+    assert!(state.nodes[&4].voter);
+    index_of(&c.plane(4).propose(put("channel", "after", json!({}), None)).await.unwrap());
+}
+
 /// Intent commands, CAS and batches through a follower (results cross the wire), and the
 /// change feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
