@@ -907,6 +907,7 @@ impl RoomState {
                 self.persist(write);
             }
             Outbound::Destroyed => {
+                tracing::info!(room = %self.room.jid(), "room destroyed");
                 // A temporary room that never wrote anything has nothing stored.
                 if self.room.config().persistent || self.stored || self.persister.is_some() {
                     self.persist(RoomWrite::Delete);
@@ -995,6 +996,7 @@ impl RoomState {
     /// moved here): what was stored of it goes too, so the next room of that name is a
     /// new one.
     fn end_temporary(&mut self, myself: &ActorRef<RoomMsg>) {
+        tracing::info!(room = %self.room.jid(), "temporary room ends: nobody is in it");
         if self.stored || self.persister.is_some() {
             self.persist(RoomWrite::Delete);
         }
@@ -1160,6 +1162,7 @@ impl Actor for RoomActor {
             RoomMsg::Release => {
                 // Whatever waited for a rejoin goes to the new owner with its sender's
                 // next attempt; nothing of it was acknowledged.
+                tracing::info!(room = %state.room.jid(), "room released (not owned here, or cut off)");
                 myself.stop(None);
                 return Ok(());
             }
