@@ -328,7 +328,15 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
         control.bootstrap().await.context("bootstrapping the cluster")?;
         tracing::info!(node = me, "cluster: bootstrapped a new cluster");
     } else {
-        join(&control, &config.cluster.seeds).await?;
+        // A member restarting on its data dir knows the others from its own log: any of
+        // them will do when the configured seeds have left the cluster since.
+        let mut seeds = config.cluster.seeds.clone();
+        for node in control.state().nodes.values() {
+            if node.id != me && !seeds.contains(&node.cluster_addr) {
+                seeds.push(node.cluster_addr.clone());
+            }
+        }
+        join(&control, &seeds).await?;
     }
     // Serve only once a committed ring is known (the leader proposes one as soon as this
     // node is a member).
@@ -344,20 +352,20 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
     Ok(Arc::new(Clustering { transport, control }))
 }
 
-/// Joins through the seeds, trying each in turn until one answers.
+/// Joins through the seeds, asking all of them at once each round (a seed that is gone
+/// costs a whole attempt's timeout) until one answers.
 async fn join(control: &ControlPlane, seeds: &[String]) -> Result<()> {
     let mut last = None;
     for round in 0..30u32 {
-        for seed in seeds {
-            match control.join_via(seed).await {
-                Ok(()) => {
-                    tracing::info!(node = control.id(), seed = %seed, "cluster: joined");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(seed = %seed, round, error = %e, "cluster: join attempt failed");
-                    last = Some(e);
-                }
+        let attempts = seeds.iter().map(|seed| Box::pin(async move { control.join_via(seed).await.map(|()| seed) }));
+        match futures_util::future::select_ok(attempts).await {
+            Ok((seed, _)) => {
+                tracing::info!(node = control.id(), seed = %seed, "cluster: joined");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(?seeds, round, error = %e, "cluster: join attempt failed");
+                last = Some(e);
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

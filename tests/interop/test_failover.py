@@ -269,3 +269,14 @@ async def test_a_node_drained_by_leave_hands_over_and_exits(cluster, xmpp_on):
     page = await mam_query(b2, room, max=50)
     assert page.bodies.count(before) == 1 and page.bodies.count(after) == 1, page.bodies
     assert_one_owner_per_epoch(cluster)
+
+    # A member restarted on its data dir whose configured seed has left the cluster
+    # meanwhile comes back through the members its own log knows.
+    restarted = cluster.nodes[1]
+    restarted.info.proc.kill()
+    restarted.info.proc.wait(timeout=10)
+    restarted.extra_env["WADDLE_CLUSTER_SEEDS"] = f"127.0.0.1:{cluster.cluster_ports[leaver]}"
+    restarted.start()
+    wait_until("the restarted node is ready",
+               lambda: http_request(restarted.info.http_base, "GET", "/ready")[0] == 200, timeout=30)
+    cluster.wait_converged(2)
