@@ -618,7 +618,8 @@ impl Liveness {
         let down_after = Duration::from_millis(cluster.down_after_ms);
         let lease = down_after / 4;
         Liveness {
-            tick: Duration::from_millis(cluster.heartbeat_ms).min(lease),
+            // A quarter heartbeat: a silence is judged within that of `down_after`.
+            tick: (Duration::from_millis(cluster.heartbeat_ms) / 4).max(Duration::from_millis(20)).min(lease),
             down_after,
             fresh: down_after / 2,
             lease,
@@ -723,7 +724,11 @@ async fn watch_liveness(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: A
                 let _ = room.cast(crate::muc::RoomMsg::Release);
             }
         }
-        if control.status().leader != Some(me) {
+        // Only a leader that holds the lease judges. A leader woken from a pause still
+        // believes it leads and has heard nobody for the length of the pause: judged
+        // then, everyone would be down, and its proposals, forwarded to the leader
+        // elected meanwhile as soon as it learns of it, would be committed there.
+        if control.status().leader != Some(me) || !ctx.cluster.may_serve() {
             leader_since = None;
             continue;
         }

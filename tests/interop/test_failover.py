@@ -26,7 +26,7 @@ from typing import Iterator
 
 import pytest
 
-from test_cluster import ADMIN, Cluster, make_account_on, xmpp_on  # noqa: F401 (fixture)
+from test_cluster import ADMIN, Cluster, make_account_on, node_index, xmpp_on  # noqa: F401 (fixture)
 from xmpp_helpers import (
     DOMAIN,
     MUC_DOMAIN,
@@ -224,6 +224,36 @@ async def test_a_killed_node_is_marked_down_and_its_room_keeps_its_occupants(clu
 
 async def test_a_paused_node_is_marked_down_and_serves_nothing_when_it_wakes(cluster, xmpp_on):
     await fail_and_check(cluster, xmpp_on, "stop")
+
+
+async def test_a_paused_leader_wakes_without_judging_the_others(cluster, xmpp_on):
+    """The control plane's leader is paused long enough for the others to elect another
+    and mark it down. When it wakes it still believes it leads and has heard nobody for
+    the length of the pause: it must not declare the others down (it judges only while
+    it holds the lease, which a pause expires)."""
+    cluster.wait_converged(3)
+    leader_id = cluster.status(0)["leader"]
+    paused = node_index(cluster, leader_id)
+    others = [i for i in range(3) if i != paused]
+    proc = cluster.nodes[paused].info.proc
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(f"node {leader_id} marked down by a new leader",
+                   lambda: all(node_states(cluster, i).get(leader_id) == "down" for i in others))
+        time.sleep(1.0)  # paused well past down_after: its lease and everyone's silence
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    wrongly_down = []
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        for i in others:
+            states = node_states(cluster, i)
+            wrongly_down += [(i, n) for n, st in states.items() if st == "down" and n != leader_id]
+        time.sleep(0.05)
+    assert not wrongly_down, f"members declared down after the old leader woke: {wrongly_down}"
+    wait_until(f"node {leader_id} up again",
+               lambda: all(node_states(cluster, i).get(leader_id) == "up" for i in range(3)), timeout=60)
+    cluster.wait_converged(3)
 
 
 async def test_a_node_drained_by_leave_hands_over_and_exits(cluster, xmpp_on):
