@@ -395,9 +395,9 @@ async fn announce_when_caught_up(ctx: Weak<Ctx>, control: Arc<ControlPlane>) {
     }
 }
 
-/// Whether this node follows at least one partition of `ring` and, in each, follows it
-/// now, holds the entries of the epoch of its current view (its leader's barrier, which
-/// follows everything before it) and has applied what is committed.
+/// Whether this node follows at least one partition of `ring` and, in each, holds the
+/// entries of the ring's epoch (its leader's barrier, which follows everything before
+/// it) and has applied what is committed.
 async fn follows_up_to_date(
     replication: &crate::replication::Replication,
     ring: &waddle_control::PartitionTable,
@@ -412,11 +412,8 @@ async fn follows_up_to_date(
         following += 1;
         let Ok(partition) = u16::try_from(partition) else { return false };
         let status = replicator.status(partition).await;
-        // A partition's log moves to a new epoch only when its replica set changes, so
-        // what counts is the epoch of the view this node follows it in.
-        let following_now = matches!(status.role, waddle_replog::Role::Follower);
-        let holds_epoch = status.epoch.is_some_and(|view| status.last.is_some_and(|last| last.epoch >= view));
-        if !following_now || !holds_epoch || status.applied < status.commit {
+        let holds_epoch = status.last.is_some_and(|last| last.epoch >= ring.epoch);
+        if !holds_epoch || status.applied < status.commit {
             return false;
         }
     }
