@@ -337,31 +337,6 @@ pub fn assign(previous: Option<&PartitionMap>, members: &[NodeId], replication: 
     PartitionMap { epoch, replicas }
 }
 
-/// The ring while the `joining` nodes catch up. Where the ring of `members ∪ joining`
-/// would put a joining node, it is an extra follower behind the replicas of the ring of
-/// `members` alone: it is sent the partition's log while the partition keeps serving,
-/// and it owns nothing yet. Once it is a member, [`assign`] from this map makes it the
-/// owner of (nearly) those partitions, whose logs it has by then.
-pub fn assign_catching_up(
-    previous: Option<&PartitionMap>,
-    members: &[NodeId],
-    joining: &[NodeId],
-    replication: usize,
-) -> PartitionMap {
-    let mut everyone = members.to_vec();
-    everyone.extend_from_slice(joining);
-    let target = assign(previous, &everyone, replication);
-    let mut map = assign(previous, members, replication);
-    for (set, wanted) in map.replicas.iter_mut().zip(&target.replicas) {
-        for node in wanted {
-            if joining.contains(node) && !set.contains(node) && !members.contains(node) {
-                set.push(*node);
-            }
-        }
-    }
-    map
-}
-
 /// Cost of a pair that puts a node on a partition it was not on: more than any sum of
 /// rendezvous ranks (at most 256 · r · N < 2^32 for N ≤ 4096).
 const NEW: i64 = 1 << 32;
@@ -776,30 +751,5 @@ mod tests {
         assert_eq!(owned.values().sum::<usize>(), PARTS);
         assert_eq!(held.values().sum::<usize>(), PARTS * 3);
         assert!(map.partitions_of(99).is_empty());
-    }
-
-    #[test]
-    fn joining_nodes_follow_the_partitions_they_will_own_and_own_nothing_yet() {
-        let start = assign(None, &members(3), 3);
-        let catching_up = assign_catching_up(Some(&start), &members(3), &[4], 3);
-        assert_eq!(catching_up.epoch, start.epoch + 1);
-        let target = assign(Some(&start), &members(4), 3);
-        for p in 0..PARTITIONS {
-            let (before, during) = (start.replicas(p), catching_up.replicas(p));
-            // The replicas in force are untouched, owner first; node 4 only ever follows.
-            assert_eq!(&during[..before.len()], before, "partition {p}");
-            assert_eq!(during.contains(&4), target.replicas(p).contains(&4), "partition {p}");
-            assert!(during.len() <= 4);
-        }
-        assert_eq!(catching_up.owner_counts().get(&4), None);
-        // Once it is a member, it owns its share, taken where it followed.
-        let promoted = assign(Some(&catching_up), &members(4), 3);
-        assert_eq!(promoted.owner_counts()[&4], 64);
-        assert_valid(&promoted, &members(4), 3);
-        let owned_unfollowed =
-            (0..PARTITIONS).filter(|&p| promoted.owner(p) == Some(4) && !catching_up.replicas(p).contains(&4)).count();
-        assert_eq!(owned_unfollowed, 0, "node 4 leads a partition whose log it was not sent");
-        // Nothing joining: the ring of the members.
-        assert_eq!(assign_catching_up(Some(&start), &members(3), &[], 3), assign(Some(&start), &members(3), 3));
     }
 }

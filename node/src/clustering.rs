@@ -18,7 +18,7 @@ use waddle_cluster::transport::ractor::{RactorConfig, RactorTransport};
 use waddle_cluster::transport::{
     cast_msg, request, Dispatcher, Message, NoResponse, PeerEvent, Transport, TransportError, WireError,
 };
-use waddle_cluster::{assign, assign_catching_up, PartitionMap};
+use waddle_cluster::{assign, PartitionMap};
 use waddle_control::{
     Command, ControlConfig, ControlPlane, NodeRecord, NodeState, PartitionTable, RaftTransport, TransportFailure,
 };
@@ -296,9 +296,7 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
         id: me,
         cluster_addr: config.cluster.listen.clone(),
         http_addr,
-        // With replicated partitions a new node first follows the partitions it will
-        // own, and takes them once it has their logs (`announce_when_caught_up`).
-        state: if config.cluster.replicas > 1 { NodeState::Joining } else { NodeState::Up },
+        state: NodeState::Joining,
         voter: false,
         version: 0,
     };
@@ -339,7 +337,6 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
             }
         }
         join(&control, &seeds).await?;
-        tokio::spawn(announce_when_caught_up(Arc::downgrade(ctx), Arc::clone(&control)));
     }
     // Serve only once a committed ring is known (the leader proposes one as soon as this
     // node is a member).
@@ -353,71 +350,6 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(Arc::new(Clustering { transport, control }))
-}
-
-/// The longest a joining node follows before it takes its partitions anyway (a log
-/// that cannot be fetched, or a leader that does not answer, must not keep it out).
-const CATCH_UP_MAX: Duration = Duration::from_secs(120);
-
-/// On a node that joined (`Joining`): once it holds, in every partition the ring has
-/// it follow, the log of the ring's epoch and has applied what is committed, it says it
-/// is up, and the leader's next ring makes it the owner of those partitions. Until then
-/// they are served by their owners as before: nothing stops while it fetches.
-async fn announce_when_caught_up(ctx: Weak<Ctx>, control: Arc<ControlPlane>) {
-    let me = control.id();
-    let started = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let Some(ctx) = ctx.upgrade() else { return };
-        let state = control.state();
-        if state.nodes.get(&me).map(|n| n.state) != Some(NodeState::Joining) {
-            return;
-        }
-        let caught_up = match (ctx.replication(), state.partition_map.as_ref()) {
-            (None, _) => true,
-            (Some(replication), Some(ring)) => follows_up_to_date(replication, ring, me).await,
-            (Some(_), None) => false,
-        };
-        let overdue = started.elapsed() >= CATCH_UP_MAX;
-        if !caught_up && !overdue {
-            continue;
-        }
-        if overdue && !caught_up {
-            tracing::warn!(node = me, "cluster: not caught up after {CATCH_UP_MAX:?}; taking partitions anyway");
-        }
-        match control.propose(Command::SetNodeState { id: me, state: NodeState::Up }).await {
-            Ok(_) => {
-                tracing::info!(node = me, after = ?started.elapsed(), "cluster: caught up; up");
-                return;
-            }
-            Err(e) => tracing::warn!(node = me, error = %e, "cluster: cannot say this node is up; retrying"),
-        }
-    }
-}
-
-/// Whether this node follows at least one partition of `ring` and, in each, holds the
-/// entries of the ring's epoch (its leader's barrier, which follows everything before
-/// it) and has applied what is committed.
-async fn follows_up_to_date(
-    replication: &crate::replication::Replication,
-    ring: &waddle_control::PartitionTable,
-    me: u64,
-) -> bool {
-    let replicator = replication.replicator();
-    let mut following = 0;
-    for (partition, set) in ring.replicas.iter().enumerate() {
-        if !set.contains(&me) {
-            continue;
-        }
-        following += 1;
-        let Ok(partition) = u16::try_from(partition) else { return false };
-        let status = replicator.status(partition).await;
-        let holds_epoch = status.last.is_some_and(|last| last.epoch >= ring.epoch);
-        if !holds_epoch || status.applied < status.commit {
-            return false;
-        }
-    }
-    following > 0
 }
 
 /// Joins through the seeds, asking all of them at once each round (a seed that is gone
@@ -527,47 +459,34 @@ async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<Racto
     }
 }
 
-/// On the leader: a new ring when the nodes that serve have changed. A node that joined
-/// and is still catching up (`Joining`) is only an extra follower of the partitions it
-/// will own ([`assign_catching_up`]); once it says it is up, the next ring gives it them.
+/// On the leader: a new ring when the nodes that serve have changed.
 async fn propose_ring(control: &ControlPlane, state: &waddle_control::ControlState, replicas: usize) {
-    let with_state =
-        |wanted: NodeState| -> Vec<u64> { state.nodes.values().filter(|n| n.state == wanted).map(|n| n.id).collect() };
-    let (members, joining) = (with_state(NodeState::Up), with_state(NodeState::Joining));
+    let members: Vec<u64> = state.nodes.values().filter(|n| matches!(n.state, NodeState::Up)).map(|n| n.id).collect();
     if members.is_empty() {
         return;
     }
     let previous = state.partition_map.as_ref().map(|t| PartitionMap { epoch: t.epoch, replicas: t.replicas.clone() });
-    if let Some(previous) = &previous {
-        if !ring_outdated(previous, &members, &joining, replicas) {
-            return;
-        }
+    let mut current: Vec<u64> = previous
+        .as_ref()
+        .map(|m| {
+            let mut owners: Vec<u64> = m.replicas.iter().flatten().copied().collect();
+            owners.sort_unstable();
+            owners.dedup();
+            owners
+        })
+        .unwrap_or_default();
+    current.sort_unstable();
+    let mut wanted = members.clone();
+    wanted.sort_unstable();
+    if previous.is_some() && current == wanted {
+        return;
     }
-    let next = assign_catching_up(previous.as_ref(), &members, &joining, replicas);
+    let next = assign(previous.as_ref(), &members, replicas);
     let table = PartitionTable { epoch: next.epoch, replicas: next.replicas };
     match control.propose(Command::SetPartitionMap(table)).await {
-        Ok(result) => {
-            tracing::info!(epoch = next.epoch, ?members, ?joining, ?result, "cluster: new ring proposed")
-        }
+        Ok(result) => tracing::info!(epoch = next.epoch, members = ?members, ?result, "cluster: new ring proposed"),
         Err(e) => tracing::warn!(error = %e, "cluster: proposing the ring failed"),
     }
-}
-
-/// Whether the ring in force is not the one for these members and joining nodes: a node
-/// in it that is neither, or one of them missing from it; and once nobody is catching
-/// up, any difference from what [`assign`] makes of it (a ring [`assign`] made is its own
-/// fixed point, so this is what promotes the nodes that caught up).
-fn ring_outdated(ring: &PartitionMap, members: &[u64], joining: &[u64], replicas: usize) -> bool {
-    let mut in_ring: Vec<u64> = ring.replicas.iter().flatten().copied().collect();
-    in_ring.sort_unstable();
-    in_ring.dedup();
-    let mut wanted: Vec<u64> = members.iter().chain(joining).copied().collect();
-    wanted.sort_unstable();
-    wanted.dedup();
-    if in_ring != wanted {
-        return true;
-    }
-    joining.is_empty() && assign(Some(ring), members, replicas).replicas != ring.replicas
 }
 
 /// A peer that goes down takes its sessions with it: their registry entries here go.
@@ -849,23 +768,5 @@ mod tests {
         liveness_changes(&nodes, 1, &[2], &mut back, t0 + Duration::from_millis(500), settle);
         assert!(liveness_changes(&nodes, 1, &[2, 3], &mut back, t0 + settle, settle).is_empty());
         assert!(liveness_changes(&nodes, 1, &[], &mut back, t0, settle).iter().all(|(id, _)| *id != 1), "never itself");
-    }
-
-    #[test]
-    fn a_ring_is_redrawn_for_newcomers_and_once_they_caught_up() {
-        let (members, replicas) = (vec![1, 2, 3], 3);
-        let settled = assign(None, &members, replicas);
-        assert!(!ring_outdated(&settled, &members, &[], replicas));
-        // Node 4 joins: a catch-up ring, which stays while it catches up.
-        assert!(ring_outdated(&settled, &members, &[4], replicas));
-        let catching_up = assign_catching_up(Some(&settled), &members, &[4], replicas);
-        assert!(!ring_outdated(&catching_up, &members, &[4], replicas));
-        // It is up: the ring that makes it an owner, which then stays.
-        let all = vec![1, 2, 3, 4];
-        assert!(ring_outdated(&catching_up, &all, &[], replicas));
-        let promoted = assign(Some(&catching_up), &all, replicas);
-        assert!(!ring_outdated(&promoted, &all, &[], replicas));
-        // A member gone.
-        assert!(ring_outdated(&promoted, &[1, 2, 4], &[], replicas));
     }
 }
