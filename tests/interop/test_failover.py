@@ -257,14 +257,17 @@ async def test_a_paused_leader_wakes_without_judging_the_others(cluster, xmpp_on
 
 
 async def test_a_node_drained_by_leave_hands_over_and_exits(cluster, xmpp_on):
-    """`POST /v1/cluster/leave` (what `waddle cluster leave` calls) drains node 3: its
-    partitions go to the others with their data, its clients are told to go
-    (`system-shutdown`) and it exits cleanly; the room it ran keeps its history and the
-    occupant on another node stays in it. Runs last: the cluster has two nodes after."""
-    leaver = 2
-    leaver_id = leaver + 1
-    users = [make_account_on(cluster, 0)("dr"), account_owned_by(cluster, leaver_id, "drb")]
-    a = await xmpp_on(0)(users[0][0], users[0][1], "a", plugins=MUC_PLUGINS)
+    """`POST /v1/cluster/leave` (what `waddle cluster leave` calls) drains the control
+    plane's leader: its partitions go to the others with their data, its clients are
+    told to go (`system-shutdown`), it hands the leadership on and exits cleanly; the
+    room it ran keeps its history and the occupant on another node stays in it. Runs
+    last: the cluster has two nodes after."""
+    cluster.wait_converged(3)
+    leaver_id = int(cluster.status(0)["leader"])
+    leaver = node_index(cluster, leaver_id)
+    stay, other = [i for i in range(3) if i != leaver]
+    users = [make_account_on(cluster, stay)("dr"), account_owned_by(cluster, leaver_id, "drb")]
+    a = await xmpp_on(stay)(users[0][0], users[0][1], "a", plugins=MUC_PLUGINS)
     b = await xmpp_on(leaver)(users[1][0], users[1][1], "b", plugins=MUC_PLUGINS)
     room = room_owned_by(cluster, leaver_id, "drain")
     await join_room(a, room, "alice", maxstanzas=0)
@@ -287,11 +290,11 @@ async def test_a_node_drained_by_leave_hands_over_and_exits(cluster, xmpp_on):
     node.stop()
     cluster.nodes.pop(leaver)
     wait_until("the others forget the node",
-               lambda: all(leaver_id not in node_states(cluster, i) for i in (0, 1)), timeout=30)
+               lambda: all(leaver_id not in node_states(cluster, i) for i in range(2)), timeout=30)
     cluster.wait_converged(2)
 
     # Bob comes back through another node: his account came along, and so did the room.
-    b2 = await xmpp_on(1)(users[1][0], users[1][1], "b2", plugins=MUC_PLUGINS)
+    b2 = await xmpp_on(other)(users[1][0], users[1][1], "b2", plugins=MUC_PLUGINS)
     await join_room(b2, room, "bob", maxstanzas=0)
     after = unique("afterdrain")
     a.send_message(mto=room, mbody=after, mtype="groupchat")

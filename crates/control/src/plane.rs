@@ -319,13 +319,25 @@ impl ControlPlane {
                     }
                     return self.wait_applied(index, deadline.saturating_duration_since(Instant::now())).await;
                 }
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => return Err(self.removal_failed(id, e)),
                 None if Instant::now() >= deadline => {
-                    return Err(ControlError::Timeout(format!("removing node {id}: no leader")));
+                    let e = ControlError::Timeout(format!("removing node {id}: no leader"));
+                    return Err(self.removal_failed(id, e));
                 }
                 None => tokio::time::sleep(self.retry_pause()).await,
             }
         }
+    }
+
+    /// A failed removal of this node gives it back its part in elections (it may have
+    /// stepped down to leave).
+    fn removal_failed(&self, id: u64, e: ControlError) -> ControlError {
+        if id == self.id() {
+            let runtime = self.inner.raft.runtime_config();
+            runtime.heartbeat(true);
+            runtime.elect(true);
+        }
+        e
     }
 
     /// This node's Raft role, leader, term, applied index and membership.
@@ -589,11 +601,13 @@ impl ControlPlane {
         if m.current_leader != Some(self.id()) {
             return Err(ControlError::NotLeader { leader: m.current_leader });
         }
+        if id == self.id() {
+            // Nothing more is written here: every entry would keep the others from
+            // electing the next leader.
+            return self.leader_step_down();
+        }
         if self.state().nodes.contains_key(&id) {
             self.write(Entry::new(Command::SetNodeState { id, state: NodeState::Leaving }), deadline).await?;
-        }
-        if id == self.id() {
-            return self.leader_remove_self(deadline).await;
         }
         let membership = m.membership_config.membership().clone();
         if membership.voter_ids().any(|v| v == id) {
@@ -624,34 +638,20 @@ impl ControlPlane {
         Ok(index)
     }
 
-    /// The leader removing itself (`waddle cluster leave` on the leader): everything
-    /// that needs a leader is done while it still is one, since once it has left the
-    /// membership it hears from nobody, not even who leads next. Its record goes first,
-    /// then a caught-up learner is promoted if the voters would fall below the configured
-    /// number, and last it leaves the Raft membership (and so the leadership).
-    async fn leader_remove_self(&self, deadline: Instant) -> Result<u64, ControlError> {
-        let id = self.id();
-        let (index, _) = self.write(Entry::new(Command::RemoveNode { id }), deadline).await?;
-        let m = self.metrics();
-        let membership = m.membership_config.membership().clone();
-        let is_voter = membership.voter_ids().any(|v| v == id);
-        let voters_after = membership.voter_ids().count() - usize::from(is_voter);
-        let state = self.state();
-        let candidate =
-            membership.learner_ids().find(|l| state.nodes.get(l).is_some_and(|n| n.state == NodeState::Up && *l != id));
-        if let (true, Some(l)) = (is_voter && voters_after < self.inner.config.voters, candidate) {
-            self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([l])), deadline).await?;
-            if let Some(record) = state.nodes.get(&l) {
-                let promoted = NodeRecord { voter: true, ..record.clone() };
-                self.write(Entry::new(Command::AddNode(promoted)), deadline).await?;
-            }
-        }
-        if is_voter {
-            self.change_members(ChangeMembers::RemoveVoters(BTreeSet::from([id])), deadline).await?;
-        } else if membership.get_node(&id).is_some() {
-            self.change_members(ChangeMembers::RemoveNodes(BTreeSet::from([id])), deadline).await?;
-        }
-        Ok(index)
+    /// The leader removing itself (`waddle cluster leave` on the leader) first hands the
+    /// leadership on, and its removal is then the new leader's, as for any other node
+    /// (the caller retries on `NotLeader`, which forwards there). openraft 0.9 has no
+    /// leadership transfer, so it stops sending heartbeats and will not stand for
+    /// election: the others elect a leader once its lease runs out, and this node, still
+    /// a voter, hears of it. Leaving the membership while leading left it hearing from
+    /// nobody, not even who leads next, and removing its record first made the others
+    /// drop its connections before it could commit the rest.
+    fn leader_step_down(&self) -> Result<u64, ControlError> {
+        let runtime = self.inner.raft.runtime_config();
+        runtime.heartbeat(false);
+        runtime.elect(false);
+        tracing::info!(id = self.id(), "control plane: the leader steps down to leave");
+        Err(ControlError::NotLeader { leader: None })
     }
 
     /// Proposes a membership change, waiting out one already in progress.
