@@ -219,4 +219,30 @@ mod tests {
         assert!(!is_redeliverable(&chat.clone().with_child(Element::new("received", "urn:xmpp:carbons:2"))));
         assert!(!is_redeliverable(&chat.with_child(Element::new("result", crate::muc::NS_MAM))));
     }
+
+    #[test]
+    fn a_moved_session_crosses_nodes_whole() {
+        let moved = MovedSession {
+            jid: "alice@example.org/phone".into(),
+            previd: "tok:alice@example.org/phone".into(),
+            resume_secs: 300,
+            handled_in: 7,
+            acked_out: u32::MAX,
+            unacked: vec!["<message to='alice@example.org/phone' type='chat'><body>\"&amp;</body></message>".into()],
+            available: true,
+            initial_presence_sent: true,
+            presence: Some((-1, "<presence><show>away</show></presence>".into())),
+            directed: vec!["room@muc.example.org/alice".into()],
+            roster_interested: true,
+            carbons: false,
+            rooms: vec![("room@muc.example.org/alice".into(), "<presence to='room@muc.example.org/alice'/>".into())],
+        };
+        let reply = crate::remote::NodeReply::Session(Some(Box::new(moved)));
+        let bytes = serde_json::to_vec(&reply).unwrap_or_else(|e| panic!("{e}"));
+        let back: crate::remote::NodeReply = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, reply);
+        let crate::remote::NodeReply::Session(Some(back)) = back else { panic!("not a session") };
+        let again = crate::im::parse_stored_stanza(&back.unacked[0]).unwrap_or_else(|| panic!("unparsable"));
+        assert_eq!(again.attr("to"), Some("alice@example.org/phone"));
+    }
 }
