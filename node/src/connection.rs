@@ -127,7 +127,16 @@ async fn negotiate(
                 }
                 Action::VerifyPlain { username, secret } => {
                     let outcome = if wait_for_login(ctx, &peer_ip, &username, deadline).await {
-                        verify_plain(ctx, &username, secret).await
+                        match verify_plain(ctx, &username, secret).await {
+                            Plain::Verdict(outcome) => outcome,
+                            Plain::WrongPasswordUnreadableToken => {
+                                // Told to try again (it may have been a valid token), but
+                                // counted: a secret shaped like a token for a partition in
+                                // a takeover must not make guesses free.
+                                ctx.auth_failed(&peer_ip, Some(&username));
+                                AuthOutcome::Unavailable
+                            }
+                        }
                     } else {
                         AuthOutcome::Blocked
                     };
@@ -259,10 +268,17 @@ async fn scram_credentials(ctx: &Ctx, username: &str, hash: ScramHash) -> Result
     }))
 }
 
+/// What a PLAIN secret turned out to be.
+enum Plain {
+    Verdict(AuthOutcome),
+    /// Not the password, and the token it may be could not be checked.
+    WrongPasswordUnreadableToken,
+}
+
 /// PLAIN carries either a session token from `POST /auth/xmpp-token` or the password.
-async fn verify_plain(ctx: &Ctx, username: &str, secret: String) -> AuthOutcome {
+async fn verify_plain(ctx: &Ctx, username: &str, secret: String) -> Plain {
     let token_unreadable = match ctx.accounts().lookup_token(TokenKind::Xmpp, &secret, unix_now()).await {
-        Ok(Some(record)) if record.username == username => return AuthOutcome::Success,
+        Ok(Some(record)) if record.username == username => return Plain::Verdict(AuthOutcome::Success),
         Ok(_) => false,
         Err(e) => {
             tracing::warn!(error = %e, user = %username, "token lookup failed");
@@ -271,17 +287,15 @@ async fn verify_plain(ctx: &Ctx, username: &str, secret: String) -> AuthOutcome 
     };
     let creds = match scram_credentials(ctx, username, ScramHash::Sha256).await {
         Ok(Some(creds)) => creds,
-        Ok(None) if token_unreadable => return AuthOutcome::Unavailable,
-        Ok(None) => return AuthOutcome::Failure,
-        Err(Unreadable) => return AuthOutcome::Unavailable,
+        Ok(None) => return Plain::Verdict(AuthOutcome::Failure),
+        Err(Unreadable) => return Plain::Verdict(AuthOutcome::Unavailable),
     };
     // PBKDF2 is deliberately slow: keep it off the async workers.
     let ok = tokio::task::spawn_blocking(move || creds.verify_password(&secret)).await.unwrap_or(false);
     match (ok, token_unreadable) {
-        (true, _) => AuthOutcome::Success,
-        // The secret may have been a valid token we could not check.
-        (false, true) => AuthOutcome::Unavailable,
-        (false, false) => AuthOutcome::Failure,
+        (true, _) => Plain::Verdict(AuthOutcome::Success),
+        (false, true) => Plain::WrongPasswordUnreadableToken,
+        (false, false) => Plain::Verdict(AuthOutcome::Failure),
     }
 }
 
