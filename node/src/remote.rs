@@ -645,8 +645,9 @@ pub fn handle(ctx: Arc<Ctx>, from_node: u64, op: NodeOp) -> BoxFuture<'static, (
     })
 }
 
-/// Binds `entry`, a session that moved from the session `from_conn_id`, in its place;
-/// `false` (nothing changed) when another session of the same full JID holds it.
+/// Binds `entry`, a session that moved from the session `from_conn_id` (or announces
+/// itself again: `from_conn_id` is its own), in its place; `false` (nothing changed)
+/// when another session of the same full JID holds it.
 pub fn take_entry(shard: &waddle_cluster::UserShard<'_>, entry: SessionEntry, from_conn_id: u64) -> bool {
     if shard.addr(&entry.resource).is_some_and(|held| held.conn_id != from_conn_id && held != entry.addr) {
         return false;
@@ -685,6 +686,15 @@ async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action
     };
     let resource = full.resource().as_str();
     let origin = Origin { jid: Jid::from(full.clone()), conn_id: Some(addr.conn_id) };
+    let moved_entry = |available, priority, presence: Option<String>, roster_interested, carbons| SessionEntry {
+        resource: resource.to_owned(),
+        addr,
+        priority,
+        available,
+        presence: presence.as_deref().and_then(parse).map(Arc::new),
+        roster_interested,
+        carbons,
+    };
     match action {
         AccountAction::Bind => {
             let entry = SessionEntry {
@@ -701,34 +711,16 @@ async fn run_account_action(ctx: &Ctx, full: &FullJid, addr: SessionAddr, action
             }
             ctx.hint_carbons(bare.as_str(), &shard, true);
         }
+        // Announcing itself again, a session takes its own entry or an empty place: a
+        // move from itself (connection ids are unique in the cluster).
         AccountAction::Rebind { available, priority, presence, roster_interested, carbons } => {
-            if shard.addr(resource).is_some_and(|held| held != addr) {
-                return;
+            let entry = moved_entry(available, priority, presence, roster_interested, carbons);
+            if take_entry(&shard, entry, addr.conn_id) {
+                ctx.hint_carbons(bare.as_str(), &shard, true);
             }
-            shard.unbind(resource, addr.conn_id);
-            let presence = presence.as_deref().and_then(parse).map(Arc::new);
-            shard.bind(SessionEntry {
-                resource: resource.to_owned(),
-                addr,
-                priority,
-                available,
-                presence,
-                roster_interested,
-                carbons,
-            });
-            ctx.hint_carbons(bare.as_str(), &shard, true);
         }
         AccountAction::Moved { from_conn_id, available, priority, presence, roster_interested, carbons } => {
-            let presence = presence.as_deref().and_then(parse).map(Arc::new);
-            let entry = SessionEntry {
-                resource: resource.to_owned(),
-                addr,
-                priority,
-                available,
-                presence,
-                roster_interested,
-                carbons,
-            };
+            let entry = moved_entry(available, priority, presence, roster_interested, carbons);
             if take_entry(&shard, entry, from_conn_id) {
                 ctx.hint_carbons(bare.as_str(), &shard, true);
             }

@@ -219,41 +219,14 @@ impl SessionState {
     /// and takes it back into its rooms.
     fn reannounce(&self) {
         self.rejoin_rooms();
-        let (available, priority, presence) = match &self.presence {
-            Some((priority, presence)) if self.available => (true, *priority, Some(Arc::clone(presence))),
-            _ => (false, 0, None),
-        };
-        match self.owner_elsewhere() {
-            Some(node) => {
-                let presence = presence.map(|p| p.to_string());
-                let (roster_interested, carbons) = (self.roster_interested, self.carbons);
-                self.to_owner(
-                    node,
-                    AccountAction::Rebind { available, priority, presence, roster_interested, carbons },
-                );
-            }
-            None => {
-                let Some(shard) = self.ctx.local_shard(&self.bare) else { return };
-                let resource = self.jid.resource().as_str();
-                let addr = SessionAddr { node: self.ctx.cluster.me(), conn_id: self.conn_id };
-                if shard.addr(resource).is_none() {
-                    shard.bind(waddle_cluster::SessionEntry {
-                        resource: resource.to_owned(),
-                        addr,
-                        priority,
-                        available,
-                        presence,
-                        roster_interested: self.roster_interested,
-                        carbons: self.carbons,
-                    });
-                }
-            }
-        }
+        self.claim_registry_entry(self.conn_id);
     }
 
-    /// Takes the registry entry of the session `from_conn_id` on another node, which
-    /// moved here (a resumption), with this session's presence and interests.
-    fn take_registry_entry(&self, from_conn_id: u64) {
+    /// Registers this session with its user's owner in the place of the session
+    /// `from_conn_id` (itself when it announces itself again; another node's when it
+    /// moved here), with its presence, roster interest and carbons, unless a newer
+    /// session of the same full JID holds that place.
+    fn claim_registry_entry(&self, from_conn_id: u64) {
         let (available, priority, presence) = match &self.presence {
             Some((priority, presence)) if self.available => (true, *priority, Some(Arc::clone(presence))),
             _ => (false, 0, None),
@@ -262,9 +235,12 @@ impl SessionState {
         match self.owner_elsewhere() {
             Some(node) => {
                 let presence = presence.map(|p| p.to_string());
-                let moved =
-                    AccountAction::Moved { from_conn_id, available, priority, presence, roster_interested, carbons };
-                self.to_owner(node, moved);
+                let action = if from_conn_id == self.conn_id {
+                    AccountAction::Rebind { available, priority, presence, roster_interested, carbons }
+                } else {
+                    AccountAction::Moved { from_conn_id, available, priority, presence, roster_interested, carbons }
+                };
+                self.to_owner(node, action);
             }
             None => {
                 let Some(shard) = self.ctx.local_shard(&self.bare) else { return };
@@ -1412,7 +1388,7 @@ pub async fn resume_moved(
         carbons: moved.carbons,
         rooms: moved.rooms.iter().filter_map(|(occupant, join)| Some((occupant.clone(), parse(join)?))).collect(),
     };
-    state.take_registry_entry(addr.conn_id);
+    state.claim_registry_entry(addr.conn_id);
     state.rejoin_rooms();
     let resumed = sm::resumed(previd, moved.handled_in);
     state.write_nonza(&resumed);
