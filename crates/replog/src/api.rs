@@ -91,8 +91,12 @@ impl Default for ReplConfig {
 /// This node's part in a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    Leader { serving: bool },
+    Leader {
+        serving: bool,
+    },
     Follower,
+    /// Sent the log by the leader without being one of the replicas.
+    Learner,
     None,
 }
 
@@ -108,6 +112,10 @@ pub struct PartitionStatus {
     pub last: Option<LogPos>,
     pub commit: Seq,
     pub applied: Seq,
+    /// The last Append accepted here found this log holding everything its leader had
+    /// committed, and all of that is applied: a learner in this state can be made a
+    /// replica (or the leader) without a long fetch. False on a leader.
+    pub caught_up: bool,
 }
 
 /// Counters since open.

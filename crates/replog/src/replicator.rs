@@ -65,6 +65,9 @@ struct Part {
     applied_tx: watch::Sender<Seq>,
     /// Lets a leader task learn at once that this node promised a newer epoch.
     promised_tx: watch::Sender<Epoch>,
+    /// The partition's learners: nodes its leader sends the log to without counting them
+    /// towards any majority ([`Replicator::set_learners`]).
+    learners_tx: watch::Sender<Vec<NodeId>>,
 }
 
 struct Core {
@@ -73,6 +76,9 @@ struct Core {
     commit: Seq,
     /// The last serving replica set this node knows of (durable).
     serving: Option<ReplicaSet>,
+    /// The last Append accepted here found this log holding everything its leader had
+    /// committed (in memory: a restarted replica is behind until a leader says otherwise).
+    in_step: bool,
 }
 
 #[derive(Default)]
@@ -229,6 +235,21 @@ impl Replicator {
         Ok(())
     }
 
+    /// Sets the partition's learners: nodes outside its replica set that its leader keeps
+    /// sending the log to, so that they hold it (and apply it) before they are made replicas,
+    /// without ever counting towards a majority (a slow or lost learner stalls nothing). The
+    /// list stays across views until it is set again; the leader's own epoch does not change.
+    pub fn set_learners(&self, partition: PartitionId, learners: Vec<NodeId>) {
+        let part = self.inner.part(partition);
+        part.learners_tx.send_if_modified(|current| {
+            if *current == learners {
+                return false;
+            }
+            *current = learners;
+            true
+        });
+    }
+
     /// Appends `payload` to the partition's log; resolves with its seq once a majority of the
     /// replica set holds it durably.
     pub async fn propose(&self, partition: PartitionId, payload: Vec<u8>) -> Result<Seq, ReplError> {
@@ -301,18 +322,21 @@ impl Replicator {
                 last: None,
                 commit: 0,
                 applied: 0,
+                caught_up: false,
             };
         };
-        let (promised, last, commit) = {
+        let (promised, last, commit, in_step) = {
             let core = part.core.lock().await;
-            (core.promised, core.index.last_pos(), core.commit)
+            (core.promised, core.index.last_pos(), core.commit, core.in_step)
         };
+        let learner = part.learners_tx.borrow().contains(&self.inner.me);
         let ctl = lock(&part.ctl);
         let epoch = ctl.view.as_ref().map(|v| v.epoch);
         let leading = ctl.leading.as_ref().filter(|l| Some(l.epoch) == epoch);
         let role = match leading {
             Some(l) => Role::Leader { serving: l.state == LeadState::Serving },
             None if ctl.view.as_ref().is_some_and(|v| v.replicas.contains(&self.inner.me)) => Role::Follower,
+            None if learner => Role::Learner,
             None => Role::None,
         };
         let fenced_by = leading.and_then(|l| match l.state {
@@ -320,7 +344,8 @@ impl Replicator {
             _ => None,
         });
         let applied = *part.applied_tx.borrow();
-        PartitionStatus { role, epoch, promised, fenced_by, last, commit, applied }
+        let caught_up = in_step && applied >= commit;
+        PartitionStatus { role, epoch, promised, fenced_by, last, commit, applied, caught_up }
     }
 
     /// Answers another node's request (the node's transport calls this).
@@ -364,11 +389,13 @@ impl Inner {
                 index: meta.index,
                 commit,
                 serving: meta.serving,
+                in_step: false,
             }),
             ctl: Mutex::new(Ctl::default()),
             commit_tx: watch::Sender::new(commit),
             applied_tx: watch::Sender::new(meta.applied.min(commit)),
             promised_tx: watch::Sender::new(meta.promised),
+            learners_tx: watch::Sender::new(Vec::new()),
         });
         parts.insert(id, part.clone());
         let task = tokio::spawn(run_apply(self.store.clone(), self.applier.clone(), part.clone(), self.config.clone()));
@@ -404,6 +431,7 @@ impl Inner {
             AppendDecision::Stale { promised } => Ok(ResponseBody::Stale { promised }),
             AppendDecision::Invalid(why) => Ok(ResponseBody::Invalid(why.into())),
             AppendDecision::Mismatch { last, promise } => {
+                core.in_step = false;
                 if let Some(epoch) = promise {
                     self.store.promise(a.partition, epoch).await?;
                     core.promised = epoch;
@@ -442,6 +470,7 @@ impl Inner {
                     core.commit = c;
                     part.commit_tx.send_replace(c);
                 }
+                core.in_step = matched >= a.commit;
                 self.record_serving(&mut core, a.partition, announced).await?;
                 Ok(ResponseBody::Appended { last: matched })
             }
@@ -559,6 +588,31 @@ struct Peer {
     retry: Duration,
     /// The peer acknowledged an Append that announced this epoch's serving set.
     knows_serving: bool,
+    /// A learner: sent the log, never counted towards a majority.
+    learner: bool,
+    /// False for a learner no longer in the list; its slot stays (events name peers by
+    /// position) but nothing is sent to it.
+    active: bool,
+}
+
+impl Peer {
+    fn new(id: NodeId, next_prev: Seq, retry: Duration, learner: bool) -> Peer {
+        Peer {
+            id,
+            next_prev,
+            matched: 0,
+            in_flight: false,
+            sent_commit: 0,
+            contacted: false,
+            not_before: None,
+            commit_due: None,
+            wake_at: None,
+            retry,
+            knows_serving: false,
+            learner,
+            active: true,
+        }
+    }
 }
 
 enum Event {
@@ -809,23 +863,16 @@ impl LeaderTask {
             .replicas
             .iter()
             .filter(|&&n| n != self.inner.me)
-            .map(|&id| Peer {
-                id,
-                next_prev: match hints.get(&id) {
+            .map(|&id| {
+                let next_prev = match hints.get(&id) {
                     Some(&last) => engine::first_probe(&index, last),
                     None => index.last_seq(),
-                },
-                matched: 0,
-                in_flight: false,
-                sent_commit: 0,
-                contacted: false,
-                not_before: None,
-                commit_due: None,
-                wake_at: None,
-                retry: self.inner.config.retry_min,
-                knows_serving: false,
+                };
+                Peer::new(id, next_prev, self.inner.config.retry_min, false)
             })
             .collect();
+        let mut learners_rx = self.part.learners_tx.subscribe();
+        let learners = learners_rx.borrow_and_update().clone();
         let mut s = Serving {
             t: self,
             index,
@@ -843,7 +890,9 @@ impl LeaderTask {
             serving: false,
             events: FuturesUnordered::new(),
             promised_rx: self.part.promised_tx.subscribe(),
+            learners_rx,
         };
+        s.set_learners(&learners);
         s.self_durable = s.index.last_seq();
         s.barrier = s.index.last_seq() + 1;
         s.assign(vec![Vec::new()], Vec::new());
@@ -911,6 +960,7 @@ struct Serving<'a> {
     serving: bool,
     events: FuturesUnordered<BoxFuture<'static, Event>>,
     promised_rx: watch::Receiver<Epoch>,
+    learners_rx: watch::Receiver<Vec<NodeId>>,
 }
 
 impl Serving<'_> {
@@ -942,7 +992,30 @@ impl Serving<'_> {
                         return Err(Stop::Fenced(promised));
                     }
                 }
+                changed = self.learners_rx.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let learners = self.learners_rx.borrow_and_update().clone();
+                    self.set_learners(&learners);
+                }
             }
+        }
+    }
+
+    /// Starts sending the log to new learners (from this leader's tail: the first Append
+    /// finds where their logs agree) and stops sending to those no longer listed. Replicas
+    /// of this epoch are never learners.
+    fn set_learners(&mut self, learners: &[NodeId]) {
+        for p in self.peers.iter_mut().filter(|p| p.learner) {
+            p.active = learners.contains(&p.id);
+        }
+        let me = self.t.inner.me;
+        for &id in learners {
+            if id == me || self.t.replicas.contains(&id) || self.peers.iter().any(|p| p.id == id) {
+                continue;
+            }
+            self.peers.push(Peer::new(id, self.index.last_seq(), self.t.inner.config.retry_min, true));
         }
     }
 
@@ -1045,7 +1118,8 @@ impl Serving<'_> {
     }
 
     fn trim_cache(&mut self) {
-        let slowest = self.peers.iter().map(|p| p.next_prev).min().unwrap_or(self.index.last_seq());
+        let slowest =
+            self.peers.iter().filter(|p| p.active).map(|p| p.next_prev).min().unwrap_or(self.index.last_seq());
         while self.cache.front().is_some_and(|e| e.seq <= slowest) || self.cache.len() > CACHE_ENTRIES {
             self.cache.pop_front();
         }
@@ -1213,7 +1287,7 @@ impl Serving<'_> {
         let commit = self.commit;
         let idle = self.t.inner.config.idle_commit_interval;
         let Some(p) = self.peers.get_mut(i) else { return };
-        if p.in_flight {
+        if p.in_flight || !p.active {
             return;
         }
         if let Some(t) = p.not_before {

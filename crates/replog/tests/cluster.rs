@@ -15,6 +15,7 @@ struct Net {
     nodes: Mutex<HashMap<NodeId, Replicator>>,
     cut: Mutex<HashSet<NodeId>>,
     appends_with_entries: AtomicU64,
+    fetches: AtomicU64,
 }
 
 impl Net {
@@ -38,6 +39,9 @@ impl ReplTransport for Mem {
             }
             if matches!(&req.body, RequestBody::Append(a) if !a.entries.is_empty()) {
                 net.appends_with_entries.fetch_add(1, Ordering::Relaxed);
+            }
+            if matches!(&req.body, RequestBody::Fetch(_)) {
+                net.fetches.fetch_add(1, Ordering::Relaxed);
             }
             let node = net.nodes.lock().unwrap().get(&to).cloned().ok_or(ReplTransportError::Unreachable(to))?;
             let resp = node.handle(req).await;
@@ -304,6 +308,70 @@ async fn a_fresh_replica_catches_up_by_log() {
     c.applied_everywhere(&[4], s).await;
     assert_eq!(c.recs[&4].payloads(), expected);
     assert_eq!(c.node(4).status(P).await.last, leader.status(P).await.last);
+}
+
+/// A learner is sent the log (and applies it) while the partition serves, never counts
+/// towards a majority, stops being sent to when it is no longer listed, and once caught up
+/// takes the partition over without fetching anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_catches_up_without_counting_and_takes_over_without_a_fetch() {
+    let c = Cluster::start("learner", &[1, 2, 3, 4], ReplConfig { batch_entries: 16, ..config() }).await;
+    c.view(&[1, 2, 3, 4], 1, &[1, 2, 3], None).await;
+    c.serving(1).await;
+    let leader = c.node(1);
+    let mut last = 0;
+    for i in 0..200 {
+        last = leader.propose(P, payload(i)).await.unwrap();
+    }
+    let learner = c.node(4);
+    assert_eq!(learner.status(P).await.role, Role::None);
+    for n in [1, 2, 3, 4] {
+        c.node(n).set_learners(P, vec![4]);
+    }
+    assert_eq!(learner.status(P).await.role, Role::Learner);
+    eventually("the learner catches up", || async { learner.status(P).await.caught_up }).await;
+    assert_eq!(c.recs[&4].payloads(), c.recs[&1].payloads());
+    assert!(c.recs[&4].payloads().len() >= 200);
+
+    // With both followers cut off, the learner is no majority.
+    c.cut(2);
+    c.cut(3);
+    let r = leader.propose(P, b"unsafe".to_vec()).await;
+    assert!(matches!(r, Err(ReplError::Unavailable)), "{r:?}");
+    c.heal(2);
+    c.heal(3);
+    last = last.max(leader.propose(P, b"after".to_vec()).await.unwrap());
+    c.applied_everywhere(&[1, 2, 3, 4], last).await;
+
+    // No longer listed: nothing more is sent to it.
+    for n in [1, 2, 3, 4] {
+        c.node(n).set_learners(P, Vec::new());
+    }
+    let unlisted = leader.propose(P, b"not for 4".to_vec()).await.unwrap();
+    c.applied_everywhere(&[1, 2, 3], unlisted).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(learner.status(P).await.last.unwrap().seq < unlisted);
+
+    // Listed again, caught up again, then made the leader: it recovers without a fetch.
+    for n in [1, 2, 3, 4] {
+        c.node(n).set_learners(P, vec![4]);
+    }
+    eventually("caught up again", || async {
+        let s = learner.status(P).await;
+        s.caught_up && s.applied >= unlisted
+    })
+    .await;
+    let fetches = c.net.fetches.load(Ordering::Relaxed);
+    for n in [1, 2, 3, 4] {
+        c.node(n).set_learners(P, Vec::new());
+    }
+    c.view(&[1, 2, 3, 4], 2, &[4, 1, 2], Some(&[1, 2, 3])).await;
+    c.serving(4).await;
+    assert_eq!(c.net.fetches.load(Ordering::Relaxed), fetches, "a caught-up learner needs no fetch");
+    let s = learner.propose(P, b"led by 4".to_vec()).await.unwrap();
+    c.applied_everywhere(&[1, 2, 4], s).await;
+    assert_eq!(c.recs[&4].payloads(), c.recs[&1].payloads());
+    assert_eq!(c.recs[&4].payloads().last().unwrap(), b"led by 4");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
