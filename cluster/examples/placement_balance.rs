@@ -23,7 +23,7 @@ fn pure_rendezvous(nodes: &[NodeId]) -> PartitionMap {
     let replicas = (0..PARTITIONS)
         .map(|p| nodes.iter().copied().max_by_key(|&node| (rendezvous_weight(p, node), node)).into_iter().collect())
         .collect();
-    PartitionMap { epoch: 1, replicas }
+    PartitionMap { epoch: 1, replicas, learners: Vec::new() }
 }
 
 fn report(label: &str, map: &PartitionMap, nodes: &[NodeId], keys: &[PartitionId]) {

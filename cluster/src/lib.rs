@@ -17,6 +17,8 @@ pub mod routing;
 pub mod transport;
 
 pub use locality::{Locality, Peers, Place, UserShard};
-pub use placement::{assign, partition_of, NodeId, PartitionId, PartitionMap, Placement, PlacementKey, PARTITIONS};
+pub use placement::{
+    assign, assign_catching_up, partition_of, NodeId, PartitionId, PartitionMap, Placement, PlacementKey, PARTITIONS,
+};
 pub use registry::{SessionAddr, SessionEntry, SessionMailbox, SessionMsg, SessionRef};
 pub use routing::{classify, Destination};

@@ -152,12 +152,53 @@ pub trait Placement: Send + Sync {
 pub struct PartitionMap {
     pub epoch: u64,
     pub replicas: Vec<Vec<NodeId>>,
+    /// `learners[p]`: nodes sent partition `p`'s log before they become its replicas (a
+    /// node that joined, catching up). Not replicas: they own nothing, count towards no
+    /// majority, and nothing but the replicated log looks at them. Empty: none anywhere.
+    #[serde(default)]
+    pub learners: Vec<Vec<NodeId>>,
 }
 
 impl PartitionMap {
     /// A cluster of one at epoch 1: `node` owns every partition.
     pub fn single(node: NodeId) -> PartitionMap {
-        PartitionMap { epoch: 1, replicas: vec![vec![node]; PARTS] }
+        PartitionMap { epoch: 1, replicas: vec![vec![node]; PARTS], learners: Vec::new() }
+    }
+
+    /// The learners of a partition (none for most).
+    pub fn learners(&self, partition: PartitionId) -> &[NodeId] {
+        self.learners.get(partition as usize).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The nodes that hold a replica of some partition, ascending.
+    pub fn replica_nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self.replicas.iter().flatten().copied().collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// The nodes that learn some partition, ascending.
+    pub fn learner_nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self.learners.iter().flatten().copied().collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// This map with each partition's learners counted as holders (after its replicas): what
+    /// the next [`assign`] starts from, so that a node that caught up as a learner is
+    /// given the partitions whose logs it holds.
+    fn with_learners_as_holders(&self) -> PartitionMap {
+        let mut replicas = self.replicas.clone();
+        for (p, set) in replicas.iter_mut().enumerate() {
+            for &node in self.learners(p as PartitionId) {
+                if !set.contains(&node) {
+                    set.push(node);
+                }
+            }
+        }
+        PartitionMap { epoch: self.epoch, replicas, learners: Vec::new() }
     }
 
     /// The owner of a partition, `None` only for a map of no members.
@@ -237,7 +278,7 @@ pub fn assign(previous: Option<&PartitionMap>, members: &[NodeId], replication: 
     nodes.sort_unstable();
     nodes.dedup();
     if nodes.is_empty() {
-        return PartitionMap { epoch, replicas: vec![Vec::new(); PARTS] };
+        return PartitionMap { epoch, replicas: vec![Vec::new(); PARTS], learners: Vec::new() };
     }
     let n = nodes.len();
     let r = replication.clamp(1, n);
@@ -334,7 +375,32 @@ pub fn assign(previous: Option<&PartitionMap>, members: &[NodeId], replication: 
             owner[p].into_iter().chain(rest).map(|i| nodes[i]).collect()
         })
         .collect();
-    PartitionMap { epoch, replicas }
+    PartitionMap { epoch, replicas, learners: Vec::new() }
+}
+
+/// The ring while the `joining` nodes catch up: the ring of `members` (from `previous`,
+/// its learners counted as holders), with each joining node a learner of the partitions
+/// the ring of `members ∪ joining` would give it. The partitions keep serving on their
+/// replicas while the learners are sent their logs; once a joining node is a member,
+/// [`assign`] from this map (which this function does with no one joining) makes it a
+/// replica, or the owner, of those partitions, whose logs it then holds.
+pub fn assign_catching_up(
+    previous: Option<&PartitionMap>,
+    members: &[NodeId],
+    joining: &[NodeId],
+    replication: usize,
+) -> PartitionMap {
+    let holders = previous.map(PartitionMap::with_learners_as_holders);
+    let mut map = assign(holders.as_ref(), members, replication);
+    let joining: Vec<NodeId> = joining.iter().filter(|n| !members.contains(n)).copied().collect();
+    if joining.is_empty() {
+        return map;
+    }
+    let everyone: Vec<NodeId> = members.iter().chain(&joining).copied().collect();
+    let target = assign(holders.as_ref(), &everyone, replication);
+    map.learners =
+        target.replicas.iter().map(|set| set.iter().filter(|n| joining.contains(n)).copied().collect()).collect();
+    map
 }
 
 /// Cost of a pair that puts a node on a partition it was not on: more than any sum of
@@ -650,7 +716,11 @@ mod tests {
                 3
             }
         };
-        let before = PartitionMap { epoch: 9, replicas: (0..PARTITIONS).map(|p| vec![owner_of(p)]).collect() };
+        let before = PartitionMap {
+            epoch: 9,
+            replicas: (0..PARTITIONS).map(|p| vec![owner_of(p)]).collect(),
+            learners: Vec::new(),
+        };
         let after = assign(Some(&before), &[1, 2], 1);
         assert_eq!(after.epoch, 10);
         assert_valid(&after, &[1, 2], 1);
@@ -751,5 +821,36 @@ mod tests {
         assert_eq!(owned.values().sum::<usize>(), PARTS);
         assert_eq!(held.values().sum::<usize>(), PARTS * 3);
         assert!(map.partitions_of(99).is_empty());
+    }
+
+    #[test]
+    fn joining_nodes_learn_the_partitions_they_will_hold_and_hold_nothing_yet() {
+        let start = assign(None, &members(3), 3);
+        let catching_up = assign_catching_up(Some(&start), &members(3), &[4], 3);
+        assert_eq!(catching_up.epoch, start.epoch + 1);
+        // The replicas in force are untouched; node 4 only learns, where it will hold.
+        assert_eq!(catching_up.replicas, start.replicas);
+        let target = assign(Some(&start), &members(4), 3);
+        for p in 0..PARTITIONS {
+            assert_eq!(catching_up.learners(p).contains(&4), target.replicas(p).contains(&4), "partition {p}");
+        }
+        assert_eq!(catching_up.learner_nodes(), vec![4]);
+        assert_eq!(catching_up.replica_nodes(), members(3));
+        // Once it is a member, it holds its share, all of it where it learned.
+        let promoted = assign_catching_up(Some(&catching_up), &members(4), &[], 3);
+        assert_eq!(promoted.owner_counts()[&4], 64);
+        assert!(promoted.learners.is_empty());
+        assert_valid(&promoted, &members(4), 3);
+        for p in 0..PARTITIONS {
+            if promoted.replicas(p).contains(&4) {
+                assert!(catching_up.learners(p).contains(&4), "node 4 holds partition {p}, whose log it was not sent");
+            }
+        }
+        // Nothing joining: the ring of the members, which moves nothing.
+        let settled = assign_catching_up(Some(&start), &members(3), &[], 3);
+        assert_eq!(settled.replicas, start.replicas);
+        assert!(settled.learners.is_empty());
+        // A member listed as joining too is a member.
+        assert!(assign_catching_up(Some(&start), &members(3), &[3], 3).learners.is_empty());
     }
 }

@@ -18,7 +18,7 @@ use waddle_cluster::transport::ractor::{RactorConfig, RactorTransport};
 use waddle_cluster::transport::{
     cast_msg, request, Dispatcher, Message, NoResponse, PeerEvent, Transport, TransportError, WireError,
 };
-use waddle_cluster::{assign, PartitionMap};
+use waddle_cluster::{assign_catching_up, PartitionMap};
 use waddle_control::{
     Command, ControlConfig, ControlPlane, NodeRecord, NodeState, PartitionTable, RaftTransport, TransportFailure,
 };
@@ -296,7 +296,9 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
         id: me,
         cluster_addr: config.cluster.listen.clone(),
         http_addr,
-        state: NodeState::Joining,
+        // With replicated partitions a new node first learns the partitions it will hold,
+        // and takes them once it has their logs (`announce_when_caught_up`).
+        state: if config.cluster.replicas > 1 { NodeState::Joining } else { NodeState::Up },
         voter: false,
         version: 0,
     };
@@ -323,6 +325,7 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Arc<Clustering>> {
     tokio::spawn(watch_peers(Arc::downgrade(ctx), Arc::clone(&transport)));
     let timing = Liveness::from_config(&config.cluster);
     tokio::spawn(watch_liveness(Arc::downgrade(ctx), Arc::clone(&control), Arc::clone(&transport), timing));
+    tokio::spawn(announce_when_caught_up(Arc::downgrade(ctx), Arc::clone(&control)));
 
     if config.cluster.seeds.is_empty() {
         control.bootstrap().await.context("bootstrapping the cluster")?;
@@ -425,7 +428,7 @@ async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<Racto
             state.nodes.values().filter(|n| n.id != control.id()).map(|n| (n.id, n.cluster_addr.clone())).collect();
         transport.set_peers(peers);
         if let Some(table) = &state.partition_map {
-            let map = PartitionMap { epoch: table.epoch, replicas: table.replicas.clone() };
+            let map = map_of(table);
             if ctx.cluster.adopt(&map) {
                 tracing::info!(
                     epoch = map.epoch,
@@ -459,34 +462,103 @@ async fn follow(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: Arc<Racto
     }
 }
 
-/// On the leader: a new ring when the nodes that serve have changed.
+fn map_of(table: &PartitionTable) -> PartitionMap {
+    PartitionMap { epoch: table.epoch, replicas: table.replicas.clone(), learners: table.learners.clone() }
+}
+
+/// On the leader: a new ring when the nodes that serve, or those catching up, have
+/// changed. A node catching up (`Joining`) is only a learner of the partitions it will
+/// hold ([`assign_catching_up`]); once it says it is up, the next ring makes it their
+/// replica or owner.
 async fn propose_ring(control: &ControlPlane, state: &waddle_control::ControlState, replicas: usize) {
-    let members: Vec<u64> = state.nodes.values().filter(|n| matches!(n.state, NodeState::Up)).map(|n| n.id).collect();
+    let with_state =
+        |wanted: NodeState| -> Vec<u64> { state.nodes.values().filter(|n| n.state == wanted).map(|n| n.id).collect() };
+    let (members, joining) = (with_state(NodeState::Up), with_state(NodeState::Joining));
     if members.is_empty() {
         return;
     }
-    let previous = state.partition_map.as_ref().map(|t| PartitionMap { epoch: t.epoch, replicas: t.replicas.clone() });
-    let mut current: Vec<u64> = previous
-        .as_ref()
-        .map(|m| {
-            let mut owners: Vec<u64> = m.replicas.iter().flatten().copied().collect();
-            owners.sort_unstable();
-            owners.dedup();
-            owners
-        })
-        .unwrap_or_default();
-    current.sort_unstable();
-    let mut wanted = members.clone();
-    wanted.sort_unstable();
-    if previous.is_some() && current == wanted {
+    let previous = state.partition_map.as_ref().map(map_of);
+    if previous.as_ref().is_some_and(|ring| !ring_outdated(ring, &members, &joining)) {
         return;
     }
-    let next = assign(previous.as_ref(), &members, replicas);
-    let table = PartitionTable { epoch: next.epoch, replicas: next.replicas };
+    let next = assign_catching_up(previous.as_ref(), &members, &joining, replicas);
+    let table = PartitionTable { epoch: next.epoch, replicas: next.replicas, learners: next.learners };
     match control.propose(Command::SetPartitionMap(table)).await {
-        Ok(result) => tracing::info!(epoch = next.epoch, members = ?members, ?result, "cluster: new ring proposed"),
+        Ok(result) => tracing::info!(epoch = next.epoch, ?members, ?joining, ?result, "cluster: new ring proposed"),
         Err(e) => tracing::warn!(error = %e, "cluster: proposing the ring failed"),
     }
+}
+
+/// Whether the ring in force is not the one for these members and nodes catching up:
+/// its replicas are not exactly on the members, or its learners not exactly the nodes
+/// catching up (each of which [`assign_catching_up`] gives at least one partition to
+/// learn while there are at most 256 · replicas nodes).
+fn ring_outdated(ring: &PartitionMap, members: &[u64], joining: &[u64]) -> bool {
+    let sorted = |nodes: &[u64]| {
+        let mut nodes = nodes.to_vec();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    };
+    ring.replica_nodes() != sorted(members) || ring.learner_nodes() != sorted(joining)
+}
+
+/// The longest a node catches up before it takes its partitions anyway: a log that cannot
+/// be fetched, or a leader that does not answer, must not keep it out for good (its
+/// recovery as an owner then fetches what it lacks, as without learners).
+const CATCH_UP_MAX: Duration = Duration::from_secs(120);
+
+/// On every member, for its whole life: while the control plane says this node is
+/// catching up (`Joining`: it joined, or came back after it was declared down), it waits
+/// until it is caught up in every partition the ring has it learn, then says it is up,
+/// and the leader's next ring gives it those partitions. Until then they are served by
+/// their replicas as before: nothing stops while it fetches.
+async fn announce_when_caught_up(ctx: Weak<Ctx>, control: Arc<ControlPlane>) {
+    let me = control.id();
+    let mut joining_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(ctx) = ctx.upgrade() else { return };
+        let state = control.state();
+        if state.nodes.get(&me).map(|n| n.state) != Some(NodeState::Joining) {
+            joining_since = None;
+            continue;
+        }
+        let since = *joining_since.get_or_insert_with(tokio::time::Instant::now);
+        let ring = state.partition_map.as_ref().map(map_of);
+        let caught_up = match (ctx.replication(), ring) {
+            (None, _) => true,
+            (Some(replication), Some(ring)) => learned_everything(replication, &ring, me).await,
+            (Some(_), None) => false,
+        };
+        let overdue = since.elapsed() >= CATCH_UP_MAX;
+        if !caught_up && !overdue {
+            continue;
+        }
+        if !caught_up {
+            tracing::warn!(node = me, "cluster: not caught up after {CATCH_UP_MAX:?}; taking partitions anyway");
+        }
+        match control.propose(Command::SetNodeState { id: me, state: NodeState::Up }).await {
+            Ok(_) => tracing::info!(node = me, after = ?since.elapsed(), "cluster: caught up; up"),
+            Err(e) => tracing::warn!(node = me, error = %e, "cluster: cannot say this node is up; retrying"),
+        }
+    }
+}
+
+/// Whether `ring` has this node learn at least one partition and it is caught up in each
+/// (its log holds what the leader had committed at its last Append, all of it applied).
+async fn learned_everything(replication: &crate::replication::Replication, ring: &PartitionMap, me: u64) -> bool {
+    let mut learning = 0;
+    for partition in 0..waddle_cluster::PARTITIONS {
+        if !ring.learners(partition).contains(&me) {
+            continue;
+        }
+        learning += 1;
+        if !replication.learned(partition).await {
+            return false;
+        }
+    }
+    learning > 0
 }
 
 /// A peer that goes down takes its sessions with it: their registry entries here go.
@@ -557,9 +629,11 @@ pub fn in_touch_with_majority(voters: &[u64], me: u64, heard: &[u64]) -> bool {
     reachable * 2 > voters.len()
 }
 
-/// On the leader: which members change state, from whom it heard lately. A serving
-/// member it has not heard from is down; a down member heard from for `settle` is up
-/// again (`back_since` remembers since when, across looks).
+/// On the leader: which members change state, from whom it heard lately. A serving or
+/// catching-up member it has not heard from is down; a down member heard from for
+/// `settle` comes back as `back_as` (`Joining` where partitions are replicated: it
+/// missed what was written meanwhile and catches up first). `back_since` remembers
+/// since when, across looks.
 pub fn liveness_changes(
     nodes: &[(u64, NodeState)],
     me: u64,
@@ -567,6 +641,7 @@ pub fn liveness_changes(
     back_since: &mut std::collections::HashMap<u64, tokio::time::Instant>,
     now: tokio::time::Instant,
     settle: Duration,
+    back_as: NodeState,
 ) -> Vec<(u64, NodeState)> {
     let mut changes = Vec::new();
     for (id, state) in nodes {
@@ -575,11 +650,11 @@ pub fn liveness_changes(
         }
         let is_heard = heard.contains(id);
         match state {
-            NodeState::Up if !is_heard => changes.push((*id, NodeState::Down)),
+            NodeState::Up | NodeState::Joining if !is_heard => changes.push((*id, NodeState::Down)),
             NodeState::Down if is_heard => {
                 let since = *back_since.entry(*id).or_insert(now);
                 if now.saturating_duration_since(since) >= settle {
-                    changes.push((*id, NodeState::Up));
+                    changes.push((*id, back_as));
                 }
             }
             _ => {}
@@ -660,7 +735,8 @@ async fn watch_liveness(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: A
         }
         let nodes: Vec<(u64, NodeState)> = state.nodes.values().map(|n| (n.id, n.state)).collect();
         let alive = transport.heard_within(timing.down_after);
-        let mut changes = liveness_changes(&nodes, me, &alive, &mut back_since, now, timing.settle);
+        let back_as = if ctx.replication().is_some() { NodeState::Joining } else { NodeState::Up };
+        let mut changes = liveness_changes(&nodes, me, &alive, &mut back_since, now, timing.settle, back_as);
         if state.nodes.get(&me).is_some_and(|n| n.state == NodeState::Down) {
             // Declared down by an earlier leader while it could not hear this node (a
             // partition), and leading now: it is the one to say it is back.
@@ -752,21 +828,50 @@ mod tests {
         let settle = Duration::from_millis(1000);
         let mut back = std::collections::HashMap::new();
         let nodes = [(1, NodeState::Up), (2, NodeState::Up), (3, NodeState::Down), (4, NodeState::Joining)];
-        let changes = liveness_changes(&nodes, 1, &[3], &mut back, t0, settle);
+        let up = NodeState::Up;
+        let changes = liveness_changes(&nodes, 1, &[3], &mut back, t0, settle, up);
         assert_eq!(
             changes,
-            vec![(2, NodeState::Down)],
-            "node 2 is silent; node 3 has not settled; joining is left alone"
+            vec![(2, NodeState::Down), (4, NodeState::Down)],
+            "nodes 2 and 4 are silent; node 3 has not settled"
         );
         let later = t0 + Duration::from_millis(999);
-        assert!(liveness_changes(&nodes, 1, &[2, 3], &mut back, later, settle).is_empty());
+        assert!(liveness_changes(&nodes, 1, &[2, 3, 4], &mut back, later, settle, up).is_empty());
         let settled = t0 + settle;
-        assert_eq!(liveness_changes(&nodes, 1, &[2, 3], &mut back, settled, settle), vec![(3, NodeState::Up)]);
+        assert_eq!(liveness_changes(&nodes, 1, &[2, 3, 4], &mut back, settled, settle, up), vec![(3, NodeState::Up)]);
+        // With replicated partitions it comes back catching up.
+        let mut back = std::collections::HashMap::new();
+        liveness_changes(&nodes, 1, &[2, 3, 4], &mut back, t0, settle, NodeState::Joining);
+        let changes = liveness_changes(&nodes, 1, &[2, 3, 4], &mut back, settled, settle, NodeState::Joining);
+        assert_eq!(changes, vec![(3, NodeState::Joining)]);
         // Silent again before settling: the clock starts over.
         let mut back = std::collections::HashMap::new();
-        liveness_changes(&nodes, 1, &[2, 3], &mut back, t0, settle);
-        liveness_changes(&nodes, 1, &[2], &mut back, t0 + Duration::from_millis(500), settle);
-        assert!(liveness_changes(&nodes, 1, &[2, 3], &mut back, t0 + settle, settle).is_empty());
-        assert!(liveness_changes(&nodes, 1, &[], &mut back, t0, settle).iter().all(|(id, _)| *id != 1), "never itself");
+        liveness_changes(&nodes, 1, &[2, 3, 4], &mut back, t0, settle, up);
+        liveness_changes(&nodes, 1, &[2, 4], &mut back, t0 + Duration::from_millis(500), settle, up);
+        assert!(liveness_changes(&nodes, 1, &[2, 3, 4], &mut back, t0 + settle, settle, up).is_empty());
+        let changes = liveness_changes(&nodes, 1, &[], &mut back, t0, settle, up);
+        assert!(changes.iter().all(|(id, _)| *id != 1), "never itself");
+    }
+
+    #[test]
+    fn a_ring_is_redrawn_for_newcomers_and_once_they_caught_up() {
+        use waddle_cluster::assign_catching_up;
+        let (members, replicas) = (vec![1, 2, 3], 3);
+        let settled = assign_catching_up(None, &members, &[], replicas);
+        assert!(!ring_outdated(&settled, &members, &[]));
+        // Node 4 joins: a ring where it learns, which stays while it catches up.
+        assert!(ring_outdated(&settled, &members, &[4]));
+        let catching_up = assign_catching_up(Some(&settled), &members, &[4], replicas);
+        assert!(!ring_outdated(&catching_up, &members, &[4]));
+        // It is up: the ring that gives it partitions, which then stays.
+        let all = vec![1, 2, 3, 4];
+        assert!(ring_outdated(&catching_up, &all, &[]));
+        let promoted = assign_catching_up(Some(&catching_up), &all, &[], replicas);
+        assert!(!ring_outdated(&promoted, &all, &[]));
+        // A member gone, or one back and catching up.
+        assert!(ring_outdated(&promoted, &[1, 2, 4], &[]));
+        assert!(ring_outdated(&promoted, &[1, 2, 4], &[3]));
+        // A node catching up that went silent (marked down) is no longer learning.
+        assert!(ring_outdated(&catching_up, &members, &[]));
     }
 }

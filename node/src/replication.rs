@@ -233,6 +233,8 @@ impl Replication {
         let consecutive = previous.as_ref().is_some_and(|m| m.epoch + 1 == map.epoch);
         let mut views = Vec::new();
         for p in 0..PARTITIONS {
+            // Learners change without a new view: the leader goes on in its epoch.
+            self.replicator.set_learners(log_of(p), map.learners(p).to_vec());
             let replicas = map.replicas.get(p as usize).cloned().unwrap_or_default();
             let before = previous.as_ref().and_then(|m| m.replicas.get(p as usize).cloned());
             if replicas.is_empty() || (consecutive && before.as_ref() == Some(&replicas)) {
@@ -277,6 +279,12 @@ impl Replication {
             std::task::Poll::Ready(result) => Box::pin(std::future::ready(result)),
             std::task::Poll::Pending => proposal,
         }
+    }
+
+    /// Whether this node, as a learner or replica of `partition`, is caught up with its
+    /// leader: it could lead it without a long fetch.
+    pub async fn learned(&self, partition: PartitionId) -> bool {
+        self.replicator.status(log_of(partition)).await.caught_up
     }
 
     /// Waits until everything committed in `partition` so far is applied here (a read of

@@ -48,6 +48,10 @@ pub struct PartitionTable {
     pub epoch: u64,
     /// `replicas[p]` lists the node ids holding partition `p`, preferred first.
     pub replicas: Vec<Vec<u64>>,
+    /// `learners[p]` lists the nodes being sent partition `p`'s log before they hold it
+    /// (empty: none anywhere).
+    #[serde(default)]
+    pub learners: Vec<Vec<u64>>,
 }
 
 /// A permission tuple in Zanzibar form: `object#relation@subject`, e.g. `waddle:w1`, `member`,

@@ -544,6 +544,14 @@ impl ControlPlane {
         }
         let id = node.id;
         let addr = BasicNode::new(&node.cluster_addr);
+        // A new node enters in the state it asks for (`Joining`: it catches up before it
+        // takes partitions; `Up`: at once), and so does one that has not finished
+        // catching up or was declared down (it missed what was written meanwhile); a
+        // member that comes back otherwise is up.
+        let state = match self.state().nodes.get(&id).map(|n| n.state) {
+            None | Some(NodeState::Joining | NodeState::Down) => node.state,
+            Some(NodeState::Up | NodeState::Leaving) => NodeState::Up,
+        };
         match m.membership_config.membership().get_node(&id).cloned() {
             None => {
                 let mut joining = node.clone();
@@ -589,8 +597,8 @@ impl ControlPlane {
         } else {
             false
         };
-        let up = NodeRecord { state: NodeState::Up, voter, version: 0, ..node };
-        let (index, _) = self.write(Entry::new(Command::AddNode(up)), deadline).await?;
+        let joined = NodeRecord { state, voter, version: 0, ..node };
+        let (index, _) = self.write(Entry::new(Command::AddNode(joined)), deadline).await?;
         Ok((index, voter))
     }
 

@@ -425,7 +425,11 @@ pub(crate) mod tests {
             Command::AddNode(node(1)),
             Command::SetNodeState { id: 1, state: NodeState::Up },
             Command::AddNode(node(2)),
-            Command::SetPartitionMap(PartitionTable { epoch: 3, replicas: vec![vec![1, 2], vec![2, 1]] }),
+            Command::SetPartitionMap(PartitionTable {
+                epoch: 3,
+                replicas: vec![vec![1, 2], vec![2, 1]],
+                learners: vec![],
+            }),
             Command::WriteTuples {
                 write: vec![
                     t("waddle:w1", "member", "user:alice"),
@@ -494,7 +498,7 @@ pub(crate) mod tests {
             Command::WriteTuples { write: vec![t("room:a", "owner", "user:alice")], delete: vec![] },
             Command::RemoveUser { user: "alice".into() },
             Command::DeleteRecord { kind: "waddle".into(), id: "w1".into() },
-            Command::SetPartitionMap(PartitionTable { epoch: 9, replicas: vec![] }),
+            Command::SetPartitionMap(PartitionTable { epoch: 9, replicas: vec![], learners: vec![] }),
             Command::RemoveNode { id: 2 },
             Command::SetNodeState { id: 1, state: NodeState::Leaving },
             // Fails: the record exists at version 7.
@@ -508,7 +512,7 @@ pub(crate) mod tests {
         // A refusal anywhere (stale partition map) also undoes everything before it.
         let batch = Command::Batch(vec![
             put("room", "a", json!("a"), Some(0)),
-            Command::SetPartitionMap(PartitionTable { epoch: 2, replicas: vec![] }),
+            Command::SetPartitionMap(PartitionTable { epoch: 2, replicas: vec![], learners: vec![] }),
         ]);
         assert!(matches!(run(&mut s, 9, batch), CommandResult::Refused(_)));
         assert!(s.record("room", "a").is_none());
@@ -622,7 +626,8 @@ pub(crate) mod tests {
     #[test]
     fn partition_map_epochs_only_grow() {
         let mut s = ControlState::default();
-        let table = |epoch| Command::SetPartitionMap(PartitionTable { epoch, replicas: vec![vec![epoch]] });
+        let table =
+            |epoch| Command::SetPartitionMap(PartitionTable { epoch, replicas: vec![vec![epoch]], learners: vec![] });
         assert_eq!(run(&mut s, 1, table(1)), CommandResult::Ok { index: 1 });
         assert!(matches!(run(&mut s, 2, table(1)), CommandResult::Refused(_)));
         assert!(matches!(run(&mut s, 3, table(0)), CommandResult::Refused(_)));

@@ -69,6 +69,9 @@ pub struct ReplConfig {
     pub batch_bytes: usize,
     /// How long one call to another node may take.
     pub request_timeout: Duration,
+    /// How often a leader sends each learner an Append when there is nothing else to send,
+    /// so that the learner knows it is caught up (see [`PartitionStatus::caught_up`]).
+    pub learner_heartbeat: Duration,
     /// Backoff between retries to an unresponsive node.
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -82,6 +85,7 @@ impl Default for ReplConfig {
             batch_entries: 256,
             batch_bytes: 1 << 20,
             request_timeout: Duration::from_secs(2),
+            learner_heartbeat: Duration::from_millis(200),
             retry_min: Duration::from_millis(20),
             retry_max: Duration::from_secs(1),
         }
@@ -112,9 +116,10 @@ pub struct PartitionStatus {
     pub last: Option<LogPos>,
     pub commit: Seq,
     pub applied: Seq,
-    /// The last Append accepted here found this log holding everything its leader had
-    /// committed, and all of that is applied: a learner in this state can be made a
-    /// replica (or the leader) without a long fetch. False on a leader.
+    /// An Append accepted here lately (within a few learner heartbeats) found this log
+    /// holding everything its leader had committed, and all of that is applied: a learner
+    /// in this state can be made a replica (or the leader) without a long fetch. False on a
+    /// leader, and on a follower of an idle partition (only learners get heartbeats).
     pub caught_up: bool,
 }
 

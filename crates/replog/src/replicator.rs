@@ -22,6 +22,10 @@ use crate::types::*;
 /// store.
 const CACHE_ENTRIES: usize = 4096;
 
+/// A replica counts as caught up only if it was in step at an Append within this many
+/// learner heartbeats.
+const IN_STEP_HEARTBEATS: u32 = 5;
+
 /// The replicated logs of one node. Clones share it; [`Replicator::shutdown`] stops its tasks.
 #[derive(Clone)]
 pub struct Replicator {
@@ -76,9 +80,10 @@ struct Core {
     commit: Seq,
     /// The last serving replica set this node knows of (durable).
     serving: Option<ReplicaSet>,
-    /// The last Append accepted here found this log holding everything its leader had
-    /// committed (in memory: a restarted replica is behind until a leader says otherwise).
-    in_step: bool,
+    /// When the last Append accepted here found this log holding everything its leader
+    /// had committed (None: it did not). In memory: a restarted replica is behind until a
+    /// leader says otherwise, and one that heard nothing lately (paused, cut off) may be.
+    in_step_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -240,7 +245,13 @@ impl Replicator {
     /// without ever counting towards a majority (a slow or lost learner stalls nothing). The
     /// list stays across views until it is set again; the leader's own epoch does not change.
     pub fn set_learners(&self, partition: PartitionId, learners: Vec<NodeId>) {
-        let part = self.inner.part(partition);
+        let known = lock(&self.inner.parts).get(&partition).cloned();
+        let part = match known {
+            Some(part) => part,
+            // No state for a partition this node has nothing to do with.
+            None if learners.is_empty() => return,
+            None => self.inner.part(partition),
+        };
         part.learners_tx.send_if_modified(|current| {
             if *current == learners {
                 return false;
@@ -325,9 +336,9 @@ impl Replicator {
                 caught_up: false,
             };
         };
-        let (promised, last, commit, in_step) = {
+        let (promised, last, commit, in_step_at) = {
             let core = part.core.lock().await;
-            (core.promised, core.index.last_pos(), core.commit, core.in_step)
+            (core.promised, core.index.last_pos(), core.commit, core.in_step_at)
         };
         let learner = part.learners_tx.borrow().contains(&self.inner.me);
         let ctl = lock(&part.ctl);
@@ -344,7 +355,10 @@ impl Replicator {
             _ => None,
         });
         let applied = *part.applied_tx.borrow();
-        let caught_up = in_step && applied >= commit;
+        // Leaders send learners an Append every `learner_heartbeat`, so a learner hears
+        // whether it is in step even on an idle partition.
+        let fresh = self.inner.config.learner_heartbeat.saturating_mul(IN_STEP_HEARTBEATS);
+        let caught_up = in_step_at.is_some_and(|t| t.elapsed() < fresh) && applied >= commit;
         PartitionStatus { role, epoch, promised, fenced_by, last, commit, applied, caught_up }
     }
 
@@ -389,7 +403,7 @@ impl Inner {
                 index: meta.index,
                 commit,
                 serving: meta.serving,
-                in_step: false,
+                in_step_at: None,
             }),
             ctl: Mutex::new(Ctl::default()),
             commit_tx: watch::Sender::new(commit),
@@ -431,7 +445,7 @@ impl Inner {
             AppendDecision::Stale { promised } => Ok(ResponseBody::Stale { promised }),
             AppendDecision::Invalid(why) => Ok(ResponseBody::Invalid(why.into())),
             AppendDecision::Mismatch { last, promise } => {
-                core.in_step = false;
+                core.in_step_at = None;
                 if let Some(epoch) = promise {
                     self.store.promise(a.partition, epoch).await?;
                     core.promised = epoch;
@@ -470,7 +484,7 @@ impl Inner {
                     core.commit = c;
                     part.commit_tx.send_replace(c);
                 }
-                core.in_step = matched >= a.commit;
+                core.in_step_at = (matched >= a.commit).then(Instant::now);
                 self.record_serving(&mut core, a.partition, announced).await?;
                 Ok(ResponseBody::Appended { last: matched })
             }
@@ -593,6 +607,7 @@ struct Peer {
     /// False for a learner no longer in the list; its slot stays (events name peers by
     /// position) but nothing is sent to it.
     active: bool,
+    last_sent: Instant,
 }
 
 impl Peer {
@@ -611,6 +626,7 @@ impl Peer {
             knows_serving: false,
             learner,
             active: true,
+            last_sent: Instant::now(),
         }
     }
 }
@@ -1286,6 +1302,7 @@ impl Serving<'_> {
         let last = self.index.last_seq();
         let commit = self.commit;
         let idle = self.t.inner.config.idle_commit_interval;
+        let heartbeat = self.t.inner.config.learner_heartbeat;
         let Some(p) = self.peers.get_mut(i) else { return };
         if p.in_flight || !p.active {
             return;
@@ -1303,24 +1320,35 @@ impl Serving<'_> {
         if p.contacted && !has_entries && (!announce || p.knows_serving) {
             if p.sent_commit >= commit {
                 p.commit_due = None;
-                return;
-            }
-            match p.commit_due {
-                None => {
-                    let at = now + idle;
-                    p.commit_due = Some(at);
-                    self.schedule_wake(i, at);
+                // A learner hears from its leader even when nothing happens: that is how it
+                // knows it is (still) caught up.
+                let beat = p.last_sent + heartbeat;
+                if !p.learner {
                     return;
                 }
-                Some(at) if now < at => {
-                    self.schedule_wake(i, at);
+                if now < beat {
+                    self.schedule_wake(i, beat);
                     return;
                 }
-                Some(_) => {}
+            } else {
+                match p.commit_due {
+                    None => {
+                        let at = now + idle;
+                        p.commit_due = Some(at);
+                        self.schedule_wake(i, at);
+                        return;
+                    }
+                    Some(at) if now < at => {
+                        self.schedule_wake(i, at);
+                        return;
+                    }
+                    Some(_) => {}
+                }
             }
         }
         p.commit_due = None;
         p.in_flight = true;
+        p.last_sent = now;
         let prev_seq = p.next_prev.min(last);
         let peer_id = p.id;
         let prev = self.index.pos_at(prev_seq);

@@ -332,6 +332,16 @@ async fn a_learner_catches_up_without_counting_and_takes_over_without_a_fetch() 
     eventually("the learner catches up", || async { learner.status(P).await.caught_up }).await;
     assert_eq!(c.recs[&4].payloads(), c.recs[&1].payloads());
     assert!(c.recs[&4].payloads().len() >= 200);
+    // An idle partition still tells its learner it is caught up; one that heard nothing
+    // lately (paused, cut off) no longer counts as caught up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(learner.status(P).await.caught_up);
+    c.cut(4);
+    let _ = leader.propose(P, b"while 4 is away".to_vec()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!learner.status(P).await.caught_up);
+    c.heal(4);
+    eventually("caught up after the cut", || async { learner.status(P).await.caught_up }).await;
 
     // With both followers cut off, the learner is no majority.
     c.cut(2);

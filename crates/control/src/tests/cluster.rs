@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::util::{assert_same, eventually, test_config, Cluster};
 use crate::rpc::{decode_reply, encode_request, ControlReply, ControlRpc};
-use crate::{Command, CommandResult, ControlConfig, Entry, NodeState, PartitionTable, Role, Tuple};
+use crate::{Command, CommandResult, ControlConfig, Entry, NodeRecord, NodeState, PartitionTable, Role, Tuple};
 
 fn put(kind: &str, id: &str, body: serde_json::Value, expected_version: Option<u64>) -> Command {
     Command::PutRecord { kind: kind.into(), id: id.into(), body, expected_version }
@@ -57,8 +57,11 @@ async fn three_nodes_replicate_fail_over_and_recover() {
     let follower = if new_leader == 2 { 3 } else { 2 };
     let r = c.plane(follower).propose(put("waddle", "w2", json!({"name": "two"}), Some(0))).await.unwrap();
     index_of(&r);
-    let r =
-        c.plane(new_leader).propose(Command::SetPartitionMap(PartitionTable { epoch: 1, replicas: vec![vec![2, 3]] }));
+    let r = c.plane(new_leader).propose(Command::SetPartitionMap(PartitionTable {
+        epoch: 1,
+        replicas: vec![vec![2, 3]],
+        learners: vec![],
+    }));
     index_of(&r.await.unwrap());
 
     // The dead node comes back from its directory and gets everything it missed.
@@ -128,6 +131,30 @@ async fn the_leader_removes_itself_and_a_learner_takes_its_vote() {
     index_of(&c.plane(4).propose(put("channel", "after", json!({}), None)).await.unwrap());
 }
 
+/// A node that joins asking to catch up first stays `Joining` (a re-join while it still
+/// catches up changes nothing) until it says it is up; a member that comes back is up,
+/// unless it was declared down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_may_join_to_catch_up_first() {
+    let mut c = Cluster::new(test_config());
+    c.start(1).await.bootstrap().await.unwrap();
+    let record = NodeRecord { state: NodeState::Joining, ..super::util::node(2) };
+    let n2 = c.start_as(record.clone()).await;
+    n2.join_via("node1:7946").await.unwrap();
+    assert_eq!(c.converged(1).await.nodes[&2].state, NodeState::Joining);
+    n2.join_via("node1:7946").await.unwrap();
+    assert_eq!(c.converged(1).await.nodes[&2].state, NodeState::Joining);
+    index_of(&n2.propose(Command::SetNodeState { id: 2, state: NodeState::Up }).await.unwrap());
+    assert_eq!(c.converged(1).await.nodes[&2].state, NodeState::Up);
+    // Once up, joining again (a restart) keeps it up whatever it asks.
+    n2.join_via("node1:7946").await.unwrap();
+    assert_eq!(c.converged(1).await.nodes[&2].state, NodeState::Up);
+    // Declared down meanwhile, it missed writes: it catches up first again.
+    index_of(&n2.propose(Command::SetNodeState { id: 2, state: NodeState::Down }).await.unwrap());
+    n2.join_via("node1:7946").await.unwrap();
+    assert_eq!(c.converged(1).await.nodes[&2].state, NodeState::Joining);
+}
+
 /// Intent commands, CAS and batches through a follower (results cross the wire), and the
 /// change feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +218,7 @@ async fn commands_through_a_follower() {
     assert_eq!(n2.state().tuple_count(), 0);
 
     // Stale partition maps are refused.
-    let map = |epoch| Command::SetPartitionMap(PartitionTable { epoch, replicas: vec![vec![1, 2]] });
+    let map = |epoch| Command::SetPartitionMap(PartitionTable { epoch, replicas: vec![vec![1, 2]], learners: vec![] });
     index_of(&n2.propose(map(4)).await.unwrap());
     assert!(matches!(n2.propose(map(4)).await.unwrap(), CommandResult::Refused(_)));
     c.converged(1).await;

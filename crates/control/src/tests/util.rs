@@ -37,7 +37,7 @@ pub(crate) fn node(id: u64) -> NodeRecord {
         id,
         cluster_addr: format!("node{id}:7946"),
         http_addr: format!("node{id}:8080"),
-        state: NodeState::Joining,
+        state: NodeState::Up,
         voter: false,
         version: 0,
     }
@@ -71,8 +71,14 @@ impl Cluster {
 
     /// Opens node `id` (from its existing directory if it ran before) and makes it reachable.
     pub(crate) async fn start(&mut self, id: u64) -> ControlPlane {
+        self.start_as(node(id)).await
+    }
+
+    /// [`Cluster::start`] with the record the node joins with.
+    pub(crate) async fn start_as(&mut self, record: NodeRecord) -> ControlPlane {
+        let id = record.id;
         let dir = self.dirs.entry(id).or_insert_with(|| TempDir::new(&format!("n{id}")));
-        let plane = ControlPlane::open(dir.path(), node(id), self.net.endpoint(id), self.config.clone()).await.unwrap();
+        let plane = ControlPlane::open(dir.path(), record, self.net.endpoint(id), self.config.clone()).await.unwrap();
         self.net.register(&plane);
         self.planes.insert(id, plane.clone());
         plane
