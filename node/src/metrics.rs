@@ -72,6 +72,12 @@ impl Metrics {
                 writeln!(out, "# HELP waddle_replication_batches_total Local log appends (group commits) as leader.");
             let _ = writeln!(out, "# TYPE waddle_replication_batches_total counter");
             let _ = writeln!(out, "waddle_replication_batches_total {}", stats.leader_batches);
+            let _ = writeln!(
+                out,
+                "# HELP waddle_replication_recovery_fetched_entries_total Log entries fetched by a new leader before serving."
+            );
+            let _ = writeln!(out, "# TYPE waddle_replication_recovery_fetched_entries_total counter");
+            let _ = writeln!(out, "waddle_replication_recovery_fetched_entries_total {}", stats.recovery_fetched);
         }
         if let Some(stats) = ctx.link().and_then(|link| link.transport_stats()) {
             let _ = writeln!(out, "# HELP waddle_cluster_frames_total Inter-node frames (each a batch of envelopes).");

@@ -547,11 +547,29 @@ async def test_a_fourth_node_joins_and_sessions_follow_the_ring(cluster, xmpp_on
         c.send_presence()
         clients.append(c)
     sender = await xmpp_on(1)(sender_user, sender_pw, "s")
+    # History in rooms, some of which will move to node 4: it is sent their logs as a
+    # learner before it owns them, so it serves them without fetching their history.
+    # (Three historians: one may join only 10 rooms a minute.)
+    historians = []
+    for i in range(3):
+        user, pw = make_account_on(cluster, i)("ringhistorian")
+        historians.append(await xmpp_on(i)(user, pw, "h", plugins=MUC_PLUGINS))
+    rooms = [f"{unique('ringhistory')}@{MUC_DOMAIN}" for _ in range(12)]
+    per_room = 8
+    for n, room in enumerate(rooms):
+        historian = historians[n % 3]
+        await join_room(historian, room, "h", maxstanzas=0)
+        for k in range(per_room):
+            text = unique(f"history{k}")
+            historian.send_message(mto=room, mbody=text, mtype="groupchat")
+            await historian.wait_for(is_groupchat(room, text, nick="h"), "the reflection of a history message")
     before = cluster.status(0)["ring_epoch"]
     moved_before = [cluster.locate(0, f"{u}@{DOMAIN}")["owner"] for u, _ in users]
 
     cluster.start_node(1)
     views = cluster.wait_converged(4)
+    with open(cluster.nodes[3].info.log_path, encoding="utf-8", errors="replace") as f:
+        assert "cluster: caught up; up" in f.read(), "node 4 did not catch up as a learner first"
     fourth = next(n for n in views[0]["nodes"] if n["id"] == 4)
     # 256 over 4 is exactly 64 each; voters stay 3, so the new node is a learner.
     assert fourth["partitions"] == 64, fourth
@@ -568,6 +586,21 @@ async def test_a_fourth_node_joins_and_sessions_follow_the_ring(cluster, xmpp_on
         sender.send_message(mto=f"{user}@{DOMAIN}/r", mbody=body, mtype="chat")
         await client.wait_for(is_message_with_body(body, "chat"), f"a message to {user} after the ring moved")
     assert moved, "no user moved to the new node (16 users, a quarter of the partitions moved)"
+
+    # The rooms that moved to node 4 keep their history, and node 4 did not have to
+    # fetch it when it took them over (a new owner without learners fetches every
+    # entry of the partitions it takes, these rooms' messages included).
+    moved_rooms = [room for room in rooms if cluster.locate(0, room)["owner"] == "4"]
+    assert moved_rooms, "no room moved to the new node (12 rooms, a quarter of the partitions moved)"
+    status, text = http_request(cluster.nodes[3].info.http_base, "GET", "/metrics", bearer=ADMIN)
+    assert status == 200, (status, text)
+    m = re.search(r"^waddle_replication_recovery_fetched_entries_total (\S+)$", text, re.M)
+    assert m, text
+    fetched = float(m.group(1))
+    assert fetched < per_room * len(moved_rooms), (fetched, len(moved_rooms))
+    for room in moved_rooms:
+        page = await mam_query(historians[rooms.index(room) % 3], room, max=20)
+        assert len(page.messages) == per_room, (room, page.messages)
 
 
 async def test_two_nodes_over_tls():

@@ -134,4 +134,6 @@ pub struct ReplStats {
     pub appends_with_entries: u64,
     /// Append requests sent only to move the follower's commit index or probe it.
     pub empty_appends: u64,
+    /// Entries a recovering leader fetched from another replica before it could serve.
+    pub recovery_fetched: u64,
 }

@@ -57,6 +57,7 @@ struct Stats {
     leader_batches: AtomicU64,
     appends_with_entries: AtomicU64,
     empty_appends: AtomicU64,
+    recovery_fetched: AtomicU64,
 }
 
 struct Part {
@@ -183,6 +184,7 @@ impl Replicator {
             leader_batches: s.leader_batches.load(Ordering::Relaxed),
             appends_with_entries: s.appends_with_entries.load(Ordering::Relaxed),
             empty_appends: s.empty_appends.load(Ordering::Relaxed),
+            recovery_fetched: s.recovery_fetched.load(Ordering::Relaxed),
         }
     }
 
@@ -843,6 +845,7 @@ impl LeaderTask {
             let fetched_last = rest.last().map_or(agree, |e| e.seq);
             let merge = engine::plan_merge(&core.index, &rest);
             let fresh: Vec<Entry> = rest.into_iter().skip(merge.skip).collect();
+            self.inner.stats.recovery_fetched.fetch_add(fresh.len() as u64, Ordering::Relaxed);
             if merge.truncate_after.is_some() || !fresh.is_empty() {
                 let shape: Vec<(Seq, Epoch)> = fresh.iter().map(|e| (e.seq, e.epoch)).collect();
                 self.inner

@@ -378,6 +378,7 @@ async fn a_learner_catches_up_without_counting_and_takes_over_without_a_fetch() 
     c.view(&[1, 2, 3, 4], 2, &[4, 1, 2], Some(&[1, 2, 3])).await;
     c.serving(4).await;
     assert_eq!(c.net.fetches.load(Ordering::Relaxed), fetches, "a caught-up learner needs no fetch");
+    assert_eq!(learner.stats().recovery_fetched, 0);
     let s = learner.propose(P, b"led by 4".to_vec()).await.unwrap();
     c.applied_everywhere(&[1, 2, 4], s).await;
     assert_eq!(c.recs[&4].payloads(), c.recs[&1].payloads());
