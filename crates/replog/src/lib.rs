@@ -43,6 +43,16 @@
 //!   follower). An idle partition sends nothing, except one empty Append after the commit
 //!   index moved (within [`ReplConfig::idle_commit_interval`]) so followers apply promptly.
 //!   With one replica an entry commits with its own write.
+//! - **Learners.** [`Replicator::set_learners`] names nodes outside the replica set that the
+//!   leader sends the log to as to any follower, without counting them towards a majority,
+//!   recording them in a serving set or fencing them; the list changes without a new epoch.
+//!   A node is made a learner of a partition before it joins the replica set, so that it
+//!   holds the log when it does (its recovery as a new leader then fetches nothing). A
+//!   learner may hold uncommitted entries of an old leader; like any replica's, they are
+//!   cut by the consistency check, and a learner made leader still hears from a majority
+//!   of the previous set before choosing its source. Leaders send each learner an Append
+//!   at least every [`ReplConfig::learner_heartbeat`], so that a learner of an idle
+//!   partition can tell it is caught up ([`PartitionStatus::caught_up`]).
 //! - **Applying.** Committed entries go to the [`Applier`] in order on every replica, barriers
 //!   left out; `applied_seq` is recorded after each batch and applying resumes from it after a
 //!   restart, so a batch may be applied twice: **apply must be idempotent.**

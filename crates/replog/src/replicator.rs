@@ -215,30 +215,18 @@ impl Replicator {
         if replicas.first() != Some(&inner.me) {
             return Ok(());
         }
+        // Nothing is awaited from here on: a caller that gives up on this future (a
+        // timeout) must not leave a view that names this node leader without its leader
+        // task. The task makes the promise itself, first.
         let (tx, rx) = mpsc::unbounded_channel();
-        let state = {
-            let mut core = part.core.lock().await;
-            if core.promised > epoch {
-                LeadState::Fenced(core.promised)
-            } else {
-                if core.promised < epoch {
-                    inner.store.promise(partition, epoch).await?;
-                    core.promised = epoch;
-                    part.promised_tx.send_replace(epoch);
-                }
-                LeadState::Recovering
-            }
-        };
         let mut ctl = lock(&part.ctl);
         if ctl.view.as_ref().map(|v| v.epoch) != Some(epoch) {
             return Ok(());
         }
-        let task = (state == LeadState::Recovering).then(|| {
-            let previous = previous.unwrap_or_else(|| replicas.clone());
-            let leader = LeaderTask::new(inner.clone(), part.clone(), epoch, replicas, previous);
-            tokio::spawn(leader.run(rx)).abort_handle()
-        });
-        ctl.leading = Some(Leading { epoch, state, proposals: tx, task });
+        let previous = previous.unwrap_or_else(|| replicas.clone());
+        let leader = LeaderTask::new(inner.clone(), part.clone(), epoch, replicas, previous);
+        let task = Some(tokio::spawn(leader.run(rx)).abort_handle());
+        ctl.leading = Some(Leading { epoch, state: LeadState::Recovering, proposals: tx, task });
         Ok(())
     }
 
@@ -664,8 +652,11 @@ impl LeaderTask {
     }
 
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Proposal>) {
-        let stop = match self.recover().await {
-            Ok(hints) => self.serve(hints, &mut rx).await,
+        let stop = match self.promise().await {
+            Ok(()) => match self.recover().await {
+                Ok(hints) => self.serve(hints, &mut rx).await,
+                Err(stop) => stop,
+            },
             Err(stop) => stop,
         };
         let (state, error) = match stop {
@@ -684,6 +675,27 @@ impl LeaderTask {
         while let Ok(p) = rx.try_recv() {
             let _ = p.tx.send(Err(clone_err(&error)));
         }
+    }
+
+    /// Promises this epoch here (durably) before anything else, or finds that this node
+    /// promised a newer one already.
+    async fn promise(&self) -> Result<(), Stop> {
+        let (inner, part, epoch) = (self.inner.clone(), self.part.clone(), self.epoch);
+        // Spawned: the promise on disk and in memory change together even if this task is
+        // aborted (a newer view) while the write is under way.
+        let write = tokio::spawn(async move {
+            let mut core = part.core.lock().await;
+            if core.promised > epoch {
+                return Err(Stop::Fenced(core.promised));
+            }
+            if core.promised < epoch {
+                inner.store.promise(part.id, epoch).await.map_err(Stop::Failed)?;
+                core.promised = epoch;
+                part.promised_tx.send_replace(epoch);
+            }
+            Ok(())
+        });
+        write.await.unwrap_or(Err(Stop::Closed))
     }
 
     fn set_state(&self, state: LeadState) {
@@ -830,7 +842,7 @@ impl LeaderTask {
                 }
             };
             attempt = 0;
-            let mut core = self.part.core.lock().await;
+            let core = self.part.core.lock().await;
             if core.promised > self.epoch {
                 return Err(Stop::Fenced(core.promised));
             }
@@ -846,27 +858,40 @@ impl LeaderTask {
             let merge = engine::plan_merge(&core.index, &rest);
             let fresh: Vec<Entry> = rest.into_iter().skip(merge.skip).collect();
             self.inner.stats.recovery_fetched.fetch_add(fresh.len() as u64, Ordering::Relaxed);
-            if merge.truncate_after.is_some() || !fresh.is_empty() {
-                let shape: Vec<(Seq, Epoch)> = fresh.iter().map(|e| (e.seq, e.epoch)).collect();
-                self.inner
-                    .store
-                    .append(pid, merge.truncate_after, fresh, MetaUpdate::default())
-                    .await
-                    .map_err(Stop::Failed)?;
-                if let Some(t) = merge.truncate_after {
-                    core.index.truncate_after(t);
+            drop(core);
+            let done = fetched_last >= target.seq;
+            // Spawned: the log on disk and its index in memory change together even if
+            // this task is aborted (a newer view) while the write is under way.
+            let (inner, part, epoch) = (self.inner.clone(), self.part.clone(), self.epoch);
+            let write = tokio::spawn(async move {
+                let mut core = part.core.lock().await;
+                if core.promised > epoch {
+                    return Err(Stop::Fenced(core.promised));
                 }
-                for (seq, epoch) in shape {
-                    core.index.push(seq, epoch);
+                if merge.truncate_after.is_some() || !fresh.is_empty() {
+                    let shape: Vec<(Seq, Epoch)> = fresh.iter().map(|e| (e.seq, e.epoch)).collect();
+                    inner
+                        .store
+                        .append(part.id, merge.truncate_after, fresh, MetaUpdate::default())
+                        .await
+                        .map_err(Stop::Failed)?;
+                    if let Some(t) = merge.truncate_after {
+                        core.index.truncate_after(t);
+                    }
+                    for (seq, epoch) in shape {
+                        core.index.push(seq, epoch);
+                    }
                 }
-            }
-            if fetched_last >= target.seq {
-                if core.index.last_seq() > target.seq {
+                if done && core.index.last_seq() > target.seq {
                     // Cannot happen with well-formed logs (see engine::choose_source), but our
                     // log must end where the source's does.
-                    self.inner.store.truncate_after(pid, target.seq).await.map_err(Stop::Failed)?;
+                    inner.store.truncate_after(part.id, target.seq).await.map_err(Stop::Failed)?;
                     core.index.truncate_after(target.seq);
                 }
+                Ok(())
+            });
+            write.await.unwrap_or(Err(Stop::Closed))?;
+            if done {
                 return Ok(());
             }
             from = fetched_last + 1;
@@ -930,12 +955,17 @@ impl LeaderTask {
                     let _ = tx.send(Err(clone_err(&err)));
                 }
                 if let Stop::Fenced(p) = stop {
-                    // Remember the newer epoch so that this node refuses the older one too.
-                    let mut core = self.part.core.lock().await;
-                    if core.promised < p && self.inner.store.promise(self.part.id, p).await.is_ok() {
-                        core.promised = p;
-                        self.part.promised_tx.send_replace(p);
-                    }
+                    // Remember the newer epoch so that this node refuses the older one too
+                    // (spawned: disk and memory change together even if this task is aborted).
+                    let (inner, part) = (self.inner.clone(), self.part.clone());
+                    let _ = tokio::spawn(async move {
+                        let mut core = part.core.lock().await;
+                        if core.promised < p && inner.store.promise(part.id, p).await.is_ok() {
+                            core.promised = p;
+                            part.promised_tx.send_replace(p);
+                        }
+                    })
+                    .await;
                 }
                 stop
             }
@@ -1219,16 +1249,20 @@ impl Serving<'_> {
         let set = ReplicaSet { epoch: self.t.epoch, replicas: self.t.replicas.clone() };
         let store = self.t.inner.store.clone();
         let part = self.t.part.clone();
-        self.events.push(Box::pin(async move {
+        // Spawned: disk and memory change together even if this task is aborted.
+        let write = tokio::spawn(async move {
             let mut core = part.core.lock().await;
             if core.serving.as_ref().is_some_and(|s| s.epoch >= set.epoch) {
-                return Event::ServingRecorded(Ok(()));
+                return Ok(());
             }
             let r = store.set_serving(part.id, set.clone()).await;
             if r.is_ok() {
                 core.serving = Some(set);
             }
-            Event::ServingRecorded(r)
+            r
+        });
+        self.events.push(Box::pin(async move {
+            Event::ServingRecorded(write.await.unwrap_or_else(|e| Err(StoreError::Corrupt(e.to_string()))))
         }));
     }
 

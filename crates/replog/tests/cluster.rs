@@ -611,3 +611,21 @@ async fn recovery_reaches_the_last_serving_set_even_past_a_leader_that_never_rec
     // Node 1 was asked (fenced at epoch 3): it was the only source of m1 and m2.
     assert_eq!(leader.status(P).await.promised, 3);
 }
+
+/// A caller that gives up on `set_view` (the node bounds it with a timeout) while the disk
+/// is slow must not leave the partition with a view naming this node leader and no leader:
+/// once the disk answers, the leader recovers and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_given_up_on_while_the_disk_is_slow_still_gets_its_leader() {
+    let c = Cluster::start("slow-view", &[1, 2, 3], config()).await;
+    c.view(&[2, 3], 1, &[1, 2, 3], None).await;
+    let disk = block_disk(&c, 1).await;
+    let given_up = tokio::time::timeout(Duration::from_millis(50), c.node(1).set_view(P, 1, vec![1, 2, 3], None)).await;
+    // Let the caller's timeout pass with the disk still busy, then free it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    disk.execute("ROLLBACK", ()).await.unwrap();
+    drop(given_up);
+    c.serving(1).await;
+    let s = c.node(1).propose(P, payload(1)).await.unwrap();
+    c.applied_everywhere(&[1, 2, 3], s).await;
+}
