@@ -715,7 +715,7 @@ async fn watch_liveness(ctx: Weak<Ctx>, control: Arc<ControlPlane>, transport: A
                 let _ = s.cast(waddle_cluster::SessionMsg::Close(Some("system-shutdown")));
             });
             for (_, room) in ctx.muc.running_rooms() {
-                let _ = room.cast(crate::muc::RoomMsg::Release);
+                let _ = room.cast(crate::muc::RoomMsg::Release { forward: false });
             }
         }
         // Only a leader that holds the lease judges. A leader woken from a pause still
@@ -802,7 +802,7 @@ pub async fn drain(ctx: &Arc<Ctx>, clustering: &Clustering) -> anyhow::Result<u6
         let _ = s.cast(waddle_cluster::SessionMsg::Close(Some("system-shutdown")));
     });
     for (_, room) in ctx.muc.running_rooms() {
-        let _ = room.cast(crate::muc::RoomMsg::Release);
+        let _ = room.cast(crate::muc::RoomMsg::Release { forward: true });
     }
     clustering.control.remove_node(me).await.context("leaving the control plane")?;
     Ok(epoch)

@@ -64,8 +64,10 @@ pub enum RoomMsg {
     RebuildTick,
     /// The rebuild window after the start is over: handle what waited for it.
     EndRebuild,
-    /// This node no longer owns the room's partition: stop serving it.
-    Release,
+    /// Stop serving the room here: its partition moved to another node (`forward`: what
+    /// reached this room and was not handled yet goes on to the new owner, in order), or
+    /// this node is cut off (it is refused with `recipient-unavailable`, to be sent again).
+    Release { forward: bool },
 }
 
 // Room actors are local: the cluster reaches a room through its node's router, never
@@ -296,7 +298,7 @@ pub async fn release_unowned(ctx: &Arc<Ctx>) {
         let node = jid.split('@').next().unwrap_or_default();
         if let Place::Remote(owner) = ctx.cluster.place(room_partition(ctx, node).await) {
             tracing::info!(room = %jid, owner, "cluster: room released to its new owner");
-            let _ = actor.cast(RoomMsg::Release);
+            let _ = actor.cast(RoomMsg::Release { forward: true });
         }
     }
 }
@@ -552,11 +554,23 @@ struct RoomState {
     settled: bool,
     last_rejoin: std::time::Instant,
     parked: Vec<(Element, Option<u64>)>,
+    /// Set by [`RoomMsg::Release`]: the room no longer serves, and hands on (or refuses)
+    /// what is still queued for it until its mailbox is empty.
+    released: Option<Release>,
     /// With replication: what the room sends goes out through this queue, in order, each
     /// turn after the durable write it waits for (see [`Publisher`]).
     publisher: Option<tokio::sync::mpsc::Sender<Turn>>,
     /// The room's partition (with replication: the log its messages are written to).
     partition: waddle_cluster::PartitionId,
+}
+
+/// What a released room does with a stanza that reached it anyway.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Release {
+    /// Route it on: the room's partition is another node's now.
+    Forward,
+    /// Refuse it (`recipient-unavailable`, type `wait`): this node cannot serve it.
+    Refuse,
 }
 
 /// What one turn of a room sends, once the write it carries (if any) is durable.
@@ -1071,6 +1085,7 @@ impl Actor for RoomActor {
             settled: !rebuilding,
             last_rejoin: std::time::Instant::now(),
             parked: Vec::new(),
+            released: None,
             publisher: None,
             partition: args.partition,
         };
@@ -1093,8 +1108,24 @@ impl Actor for RoomActor {
         msg: RoomMsg,
         state: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(release) = state.released {
+            match msg {
+                RoomMsg::Stanza(el, conn_id) => state.hand_on(release, el, conn_id).await,
+                RoomMsg::Rejoin(presence, conn_id) if release == Release::Forward => {
+                    Box::pin(rejoin(&state.ctx, presence, conn_id, 1)).await;
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
         match msg {
             RoomMsg::Stanza(el, conn_id) => {
+                if !state.ctx.cluster.alone() && matches!(state.ctx.cluster.place(state.partition), Place::Remote(_)) {
+                    // Queued before this node adopted a ring that moved the room: its
+                    // release follows; the new owner handles it, in its turn.
+                    state.hand_on(Release::Forward, el, conn_id).await;
+                    return Ok(());
+                }
                 if state.waits_for_rejoin(&el) {
                     state.parked.push((el, conn_id));
                     return Ok(());
@@ -1159,11 +1190,20 @@ impl Actor for RoomActor {
                 }
                 return Ok(());
             }
-            RoomMsg::Release => {
-                // Whatever waited for a rejoin goes to the new owner with its sender's
-                // next attempt; nothing of it was acknowledged.
-                tracing::info!(room = %state.room.jid(), "room released (not owned here, or cut off)");
-                myself.stop(None);
+            RoomMsg::Release { forward } => {
+                let release = if forward { Release::Forward } else { Release::Refuse };
+                tracing::info!(room = %state.room.jid(), ?release, "room released (not owned here, or cut off)");
+                state.released = Some(release);
+                // New stanzas for the room start a new actor wherever it is owned; this
+                // one hands on what waited for a rejoin, then what is still queued, in
+                // order, and stops once its mailbox is empty.
+                state.ctx.muc.forget(state.room.jid(), myself.get_id());
+                for (el, conn_id) in std::mem::take(&mut state.parked) {
+                    state.hand_on(release, el, conn_id).await;
+                }
+                if myself.drain().is_err() {
+                    myself.stop(None);
+                }
                 return Ok(());
             }
             RoomMsg::Destroy(_) | RoomMsg::PolicyChanged | RoomMsg::ChannelUpdated(_) => {}
@@ -1198,6 +1238,19 @@ impl Actor for RoomActor {
 }
 
 impl RoomState {
+    /// A stanza that reached the room after it was released: routed on to the room's
+    /// owner as its sender sent it (one hop spent), or refused.
+    async fn hand_on(&self, release: Release, el: Element, conn_id: Option<u64>) {
+        let from = el.attr("from").and_then(|f| waddle_jid::Jid::new(f).ok());
+        match (release, from) {
+            (Release::Forward, Some(jid)) => {
+                let origin = Origin { jid, conn_id };
+                Box::pin(self.ctx.route_hop(&origin, el, 1)).await;
+            }
+            _ => self.ctx.bounce(&el, "recipient-unavailable").await,
+        }
+    }
+
     /// Whether `el` is groupchat that waits while the room's occupants come back: any
     /// until they settled, then from someone the room does not seat yet.
     fn waits_for_rejoin(&self, el: &Element) -> bool {

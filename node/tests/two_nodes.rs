@@ -346,3 +346,103 @@ async fn an_unreachable_owner_is_recipient_unavailable() {
     assert!(condition.get_child("recipient-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas").is_some(), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A room whose partition moved hands on what was still queued for it, in order, to the
+/// room on its new owner, which handles and archives it (XEP-0045 reflections reach the
+/// sender from there); the old room archives nothing more and stops. Queued while the
+/// old room served (it checks ownership per stanza), and queued while it still waited
+/// for its occupants to come back (parked, handed on at its release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_room_hands_what_was_queued_for_it_to_its_new_owner_in_order() {
+    room_moves_with_queued_stanzas("served", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_room_hands_what_it_parked_to_its_new_owner_in_order() {
+    room_moves_with_queued_stanzas("parked", false).await;
+}
+
+/// The ids of the next `n` messages from `from` (a room's own notices come from its bare
+/// JID, and are skipped).
+async fn reflections(from: &str, n: usize, mailbox: &mut SessionMailbox) -> Vec<String> {
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let got = next_stanza(mailbox).await;
+        if got.name() == "message" && got.attr("from") == Some(from) {
+            ids.push(got.attr("id").unwrap_or_default().to_owned());
+        }
+    }
+    ids
+}
+
+async fn room_moves_with_queued_stanzas(name: &str, settled: bool) {
+    let dir = std::env::temp_dir().join(format!("waddle-two-nodes-moving-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (n1, n2, _net) = linked_pair(&dir).await;
+    let alice = user_owned_by(1, "alice");
+    create_account(&n1, &alice).await;
+    let alice_full = format!("{alice}@{DOMAIN}/laptop");
+    let (alice_origin, mut alice_box) = session(&n1, &alice_full).await;
+
+    // A room node 1 owns under the split ring; alice joins it there.
+    let mut room_node = String::new();
+    for i in 0.. {
+        room_node = format!("moving{i}");
+        if waddle::muc::room_partition(&n1, &room_node).await.is_multiple_of(2) {
+            break;
+        }
+    }
+    let room = format!("{room_node}@{}", n1.muc.domain);
+    let alice_in_room = format!("{room}/alice");
+    let join = Element::new("presence", "jabber:client")
+        .with_attr("from", alice_full.as_str())
+        .with_attr("to", alice_in_room.as_str())
+        .with_child(Element::new("x", "http://jabber.org/protocol/muc"));
+    n1.route(&alice_origin, join.clone()).await;
+    let joined = next_stanza(&mut alice_box).await;
+    assert_eq!((joined.name(), joined.attr("from")), ("presence", Some(alice_in_room.as_str())));
+    let old_room = n1.muc.running(&room).expect("the room runs on node 1");
+    let groupchat = |body: &str| {
+        Element::new("message", "jabber:client")
+            .with_attr("from", alice_full.as_str())
+            .with_attr("to", room.as_str())
+            .with_attr("type", "groupchat")
+            .with_attr("id", body)
+            .with_child(Element::new("body", "jabber:client").with_text(body))
+    };
+    if settled {
+        // A room that came to a node holds groupchat until its occupants settled; one
+        // message reflected by node 1 shows the room serves.
+        n1.route(&alice_origin, groupchat("before")).await;
+        assert_eq!(reflections(&alice_in_room, 1, &mut alice_box).await, ["before"]);
+    }
+
+    // The ring moves the room to node 2; alice's session takes itself there (rejoin).
+    let flipped: Vec<u64> = (0..PARTITIONS).map(|p| if p.is_multiple_of(2) { 2 } else { 1 }).collect();
+    for n in [&n1, &n2] {
+        assert!(n.cluster.set_ring(3, flipped.clone()));
+    }
+    waddle::muc::rejoin(&n1, join, alice_origin.conn_id.unwrap(), 0).await;
+    until(|| n2.muc.running(&room).is_some()).await;
+
+    // Two messages were still queued for the old room when the ring moved, then its
+    // release.
+    for body in ["queued1", "queued2"] {
+        old_room.cast(waddle::muc::RoomMsg::Stanza(groupchat(body), alice_origin.conn_id)).unwrap();
+    }
+    old_room.cast(waddle::muc::RoomMsg::Release { forward: true }).unwrap();
+    assert_eq!(reflections(&alice_in_room, 2, &mut alice_box).await, ["queued1", "queued2"]);
+    until(|| n1.muc.running(&room).is_none()).await;
+    let archived = |ctx: Arc<Ctx>| {
+        let room = room.clone();
+        async move {
+            ctx.archive.flush().await.unwrap();
+            let rows = ctx.archive.recent(waddle_mam::ArchiveLocation::AdHocRooms, &room, 10).await.unwrap();
+            rows.into_iter().filter_map(|r| r.body).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(archived(Arc::clone(&n2)).await, ["queued1", "queued2"], "archived by the new owner");
+    let before: &[&str] = if settled { &["before"] } else { &[] };
+    assert_eq!(archived(Arc::clone(&n1)).await, before, "nothing more archived by the old one");
+    let _ = std::fs::remove_dir_all(&dir);
+}
