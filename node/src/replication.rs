@@ -98,15 +98,23 @@ pub enum DurableOp {
         username: String,
         contact: String,
     },
+    /// An offline message queued; `op_id` names this operation, so that applying it
+    /// again queues nothing more (None in entries written before there were ids).
     OfflinePush {
         username: String,
         stanza: String,
         max: u32,
+        #[serde(default)]
+        op_id: Option<String>,
     },
-    /// The `count` oldest offline messages of `username` were delivered.
+    /// Offline messages of `username` were delivered: those queued by `op_ids`, and the
+    /// `count` oldest queued without an id (all of them, in entries written before
+    /// there were ids). Applying it again drops nothing more of what has ids.
     OfflineDrop {
         username: String,
         count: u64,
+        #[serde(default)]
+        op_ids: Vec<String>,
     },
     VCardSet {
         username: String,
@@ -439,10 +447,13 @@ async fn apply_user_data(store: &Store, op: DurableOp) -> Result<(), StorageErro
         },
         DurableOp::RosterUpsert { username, row } => store.roster_upsert(&username, &row).await.map(|_| ()),
         DurableOp::RosterRemove { username, contact } => store.roster_remove(&username, &contact).await.map(|_| ()),
-        DurableOp::OfflinePush { username, stanza, max } => {
+        DurableOp::OfflinePush { username, stanza, max, op_id: Some(op_id) } => {
+            store.offline_push_op(&username, &stanza, max, &op_id).await.map(|_| ())
+        }
+        DurableOp::OfflinePush { username, stanza, max, op_id: None } => {
             store.offline_push(&username, &stanza, max).await.map(|_| ())
         }
-        DurableOp::OfflineDrop { username, count } => store.offline_drop(&username, count).await,
+        DurableOp::OfflineDrop { username, count, op_ids } => store.offline_drop_ops(&username, op_ids, count).await,
         DurableOp::VCardSet { username, xml } => store.vcard_set(&username, &xml).await,
         DurableOp::RoomMessage { .. }
         | DurableOp::RoomRetract { .. }

@@ -184,8 +184,12 @@ impl UserData<'_> {
         if self.ctx.store.offline_count(username).await? >= u64::from(max_per_user) {
             return Ok(false);
         }
-        let op =
-            DurableOp::OfflinePush { username: username.to_owned(), stanza: stanza_xml.to_owned(), max: max_per_user };
+        let op = DurableOp::OfflinePush {
+            username: username.to_owned(),
+            stanza: stanza_xml.to_owned(),
+            max: max_per_user,
+            op_id: Some(crate::muc::new_stanza_id()),
+        };
         self.write(replication, username, op).await?;
         Ok(true)
     }
@@ -195,12 +199,15 @@ impl UserData<'_> {
         let Some(replication) = self.replication() else { return self.ctx.store.offline_take(username).await };
         let _user = self.ctx.user_lock(username).await;
         self.ready(self.partition(username)).await?;
-        let messages = self.ctx.store.offline_peek(username).await?;
-        if !messages.is_empty() {
-            let count = u64::try_from(messages.len()).unwrap_or(u64::MAX);
-            self.write(replication, username, DurableOp::OfflineDrop { username: username.to_owned(), count }).await?;
+        let queued = self.ctx.store.offline_peek_ops(username).await?;
+        if queued.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(messages)
+        let op_ids: Vec<String> = queued.iter().filter_map(|(id, _)| id.clone()).collect();
+        let count = u64::try_from(queued.len() - op_ids.len()).unwrap_or(u64::MAX);
+        self.write(replication, username, DurableOp::OfflineDrop { username: username.to_owned(), count, op_ids })
+            .await?;
+        Ok(queued.into_iter().map(|(_, stanza)| stanza).collect())
     }
 
     pub async fn vcard_set(&self, username: &str, xml: &str) -> Result<(), StorageError> {

@@ -114,12 +114,24 @@ CREATE TABLE retired_rooms (
 ) WITHOUT ROWID;
 ";
 
+/// Version 4: an offline message may carry the id of the replicated operation that queued
+/// it, so that applying that operation, or the one that delivered it, twice changes
+/// nothing the second time.
+const V4: &str = "
+ALTER TABLE offline ADD COLUMN op_id TEXT;
+CREATE UNIQUE INDEX offline_by_op ON offline (op_id);
+";
+
 /// Every migration, in order. Append only.
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, sql: V1 }, Migration { version: 2, sql: V2 }, Migration { version: 3, sql: V3 }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sql: V1 },
+    Migration { version: 2, sql: V2 },
+    Migration { version: 3, sql: V3 },
+    Migration { version: 4, sql: V4 },
+];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION as i64);
 

@@ -353,6 +353,100 @@ impl Store {
             .await
     }
 
+    /// [`Store::offline_push`] of the message a replicated operation `op_id` queues: a
+    /// message of that operation already here (the operation is applied again) is left
+    /// as it is and counts as queued.
+    pub async fn offline_push_op(
+        &self,
+        username: &str,
+        stanza_xml: &str,
+        max_per_user: u32,
+        op_id: &str,
+    ) -> Result<bool, StorageError> {
+        let (username, stanza, op_id) = (username.to_owned(), stanza_xml.to_owned(), op_id.to_owned());
+        self.worker
+            .call(move |conn| async move {
+                Sql::in_tx(&conn, Tx::Write, async {
+                    if !exists(&conn, &username).await? {
+                        return Err(StorageError::NotFound);
+                    }
+                    let there =
+                        Sql::query_i64(&conn, "SELECT COUNT(*) FROM offline WHERE op_id = ?1", [op_id.as_str()])
+                            .await?;
+                    if there > 0 {
+                        return Ok(true);
+                    }
+                    let count =
+                        Sql::query_i64(&conn, "SELECT COUNT(*) FROM offline WHERE username = ?1", [username.as_str()])
+                            .await?;
+                    if count >= i64::from(max_per_user) {
+                        return Ok(false);
+                    }
+                    conn.execute(
+                        "INSERT INTO offline (username, stanza, op_id) VALUES (?1, ?2, ?3)",
+                        [username, stanza, op_id],
+                    )
+                    .await?;
+                    Ok(true)
+                })
+                .await
+            })
+            .await
+    }
+
+    /// `username`'s offline messages, oldest first, each with the id of the operation
+    /// that queued it (None for one queued without).
+    pub async fn offline_peek_ops(&self, username: &str) -> Result<Vec<(Option<String>, String)>, StorageError> {
+        let username = username.to_owned();
+        self.worker
+            .call(move |conn| async move {
+                Sql::query_all(
+                    &conn,
+                    "SELECT op_id, stanza FROM offline WHERE username = ?1 ORDER BY id",
+                    [username.as_str()],
+                    |r| Ok((r.get::<Option<String>>(0)?, r.get::<String>(1)?)),
+                )
+                .await
+            })
+            .await
+    }
+
+    /// Deletes the offline messages of `username` queued by the operations `op_ids` (those
+    /// already gone are no matter), and the `without_id` oldest of those queued without
+    /// an operation id, in one transaction.
+    pub async fn offline_drop_ops(
+        &self,
+        username: &str,
+        op_ids: Vec<String>,
+        without_id: u64,
+    ) -> Result<(), StorageError> {
+        let username = username.to_owned();
+        let without_id = i64::try_from(without_id).unwrap_or(i64::MAX);
+        self.worker
+            .call(move |conn| async move {
+                Sql::in_tx(&conn, Tx::Write, async {
+                    for op_id in &op_ids {
+                        conn.execute(
+                            "DELETE FROM offline WHERE username = ?1 AND op_id = ?2",
+                            [username.as_str(), op_id.as_str()],
+                        )
+                        .await?;
+                    }
+                    if without_id > 0 {
+                        conn.execute(
+                            "DELETE FROM offline WHERE id IN (SELECT id FROM offline WHERE username = ?1 \
+                             AND op_id IS NULL ORDER BY id LIMIT ?2)",
+                            (username.as_str(), without_id),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+                .await
+            })
+            .await
+    }
+
     /// Returns and deletes every offline message of `username`, oldest first.
     pub async fn offline_take(&self, username: &str) -> Result<Vec<String>, StorageError> {
         let username = username.to_owned();

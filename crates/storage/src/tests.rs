@@ -153,6 +153,40 @@ async fn roster_rejects_bad_rows() {
     assert_eq!(store.roster("alice").await.unwrap(), (0, vec![]));
 }
 
+/// The operations of a replicated log may be applied twice (after a crash between
+/// applying and recording it): queuing and delivering by operation id change nothing
+/// the second time, and never touch another message.
+#[tokio::test]
+async fn offline_operations_applied_twice_change_nothing_more() {
+    let store = memory().await;
+    store.create_account(account("alice")).await.unwrap();
+    assert!(store.offline_push("alice", "<message id='legacy'/>", 10).await.unwrap());
+    for _ in 0..2 {
+        assert!(store.offline_push_op("alice", "<message id='a'/>", 10, "op-a").await.unwrap());
+    }
+    assert!(store.offline_push_op("alice", "<message id='b'/>", 10, "op-b").await.unwrap());
+    let peeked = store.offline_peek_ops("alice").await.unwrap();
+    assert_eq!(
+        peeked,
+        vec![
+            (None, "<message id='legacy'/>".to_owned()),
+            (Some("op-a".to_owned()), "<message id='a'/>".to_owned()),
+            (Some("op-b".to_owned()), "<message id='b'/>".to_owned()),
+        ]
+    );
+    // Delivered: the legacy one and a; c arrives meanwhile; the drop is applied twice.
+    assert!(store.offline_push_op("alice", "<message id='c'/>", 10, "op-c").await.unwrap());
+    for _ in 0..2 {
+        store.offline_drop_ops("alice", vec!["op-a".into()], 1).await.unwrap();
+    }
+    assert_eq!(store.offline_peek("alice").await.unwrap(), vec!["<message id='b'/>", "<message id='c'/>"]);
+    // The quota counts what is queued; a repeated push of a queued message is no new one.
+    assert!(!store.offline_push_op("alice", "<message id='d'/>", 2, "op-d").await.unwrap());
+    assert!(store.offline_push_op("alice", "<message id='c'/>", 2, "op-c").await.unwrap());
+    assert_eq!(store.offline_count("alice").await.unwrap(), 2);
+    assert!(matches!(store.offline_push_op("nobody", "<message/>", 2, "op-x").await, Err(StorageError::NotFound)));
+}
+
 #[tokio::test]
 async fn offline_fifo_and_quota() {
     let store = memory().await;
@@ -546,15 +580,17 @@ async fn version_1_databases_are_migrated_to_the_latest() {
     let dir = temp_dir();
     let path = dir.join("waddle.db");
     {
-        // Make a version-1 database: everything of versions 2 and 3 undone.
+        // Make a version-1 database: everything of versions 2 to 4 undone.
         let store = Store::open(&path).await.unwrap();
         store.create_account(account("alice")).await.unwrap();
+        assert!(store.offline_push("alice", "<message id='old'/>", 10).await.unwrap());
         store
             .worker
             .call(|conn| async move {
                 conn.execute_batch(
                     "DROP TABLE waddles; DROP TABLE channels; DROP TABLE authz_tuples; DROP TABLE rooms; \
-                     DROP TABLE retired_rooms; DELETE FROM schema_version WHERE version >= 2;",
+                     DROP TABLE retired_rooms; DROP INDEX offline_by_op; ALTER TABLE offline DROP COLUMN op_id; \
+                     DELETE FROM schema_version WHERE version >= 2;",
                 )
                 .await?;
                 Ok(())
@@ -564,8 +600,15 @@ async fn version_1_databases_are_migrated_to_the_latest() {
         assert_eq!(store.schema_version().await.unwrap(), 1);
     }
     let store = Store::open(&path).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 4);
     assert!(store.account_exists("alice").await.unwrap());
+    assert!(store.offline_push_op("alice", "<message id='new'/>", 10, "op-new").await.unwrap());
+    let queued = store.offline_peek_ops("alice").await.unwrap();
+    assert_eq!(
+        queued,
+        vec![(None, "<message id='old'/>".into()), (Some("op-new".into()), "<message id='new'/>".into())]
+    );
     store.room_retire("gone@muc.example.test").await.unwrap();
     store.waddle_create(&waddle("w1", "alice")).await.unwrap();
     store.tuple_write("waddle:w1#owner@user:alice").await.unwrap();
