@@ -531,35 +531,51 @@ impl Cluster {
         Ok(how)
     }
 
-    /// Loss and delay on node `i`'s link; `Ok(false)` when netem is not available.
-    pub fn netem(&mut self, i: usize, on: bool) -> anyhow::Result<bool> {
-        let Some(ns) = self.nodes[i].ns.clone() else { return Ok(false) };
-        if self.netem == Some(false) {
-            return Ok(false);
+    /// Loss and delay on node `i`'s link, or their removal: `tc netem` (20% loss, 150±50 ms
+    /// delay) where the kernel has `sch_netem`, else nftables dropping 20% of the link's
+    /// packets at random each way (loss without delay). What was applied; `None` when
+    /// neither is available.
+    pub fn netem(&mut self, i: usize, on: bool) -> anyhow::Result<Option<&'static str>> {
+        let Some(ns) = self.nodes[i].ns.clone() else { return Ok(None) };
+        if self.netem != Some(false) {
+            let result = if on {
+                run(
+                    "ip",
+                    &[
+                        "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "20%",
+                        "delay", "150ms", "50ms",
+                    ],
+                )
+            } else {
+                run("ip", &["netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root"])
+            };
+            match result {
+                Ok(_) => {
+                    self.netem = Some(true);
+                    self.nodes[i].netem = on;
+                    return Ok(Some("netem loss 20% delay 150±50 ms"));
+                }
+                Err(_) if on && self.netem.is_none() => self.netem = Some(false),
+                Err(e) => return Err(e),
+            }
         }
-        let result = if on {
-            run(
-                "ip",
-                &[
-                    "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "20%", "delay",
-                    "150ms", "50ms",
-                ],
-            )
+        if !self.nft {
+            return Ok(None);
+        }
+        let table = "waddle_chaos_loss";
+        if on {
+            let rules = format!(
+                "table inet {table} {{\n chain input {{ type filter hook input priority 0; iifname \"eth0\" numgen random mod 100 < 20 drop; }}\n \
+                 chain output {{ type filter hook output priority 0; oifname \"eth0\" numgen random mod 100 < 20 drop; }}\n}}\n"
+            );
+            let file = self.opts.run_dir.join(format!("loss-node{}.nft", self.nodes[i].id));
+            std::fs::write(&file, rules)?;
+            run("ip", &["netns", "exec", &ns, "nft", "-f", &file.display().to_string()])?;
         } else {
-            run("ip", &["netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root"])
-        };
-        match result {
-            Ok(_) => {
-                self.netem = Some(true);
-                self.nodes[i].netem = on;
-                Ok(true)
-            }
-            Err(_) if on && self.netem.is_none() => {
-                self.netem = Some(false);
-                Ok(false)
-            }
-            Err(e) => Err(e),
+            run("ip", &["netns", "exec", &ns, "nft", "delete", "table", "inet", table])?;
         }
+        self.nodes[i].netem = on;
+        Ok(Some("nftables loss 20% each way, no delay (no sch_netem)"))
     }
 
     /// Marks a node gone for good (left or removed): not a member any more.

@@ -210,10 +210,11 @@ impl Report {
             self.mode,
             self.mode_reason,
             if self.nftables { "used for partitions" } else { "not installed (partitions take the link down)" },
-            match self.netem {
-                Some(true) => "works",
-                Some(false) => "not available (faults skipped)",
-                None => "not used",
+            match (self.netem, self.nftables) {
+                (Some(true), _) => "works",
+                (Some(false), true) => "not available: loss by nftables instead (20% each way, no delay)",
+                (Some(false), false) => "not available (faults skipped)",
+                (None, _) => "not used",
             },
             self.optional_settings,
             self.optional_settings_refused,

@@ -475,20 +475,20 @@ async fn run_fault(cluster: &mut Cluster, k: usize, fault: &Fault, rooms: &[Stri
                 tl.note(k, kind, Some(id), "partition healed", Vec::new());
             }
             FaultKind::Netem => {
-                if !cluster.netem(i, true)? {
+                let Some(how) = cluster.netem(i, true)? else {
                     tl.note(
                         k,
                         kind,
                         Some(id),
-                        "skipped: tc netem is not available (kernel module sch_netem)",
+                        "skipped: neither tc netem (kernel module sch_netem) nor nftables is available",
                         Vec::new(),
                     );
                     return Ok(());
-                }
-                tl.note(k, kind, Some(id), format!("netem loss 20% delay 150±50 ms for {hold:?}"), affected.clone());
+                };
+                tl.note(k, kind, Some(id), format!("{how} for {hold:?}"), affected.clone());
                 tokio::time::sleep(hold).await;
                 cluster.netem(i, false)?;
-                tl.note(k, kind, Some(id), "netem removed", Vec::new());
+                tl.note(k, kind, Some(id), "loss removed", Vec::new());
             }
             FaultKind::RollingRestart => {
                 for j in cluster.serving() {
