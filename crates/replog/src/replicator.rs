@@ -807,6 +807,9 @@ impl LeaderTask {
                 }
             }
         };
+        // Fences still under way are dropped before the fetch: none of them is awaited any
+        // more, and one must not hold a place in a lock queue nobody polls.
+        drop(calls);
         tracing::debug!(partition = pid, epoch = self.epoch, source = source.node, "replog: recovery source chosen");
         let mine = answers.first().and_then(|a| a.last);
         let key = |p: Option<LogPos>| p.map(|p| (p.epoch, p.seq));
@@ -954,6 +957,10 @@ impl LeaderTask {
                 for (_, tx) in s.waiters.drain(..) {
                     let _ = tx.send(Err(clone_err(&err)));
                 }
+                // Futures of `s.events` may be queued for the core lock: dropped first, or
+                // the lock would be handed to a future nobody polls any more, and this
+                // task (and every later taker: views, Appends, status) would wait forever.
+                drop(s);
                 if let Stop::Fenced(p) = stop {
                     // Remember the newer epoch so that this node refuses the older one too
                     // (spawned: disk and memory change together even if this task is aborted).

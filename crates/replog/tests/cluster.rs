@@ -44,7 +44,11 @@ impl ReplTransport for Mem {
                 net.fetches.fetch_add(1, Ordering::Relaxed);
             }
             let node = net.nodes.lock().unwrap().get(&to).cloned().ok_or(ReplTransportError::Unreachable(to))?;
-            let resp = node.handle(req).await;
+            // The receiver handles the request on its own, as across a network: a caller
+            // that gives up does not cancel it.
+            let resp = tokio::spawn(async move { node.handle(req).await })
+                .await
+                .map_err(|e| ReplTransportError::Other(e.to_string()))?;
             // A node cut off while handling still did the work; only the answer is lost.
             if net.is_cut(me, to) {
                 return Err(ReplTransportError::Unreachable(to));
@@ -628,4 +632,57 @@ async fn a_view_given_up_on_while_the_disk_is_slow_still_gets_its_leader() {
     c.serving(1).await;
     let s = c.node(1).propose(P, payload(1)).await.unwrap();
     c.applied_everywhere(&[1, 2, 3], s).await;
+}
+
+/// A leader fenced while its own commit bookkeeping waits for the partition's lock (busy
+/// with proposals, Appends and status reads) stops cleanly, and the lock stays usable:
+/// a fenced leader used to wait for that lock while holding the future it had been
+/// handed to, and every later view, Append and status read of the partition hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_fenced_under_load_lets_go_of_its_partition() {
+    let c = Cluster::start("fenced-busy", &[1, 2, 3], config()).await;
+    let all = [1, 2, 3];
+    c.view(&all, 1, &[1, 2, 3], None).await;
+    c.serving(1).await;
+    let mut leader = 1;
+    for epoch in 2..=16 {
+        let old = c.node(leader);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut load = Vec::new();
+        for k in 0..8 {
+            let (node, stop) = (old.clone(), stop.clone());
+            load.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if k % 2 == 0 {
+                        if node.propose(P, payload(i)).await.is_err() {
+                            // Refused at once once fenced: no busy loop.
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    } else {
+                        let _ = node.status(P).await;
+                        tokio::task::yield_now().await;
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let next = if leader == 3 { 1 } else { leader + 1 };
+        let order: Vec<NodeId> = std::iter::once(next).chain(all.iter().copied().filter(|&n| n != next)).collect();
+        // The new leader and a follower first: they fence the old leader mid-load.
+        let others: Vec<NodeId> = all.iter().copied().filter(|&n| n != leader).collect();
+        c.view(&others, epoch, &order, Some(&[1, 2, 3])).await;
+        c.serving(next).await;
+        let status = tokio::time::timeout(Duration::from_secs(5), old.status(P)).await;
+        assert!(status.is_ok(), "epoch {epoch}: the fenced leader's partition lock is stuck");
+        stop.store(true, Ordering::Relaxed);
+        for t in load {
+            tokio::time::timeout(Duration::from_secs(10), t).await.expect("load task stuck").unwrap();
+        }
+        c.view(&[leader], epoch, &order, Some(&[1, 2, 3])).await;
+        leader = next;
+    }
+    let s = c.node(leader).propose(P, b"last".to_vec()).await.unwrap();
+    c.applied_everywhere(&all, s).await;
 }
