@@ -97,6 +97,20 @@
 //! caller passing the last serving set as `previous` ([`PartitionStatus::role`]) still covers
 //! that.
 //!
+//! # Concurrency
+//!
+//! Each partition's log shape and durable pointers sit behind one async lock, held across
+//! the store write that changes them, so that memory and disk change together. Two rules
+//! keep it live and consistent:
+//!
+//! - A task never waits for that lock while it holds futures that may be queued for it and
+//!   that it no longer polls (tokio hands a released lock to the first waiter, polled or
+//!   not): a fenced leader drops its event set first, a recovery drops its outstanding
+//!   fences before it fetches.
+//! - A write that pairs disk and memory runs in a spawned task, so aborting a leader (a
+//!   newer view) cannot stop it half-way; [`Replicator::set_view`] awaits nothing, so a
+//!   caller that gives up on it cannot leave a view without its leader.
+//!
 //! # Known limits
 //!
 //! - **Double faults.** Recovery needs answers from a majority of the previous replica set. If
