@@ -278,3 +278,35 @@ async fn a_silent_connection_does_not_hold_up_tls_accepts() {
     assert_eq!(resp, Echoed(Bytes::from_static(b"in")));
     t.shutdown().await;
 }
+
+/// A restarted member dials the peers it knows and, at the same moment, calls one of them
+/// by address as a seed: one connection is made, and both ends keep a ready session. Two
+/// at once made ractor_cluster close one as a duplicate, which could leave the dialing
+/// end without a session while the other end kept one (in a soak, for 90 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_a_peer_and_calling_it_as_a_seed_at_once_connects_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    init_tracing();
+    for round in 0..5u64 {
+        // `a` dials first (its name sorts after `b`'s), as a restarted node 6 did its node 1.
+        let (a, b) = (52 + 2 * round, 51 + 2 * round);
+        let (pa, pb) = (free_port(), free_port());
+        let mut seed = spawn_peer(b, pb, SECRET, &[]);
+        seed.wait_line("READY", Duration::from_secs(20)).await;
+        let (t, _) = start_node(test_config(a, pa, SECRET)).await;
+        let addr = format!("127.0.0.1:{pb}");
+        t.set_peers(vec![(a, format!("127.0.0.1:{pa}")), (b, addr.clone())]);
+        let resp = request_addr(&*t, &addr, &Echo(Bytes::from_static(b"join")), Duration::from_secs(10)).await.unwrap();
+        assert_eq!(resp, Echoed(Bytes::from_static(b"join")));
+        seed.wait_line(&format!("EVENT Up({a})"), Duration::from_secs(5)).await;
+        // Both ends still have their session a moment later, and calls by id work.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(t.connected(), vec![b], "round {round}");
+        assert_eq!(t.stats().dials, 1, "round {round}: one connection attempt to one address");
+        let resp = request(&*t, b, &Echo(Bytes::from_static(b"after")), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(resp, Echoed(Bytes::from_static(b"after")));
+        let down = format!("EVENT Down({a})");
+        assert!(!seed.drain().contains(&down), "round {round}: the seed lost its session");
+        t.shutdown().await;
+    }
+}

@@ -504,9 +504,9 @@ fn ring_outdated(ring: &PartitionMap, members: &[u64], joining: &[u64]) -> bool 
 }
 
 /// The longest a node catches up before it takes its partitions anyway: a log that cannot
-/// be fetched, or a leader that does not answer, must not keep it out for good (its
-/// recovery as an owner then fetches what it lacks, as without learners).
-const CATCH_UP_MAX: Duration = Duration::from_secs(120);
+/// be fetched, or a leader that does not answer, must not keep it out of its share for
+/// long (its recovery as an owner then fetches what it lacks).
+const CATCH_UP_MAX: Duration = Duration::from_secs(30);
 
 /// On every member, for its whole life: while the control plane says this node is
 /// catching up (`Joining`: it joined, or came back after it was declared down), it waits

@@ -184,6 +184,7 @@ impl Core {
             envelopes_received: s.envelopes_received.load(Ordering::Relaxed),
             frames_dropped: s.frames_dropped.load(Ordering::Relaxed),
             decode_errors: s.decode_errors.load(Ordering::Relaxed),
+            dials: 0,
         }
     }
 

@@ -121,6 +121,8 @@ pub struct TransportStats {
     pub frames_dropped: u64,
     /// Received frames that did not decode (logged at `error!`).
     pub decode_errors: u64,
+    /// Connections this node opened to other nodes (attempts, successful or not).
+    pub dials: u64,
 }
 
 /// Receives what peers send. Given to a transport when it starts.

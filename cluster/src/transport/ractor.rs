@@ -233,6 +233,25 @@ struct LinkState {
     /// Sessions opened but not ready yet.
     handshaking: HashMap<ActorId, (ActorRef<NodeSessionMessage>, Instant)>,
     dialers: HashMap<NodeId, (String, AbortHandle)>,
+    /// Addresses being dialed now (by a peer's dialer or `call_addr`): one connection
+    /// attempt per address at a time. Two at once (a restarted member dialing its known
+    /// peers while it joins through the same nodes as seeds) make ractor_cluster close one
+    /// as a duplicate, and the end that dialed could be left without a ready session
+    /// while the other end had one.
+    dialing: std::collections::HashSet<String>,
+}
+
+/// An address marked as being dialed, unmarked (and waiters woken) when dropped.
+struct Dialing<'a> {
+    shared: &'a Shared,
+    addr: String,
+}
+
+impl Drop for Dialing<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.state).dialing.remove(&self.addr);
+        self.shared.bump();
+    }
 }
 
 struct Shared {
@@ -247,6 +266,7 @@ struct Shared {
     /// Bumped on every session change; dialers and `call_addr` wait on it.
     changed: watch::Sender<u64>,
     core: Weak<Core>,
+    dials: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -256,6 +276,12 @@ impl Shared {
 
     fn has_session(&self, peer: NodeId) -> bool {
         lock(&self.state).sessions.contains_key(&peer)
+    }
+
+    /// Marks `addr` as being dialed; `None` if someone is dialing it already (wait for
+    /// [`Shared::changed`] and look again).
+    fn begin_dial(&self, addr: &str) -> Option<Dialing<'_>> {
+        lock(&self.state).dialing.insert(addr.to_owned()).then(|| Dialing { shared: self, addr: addr.to_owned() })
     }
 
     fn find_router(peer: NodeId, session_node: Option<u64>) -> Option<ActorRef<RouterFrame>> {
@@ -272,6 +298,7 @@ impl Shared {
     }
 
     async fn dial(&self, addr: &str) -> Result<(), String> {
+        self.dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let connect = async {
             match &self.tls {
                 None => ractor_cluster::client_connect(&self.server, addr).await,
@@ -431,6 +458,11 @@ async fn dialer(shared: Arc<Shared>, peer: NodeId, addr: String) {
             }
         }
         changed.borrow_and_update();
+        let Some(_dialing) = shared.begin_dial(&addr) else {
+            // Another attempt at this address is under way: its outcome wakes us.
+            let _ = tokio::time::timeout(shared.connect_timeout, changed.changed()).await;
+            continue;
+        };
         let result = match shared.dial(&addr).await {
             Ok(()) => {
                 let deadline = tokio::time::Instant::now() + shared.connect_timeout;
@@ -615,6 +647,7 @@ impl RactorTransport {
             state: Mutex::new(LinkState::default()),
             changed: watch::channel(0).0,
             core: Arc::downgrade(&core),
+            dials: std::sync::atomic::AtomicU64::new(0),
         });
         core.start(shared.clone());
         let weak = Arc::downgrade(&shared);
@@ -711,6 +744,7 @@ impl Transport for RactorTransport {
             }
             let mut changed = shared.changed.subscribe();
             let mut dialed = false;
+            let mut _marked = None;
             loop {
                 changed.borrow_and_update();
                 if let Some(id) = shared.id_for_addr(&keys).filter(|id| core.is_up(*id)) {
@@ -719,13 +753,19 @@ impl Transport for RactorTransport {
                 }
                 if !dialed {
                     dialed = true;
-                    let dial = tokio::time::timeout_at(deadline, shared.dial(&addr));
-                    match dial.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(reason)) => return Err(TransportError::Connect { addr, reason }),
-                        Err(_) => return Err(TransportError::Timeout),
+                    // A peer's own dialer may be connecting to this address already:
+                    // then its session is waited for below rather than dialed twice.
+                    // Ours stays marked until its session is ready (or we give up).
+                    if let Some(dialing) = shared.begin_dial(&addr) {
+                        let dial = tokio::time::timeout_at(deadline, shared.dial(&addr));
+                        match dial.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(reason)) => return Err(TransportError::Connect { addr, reason }),
+                            Err(_) => return Err(TransportError::Timeout),
+                        }
+                        _marked = Some(dialing);
+                        continue;
                     }
-                    continue;
                 }
                 match tokio::time::timeout_at(deadline, changed.changed()).await {
                     Ok(Ok(())) => {}
@@ -780,7 +820,7 @@ impl Transport for RactorTransport {
     }
 
     fn stats(&self) -> TransportStats {
-        self.core.stats()
+        TransportStats { dials: self.shared.dials.load(std::sync::atomic::Ordering::Relaxed), ..self.core.stats() }
     }
 }
 
