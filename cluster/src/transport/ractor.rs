@@ -458,7 +458,7 @@ async fn dialer(shared: Arc<Shared>, peer: NodeId, addr: String) {
             }
         }
         changed.borrow_and_update();
-        let Some(_dialing) = shared.begin_dial(&addr) else {
+        let Some(dialing) = shared.begin_dial(&addr) else {
             // Another attempt at this address is under way: its outcome wakes us.
             let _ = tokio::time::timeout(shared.connect_timeout, changed.changed()).await;
             continue;
@@ -483,6 +483,7 @@ async fn dialer(shared: Arc<Shared>, peer: NodeId, addr: String) {
             }
             Err(e) => Err(e),
         };
+        drop(dialing);
         if let Err(reason) = result {
             failures += 1;
             if failures == 1 || failures.is_power_of_two() {
@@ -752,11 +753,12 @@ impl Transport for RactorTransport {
                     return core.call(id, env, left).await;
                 }
                 if !dialed {
-                    dialed = true;
                     // A peer's own dialer may be connecting to this address already:
-                    // then its session is waited for below rather than dialed twice.
-                    // Ours stays marked until its session is ready (or we give up).
+                    // then its session is waited for below rather than dialed twice
+                    // (and if that attempt fails, this call dials itself). Ours stays
+                    // marked until its session is ready (or we give up).
                     if let Some(dialing) = shared.begin_dial(&addr) {
+                        dialed = true;
                         let dial = tokio::time::timeout_at(deadline, shared.dial(&addr));
                         match dial.await {
                             Ok(Ok(())) => {}
