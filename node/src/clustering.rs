@@ -535,11 +535,14 @@ async fn announce_when_caught_up(ctx: Weak<Ctx>, control: Arc<ControlPlane>) {
         if !caught_up && !overdue {
             continue;
         }
-        if !caught_up {
-            tracing::warn!(node = me, "cluster: not caught up after {CATCH_UP_MAX:?}; taking partitions anyway");
-        }
         match control.propose(Command::SetNodeState { id: me, state: NodeState::Up }).await {
-            Ok(_) => tracing::info!(node = me, after = ?since.elapsed(), "cluster: caught up; up"),
+            Ok(_) if caught_up => {
+                tracing::info!(node = me, after = ?since.elapsed(), "cluster: caught up as a learner; up")
+            }
+            Ok(_) => tracing::warn!(
+                node = me,
+                "cluster: not caught up after {CATCH_UP_MAX:?}; up anyway (new owners fetch what they lack)"
+            ),
             Err(e) => tracing::warn!(node = me, error = %e, "cluster: cannot say this node is up; retrying"),
         }
     }

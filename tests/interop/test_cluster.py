@@ -569,7 +569,7 @@ async def test_a_fourth_node_joins_and_sessions_follow_the_ring(cluster, xmpp_on
     cluster.start_node(1)
     views = cluster.wait_converged(4)
     with open(cluster.nodes[3].info.log_path, encoding="utf-8", errors="replace") as f:
-        assert "cluster: caught up; up" in f.read(), "node 4 did not catch up as a learner first"
+        assert "cluster: caught up as a learner; up" in f.read(), "node 4 did not catch up as a learner first"
     fourth = next(n for n in views[0]["nodes"] if n["id"] == 4)
     # 256 over 4 is exactly 64 each; voters stay 3, so the new node is a learner.
     assert fourth["partitions"] == 64, fourth
