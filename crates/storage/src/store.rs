@@ -332,25 +332,7 @@ impl Store {
         stanza_xml: &str,
         max_per_user: u32,
     ) -> Result<bool, StorageError> {
-        let (username, stanza) = (username.to_owned(), stanza_xml.to_owned());
-        self.worker
-            .call(move |conn| async move {
-                Sql::in_tx(&conn, Tx::Write, async {
-                    if !exists(&conn, &username).await? {
-                        return Err(StorageError::NotFound);
-                    }
-                    let count =
-                        Sql::query_i64(&conn, "SELECT COUNT(*) FROM offline WHERE username = ?1", [username.as_str()])
-                            .await?;
-                    if count >= i64::from(max_per_user) {
-                        return Ok(false);
-                    }
-                    conn.execute("INSERT INTO offline (username, stanza) VALUES (?1, ?2)", [username, stanza]).await?;
-                    Ok(true)
-                })
-                .await
-            })
-            .await
+        self.push_offline(username, stanza_xml, max_per_user, None).await
     }
 
     /// [`Store::offline_push`] of the message a replicated operation `op_id` queues: a
@@ -363,18 +345,30 @@ impl Store {
         max_per_user: u32,
         op_id: &str,
     ) -> Result<bool, StorageError> {
-        let (username, stanza, op_id) = (username.to_owned(), stanza_xml.to_owned(), op_id.to_owned());
+        self.push_offline(username, stanza_xml, max_per_user, Some(op_id.to_owned())).await
+    }
+
+    async fn push_offline(
+        &self,
+        username: &str,
+        stanza_xml: &str,
+        max_per_user: u32,
+        op_id: Option<String>,
+    ) -> Result<bool, StorageError> {
+        let (username, stanza) = (username.to_owned(), stanza_xml.to_owned());
         self.worker
             .call(move |conn| async move {
                 Sql::in_tx(&conn, Tx::Write, async {
                     if !exists(&conn, &username).await? {
                         return Err(StorageError::NotFound);
                     }
-                    let there =
-                        Sql::query_i64(&conn, "SELECT COUNT(*) FROM offline WHERE op_id = ?1", [op_id.as_str()])
-                            .await?;
-                    if there > 0 {
-                        return Ok(true);
+                    if let Some(op_id) = &op_id {
+                        let there =
+                            Sql::query_i64(&conn, "SELECT COUNT(*) FROM offline WHERE op_id = ?1", [op_id.as_str()])
+                                .await?;
+                        if there > 0 {
+                            return Ok(true);
+                        }
                     }
                     let count =
                         Sql::query_i64(&conn, "SELECT COUNT(*) FROM offline WHERE username = ?1", [username.as_str()])
@@ -384,7 +378,7 @@ impl Store {
                     }
                     conn.execute(
                         "INSERT INTO offline (username, stanza, op_id) VALUES (?1, ?2, ?3)",
-                        [username, stanza, op_id],
+                        libsql::params![username, stanza, op_id],
                     )
                     .await?;
                     Ok(true)
