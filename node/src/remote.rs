@@ -30,7 +30,7 @@ use crate::router::Origin;
 const MAX_HOPS: u8 = 2;
 
 /// The version of [`NodeOp`]'s encoding; a peer sending another is refused loudly.
-pub const NODE_OP_VERSION: u16 = 5;
+pub const NODE_OP_VERSION: u16 = 6;
 
 /// A one-way operation for another node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -194,6 +194,9 @@ pub enum NodeReply {
     },
     /// The owner's storage refused or failed.
     Failed(RemoteFailure),
+    /// A routed stanza was refused with this stanza error condition: the caller bounces it
+    /// to its session (see [`crate::router::RoutedFor`]).
+    Refused(String),
     SessionAt(Option<SessionAddr>),
     Session(Option<Box<crate::resume::MovedSession>>),
 }
@@ -284,8 +287,16 @@ pub async fn answer(ctx: &Ctx, call: NodeCall) -> NodeReply {
                 return NodeReply::Failed(RemoteFailure::Other("undecodable routed stanza".into()));
             };
             // Boxed: routing leads back into calls like this one.
-            Box::pin(ctx.route_hop(&Origin { jid, conn_id }, stanza, hops)).await;
-            return NodeReply::Done;
+            let origin = Origin { jid, conn_id };
+            let routing = Box::pin(ctx.route_hop(&origin, stanza, hops));
+            let Some(conn_id) = conn_id else {
+                routing.await;
+                return NodeReply::Done;
+            };
+            return match crate::router::RoutedFor::collect(conn_id, routing).await {
+                Some(condition) => NodeReply::Refused(condition),
+                None => NodeReply::Done,
+            };
         }
         NodeCall::SessionAt { bare, resource } => {
             let addr = match ctx.cluster.user(&bare) {
@@ -507,6 +518,10 @@ impl Ctx {
         };
         match link.call(node, call).await {
             Ok(NodeReply::Done) => {}
+            // Bounced here, into the session's mailbox, before the session counts the
+            // stanza handled (XEP-0198): a refusal sent back on its own could arrive
+            // after the acknowledgement, or not at all if the session closes meanwhile.
+            Ok(NodeReply::Refused(condition)) => self.bounce_to(origin, &stanza, &condition).await,
             Ok(other) => {
                 tracing::warn!(node, reply = ?other, "cluster: routing at the owner failed");
                 self.bounce_to(origin, &stanza, "recipient-unavailable").await;

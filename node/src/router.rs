@@ -39,6 +39,50 @@ impl Origin {
     }
 }
 
+tokio::task_local! {
+    static ROUTED_FOR: RoutedFor;
+}
+
+/// Set while this node routes a stanza for a session on another node that waits for the
+/// outcome (`NodeCall::Route`): a refusal of that stanza bounced to that session is
+/// reported in the answer instead of travelling back on its own, so that the session's
+/// node bounces it before the session counts the stanza handled (XEP-0198). A task-local
+/// and not a parameter because the refusal comes from deep in the routing (a durable
+/// write that failed, a forward that found no node), through [`Ctx::bounce_to`].
+pub struct RoutedFor {
+    conn_id: u64,
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+impl RoutedFor {
+    /// Runs `routing` for the session `conn_id` and returns the condition it was refused
+    /// with, if it was.
+    pub async fn collect(conn_id: u64, routing: impl std::future::Future<Output = ()>) -> Option<String> {
+        let slot = RoutedFor { conn_id, refused: std::sync::Mutex::new(None) };
+        ROUTED_FOR
+            .scope(slot, async {
+                routing.await;
+                ROUTED_FOR.with(|s| s.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take())
+            })
+            .await
+    }
+
+    /// Takes a refusal for `conn_id` while its routing is being collected; `false` when no
+    /// one collects it (the bounce is sent as usual).
+    fn report(conn_id: u64, condition: &str) -> bool {
+        ROUTED_FOR
+            .try_with(|s| {
+                if s.conn_id != conn_id {
+                    return false;
+                }
+                let mut refused = s.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                refused.get_or_insert_with(|| condition.to_owned());
+                true
+            })
+            .unwrap_or(false)
+    }
+}
+
 impl Ctx {
     /// Routes `stanza` (whose `from` is already stamped) to its destination.
     pub async fn route(&self, origin: &Origin, stanza: Element) {
@@ -147,6 +191,9 @@ impl Ctx {
     /// or the client, whose XEP-0198 count covered the stanza, would take it as kept.
     pub async fn bounce_to(&self, origin: &Origin, original: &Element, condition: &str) {
         if let Some(conn_id) = origin.conn_id {
+            if RoutedFor::report(conn_id, condition) {
+                return;
+            }
             if let Some(reply) = error_reply(original, condition, None) {
                 let addr = waddle_cluster::SessionAddr { node: crate::remote::conn_node(conn_id), conn_id };
                 match self.cluster.deliver(addr, SessionMsg::Deliver(Arc::new(reply))) {

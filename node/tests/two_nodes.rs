@@ -446,3 +446,49 @@ async fn room_moves_with_queued_stanzas(name: &str, settled: bool) {
     assert_eq!(archived(Arc::clone(&n1)).await, before, "nothing more archived by the old one");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stanza routed for a session on another node that waits for the outcome
+/// (`NodeCall::Route`) and is refused at the owner is answered `Refused`, so that the
+/// session's node bounces it before the session counts it handled (XEP-0198), instead of
+/// an error travelling back on its own that could come after the acknowledgement, or not
+/// at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_a_routed_stanza_comes_back_with_the_answer() {
+    let dir = std::env::temp_dir().join(format!("waddle-two-nodes-refused-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (n1, n2, _net) = linked_pair(&dir).await;
+    let alice = user_owned_by(1, "alice");
+    create_account(&n1, &alice).await;
+    let alice_full = format!("{alice}@{DOMAIN}/laptop");
+    let (alice_origin, _alice_box) = session(&n1, &alice_full).await;
+    // Node 2 believes bob's partition is node 3's, and node 3 is out of reach.
+    let bob = user_owned_by(2, "bob");
+    create_account(&n2, &bob).await;
+    let bob_partition = partition_of(&format!("{bob}@{DOMAIN}"));
+    let owners: Vec<u64> = (0..PARTITIONS)
+        .map(|p| {
+            if p == bob_partition {
+                3
+            } else if p.is_multiple_of(2) {
+                1
+            } else {
+                2
+            }
+        })
+        .collect();
+    assert!(n2.cluster.set_ring(3, owners));
+    let route = |body: &str| NodeCall::Route {
+        from: alice_full.clone(),
+        conn_id: alice_origin.conn_id,
+        stanza: chat(&alice_full, &format!("{bob}@{DOMAIN}"), body).to_string(),
+        hops: 1,
+    };
+    let reply = remote::answer(&n2, route("refused")).await;
+    assert!(matches!(&reply, NodeReply::Refused(c) if c == "recipient-unavailable"), "{reply:?}");
+    // Routed without a refusal: done.
+    let owners: Vec<u64> = (0..PARTITIONS).map(|p| if p.is_multiple_of(2) { 1 } else { 2 }).collect();
+    assert!(n2.cluster.set_ring(4, owners));
+    let reply = remote::answer(&n2, route("delivered")).await;
+    assert!(matches!(reply, NodeReply::Done), "{reply:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
