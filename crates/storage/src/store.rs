@@ -466,18 +466,7 @@ impl Store {
 
     /// `username`'s offline messages, oldest first, without removing them.
     pub async fn offline_peek(&self, username: &str) -> Result<Vec<String>, StorageError> {
-        let username = username.to_owned();
-        self.worker
-            .call(move |conn| async move {
-                Sql::query_all(
-                    &conn,
-                    "SELECT stanza FROM offline WHERE username = ?1 ORDER BY id",
-                    [username.as_str()],
-                    |r| Ok(r.get::<String>(0)?),
-                )
-                .await
-            })
-            .await
+        Ok(self.offline_peek_ops(username).await?.into_iter().map(|(_, stanza)| stanza).collect())
     }
 
     /// Deletes the `count` oldest offline messages of `username` (what a
