@@ -554,7 +554,9 @@ async def test_a_fourth_node_joins_and_sessions_follow_the_ring(cluster, xmpp_on
     for i in range(3):
         user, pw = make_account_on(cluster, i)("ringhistorian")
         historians.append(await xmpp_on(i)(user, pw, "h", plugins=MUC_PLUGINS))
-    rooms = [f"{unique('ringhistory')}@{MUC_DOMAIN}" for _ in range(12)]
+    # 24 rooms, 8 per historian: a quarter of the partitions move, so none of them moving
+    # has a chance of (3/4)^24, about 0.1% (12 rooms left it at 3%, and it happened).
+    rooms = [f"{unique('ringhistory')}@{MUC_DOMAIN}" for _ in range(24)]
     per_room = 8
     for n, room in enumerate(rooms):
         historian = historians[n % 3]
@@ -591,7 +593,7 @@ async def test_a_fourth_node_joins_and_sessions_follow_the_ring(cluster, xmpp_on
     # fetch it when it took them over (a new owner without learners fetches every
     # entry of the partitions it takes, these rooms' messages included).
     moved_rooms = [room for room in rooms if cluster.locate(0, room)["owner"] == "4"]
-    assert moved_rooms, "no room moved to the new node (12 rooms, a quarter of the partitions moved)"
+    assert moved_rooms, "no room moved to the new node (24 rooms, a quarter of the partitions moved)"
     status, text = http_request(cluster.nodes[3].info.http_base, "GET", "/metrics", bearer=ADMIN)
     assert status == 200, (status, text)
     m = re.search(r"^waddle_replication_recovery_fetched_entries_total (\S+)$", text, re.M)
