@@ -234,6 +234,7 @@ impl Replicator {
     /// sending the log to, so that they hold it (and apply it) before they are made replicas,
     /// without ever counting towards a majority (a slow or lost learner stalls nothing). The
     /// list stays across views until it is set again; the leader's own epoch does not change.
+    /// No proposal made after this returns is sent to a learner it removed.
     pub fn set_learners(&self, partition: PartitionId, learners: Vec<NodeId>) {
         let known = lock(&self.inner.parts).get(&partition).cloned();
         let part = match known {
@@ -1024,6 +1025,12 @@ impl Serving<'_> {
         loop {
             if !self.local_busy && !self.unwritten.is_empty() {
                 self.start_local();
+            }
+            // Before anything is sent, so that a proposal made after `set_learners` returned
+            // never goes to a learner it removed (`select!` below picks ready branches at random).
+            if self.learners_rx.has_changed().unwrap_or(false) {
+                let learners = self.learners_rx.borrow_and_update().clone();
+                self.set_learners(&learners);
             }
             for i in 0..self.peers.len() {
                 self.maybe_send(i);
