@@ -247,7 +247,13 @@ impl Client {
                 pending.clear();
             }
             previous = Some(Arc::clone(&conn.sm));
-            match self.session(conn, &mut rng, &mut seq, &mut pending).await {
+            let mut conn = conn;
+            let end = self.session(&mut conn, &mut rng, &mut seq, &mut pending).await;
+            if matches!(end, End::Broken(_)) {
+                self.read_what_arrived(&mut conn).await;
+            }
+            drop(conn);
+            match end {
                 End::Finished => return,
                 End::Broken(reason) => {
                     event(&self.rec, format!("connection broken: {}", reason.split(':').next().unwrap_or_default()));
@@ -339,9 +345,35 @@ impl Client {
 
     /// `pending`: the unacknowledged 1:1 messages, (XEP-0198 number, id); a resumed
     /// session goes on acknowledging those of the session it resumed.
+    /// What a broken connection had already delivered, or still delivers within 2 s (the
+    /// reader runs until the server's end of the stream): a refusal among it counts. The
+    /// session loop may have given up (a failed write, a missing acknowledgement) with
+    /// stanzas read but not yet handled, and an error read before an `<a/>` must not be
+    /// dropped while the `<a/>`, which the reader counts at once, is kept.
+    async fn read_what_arrived(&self, conn: &mut Conn) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Some(el)) = tokio::time::timeout_at(deadline, conn.rx.recv()).await {
+            if el.name() == "message" && el.attr("type") == Some("error") {
+                self.note_refusal(&el);
+            }
+        }
+    }
+
+    /// A message error: the message it answers was refused.
+    fn note_refusal(&self, el: &Element) {
+        event(&self.rec, format!("message error: {}", error_condition(el)));
+        if let Some(id) = el.attr("id") {
+            with(&self.rec, |r| {
+                if let Some(m) = r.sent.get_mut(id) {
+                    m.refused = true;
+                }
+            });
+        }
+    }
+
     async fn session(
         &mut self,
-        mut conn: Conn,
+        conn: &mut Conn,
         rng: &mut Prng,
         seq: &mut u64,
         pending: &mut VecDeque<(u64, String)>,
@@ -361,7 +393,7 @@ impl Client {
             tokio::select! {
                 el = conn.rx.recv() => {
                     let Some(el) = el else { return End::Broken("stream ended".to_owned()) };
-                    if let Err(e) = self.handle(&conn, &el, &mut rooms).await {
+                    if let Err(e) = self.handle(conn, &el, &mut rooms).await {
                         return End::Broken(format!("write: {e}"));
                     }
                 }
@@ -418,7 +450,7 @@ impl Client {
             match self.phase() {
                 Phase::Load if now >= next_send => {
                     next_send = now + self.interval.mul_f64(rng.range(50, 150) as f64 / 100.0);
-                    if let Err(e) = self.send_one(&conn, rng, seq, &rooms, pending).await {
+                    if let Err(e) = self.send_one(conn, rng, seq, &rooms, pending).await {
                         return End::Broken(format!("write: {e}"));
                     }
                 }
@@ -427,7 +459,7 @@ impl Client {
                     if !pending.is_empty() && stats.sent > stats.acked {
                         continue;
                     }
-                    return match self.read_archives(&mut conn, &mut rooms).await {
+                    return match self.read_archives(conn, &mut rooms).await {
                         Ok(()) => End::Finished,
                         Err(e) => End::Broken(format!("archive read: {e:#}")),
                     };
@@ -487,15 +519,7 @@ impl Client {
             "message" => {
                 let kind = el.attr("type").unwrap_or("normal");
                 if kind == "error" {
-                    let condition = error_condition(el);
-                    event(&self.rec, format!("message error: {condition}"));
-                    if let Some(id) = el.attr("id") {
-                        with(&self.rec, |r| {
-                            if let Some(m) = r.sent.get_mut(id) {
-                                m.refused = true;
-                            }
-                        });
-                    }
+                    self.note_refusal(el);
                     // `wait` (the room is moving to another node): still an occupant, as
                     // the room rebuilds its occupants; sending goes on, as a person
                     // would. Anything else may mean we are out of the room: join again.

@@ -294,7 +294,7 @@ pub async fn answer(ctx: &Ctx, call: NodeCall) -> NodeReply {
                 return NodeReply::Done;
             };
             return match crate::router::RoutedFor::collect(conn_id, routing).await {
-                Some(condition) => NodeReply::Refused(condition),
+                Some(refusal) => NodeReply::Refused(refusal.condition),
                 None => NodeReply::Done,
             };
         }

@@ -43,21 +43,30 @@ tokio::task_local! {
     static ROUTED_FOR: RoutedFor;
 }
 
-/// Set while this node routes a stanza for a session on another node that waits for the
-/// outcome (`NodeCall::Route`): a refusal of that stanza bounced to that session is
-/// reported in the answer instead of travelling back on its own, so that the session's
-/// node bounces it before the session counts the stanza handled (XEP-0198). A task-local
-/// and not a parameter because the refusal comes from deep in the routing (a durable
-/// write that failed, a forward that found no node), through [`Ctx::bounce_to`].
+/// Set while a stanza of a session that waits for the outcome is routed: by the session
+/// itself around its own 1:1 message, and by this node around a stanza a session on
+/// another node sent it (`NodeCall::Route`). A refusal of that stanza bounced to that
+/// session is collected here instead of travelling on its own (through the session's
+/// mailbox, or back from another node), so that the session writes it before it handles
+/// the client's next stanza: an `<a/>` (XEP-0198) that covers the stanza can then never
+/// reach the client ahead of its error. A task-local and not a parameter because the
+/// refusal comes from deep in the routing (a durable write that failed, a forward that
+/// found no node), through [`Ctx::bounce_to`].
 pub struct RoutedFor {
     conn_id: u64,
-    refused: std::sync::Mutex<Option<String>>,
+    refused: std::sync::Mutex<Option<Refusal>>,
+}
+
+/// What [`RoutedFor::collect`] found: the refusal's condition, and the error reply to
+/// write (none when the refused stanza was itself an error).
+pub struct Refusal {
+    pub condition: String,
+    pub reply: Option<Element>,
 }
 
 impl RoutedFor {
-    /// Runs `routing` for the session `conn_id` and returns the condition it was refused
-    /// with, if it was.
-    pub async fn collect(conn_id: u64, routing: impl std::future::Future<Output = ()>) -> Option<String> {
+    /// Runs `routing` for the session `conn_id` and returns its refusal, if it was refused.
+    pub async fn collect(conn_id: u64, routing: impl std::future::Future<Output = ()>) -> Option<Refusal> {
         let slot = RoutedFor { conn_id, refused: std::sync::Mutex::new(None) };
         ROUTED_FOR
             .scope(slot, async {
@@ -68,15 +77,17 @@ impl RoutedFor {
     }
 
     /// Takes a refusal for `conn_id` while its routing is being collected; `false` when no
-    /// one collects it (the bounce is sent as usual).
-    fn report(conn_id: u64, condition: &str) -> bool {
+    /// one collects it (the bounce is sent as usual). The first refusal is the one kept.
+    fn report(conn_id: u64, condition: &str, reply: impl FnOnce() -> Option<Element>) -> bool {
         ROUTED_FOR
             .try_with(|s| {
                 if s.conn_id != conn_id {
                     return false;
                 }
                 let mut refused = s.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                refused.get_or_insert_with(|| condition.to_owned());
+                if refused.is_none() {
+                    *refused = Some(Refusal { condition: condition.to_owned(), reply: reply() });
+                }
                 true
             })
             .unwrap_or(false)
@@ -191,7 +202,7 @@ impl Ctx {
     /// or the client, whose XEP-0198 count covered the stanza, would take it as kept.
     pub async fn bounce_to(&self, origin: &Origin, original: &Element, condition: &str) {
         if let Some(conn_id) = origin.conn_id {
-            if RoutedFor::report(conn_id, condition) {
+            if RoutedFor::report(conn_id, condition, || error_reply(original, condition, None)) {
                 return;
             }
             if let Some(reply) = error_reply(original, condition, None) {

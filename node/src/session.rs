@@ -27,7 +27,7 @@ use crate::io::ClientIo;
 use crate::outbox::{Outbox, OutboxError, OutboxHandle};
 use crate::remote::{AccountAction, NodeOp};
 use crate::resume::{Attach, Migrate, MovedSession, Sent};
-use crate::router::Origin;
+use crate::router::{Origin, RoutedFor};
 
 /// Bytes read per poll, into a buffer on the poll's stack: a session waiting for input
 /// holds no read buffer at all (idle memory is what bounds how many sessions a node holds).
@@ -514,7 +514,13 @@ impl SessionState {
                     // RFC 6120 §10.3.1: a message without 'to' is for the sender's bare JID.
                     el.set_attr("to", self.bare.as_str());
                 }
-                self.ctx.route(&self.origin, el).await;
+                // A refusal (a 1:1 message that could not be made durable, an owner that
+                // could not be reached) is written before the next stanza is handled, so
+                // no `<a/>` covering this message reaches the client ahead of its error.
+                let routing = self.ctx.route(&self.origin, el);
+                if let Some(reply) = RoutedFor::collect(self.conn_id, routing).await.and_then(|r| r.reply) {
+                    self.reply(reply);
+                }
             }
             StanzaKind::Iq => self.on_iq(el).await,
             StanzaKind::Presence => self.on_presence(el).await,

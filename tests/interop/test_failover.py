@@ -21,6 +21,7 @@ import asyncio
 import json
 import signal
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
 
@@ -29,8 +30,10 @@ import pytest
 from test_cluster import ADMIN, Cluster, make_account_on, node_index, xmpp_on  # noqa: F401 (fixture)
 from xmpp_helpers import (
     DOMAIN,
+    NS_CLIENT,
     MUC_DOMAIN,
     MUC_PLUGINS,
+    RawStream,
     http_request,
     is_groupchat,
     is_message_with_body,
@@ -43,6 +46,7 @@ from xmpp_helpers import (
 )
 
 NS_MUC_OWNER = "http://jabber.org/protocol/muc#owner"
+NS_SM = "urn:xmpp:sm:3"
 NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
 NS_DATA = "jabber:x:data"
 
@@ -224,6 +228,43 @@ async def test_a_killed_node_is_marked_down_and_its_room_keeps_its_occupants(clu
 
 async def test_a_paused_node_is_marked_down_and_serves_nothing_when_it_wakes(cluster, xmpp_on):
     await fail_and_check(cluster, xmpp_on, "stop")
+
+
+async def test_a_refused_message_is_answered_before_the_acknowledgement_that_covers_it(cluster):
+    """A 1:1 message whose recipient's owner does not answer (paused) is refused with
+    ``recipient-unavailable``; the client asked for an acknowledgement in the same write.
+    The error must reach it before the ``<a/>`` whose count covers the message: a client
+    that reads the ``<a/>`` first (and loses the connection before the error) takes the
+    message as kept. The chaos soak lost two messages that way, when a node cut off from
+    the others refused them while closing its client streams."""
+    cluster.wait_converged(3)
+    victim = 2
+    sender, sender_pw = make_account_on(cluster, 0)("ackorder")
+    recipient, _ = account_owned_by(cluster, victim + 1, "ackorderb")
+    info = cluster.nodes[0].info
+    raw = RawStream(info.host, info.starttls_port)
+    proc = cluster.nodes[victim].info.proc
+    try:
+        raw.login(sender, sender_pw, "r")
+        raw.send(f"<enable xmlns='{NS_SM}'/>")
+        raw.read_until(lambda el: el.tag == q(NS_SM, "enabled"))
+        proc.send_signal(signal.SIGSTOP)
+        raw.send(f"<message to='{recipient}@{DOMAIN}' type='chat' id='refused1'><body>kept?</body></message>"
+                 f"<r xmlns='{NS_SM}'/>")
+        seen = []
+        while not seen or seen[-1].tag != q(NS_SM, "a"):
+            seen.append(raw.read_element(timeout=FAILOVER_BUDGET_S))
+        ack = seen[-1]
+        assert ack.get("h") == "1", ET.tostring(ack)
+        errors = [el for el in seen if el.tag == q(NS_CLIENT, "message") and el.get("id") == "refused1"]
+        assert [el.get("type") for el in errors] == ["error"], [ET.tostring(el) for el in seen]
+        assert stanza_error(errors[0]) == ("wait", "recipient-unavailable"), ET.tostring(errors[0])
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        raw.close()
+    wait_until(f"node {victim + 1} up again",
+               lambda: all(node_states(cluster, i).get(victim + 1) == "up" for i in range(3)), timeout=60)
+    cluster.wait_converged(3)
 
 
 async def test_a_paused_leader_wakes_without_judging_the_others(cluster, xmpp_on):
