@@ -526,11 +526,16 @@ async fn announce_when_caught_up(ctx: Weak<Ctx>, control: Arc<ControlPlane>) {
         }
         let since = *joining_since.get_or_insert_with(tokio::time::Instant::now);
         let ring = state.partition_map.as_ref().map(map_of);
-        let caught_up = match (ctx.replication(), ring) {
-            (None, _) => true,
-            (Some(replication), Some(ring)) => learned_everything(replication, &ring, me).await,
-            (Some(_), None) => false,
+        // Bounded: a partition whose status does not come (its lock held for long, which
+        // the replicator logs) must not keep this node from ever taking its share.
+        let lagging = match (ctx.replication(), ring) {
+            (None, _) => Some(Vec::new()),
+            (Some(replication), Some(ring)) => {
+                tokio::time::timeout(Duration::from_secs(2), not_learned(replication, &ring, me)).await.unwrap_or(None)
+            }
+            (Some(_), None) => None,
         };
+        let caught_up = lagging.as_ref().is_some_and(Vec::is_empty);
         let overdue = since.elapsed() >= CATCH_UP_MAX;
         if !caught_up && !overdue {
             continue;
@@ -541,6 +546,7 @@ async fn announce_when_caught_up(ctx: Weak<Ctx>, control: Arc<ControlPlane>) {
             }
             Ok(_) => tracing::warn!(
                 node = me,
+                lagging = ?lagging.map(|l| l.into_iter().take(8).collect::<Vec<_>>()),
                 "cluster: not caught up after {CATCH_UP_MAX:?}; up anyway (new owners fetch what they lack)"
             ),
             Err(e) => tracing::warn!(node = me, error = %e, "cluster: cannot say this node is up; retrying"),
@@ -548,20 +554,26 @@ async fn announce_when_caught_up(ctx: Weak<Ctx>, control: Arc<ControlPlane>) {
     }
 }
 
-/// Whether `ring` has this node learn at least one partition and it is caught up in each
-/// (its log holds what the leader had committed at its last Append, all of it applied).
-async fn learned_everything(replication: &crate::replication::Replication, ring: &PartitionMap, me: u64) -> bool {
+/// The partitions `ring` has this node learn that it is not caught up in yet (its log
+/// holds what the leader had committed at its last Append, all of it applied); `None`
+/// when the ring has it learn none (it is not caught up in anything either).
+async fn not_learned(
+    replication: &crate::replication::Replication,
+    ring: &PartitionMap,
+    me: u64,
+) -> Option<Vec<waddle_cluster::PartitionId>> {
     let mut learning = 0;
+    let mut lagging = Vec::new();
     for partition in 0..waddle_cluster::PARTITIONS {
         if !ring.learners(partition).contains(&me) {
             continue;
         }
         learning += 1;
         if !replication.learned(partition).await {
-            return false;
+            lagging.push(partition);
         }
     }
-    learning > 0
+    (learning > 0).then_some(lagging)
 }
 
 /// A peer that goes down takes its sessions with it: their registry entries here go.

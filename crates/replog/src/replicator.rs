@@ -65,6 +65,9 @@ struct Part {
     /// The log's shape and the durable pointers; held across a store write so that memory and
     /// disk change together.
     core: tokio::sync::Mutex<Core>,
+    /// Who took `core` last, and when: while it is held, its holder (named when a wait for
+    /// it is long; see [`Part::core`]).
+    core_taker: Mutex<(&'static str, Option<Instant>)>,
     ctl: Mutex<Ctl>,
     commit_tx: watch::Sender<Seq>,
     applied_tx: watch::Sender<Seq>,
@@ -118,6 +121,19 @@ struct Proposal {
     payload: Vec<u8>,
     tx: oneshot::Sender<Result<Seq, ReplError>>,
 }
+
+impl Part {
+    /// Takes the core lock for `by` (a name for the log line when someone waits long).
+    async fn core(&self, by: &'static str) -> tokio::sync::MutexGuard<'_, Core> {
+        let guard = self.core.lock().await;
+        *lock(&self.core_taker) = (by, Some(Instant::now()));
+        guard
+    }
+}
+
+/// A wait for a partition's lock this long is logged (with who holds it): every holder
+/// does one store write at most.
+const SLOW_LOCK: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these short locks leaves plain data behind, still usable.
@@ -328,7 +344,18 @@ impl Replicator {
             };
         };
         let (promised, last, commit, in_step_at) = {
-            let core = part.core.lock().await;
+            let taking = part.core("status");
+            tokio::pin!(taking);
+            let core = match tokio::time::timeout(SLOW_LOCK, &mut taking).await {
+                Ok(core) => core,
+                Err(_) => {
+                    // Held that long, the lock is probably never let go: say by whom.
+                    let (holder, since) = *lock(&part.core_taker);
+                    let held_for = since.map(|t| t.elapsed());
+                    tracing::error!(partition, holder, ?held_for, "replog: a partition's lock is held for long");
+                    taking.await
+                }
+            };
             (core.promised, core.index.last_pos(), core.commit, core.in_step_at)
         };
         let learner = part.learners_tx.borrow().contains(&self.inner.me);
@@ -396,6 +423,7 @@ impl Inner {
                 serving: meta.serving,
                 in_step_at: None,
             }),
+            core_taker: Mutex::new(("nobody", None)),
             ctl: Mutex::new(Ctl::default()),
             commit_tx: watch::Sender::new(commit),
             applied_tx: watch::Sender::new(meta.applied.min(commit)),
@@ -428,7 +456,7 @@ impl Inner {
 
     async fn on_append(self: &Arc<Self>, mut a: Append) -> Result<ResponseBody, StoreError> {
         let part = self.part(a.partition);
-        let mut core = part.core.lock().await;
+        let mut core = part.core("append").await;
         // A leader announces only its own epoch's set.
         let announced = a.serving.take().filter(|s| s.epoch == a.epoch);
         let view = ReplicaView { promised: core.promised, index: &core.index, commit: core.commit };
@@ -484,7 +512,7 @@ impl Inner {
 
     async fn on_fence(self: &Arc<Self>, f: Fence) -> Result<ResponseBody, StoreError> {
         let part = self.part(f.partition);
-        let mut core = part.core.lock().await;
+        let mut core = part.core("fence").await;
         let view = ReplicaView { promised: core.promised, index: &core.index, commit: core.commit };
         match engine::on_fence(view, f.epoch) {
             FenceDecision::Stale { promised } => Ok(ResponseBody::Stale { promised }),
@@ -505,7 +533,7 @@ impl Inner {
             return Ok(ResponseBody::Entries(Vec::new()));
         };
         // Held during the read so that a newer leader cannot change the log in between.
-        let core = part.core.lock().await;
+        let core = part.core("fetch (serving)").await;
         if f.epoch < core.promised {
             return Ok(ResponseBody::Stale { promised: core.promised });
         }
@@ -685,7 +713,7 @@ impl LeaderTask {
         // Spawned: the promise on disk and in memory change together even if this task is
         // aborted (a newer view) while the write is under way.
         let write = tokio::spawn(async move {
-            let mut core = part.core.lock().await;
+            let mut core = part.core("promise").await;
             if core.promised > epoch {
                 return Err(Stop::Fenced(core.promised));
             }
@@ -727,7 +755,7 @@ impl LeaderTask {
         let me = self.inner.me;
         let pid = self.part.id;
         let (mine, mut newest) = {
-            let core = self.part.core.lock().await;
+            let core = self.part.core("recovery").await;
             (core.index.last_pos(), core.serving.clone())
         };
         let mut answers = vec![FenceAnswer { node: me, last: mine }];
@@ -824,7 +852,7 @@ impl LeaderTask {
         let pid = self.part.id;
         let Some(target) = source.last else { return Ok(()) };
         let mut from = {
-            let core = self.part.core.lock().await;
+            let core = self.part.core("fetch (probe)").await;
             engine::first_probe(&core.index, source.last).max(1)
         };
         let mut attempt = 0u32;
@@ -846,7 +874,7 @@ impl LeaderTask {
                 }
             };
             attempt = 0;
-            let core = self.part.core.lock().await;
+            let core = self.part.core("fetch (merge)").await;
             if core.promised > self.epoch {
                 return Err(Stop::Fenced(core.promised));
             }
@@ -868,7 +896,7 @@ impl LeaderTask {
             // this task is aborted (a newer view) while the write is under way.
             let (inner, part, epoch) = (self.inner.clone(), self.part.clone(), self.epoch);
             let write = tokio::spawn(async move {
-                let mut core = part.core.lock().await;
+                let mut core = part.core("fetch (write)").await;
                 if core.promised > epoch {
                     return Err(Stop::Fenced(core.promised));
                 }
@@ -904,7 +932,7 @@ impl LeaderTask {
 
     async fn serve(&self, hints: HashMap<NodeId, Option<LogPos>>, rx: &mut mpsc::UnboundedReceiver<Proposal>) -> Stop {
         let (index, commit) = {
-            let core = self.part.core.lock().await;
+            let core = self.part.core("serve (start)").await;
             (core.index.clone(), core.commit)
         };
         let peers = self
@@ -967,7 +995,7 @@ impl LeaderTask {
                     // (spawned: disk and memory change together even if this task is aborted).
                     let (inner, part) = (self.inner.clone(), self.part.clone());
                     let _ = tokio::spawn(async move {
-                        let mut core = part.core.lock().await;
+                        let mut core = part.core("fenced (promise)").await;
                         if core.promised < p && inner.store.promise(part.id, p).await.is_ok() {
                             core.promised = p;
                             part.promised_tx.send_replace(p);
@@ -1118,7 +1146,7 @@ impl Serving<'_> {
         // Spawned, not just queued in `events`: it holds the core lock across the write, and
         // nothing this task awaits may wait behind it (see `publish_local_commit`).
         let write = tokio::spawn(async move {
-            let mut core = part.core.lock().await;
+            let mut core = part.core("local write").await;
             if core.promised > epoch {
                 return Event::Local(Err(Stop::Fenced(core.promised)));
             }
@@ -1265,7 +1293,7 @@ impl Serving<'_> {
         let part = self.t.part.clone();
         // Spawned: disk and memory change together even if this task is aborted.
         let write = tokio::spawn(async move {
-            let mut core = part.core.lock().await;
+            let mut core = part.core("serving set").await;
             if core.serving.as_ref().is_some_and(|s| s.epoch >= set.epoch) {
                 return Ok(());
             }
@@ -1323,7 +1351,7 @@ impl Serving<'_> {
         let part = self.t.part.clone();
         self.events.push(Box::pin(async move {
             {
-                let mut core = part.core.lock().await;
+                let mut core = part.core("local commit").await;
                 core.commit = core.commit.max(local.min(core.index.last_seq()));
             }
             // A single replica recorded it with the entries.
