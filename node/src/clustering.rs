@@ -804,7 +804,7 @@ pub async fn drain(ctx: &Arc<Ctx>, clustering: &Clustering) -> anyhow::Result<u6
     if let Some(replication) = ctx.replication() {
         let replicator = replication.replicator();
         for partition in replicator.partitions() {
-            while matches!(replicator.status(partition).await.role, waddle_replog::Role::Leader { .. }) {
+            while matches!(replicator.role(partition), waddle_replog::Role::Leader { .. }) {
                 if tokio::time::Instant::now() >= deadline {
                     anyhow::bail!("partition {partition} still led here after {DRAIN_WAIT:?}");
                 }

@@ -273,19 +273,22 @@ impl Replication {
     /// [`Replication::write`] handed to the log now (in the caller's order: the proposal
     /// is queued before this returns when the partition is served here), its commit
     /// awaited later: a room's messages go out in its order and travel together (group
-    /// commit) while the room goes on.
+    /// commit) while the room goes on. When the partition is not served here yet, the
+    /// future returned does nothing until it is awaited: it then waits for the partition
+    /// and proposes. (It used to start that wait at once, polled with a waker that wakes
+    /// nobody: a wait for the partition's lock queued that way was handed the lock and
+    /// then held it, unpolled, until its caller came to it, stalling the partition.)
     pub fn write_started(
         &self,
         partition: PartitionId,
         op: &DurableOp,
     ) -> BoxFuture<'static, Result<(), DurableError>> {
-        let mut proposal = propose_when_ready(self.replicator.clone(), partition, op.encode());
-        // `propose` queues the entry before its first wait: one poll here fixes the
-        // order. Whoever awaits it later polls it again with its own waker.
-        let waker = futures_util::task::noop_waker();
-        match proposal.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
-            std::task::Poll::Ready(result) => Box::pin(std::future::ready(result)),
-            std::task::Poll::Pending => proposal,
+        match self.replicator.submit(log_of(partition), op.encode()) {
+            Ok(committing) => Box::pin(async move { committing.await.map(|_| ()).map_err(DurableError::from) }),
+            Err(ReplError::NotLeader { .. } | ReplError::Recovering) => {
+                propose_when_ready(self.replicator.clone(), partition, op.encode())
+            }
+            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
         }
     }
 
@@ -345,7 +348,7 @@ fn propose_when_ready(
 async fn serving(replicator: &Replicator, log: waddle_replog::PartitionId, within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if replicator.status(log).await.role == (Role::Leader { serving: true }) {
+        if replicator.role(log) == (Role::Leader { serving: true }) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

@@ -131,7 +131,7 @@ pub mod types;
 pub mod wire;
 
 pub use api::*;
-pub use replicator::Replicator;
+pub use replicator::{Committing, Replicator};
 pub use store::{LogStore, MetaUpdate, PartitionMeta, StoreError};
 pub use types::*;
 pub use wire::{decode_request, decode_response, encode_request, encode_response, WireDecodeError};

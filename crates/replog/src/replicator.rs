@@ -271,6 +271,14 @@ impl Replicator {
     /// Appends `payload` to the partition's log; resolves with its seq once a majority of the
     /// replica set holds it durably.
     pub async fn propose(&self, partition: PartitionId, payload: Vec<u8>) -> Result<Seq, ReplError> {
+        self.submit(partition, payload)?.await
+    }
+
+    /// [`Replicator::propose`] in two steps: the entry is queued now (so entries submitted
+    /// one after the other are in the log in that order), and the future returned resolves
+    /// with its seq once a majority holds it. That future holds nothing until it is polled:
+    /// it may be kept and awaited later.
+    pub fn submit(&self, partition: PartitionId, payload: Vec<u8>) -> Result<Committing, ReplError> {
         if payload.is_empty() {
             return Err(ReplError::EmptyPayload);
         }
@@ -293,10 +301,13 @@ impl Replicator {
             }
         };
         self.inner.stats.proposals.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.inner.config.commit_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) | Err(_) => Err(ReplError::Unavailable),
-        }
+        let timeout = self.inner.config.commit_timeout;
+        Ok(Box::pin(async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) | Err(_) => Err(ReplError::Unavailable),
+            }
+        }))
     }
 
     /// The partitions this node holds state for (seen in a view, a peer's request or its store).
@@ -358,16 +369,10 @@ impl Replicator {
             };
             (core.promised, core.index.last_pos(), core.commit, core.in_step_at)
         };
-        let learner = part.learners_tx.borrow().contains(&self.inner.me);
+        let role = self.role_of(&part);
         let ctl = lock(&part.ctl);
         let epoch = ctl.view.as_ref().map(|v| v.epoch);
         let leading = ctl.leading.as_ref().filter(|l| Some(l.epoch) == epoch);
-        let role = match leading {
-            Some(l) => Role::Leader { serving: l.state == LeadState::Serving },
-            None if ctl.view.as_ref().is_some_and(|v| v.replicas.contains(&self.inner.me)) => Role::Follower,
-            None if learner => Role::Learner,
-            None => Role::None,
-        };
         let fenced_by = leading.and_then(|l| match l.state {
             LeadState::Fenced(e) => Some(e),
             _ => None,
@@ -378,6 +383,28 @@ impl Replicator {
         let fresh = self.inner.config.learner_heartbeat.saturating_mul(IN_STEP_HEARTBEATS);
         let caught_up = in_step_at.is_some_and(|t| t.elapsed() < fresh) && applied >= commit;
         PartitionStatus { role, epoch, promised, fenced_by, last, commit, applied, caught_up }
+    }
+
+    /// This node's role in `partition`, without waiting for anything: unlike
+    /// [`Replicator::status`] it never takes the partition's lock, which a write holds
+    /// while the disk is busy, so a loop waiting for a role cannot stall the partition.
+    pub fn role(&self, partition: PartitionId) -> Role {
+        match lock(&self.inner.parts).get(&partition).cloned() {
+            Some(part) => self.role_of(&part),
+            None => Role::None,
+        }
+    }
+
+    fn role_of(&self, part: &Part) -> Role {
+        let learner = part.learners_tx.borrow().contains(&self.inner.me);
+        let ctl = lock(&part.ctl);
+        let epoch = ctl.view.as_ref().map(|v| v.epoch);
+        match ctl.leading.as_ref().filter(|l| Some(l.epoch) == epoch) {
+            Some(l) => Role::Leader { serving: l.state == LeadState::Serving },
+            None if ctl.view.as_ref().is_some_and(|v| v.replicas.contains(&self.inner.me)) => Role::Follower,
+            None if learner => Role::Learner,
+            None => Role::None,
+        }
     }
 
     /// Answers another node's request (the node's transport calls this).
@@ -1017,6 +1044,9 @@ fn clone_err(e: &ReplError) -> ReplError {
 }
 
 type Waiter = oneshot::Sender<Result<Seq, ReplError>>;
+
+/// A submitted entry on its way to a majority ([`Replicator::submit`]).
+pub type Committing = BoxFuture<'static, Result<Seq, ReplError>>;
 
 struct Serving<'a> {
     t: &'a LeaderTask,

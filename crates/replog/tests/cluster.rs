@@ -235,6 +235,30 @@ async fn concurrent_proposals_are_group_committed() {
     c.applied_everywhere(&[1, 2, 3], *seqs.last().unwrap()).await;
 }
 
+/// `submit` queues at once: entries are in the log in the order they were submitted,
+/// whatever order their futures are awaited in, and a future not awaited yet holds
+/// nothing (the partition's status answers, later proposals commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_entries_keep_their_order_and_hold_nothing_until_awaited() {
+    let c = Cluster::start("submit", &[1, 2, 3], config()).await;
+    c.view(&[1, 2, 3], 1, &[1, 2, 3], None).await;
+    c.serving(1).await;
+    let leader = c.node(1);
+    let first = leader.submit(P, b"first".to_vec()).unwrap();
+    let second = leader.submit(P, b"second".to_vec()).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(1), leader.status(P)).await;
+    assert!(status.is_ok(), "the status of a partition with pending submissions answers");
+    let third = leader.propose(P, b"third".to_vec()).await.unwrap();
+    let second = second.await.unwrap();
+    let first = first.await.unwrap();
+    assert!(first < second && second < third, "{first} {second} {third}");
+    c.applied_everywhere(&[1, 2, 3], third).await;
+    let payloads = c.recs[&2].payloads();
+    assert_eq!(&payloads[payloads.len() - 3..], [b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]);
+    // Not served here: refused at once, nothing queued.
+    assert!(matches!(c.node(2).submit(P, b"elsewhere".to_vec()), Err(ReplError::NotLeader { .. })));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_keeps_committed_entries_and_fences_the_old_leader() {
     let c = Cluster::start("failover", &[1, 2, 3], config()).await;
@@ -614,6 +638,28 @@ async fn recovery_reaches_the_last_serving_set_even_past_a_leader_that_never_rec
     }
     // Node 1 was asked (fenced at epoch 3): it was the only source of m1 and m2.
     assert_eq!(leader.status(P).await.promised, 3);
+}
+
+/// `role` answers at once while a write holds the partition's lock (the disk is busy),
+/// where `status` waits: a loop that waits for a role (the node waits for a partition to
+/// be served before it proposes) then never queues for the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_is_known_while_a_write_holds_the_partition() {
+    let c = Cluster::start("role", &[1, 2, 3], config()).await;
+    c.view(&[1, 2, 3], 1, &[1, 2, 3], None).await;
+    c.serving(1).await;
+    let leader = c.node(1);
+    let disk = block_disk(&c, 1).await;
+    let pending = leader.submit(P, payload(1)).unwrap();
+    // The leader's local write takes the lock and waits for the disk.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tokio::time::timeout(Duration::from_millis(100), leader.status(P)).await.is_err());
+    assert_eq!(leader.role(P), Role::Leader { serving: true });
+    assert_eq!(c.node(2).role(P), Role::Follower);
+    assert_eq!(c.node(2).role(P + 1), Role::None);
+    disk.execute("ROLLBACK", ()).await.unwrap();
+    let s = pending.await.unwrap();
+    c.applied_everywhere(&[1, 2, 3], s).await;
 }
 
 /// A caller that gives up on `set_view` (the node bounds it with a timeout) while the disk
