@@ -106,7 +106,10 @@
 //! - A task never waits for that lock while it holds futures that may be queued for it and
 //!   that it no longer polls (tokio hands a released lock to the first waiter, polled or
 //!   not): a fenced leader drops its event set first, a recovery drops its outstanding
-//!   fences before it fetches.
+//!   fences before it fetches. The same holds for callers: a future that may wait for the
+//!   lock ([`Replicator::status`]) is polled to its end or dropped, never polled once and
+//!   kept. [`Replicator::submit`] queues an entry without waiting for anything, and
+//!   [`Replicator::role`] answers without the lock, for loops that wait to be served.
 //! - A write that pairs disk and memory runs in a spawned task, so aborting a leader (a
 //!   newer view) cannot stop it half-way; [`Replicator::set_view`] awaits nothing, so a
 //!   caller that gives up on it cannot leave a view without its leader.
