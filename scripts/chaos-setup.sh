@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Installs what the chaos harness's netns mode uses (iproute2: ip, tc; nftables: nft),
-# with apt, when missing and running as root. Idempotent: does nothing when both are
-# present. Without root or apt it only reports; waddle-chaos then falls back (loopback
-# mode without `ip`, link-down partitions without `nft`).
+# Installs what the chaos harness's netns mode uses (iproute2: ip, tc; nftables: nft;
+# iptables, for the NFQUEUE packet delay on kernels without sch_netem), with apt, when
+# missing and running as root. Idempotent: does nothing when all are present. Without
+# root or apt it only reports; waddle-chaos then falls back (loopback mode without `ip`,
+# link-down partitions without `nft`, loss without delay without `iptables`).
 set -euo pipefail
 
 missing=()
 command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

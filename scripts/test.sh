@@ -11,6 +11,8 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== unit and integration tests"
+# As root, installs what the chaos harness's faults use (the packet-delay test needs iptables).
+scripts/chaos-setup.sh
 cargo test --workspace --locked
 
 echo "== interop tests (slixmpp against a started node)"
@@ -24,7 +26,6 @@ echo "== load generator over a 3-node cluster (nothing lost, duplicated or misro
 scripts/bench-cluster.sh target/debug/waddle target/debug/waddle-bench 20 2
 
 echo "== chaos harness: baseline over a 3-node cluster, no faults (nothing lost, same order everywhere)"
-scripts/chaos-setup.sh
 cargo build -p waddle-chaos --locked
 target/debug/waddle-chaos --waddle-bin target/debug/waddle --faults none --duration 20
 

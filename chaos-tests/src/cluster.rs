@@ -175,6 +175,9 @@ pub struct Node {
     pub state: NodeState,
     pub partitioned: bool,
     pub netem: bool,
+    /// The packet-delay helper running in the node's namespace (`delay.rs`), while a
+    /// loss fault without `sch_netem` is on.
+    pub delayer: Option<Child>,
 }
 
 impl Node {
@@ -228,6 +231,8 @@ pub struct Cluster {
     pub nft: bool,
     /// netem works on a node's link (checked on first use).
     pub netem: Option<bool>,
+    /// Without netem: packets are delayed through NFQUEUE (checked on first use).
+    pub nfqueue_delay: Option<bool>,
     pub nodes: Vec<Node>,
     pub directory: Directory,
     pub optional_env: Vec<(String, String)>,
@@ -274,6 +279,7 @@ impl Cluster {
             mode_reason,
             nft: mode == Mode::Netns && have("nft"),
             netem: None,
+            nfqueue_delay: None,
             nodes: Vec::new(),
             directory: Arc::new(RwLock::new(Vec::new())),
             optional_env: opts.optional_env.clone(),
@@ -358,6 +364,7 @@ impl Cluster {
             state: NodeState::Down,
             partitioned: false,
             netem: false,
+            delayer: None,
         });
         Ok(self.nodes.len() - 1)
     }
@@ -533,8 +540,9 @@ impl Cluster {
 
     /// Loss and delay on node `i`'s link, or their removal: `tc netem` (20% loss, 150±50 ms
     /// delay) where the kernel has `sch_netem`, else nftables dropping 20% of the link's
-    /// packets at random each way (loss without delay). What was applied; `None` when
-    /// neither is available.
+    /// packets at random each way and, where iptables' NFQUEUE works, every packet the node
+    /// sends held 150 ms by a helper in its namespace ([`crate::delay`]). What was
+    /// applied; `None` when none of it is available.
     pub fn netem(&mut self, i: usize, on: bool) -> anyhow::Result<Option<&'static str>> {
         let Some(ns) = self.nodes[i].ns.clone() else { return Ok(None) };
         if self.netem != Some(false) {
@@ -571,11 +579,94 @@ impl Cluster {
             let file = self.opts.run_dir.join(format!("loss-node{}.nft", self.nodes[i].id));
             std::fs::write(&file, rules)?;
             run("ip", &["netns", "exec", &ns, "nft", "-f", &file.display().to_string()])?;
+            self.nodes[i].netem = true;
+            if self.nfqueue_delay != Some(false) {
+                let delaying = self.start_delay(i, &ns);
+                if self.nfqueue_delay.is_none() {
+                    self.nfqueue_delay = Some(delaying.is_ok());
+                }
+                match delaying {
+                    Ok(()) => return Ok(Some("nftables loss 20% each way, 150 ms delay out (NFQUEUE; no sch_netem)")),
+                    Err(e) => eprintln!("waddle-chaos: no packet delay: {e:#}"),
+                }
+            }
+            Ok(Some("nftables loss 20% each way, no delay (no sch_netem, no NFQUEUE)"))
         } else {
+            self.stop_delay(i, &ns);
             run("ip", &["netns", "exec", &ns, "nft", "delete", "table", "inet", table])?;
+            self.nodes[i].netem = false;
+            Ok(Some("nftables loss 20% each way, no delay (no sch_netem, no NFQUEUE)"))
         }
-        self.nodes[i].netem = on;
-        Ok(Some("nftables loss 20% each way, no delay (no sch_netem)"))
+    }
+
+    /// Starts the delay helper in namespace `ns` and, once it listens, queues every packet
+    /// the node sends on its link to it (`--queue-bypass`: with no helper they pass).
+    fn start_delay(&mut self, i: usize, ns: &str) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("the harness's own path")?;
+        let exe = exe.display().to_string();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, &exe, "--delay-packets", "--queue", "1", "--delay-ms", "150", "--secs", "300"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the delay helper")?;
+        let Some(stdout) = child.stdout.take() else { bail!("the delay helper has no stdout") };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let bound = rx.recv_timeout(Duration::from_secs(3)).is_ok_and(|l| l.trim() == "bound");
+        let rule = ["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", "1", "--queue-bypass"];
+        let added = if bound {
+            let mut args = vec!["netns", "exec", ns, "iptables", "-A"];
+            args.extend(rule);
+            run("ip", &args).map(drop)
+        } else {
+            Err(anyhow::anyhow!("the delay helper did not bind its queue (see its error above)"))
+        };
+        if let Err(e) = added {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        self.nodes[i].delayer = Some(child);
+        Ok(())
+    }
+
+    /// Removes the queueing rule, then lets the helper release what it holds and exit.
+    fn stop_delay(&mut self, i: usize, ns: &str) {
+        let Some(mut child) = self.nodes[i].delayer.take() else { return };
+        let _ = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "iptables",
+                "-D",
+                "OUTPUT",
+                "-o",
+                "eth0",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                "1",
+                "--queue-bypass",
+            ],
+        );
+        drop(child.stdin.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Marks a node gone for good (left or removed): not a member any more.

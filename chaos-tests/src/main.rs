@@ -4,6 +4,7 @@
 mod args;
 mod checker;
 mod cluster;
+mod delay;
 mod prng;
 mod report;
 mod run;
@@ -16,6 +17,20 @@ fn main() -> ExitCode {
     if std::env::args().skip(1).any(|a| matches!(a.as_str(), "-h" | "--help" | "help")) {
         print!("{}", args::USAGE);
         return ExitCode::SUCCESS;
+    }
+    // The packet-delay helper the harness starts inside a node's namespace (delay.rs).
+    if std::env::args().nth(1).as_deref() == Some("--delay-packets") {
+        let result = delay::DelayArgs::parse(std::env::args().skip(2)).and_then(delay::run);
+        return match result {
+            Ok(released) => {
+                println!("released {released}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("waddle-chaos --delay-packets: {e:#}");
+                ExitCode::from(3)
+            }
+        };
     }
     let args = match args::Args::parse(std::env::args().skip(1)) {
         Ok(a) => a,

@@ -19,6 +19,7 @@ pub struct Inputs<'a> {
     pub mode_reason: &'a str,
     pub nft: bool,
     pub netem: Option<bool>,
+    pub nfqueue_delay: Option<bool>,
     pub optional_env: &'a [(String, String)],
     pub optional_refused: &'a [String],
     pub faults: &'a [Fault],
@@ -44,6 +45,9 @@ pub struct Messages {
     pub lost: u64,
     pub duplicated: u64,
     pub lost_ids: Vec<String>,
+    /// The first lost messages whole (target, when sent and acknowledged, in ms of the
+    /// run), to line them up with the fault timeline and the nodes' logs.
+    pub lost_details: Vec<Sent>,
     /// Lost messages per room, and `1:1` for chats.
     pub lost_by_target: BTreeMap<String, u64>,
     pub duplicated_ids: Vec<String>,
@@ -89,6 +93,8 @@ pub struct Report {
     pub mode_reason: String,
     pub nftables: bool,
     pub netem: Option<bool>,
+    /// Without netem: whether packets were delayed through NFQUEUE (`None`: not tried).
+    pub nfqueue_delay: Option<bool>,
     pub optional_settings: Vec<(String, String)>,
     pub optional_settings_refused: Vec<String>,
     pub users: usize,
@@ -122,6 +128,7 @@ impl Report {
             lost: i.damage.lost.len() as u64,
             duplicated: i.damage.duplicated.len() as u64,
             lost_ids: i.damage.lost.iter().take(50).cloned().collect(),
+            lost_details: i.sent.iter().filter(|m| i.damage.lost.contains(&m.id)).take(50).cloned().collect(),
             lost_by_target: lost_by_target(i.sent, i.damage),
             duplicated_ids: i.damage.duplicated.iter().take(50).cloned().collect(),
             delivered_live: i.record.live.values().map(|s| s.len() as u64).sum(),
@@ -135,6 +142,7 @@ impl Report {
             mode_reason: i.mode_reason.to_owned(),
             nftables: i.nft,
             netem: i.netem,
+            nfqueue_delay: i.nfqueue_delay,
             optional_settings: i.optional_env.to_vec(),
             optional_settings_refused: i.optional_refused.to_vec(),
             users: i.args.users,
@@ -212,6 +220,9 @@ impl Report {
             if self.nftables { "used for partitions" } else { "not installed (partitions take the link down)" },
             match (self.netem, self.nftables) {
                 (Some(true), _) => "works",
+                (Some(false), true) if self.nfqueue_delay == Some(true) => {
+                    "not available: loss by nftables (20% each way) and a 150 ms delay out by NFQUEUE instead"
+                }
                 (Some(false), true) => "not available: loss by nftables instead (20% each way, no delay)",
                 (Some(false), false) => "not available (faults skipped)",
                 (None, _) => "not used",
@@ -257,6 +268,22 @@ impl Report {
         if !m.lost_ids.is_empty() {
             let by: Vec<String> = m.lost_by_target.iter().map(|(t, n)| format!("{t}: {n}")).collect();
             let _ = writeln!(s, "Lost by room: {}.\n\nFirst lost: {}\n", by.join(", "), m.lost_ids.join(", "));
+            for lost in m.lost_details.iter().take(10) {
+                let to = match &lost.target {
+                    crate::checker::Target::Room(room) => room.clone(),
+                    crate::checker::Target::Chat(user) => format!("1:1 to {user}"),
+                };
+                let acked = lost.acked_ms.map_or_else(|| "-".to_owned(), |t| format!("{:.1} s", t as f64 / 1000.0));
+                let _ = writeln!(
+                    s,
+                    "- {} ({to}): sent at {:.1} s, acknowledged at {acked}",
+                    lost.id,
+                    lost.sent_ms as f64 / 1000.0
+                );
+            }
+            if !m.lost_details.is_empty() {
+                let _ = writeln!(s);
+            }
         }
         let _ = writeln!(s, "## Fault timeline\n\n| t (s) | fault | kind | node | what |\n|---|---|---|---|---|");
         for step in &self.timeline {

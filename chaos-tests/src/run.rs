@@ -255,6 +255,7 @@ async fn execute(args: &Args) -> anyhow::Result<ExitCode> {
         mode_reason: &cluster.mode_reason,
         nft: cluster.nft,
         netem: cluster.netem,
+        nfqueue_delay: cluster.nfqueue_delay,
         optional_env: &args.optional_env,
         optional_refused: &cluster.optional_refused,
         faults: &faults,
