@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn arguments_are_all_required_and_bounded() {
-        let a = parse("--queue 3 --delay-ms 150 --secs 9").unwrap();
+        let a = parse("--queue 3 --delay-ms 150 --secs 9").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a, DelayArgs { queue: 3, delay: Duration::from_millis(150), limit: Duration::from_secs(9) });
         assert!(parse("--queue 3 --delay-ms 150").is_err());
         assert!(parse("--queue 70000 --delay-ms 150 --secs 9").is_err());
