@@ -614,9 +614,10 @@ impl Cluster {
         let Some(stdout) = child.stdout.take() else { bail!("the delay helper has no stdout") };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-            let _ = tx.send(line);
+            // Read to the end: the helper's last words ("released N") must find the pipe open.
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+            let _ = tx.send(lines.next().and_then(Result::ok).unwrap_or_default());
+            lines.for_each(drop);
         });
         let bound = rx.recv_timeout(Duration::from_secs(3)).is_ok_and(|l| l.trim() == "bound");
         let rule = ["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", "1", "--queue-bypass"];

@@ -55,7 +55,7 @@ pub fn run(args: DelayArgs) -> anyhow::Result<u64> {
     // delays, the loss fault loses.
     queue.set_fail_open(args.queue, true).context("fail-open")?;
     queue.set_nonblocking(true);
-    println!("bound");
+    say("bound");
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = Arc::clone(&stop);
     std::thread::spawn(move || {
@@ -87,6 +87,13 @@ pub fn run(args: DelayArgs) -> anyhow::Result<u64> {
             Err(e) => return Err(e).context("reading the netfilter queue"),
         }
     }
+}
+
+/// One line to whoever started the helper; a reader that went away is no error.
+pub fn say(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 #[cfg(test)]

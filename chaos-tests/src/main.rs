@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         let result = delay::DelayArgs::parse(std::env::args().skip(2)).and_then(delay::run);
         return match result {
             Ok(released) => {
-                println!("released {released}");
+                delay::say(&format!("released {released}"));
                 ExitCode::SUCCESS
             }
             Err(e) => {
