@@ -228,7 +228,13 @@ impl Client {
                 continue;
             };
             failed_rounds = 0;
-            next_node = at + 1;
+            // The next connection starts at a random node (healthy ones first), as a load
+            // balancer spreads clients. Always `at + 1` sent every client of a failed node to
+            // the same next one, and after a few faults all twelve sat on one node: its
+            // pause then stopped every sender, which the failover figures took for a slow
+            // failover.
+            let nodes = self.directory.read().map_or(1, |d| d.len().max(1));
+            next_node = at + 1 + rng.index(nodes);
             if let Some((from, broke_ms, reason)) = broke.take() {
                 let r = Reconnect {
                     user: self.user.name.clone(),
