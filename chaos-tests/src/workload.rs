@@ -255,6 +255,8 @@ impl Client {
             previous = Some(Arc::clone(&conn.sm));
             let mut conn = conn;
             let end = self.session(&mut conn, &mut rng, &mut seq, &mut pending).await;
+            // The break is when the session gave up, not after the last words were read.
+            let broke_ms = self.clock.ms();
             if matches!(end, End::Broken(_)) {
                 self.read_what_arrived(&mut conn).await;
             }
@@ -263,7 +265,7 @@ impl Client {
                 End::Finished => return,
                 End::Broken(reason) => {
                     event(&self.rec, format!("connection broken: {}", reason.split(':').next().unwrap_or_default()));
-                    broke = Some((node, self.clock.ms(), reason));
+                    broke = Some((node, broke_ms, reason));
                 }
             }
         }
