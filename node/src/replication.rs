@@ -302,9 +302,14 @@ impl Replication {
     /// the databases then sees every acknowledged write).
     pub async fn caught_up(&self, partition: PartitionId) {
         let log = log_of(partition);
-        let committed = self.replicator.committed(log);
+        let committed = self.replicator.committed(log).max(self.replicator.acknowledged(log));
         if committed > 0 {
-            self.replicator.wait_applied(log, committed).await;
+            // Bounded: a leader that acknowledged an entry and then lost the partition before
+            // its own copy was written gets it back only as a replica of the new leader.
+            let applied = self.replicator.wait_applied(log, committed);
+            if tokio::time::timeout(READY_WAIT, applied).await.is_err() {
+                tracing::warn!(partition, committed, "replication: not applied here in time; reading anyway");
+            }
         }
     }
 

@@ -70,6 +70,10 @@ struct Part {
     core_taker: Mutex<(&'static str, Option<Instant>)>,
     ctl: Mutex<Ctl>,
     commit_tx: watch::Sender<Seq>,
+    /// The highest seq a leader on this node told its proposers was committed. It can run
+    /// ahead of `commit_tx` (which never passes this node's own durable log): a majority
+    /// of followers may hold an entry before the leader's own write of it is done.
+    acked_tx: watch::Sender<Seq>,
     applied_tx: watch::Sender<Seq>,
     /// Lets a leader task learn at once that this node promised a newer epoch.
     promised_tx: watch::Sender<Epoch>,
@@ -317,9 +321,18 @@ impl Replicator {
         ids
     }
 
-    /// The partition's commit index as known here.
+    /// The partition's commit index as known here (never past this node's own durable log:
+    /// what it applies and records).
     pub fn committed(&self, partition: PartitionId) -> Seq {
         lock(&self.inner.parts).get(&partition).map_or(0, |p| *p.commit_tx.borrow())
+    }
+
+    /// The highest seq a leader on this node acknowledged to a proposer as committed. It
+    /// can be ahead of [`Replicator::committed`]: a majority of followers may hold an entry
+    /// before the leader's own write of it is done. A read that waits until this much is
+    /// applied here ([`Replicator::wait_applied`]) sees every write acknowledged here.
+    pub fn acknowledged(&self, partition: PartitionId) -> Seq {
+        lock(&self.inner.parts).get(&partition).map_or(0, |p| *p.acked_tx.borrow())
     }
 
     /// Waits until every entry up to `seq` has been applied on this node.
@@ -453,6 +466,7 @@ impl Inner {
             core_taker: Mutex::new(("nobody", None)),
             ctl: Mutex::new(Ctl::default()),
             commit_tx: watch::Sender::new(commit),
+            acked_tx: watch::Sender::new(commit),
             applied_tx: watch::Sender::new(meta.applied.min(commit)),
             promised_tx: watch::Sender::new(meta.promised),
             learners_tx: watch::Sender::new(Vec::new()),
@@ -1299,6 +1313,12 @@ impl Serving<'_> {
         let c = engine::leader_commit(self.t.epoch, &self.t.replicas, matched, &self.index, self.commit);
         if c > self.commit {
             self.commit = c;
+            // Before any proposer hears of it: a read after the acknowledgement waits for it.
+            self.t.part.acked_tx.send_if_modified(|v| {
+                let moved = c > *v;
+                *v = (*v).max(c);
+                moved
+            });
             self.publish_local_commit();
             while self.waiters.front().is_some_and(|(s, _)| *s <= c) {
                 if let Some((s, tx)) = self.waiters.pop_front() {

@@ -591,6 +591,7 @@ async fn the_leader_writes_locally_in_parallel_and_counts_itself_only_once_durab
     let s2 = leader.propose(P, payload(2)).await.unwrap();
     assert_eq!(s2, s0 + 2);
     assert!(leader.committed(P) < s2, "the leader publishes only what its own log holds");
+    assert!(leader.acknowledged(P) >= s2, "but counts it as acknowledged");
     for n in [2, 3, 4] {
         tokio::time::timeout(Duration::from_secs(5), c.node(n).wait_applied(P, s2)).await.unwrap();
     }
@@ -660,6 +661,27 @@ async fn the_role_is_known_while_a_write_holds_the_partition() {
     disk.execute("ROLLBACK", ()).await.unwrap();
     let s = pending.await.unwrap();
     c.applied_everywhere(&[1, 2, 3], s).await;
+}
+
+/// An entry a majority of followers hold commits before the leader's own write of it is
+/// done; `acknowledged` on the leader covers it, so a read that waits until that much is
+/// applied here sees every acknowledged write (a room's archive read after its reflection,
+/// which waited for `committed` only, missed the last message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_counts_as_committed_what_it_acknowledged_before_its_own_write() {
+    let c = Cluster::start("acked", &[1, 2, 3], config()).await;
+    c.view(&[1, 2, 3], 1, &[1, 2, 3], None).await;
+    c.serving(1).await;
+    let leader = c.node(1);
+    let disk = block_disk(&c, 1).await;
+    let seq = leader.propose(P, payload(1)).await.unwrap();
+    assert!(leader.acknowledged(P) >= seq, "acknowledged {} < {seq}", leader.acknowledged(P));
+    assert!(leader.committed(P) < seq, "the leader publishes only what its own log holds");
+    // Its own write is still waiting for the disk: nothing of it applied here yet.
+    assert!(tokio::time::timeout(Duration::from_millis(200), leader.wait_applied(P, seq)).await.is_err());
+    disk.execute("ROLLBACK", ()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), leader.wait_applied(P, leader.acknowledged(P))).await.unwrap();
+    assert_eq!(c.recs[&1].payloads().last().unwrap(), &payload(1));
 }
 
 /// A caller that gives up on `set_view` (the node bounds it with a timeout) while the disk
