@@ -221,6 +221,12 @@ pub struct Options {
     pub optional_env: Vec<(String, String)>,
 }
 
+/// The netfilter queue a node's delay helper reads, in the node's own namespace.
+const DELAY_QUEUE: &str = "1";
+/// The iptables rule (chain and match) that queues a node's outgoing packets to its
+/// delay helper; `--queue-bypass` lets them pass when no helper listens.
+const DELAY_RULE: [&str; 8] = ["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", DELAY_QUEUE, "--queue-bypass"];
+
 pub const ADMIN: &str = "chaos-admin-token-0123456789";
 const SECRET: &str = "chaos-cluster-secret-0123456789";
 const SUBNET: &str = "10.77.0";
@@ -605,7 +611,19 @@ impl Cluster {
         let exe = std::env::current_exe().context("the harness's own path")?;
         let exe = exe.display().to_string();
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, &exe, "--delay-packets", "--queue", "1", "--delay-ms", "150", "--secs", "300"])
+            .args([
+                "netns",
+                "exec",
+                ns,
+                &exe,
+                "--delay-packets",
+                "--queue",
+                DELAY_QUEUE,
+                "--delay-ms",
+                "150",
+                "--secs",
+                "300",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -620,10 +638,9 @@ impl Cluster {
             lines.for_each(drop);
         });
         let bound = rx.recv_timeout(Duration::from_secs(3)).is_ok_and(|l| l.trim() == "bound");
-        let rule = ["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", "1", "--queue-bypass"];
         let added = if bound {
             let mut args = vec!["netns", "exec", ns, "iptables", "-A"];
-            args.extend(rule);
+            args.extend(DELAY_RULE);
             run("ip", &args).map(drop)
         } else {
             Err(anyhow::anyhow!("the delay helper did not bind its queue (see its error above)"))
@@ -640,24 +657,9 @@ impl Cluster {
     /// Removes the queueing rule, then lets the helper release what it holds and exit.
     fn stop_delay(&mut self, i: usize, ns: &str) {
         let Some(mut child) = self.nodes[i].delayer.take() else { return };
-        let _ = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                "iptables",
-                "-D",
-                "OUTPUT",
-                "-o",
-                "eth0",
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                "1",
-                "--queue-bypass",
-            ],
-        );
+        let mut args = vec!["netns", "exec", ns, "iptables", "-D"];
+        args.extend(DELAY_RULE);
+        let _ = run("ip", &args);
         drop(child.stdin.take());
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         while std::time::Instant::now() < deadline {

@@ -351,8 +351,6 @@ impl Client {
         Some(Conn { node, resumed, writer, rx, sm, reader: task })
     }
 
-    /// `pending`: the unacknowledged 1:1 messages, (XEP-0198 number, id); a resumed
-    /// session goes on acknowledging those of the session it resumed.
     /// What a broken connection had already delivered, or still delivers within 2 s (the
     /// reader runs until the server's end of the stream): a refusal among it counts. The
     /// session loop may have given up (a failed write, a missing acknowledgement) with
@@ -379,6 +377,8 @@ impl Client {
         }
     }
 
+    /// `pending`: the unacknowledged 1:1 messages, (XEP-0198 number, id); a resumed
+    /// session goes on acknowledging those of the session it resumed.
     async fn session(
         &mut self,
         conn: &mut Conn,

@@ -518,9 +518,10 @@ impl Ctx {
         };
         match link.call(node, call).await {
             Ok(NodeReply::Done) => {}
-            // Bounced here, into the session's mailbox, before the session counts the
-            // stanza handled (XEP-0198): a refusal sent back on its own could arrive
-            // after the acknowledgement, or not at all if the session closes meanwhile.
+            // Bounced here, within the session's `RoutedFor`, which writes it before the
+            // session handles its next stanza (XEP-0198): a refusal sent back on its own
+            // could arrive after the acknowledgement, or not at all if the session closes
+            // meanwhile.
             Ok(NodeReply::Refused(condition)) => self.bounce_to(origin, &stanza, &condition).await,
             Ok(other) => {
                 tracing::warn!(node, reply = ?other, "cluster: routing at the owner failed");

@@ -135,6 +135,17 @@ impl Part {
     }
 }
 
+/// Node `me`'s role in a partition whose view and leadership `ctl` holds.
+fn role_in(ctl: &Ctl, me: NodeId, learner: bool) -> Role {
+    let epoch = ctl.view.as_ref().map(|v| v.epoch);
+    match ctl.leading.as_ref().filter(|l| Some(l.epoch) == epoch) {
+        Some(l) => Role::Leader { serving: l.state == LeadState::Serving },
+        None if ctl.view.as_ref().is_some_and(|v| v.replicas.contains(&me)) => Role::Follower,
+        None if learner => Role::Learner,
+        None => Role::None,
+    }
+}
+
 /// A wait for a partition's lock this long is logged (with who holds it): every holder
 /// does one store write at most.
 const SLOW_LOCK: Duration = Duration::from_secs(5);
@@ -382,8 +393,9 @@ impl Replicator {
             };
             (core.promised, core.index.last_pos(), core.commit, core.in_step_at)
         };
-        let role = self.role_of(&part);
+        let learner = part.learners_tx.borrow().contains(&self.inner.me);
         let ctl = lock(&part.ctl);
+        let role = role_in(&ctl, self.inner.me, learner);
         let epoch = ctl.view.as_ref().map(|v| v.epoch);
         let leading = ctl.leading.as_ref().filter(|l| Some(l.epoch) == epoch);
         let fenced_by = leading.and_then(|l| match l.state {
@@ -402,22 +414,10 @@ impl Replicator {
     /// [`Replicator::status`] it never takes the partition's lock, which a write holds
     /// while the disk is busy, so a loop waiting for a role cannot stall the partition.
     pub fn role(&self, partition: PartitionId) -> Role {
-        match lock(&self.inner.parts).get(&partition).cloned() {
-            Some(part) => self.role_of(&part),
-            None => Role::None,
-        }
-    }
-
-    fn role_of(&self, part: &Part) -> Role {
+        let Some(part) = lock(&self.inner.parts).get(&partition).cloned() else { return Role::None };
         let learner = part.learners_tx.borrow().contains(&self.inner.me);
         let ctl = lock(&part.ctl);
-        let epoch = ctl.view.as_ref().map(|v| v.epoch);
-        match ctl.leading.as_ref().filter(|l| Some(l.epoch) == epoch) {
-            Some(l) => Role::Leader { serving: l.state == LeadState::Serving },
-            None if ctl.view.as_ref().is_some_and(|v| v.replicas.contains(&self.inner.me)) => Role::Follower,
-            None if learner => Role::Learner,
-            None => Role::None,
-        }
+        role_in(&ctl, self.inner.me, learner)
     }
 
     /// Answers another node's request (the node's transport calls this).
